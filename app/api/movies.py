@@ -1,0 +1,48 @@
+"""Catalog routes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Path, Query, status
+from pydantic import Field
+
+from app.api.deps import AdminDep, SessionDep
+from app.schemas import MAX_ID, MovieIn, MovieOut, MoviesPage
+from app.services import movies as service
+
+router = APIRouter(tags=["movies"])
+
+
+@router.get("/movies", response_model=MoviesPage)
+def list_movies(
+    session: SessionDep,
+    q: Annotated[str | None, Query(max_length=200, description="title substring")] = None,
+    genre: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+) -> MoviesPage:
+    return service.search_movies(session, q, genre, limit, offset)
+
+
+@router.get("/movies/{movie_id}", response_model=MovieOut, responses={404: {}})
+def get_movie(movie_id: Annotated[int, Path(gt=0, le=MAX_ID)], session: SessionDep) -> MovieOut:
+    return service.get_movie(session, movie_id)
+
+
+@router.post(
+    "/movies",
+    status_code=status.HTTP_201_CREATED,
+    response_model=MovieOut | list[MovieOut],
+    responses={401: {}, 409: {"description": "movie id taken"}, 503: {"description": "admin off"}},
+)
+def create_movies(
+    _admin: AdminDep,
+    session: SessionDep,
+    body: Annotated[
+        MovieIn | Annotated[list[MovieIn], Field(min_length=1, max_length=1000)], Body()
+    ],
+) -> MovieOut | list[MovieOut]:
+    if isinstance(body, list):
+        return service.create_movies(session, body)
+    return service.create_movies(session, [body])[0]

@@ -1,0 +1,45 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.observability import RATINGS_TOTAL
+from app.schemas import HealthOut, ReadinessOut
+from app.services.ratings import count_ratings
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=HealthOut)
+def healthz() -> HealthOut:
+    return HealthOut(status="ok")
+
+
+@router.get("/readyz", response_model=ReadinessOut, responses={503: {"model": ReadinessOut}})
+def readyz(request: Request) -> JSONResponse:
+    try:
+        with request.app.state.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        body = ReadinessOut(
+            status="unavailable",
+            database="unreachable",
+            detail=f"database check failed: {type(exc).__name__}",
+        )
+        return JSONResponse(body.model_dump(), status_code=503)
+    return JSONResponse(ReadinessOut(status="ok", database="ok").model_dump())
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    try:
+        with request.app.state.session_factory() as session:
+            RATINGS_TOTAL.set(count_ratings(session))
+    except SQLAlchemyError:
+        pass  # the scrape still answers; the stale gauge is better than no metrics
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

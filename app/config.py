@@ -1,0 +1,74 @@
+"""All runtime configuration, read once from the environment (and an optional .env file)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+SUPPORTED_DRIVERS = {"sqlite", "sqlite+pysqlite", "postgresql+psycopg"}
+DEFAULT_DATABASE_URL = "sqlite:///./var/saerec.db"
+
+
+class Settings(BaseSettings):
+    """One settings class for the server, the CLI and the training worker alike."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", protected_namespaces=())
+
+    database_url: str = DEFAULT_DATABASE_URL
+    model_dir: Path = Path("./var/models")
+    admin_token: SecretStr | None = None
+    environment: Literal["development", "production"] = "development"
+    auto_migrate: bool = True
+
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    max_batch_items: int = Field(default=10_000, ge=1)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    cors_origins: list[str] = Field(default_factory=list)
+
+    torch_threads: int | None = Field(default=None, ge=1)
+    device: str | None = None
+    train_preset: str = "default"
+    quality_gate_margin: float = Field(default=0.02, ge=0.0)
+    keep_model_versions: int = Field(default=5, ge=1)
+    model_poll_seconds: float = Field(default=2.0, gt=0)
+    popular_refresh_seconds: float = Field(default=30.0, gt=0)
+    popular_prior_count: float = Field(default=20.0, ge=0)
+    run_worker_in_api: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        """Fail at start-up, not at the first query, on a URL we cannot serve."""
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(f"DATABASE_URL is not a valid SQLAlchemy URL: {exc}") from None
+        if url.drivername in {"postgresql", "postgres"}:
+            url = url.set(drivername="postgresql+psycopg")
+        if url.drivername not in SUPPORTED_DRIVERS:
+            raise ValueError(
+                f"DATABASE_URL driver {url.drivername!r} is not supported; "
+                "use sqlite:///path or postgresql+psycopg://user@host/db"
+            )
+        return url.render_as_string(hide_password=False)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def admin_token_value(self) -> str | None:
+        return self.admin_token.get_secret_value() if self.admin_token else None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

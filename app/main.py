@@ -1,0 +1,89 @@
+"""Application factory: wires settings, database, routers, metrics and error handling."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from app.api import movies, ops, ratings
+from app.config import Settings, get_settings
+from app.db import create_db_engine, create_session_factory
+from app.observability import MetricsMiddleware, configure_logging, get_logger
+from app.services.errors import ServiceError
+
+log = get_logger("saerec.app")
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(_request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(PoolTimeoutError)
+    async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.error("database_unavailable", path=request.url.path, error=type(exc).__name__)
+        return JSONResponse(
+            {"detail": "the database is unavailable; retry shortly"}, status_code=503
+        )
+
+    @app.exception_handler(IntegrityError)
+    async def database_error(request: Request, exc: IntegrityError) -> JSONResponse:
+        log.error("database_error", path=request.url.path, error=type(exc.orig).__name__)
+        return JSONResponse({"detail": "the request could not be stored"}, status_code=409)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled_error", path=request.url.path)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_db_engine(settings)
+        app.state.engine = engine
+        app.state.session_factory = create_session_factory(engine)
+        log.info("started", database=engine.url.render_as_string(hide_password=True))
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(
+        title="saerec",
+        version="0.1.0",
+        description="Movie recommendations from a stacked autoencoder.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.add_middleware(MetricsMiddleware)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
+    _install_error_handlers(app)
+    for module in (ratings, movies, ops):
+        app.include_router(module.router)
+    return app

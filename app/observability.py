@@ -1,0 +1,89 @@
+"""Structured logging and Prometheus metrics shared by every route."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import structlog
+from prometheus_client import Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUESTS = Counter(
+    "saerec_http_requests_total",
+    "HTTP requests by route template and status",
+    ["method", "route", "status"],
+)
+LATENCY = Histogram(
+    "saerec_http_request_duration_seconds",
+    "HTTP request latency by route template",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+RATINGS_TOTAL = Gauge("saerec_ratings_total", "Ratings stored in the database")
+MODEL_INFO = Gauge(
+    "saerec_model_active", "1 for the model version this process serves", ["version"]
+)
+
+
+def configure_logging(level: str = "INFO", json_logs: bool = False) -> None:
+    """One line per event, key=value locally or JSON for log shippers."""
+    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper(), force=True)
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)
+
+
+class MetricsMiddleware:
+    """Counts and times requests by route template (not raw path: ids would explode labels)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.log = get_logger("saerec.http")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            elapsed = time.perf_counter() - started
+            REQUESTS.labels(scope["method"], template, str(status)).inc()
+            LATENCY.labels(scope["method"], template).observe(elapsed)
+            if status >= 500:
+                self.log.warning(
+                    "request_failed",
+                    method=scope["method"],
+                    route=template,
+                    status=status,
+                    ms=round(elapsed * 1000, 2),
+                )

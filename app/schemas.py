@@ -1,0 +1,103 @@
+"""Request and response bodies; validation of every input happens here."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.models import RATING_VALUES
+
+MAX_ID = 2**63 - 1
+PositiveId = Annotated[int, Field(gt=0, le=MAX_ID, strict=False)]
+Genre = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class StrictBody(BaseModel):
+    """Unknown fields are rejected: a typo must not silently become a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RatingIn(StrictBody):
+    user_id: PositiveId
+    movie_id: PositiveId
+    rating: float = Field(description="0.5 to 5.0 in steps of 0.5")
+    timestamp: int | None = Field(default=None, ge=0, le=MAX_ID, description="unix seconds")
+
+    @field_validator("rating")
+    @classmethod
+    def _half_stars(cls, value: float) -> float:
+        if not math.isfinite(value) or value not in RATING_VALUES:
+            raise ValueError(
+                "rating must be one of 0.5, 1.0, ..., 5.0 (half stars; 0 is not a rating)"
+            )
+        return value
+
+
+class RatingOut(BaseModel):
+    user_id: int
+    movie_id: int
+    rating: float
+    timestamp: int
+
+
+class RatingBatchIn(StrictBody):
+    ratings: list[dict[str, Any]] = Field(min_length=1)
+
+
+class RatingBatchOut(BaseModel):
+    inserted: int
+    updated: int
+
+
+class UserRatingItem(BaseModel):
+    movie_id: int
+    rating: float
+    timestamp: int
+
+
+class UserRatingsPage(BaseModel):
+    user_id: int
+    total: int
+    items: list[UserRatingItem]
+
+
+class MovieIn(StrictBody):
+    movie_id: PositiveId
+    title: str = Field(min_length=1, max_length=500)
+    genres: list[Genre] = Field(default_factory=list, max_length=50)
+    year: int | None = Field(default=None, ge=1800, le=3000)
+
+    @field_validator("title")
+    @classmethod
+    def _title_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("title must not be blank")
+        return value.strip()
+
+
+class MovieOut(BaseModel):
+    movie_id: int
+    title: str
+    year: int | None
+    genres: list[str]
+    rating_count: int
+    rating_mean: float | None
+
+
+class MoviesPage(BaseModel):
+    total: int
+    items: list[MovieOut]
+
+
+class HealthOut(BaseModel):
+    status: str
+
+
+class ReadinessOut(BaseModel):
+    status: str
+    database: str
+    model_version: str | None = None
+    detail: str | None = None

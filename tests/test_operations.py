@@ -1,0 +1,59 @@
+"""Health, readiness, metrics and error shapes."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.main import create_app
+
+
+def test_healthz(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_readyz_ok_when_database_answers(client: TestClient) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["database"] == "ok"
+
+
+def test_readyz_503_when_database_unreachable(tmp_path) -> None:
+    settings = Settings(
+        database_url="postgresql+psycopg://nobody@127.0.0.1:1/none",
+        model_dir=tmp_path,
+        _env_file=None,
+    )
+    with TestClient(create_app(settings)) as api:
+        response = api.get("/readyz")
+        assert response.status_code == 503
+        assert response.json()["database"] == "unreachable"
+        movies = api.get("/movies")
+        assert movies.status_code == 503
+        assert "database" in movies.json()["detail"]
+
+
+def test_metrics_count_requests_by_route_template(client: TestClient) -> None:
+    client.get("/movies/123456")
+    text = client.get("/metrics").text
+    assert 'route="/movies/{movie_id}"' in text
+    assert 'status="404"' in text
+    assert "saerec_ratings_total" in text
+    assert "/movies/123456" not in text
+
+
+def test_unknown_route_is_json_404(client: TestClient) -> None:
+    response = client.get("/nope")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not Found"}
+
+
+def test_bad_database_url_fails_fast() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="not supported"):
+        Settings(database_url="mysql://root@localhost/x", _env_file=None)
+    assert Settings(database_url="postgresql://u@h/db", _env_file=None).database_url.startswith(
+        "postgresql+psycopg://"
+    )
