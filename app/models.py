@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 from sqlalchemy import (
+    JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
+    DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
     MetaData,
     String,
+    Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -77,4 +85,78 @@ class Rating(Base):
     __table_args__ = (
         CheckConstraint(RATING_CHECK, name="rating_half_stars"),
         Index("ix_ratings_movie_id", "movie_id"),
+    )
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed")
+OPEN_JOB_STATUSES = ("queued", "running")
+_OPEN_JOB = "status IN ('queued', 'running')"
+
+
+class ModelVersion(Base):
+    """The registry: every trained model, its metrics, and which one serves (exactly one)."""
+
+    __tablename__ = "model_versions"
+
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    data_size: Mapped[dict[str, Any]] = mapped_column(JSON)
+    data_fingerprint: Mapped[str] = mapped_column(String(128))
+    artifact_path: Mapped[str] = mapped_column(String(1000))
+    is_active: Mapped[bool] = mapped_column(Boolean, default=False)
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        # A unique index over the active rows only: two active versions cannot exist,
+        # whichever process or replica tries.
+        Index(
+            "uq_model_versions_single_active",
+            "is_active",
+            unique=True,
+            sqlite_where=text("is_active = 1"),
+            postgresql_where=text("is_active"),
+        ),
+    )
+
+
+class TrainingJob(Base):
+    """A retrain request and its progress; the row is the only coordination between processes."""
+
+    __tablename__ = "training_jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    queue: Mapped[str] = mapped_column(String(32), default="default")
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    overrides: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    epochs: Mapped[int] = mapped_column(Integer, default=0)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued', 'running', 'succeeded', 'failed')", name="known_status"
+        ),
+        # One open (queued or running) job per queue, enforced by the database itself.
+        Index(
+            "uq_training_jobs_single_open",
+            "queue",
+            unique=True,
+            sqlite_where=text(_OPEN_JOB),
+            postgresql_where=text(_OPEN_JOB),
+        ),
+        Index("ix_training_jobs_status", "status", "created_at"),
     )

@@ -31,6 +31,8 @@ MODEL_INFO = Gauge(
 def configure_logging(level: str = "INFO", json_logs: bool = False) -> None:
     """One line per event, key=value locally or JSON for log shippers."""
     logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper(), force=True)
+    for noisy in ("alembic", "httpx", "matplotlib"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
     renderer: Any = (
         structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer()
     )

@@ -51,6 +51,8 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def postgres_url() -> Iterator[str]:
     admin_url = os.environ.get("TEST_DATABASE_URL")
     if not admin_url:
+        if os.environ.get("REQUIRE_POSTGRES"):
+            pytest.fail("REQUIRE_POSTGRES is set but TEST_DATABASE_URL is not")
         pytest.skip("PostgreSQL tests need TEST_DATABASE_URL (scripts/test.sh sets it)")
     admin = make_url(Settings(database_url=admin_url).database_url)
     name = f"saerec_test_{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The test command: installs into .venv if needed, then runs the suite on SQLite and,
+# when a PostgreSQL server answers, on PostgreSQL too (TEST_DATABASE_URL overrides).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+if ! .venv/bin/python -c "import app, pytest, torch" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.installed ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e '.[dev]'
+  touch .venv/.installed
+fi
+
+if [ -z "${TEST_DATABASE_URL:-}" ]; then
+  if .venv/bin/python - <<'PY' 2>/dev/null
+import psycopg
+psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", connect_timeout=3).close()
+PY
+  then
+    export TEST_DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+  else
+    echo "note: no PostgreSQL at 127.0.0.1:5432; running the SQLite half only" >&2
+  fi
+fi
+
+exec .venv/bin/python -m pytest "$@"
