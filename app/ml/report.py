@@ -1,0 +1,94 @@
+"""Human-readable training reports written next to an artifact: metrics JSON and a
+learning-curve PNG (matplotlib's Agg backend, so it works on a headless server)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from app.ml.train import EpochReport
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN: write null instead."""
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_metrics_json(
+    artifact: Path, metrics: dict[str, Any], history: Sequence[EpochReport] = ()
+) -> Path:
+    """``<artifact stem>.metrics.json`` with the final metrics and per-epoch history."""
+    artifact = Path(artifact)
+    path = artifact.with_name(f"{artifact.stem}.metrics.json")
+    body = {"metrics": metrics, "history": [h.as_dict() for h in history]}
+    _atomic_write(path, json.dumps(_clean(body), indent=2, sort_keys=True).encode())
+    return path
+
+
+def write_learning_curve(artifact: Path, history: Sequence[EpochReport]) -> Path | None:
+    """``<artifact stem>.curve.png``: train loss, validation RMSE and NDCG@10 per epoch."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    artifact = Path(artifact)
+    path = artifact.with_name(f"{artifact.stem}.curve.png")
+    epochs = [h.epoch for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    series = [
+        ("train loss", [h.train_loss for h in history]),
+        ("validation RMSE", [h.valid_rmse for h in history]),
+        ("validation NDCG@10", [h.valid_ndcg for h in history]),
+    ]
+    best = next((h.epoch for h in reversed(history) if h.is_best), None)
+    for ax, (title, values) in zip(axes, series, strict=True):
+        ax.plot(epochs, values, marker=".")
+        if best is not None:
+            ax.axvline(best, color="grey", linestyle="--", linewidth=1)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def write_report(
+    artifact: Path, metrics: dict[str, Any], history: Sequence[EpochReport]
+) -> dict[str, Path | None]:
+    """Both files next to ``artifact``; returns their paths."""
+    return {
+        "metrics": write_metrics_json(artifact, metrics, history),
+        "curve": write_learning_curve(artifact, history),
+    }

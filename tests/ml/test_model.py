@@ -1,0 +1,58 @@
+"""Model shapes, presets, config validation, prediction for unknown users."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from app.ml.model import PRESETS, StackedAutoencoder, config_from, predict
+
+
+def test_forward_shapes() -> None:
+    model = StackedAutoencoder(30, config_from("fast"))
+    x = torch.zeros(4, 30)
+    x[0, 3] = 4.0
+    x[1, 5] = 0.5
+    out = model(x)
+    assert out.scores.shape == (4, 30) and out.ratings.shape == (4, 30)
+
+
+def test_seed_preset_is_20_10_20_sigmoid() -> None:
+    cfg = PRESETS["seed"]
+    model = StackedAutoencoder(1682, cfg)
+    shapes = [tuple(layer.weight.shape) for layer in model.layers]
+    assert shapes == [(20, 1682), (10, 20), (20, 10)]
+    assert tuple(model.rate_out.weight.shape) == (1682, 20)
+    assert model.rank_out is None and cfg.activation == "sigmoid"
+    assert cfg.optimizer == "rmsprop" and cfg.lr == pytest.approx(0.01)
+
+
+def test_config_from_errors_and_overrides() -> None:
+    assert config_from("default", epochs=3).epochs == 3
+    with pytest.raises(ValueError, match="unknown preset"):
+        config_from("nope")
+    with pytest.raises(ValueError, match="unknown config field"):
+        config_from("default", epochz=3)
+    with pytest.raises(ValueError, match="invalid config"):
+        config_from("default", activation="swish")
+    for name in ("tanh", "relu", "selu", "sigmoid"):
+        assert config_from("fast", activation=name).activation == name
+
+
+def test_predict_unknown_user_and_clamping() -> None:
+    torch.manual_seed(0)
+    model = StackedAutoencoder(25, config_from("fast", rating_scale=(0.5, 5.0)))
+    model.set_statistics(3.5, np.zeros(25), (0.5, 5.0))
+    with torch.no_grad():
+        model.rate_out.bias.fill_(10.0)  # absurd outputs must be clamped
+    row = sp.csr_matrix((np.array([4.5, 1.0], np.float32), ([0, 0], [2, 7])), shape=(1, 25))
+    empty = sp.csr_matrix((1, 25), dtype=np.float32)
+    scores, ratings = predict(model, sp.vstack([row, empty]).tocsr())
+    assert scores.shape == ratings.shape == (2, 25)
+    assert ratings.max() <= 5.0 and ratings.min() >= 0.5
+    assert np.isfinite(scores).all()
+    assert model.training  # predict restores the mode it found
+    with pytest.raises(ValueError):
+        predict(model, sp.csr_matrix((1, 3)))
