@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -98,6 +99,182 @@ def serve(host: str, port: int, workers: int) -> None:
         log_level=settings.log_level.lower(),
         access_log=False,
     )
+
+
+def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, object]:
+    """`--set key=value`; values are JSON when they parse as JSON (numbers, lists), else text."""
+    overrides: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected key=value, got {pair!r}", param_hint="--set")
+        try:
+            overrides[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = raw
+    return overrides
+
+
+def _model_config(preset: str | None, pairs: tuple[str, ...], epochs: int | None):  # noqa: ANN202
+    from app.ml.model import config_from
+
+    overrides = _parse_overrides(pairs)
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    try:
+        return config_from(preset or _settings().train_preset, **overrides)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _epoch_bar(total: int, enabled: bool):  # noqa: ANN202 - (bar, callback)
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="training", unit="epoch", disable=not enabled, file=sys.stderr)
+
+    def on_epoch(report: object) -> None:
+        bar.total = getattr(report, "epochs", total)
+        bar.set_postfix(
+            loss=f"{getattr(report, 'train_loss', float('nan')):.4f}",
+            rmse=f"{getattr(report, 'valid_rmse', float('nan')):.4f}",
+            ndcg=f"{getattr(report, 'valid_ndcg', float('nan')):.4f}",
+        )
+        bar.update(1)
+
+    return bar, on_epoch
+
+
+_PRESET = click.option("--preset", default=None, help="model preset (default: TRAIN_PRESET)")
+_SET = click.option(
+    "--set",
+    "pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="override a model setting, e.g. --set hidden=[600] --set lr=0.002",
+)
+_EPOCHS = click.option("--epochs", type=click.IntRange(1, 100_000), default=None)
+
+
+@cli.command()
+@_PRESET
+@_SET
+@_EPOCHS
+@click.option("--progress/--no-progress", default=True)
+@click.option(
+    "--if-no-active-model",
+    is_flag=True,
+    help="do nothing when a model is already active (for setup scripts)",
+)
+def train(
+    preset: str | None,
+    pairs: tuple[str, ...],
+    epochs: int | None,
+    progress: bool,
+    if_no_active_model: bool,
+) -> None:
+    """Train on the database's ratings, save a versioned model, gate and activate it."""
+    from app.db import create_session_factory
+    from app.services import registry
+    from app.services.training import NotEnoughDataError, train_and_register
+
+    settings = _settings()
+    config = _model_config(preset, pairs, epochs)
+    engine = _migrated_engine(settings)
+    if if_no_active_model:
+        with create_session_factory(engine)() as session:
+            active = registry.active_version_id(session)
+        if active:
+            click.echo(f"model {active} is already active; not training")
+            return
+    bar, on_epoch = _epoch_bar(config.epochs, progress)
+    try:
+        outcome = train_and_register(settings, engine, config, on_epoch=on_epoch)
+    except NotEnoughDataError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        bar.close()
+        engine.dispose()
+    click.echo(
+        json.dumps(
+            {
+                "version": outcome.version,
+                "activated": outcome.activated,
+                "quality_gate": outcome.gate,
+                "seconds": round(outcome.seconds, 2),
+                "data": outcome.data_size,
+                "metrics": outcome.metrics,
+                "report": outcome.report_paths,
+            },
+            indent=2,
+            default=str,
+        )
+    )
+
+
+@cli.command()
+@click.option("--base", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--test", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--splits",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="a folder holding u1.base/u1.test ... u5.base/u5.test",
+)
+@_PRESET
+@_SET
+@_EPOCHS
+@click.option("--baselines/--no-baselines", default=True)
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+def evaluate(
+    base: Path | None,
+    test: Path | None,
+    splits: Path | None,
+    preset: str | None,
+    pairs: tuple[str, ...],
+    epochs: int | None,
+    baselines: bool,
+    as_json: bool,
+) -> None:
+    """Offline metrics (EVALUATION.md protocol) of a model config and the baselines."""
+    from app.ml.evaluate import evaluate_split, evaluate_splits, format_table
+
+    if splits is None and (base is None or test is None):
+        raise click.UsageError("give --base and --test, or --splits DIR")
+    config = _model_config(preset, pairs, epochs)
+    if splits is not None:
+        results = evaluate_splits(splits, config)
+    else:
+        results = evaluate_split(base, test, config, baselines=baselines)
+    click.echo(json.dumps(results, indent=2, default=str) if as_json else format_table(results))
+
+
+@cli.command()
+@click.option("--poll", default=1.0, show_default=True, help="seconds between queue checks")
+def worker(poll: float) -> None:
+    """Run queued training jobs (for deployments that keep training out of API processes)."""
+    import signal
+
+    from app.services.jobs import JobLauncher
+
+    settings = _settings()
+    engine = _migrated_engine(settings)
+    launcher = JobLauncher(settings, engine, poll_seconds=poll)
+    signal.signal(signal.SIGTERM, lambda *_: launcher.stop(timeout=0))
+    click.echo("worker waiting for training jobs", err=True)
+    launcher.run_forever()
+
+
+@cli.command("run-job", hidden=True)
+@click.argument("job_id")
+def run_job_command(job_id: str) -> None:
+    """Internal: train for one claimed job (started by a launcher as a child process)."""
+    from app.services.jobs import run_job
+
+    settings = _settings()
+    engine = create_db_engine(settings)
+    try:
+        run_job(settings, engine, job_id)
+    finally:
+        engine.dispose()
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -64,6 +65,17 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as environment variables, for child processes (training jobs)."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is None:
+                continue
+            if name == "admin_token":
+                value = self.admin_token_value()
+            env[name.upper()] = value if isinstance(value, str) else json.dumps(value)
+        return env
 
     def admin_token_value(self) -> str | None:
         return self.admin_token.get_secret_value() if self.admin_token else None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -12,11 +13,13 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from app.api import movies, ops, ratings
+from app.api import admin, movies, ops, ratings, recommendations
 from app.config import Settings, get_settings
 from app.db import create_db_engine, create_session_factory
 from app.observability import MetricsMiddleware, configure_logging, get_logger
 from app.services.errors import ServiceError
+from app.services.jobs import JobLauncher
+from app.services.recommender import Recommender
 
 log = get_logger("saerec.app")
 
@@ -53,6 +56,20 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": errors}, status_code=422)
 
 
+def _try(action: Callable[[], object], what: str) -> None:
+    """Background refreshes must survive a database outage and retry next round."""
+    try:
+        action()
+    except Exception as exc:
+        log.warning(f"{what}_failed", error=f"{type(exc).__name__}: {exc}")
+
+
+async def _every(seconds: float, action: Callable[[], object]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        await asyncio.to_thread(_try, action, action.__name__)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_json)
@@ -62,10 +79,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_db_engine(settings)
         app.state.engine = engine
         app.state.session_factory = create_session_factory(engine)
-        log.info("started", database=engine.url.render_as_string(hide_password=True))
+        recommender = Recommender(engine, settings.popular_prior_count)
+        app.state.recommender = recommender
+        _try(recommender.refresh_model, "initial_model_load")
+        launcher = JobLauncher(settings, engine) if settings.run_worker_in_api else None
+        app.state.launcher = launcher
+        if launcher is not None:
+            launcher.start()
+        tasks = [
+            asyncio.create_task(_every(settings.model_poll_seconds, recommender.refresh_model)),
+            asyncio.create_task(
+                _every(settings.popular_refresh_seconds, recommender.refresh_popular)
+            ),
+        ]
+        log.info(
+            "started",
+            database=engine.url.render_as_string(hide_password=True),
+            model_version=recommender.version,
+        )
         try:
             yield
         finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if launcher is not None:
+                await asyncio.to_thread(launcher.stop)
             engine.dispose()
 
     app = FastAPI(
@@ -84,6 +123,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
         )
     _install_error_handlers(app)
-    for module in (ratings, movies, ops):
+    for module in (ratings, movies, recommendations, admin, ops):
         app.include_router(module.router)
     return app

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from app.models import RATING_VALUES
 
@@ -101,3 +101,81 @@ class ReadinessOut(BaseModel):
     database: str
     model_version: str | None = None
     detail: str | None = None
+
+
+class RecommendationItem(BaseModel):
+    movie_id: int
+    title: str
+    genres: list[str]
+    score: float = Field(description="ranking score: higher means recommend first")
+    predicted_rating: float | None = Field(
+        default=None, description="the model's predicted stars (autoencoder strategy only)"
+    )
+
+
+class RecommendationsOut(BaseModel):
+    user_id: int
+    model_version: str | None
+    strategy: Literal["autoencoder", "popular"]
+    items: list[RecommendationItem]
+
+
+class PredictionItem(BaseModel):
+    movie_id: int
+    predicted_rating: float
+    known_to_model: bool = Field(
+        description="false for movies added after training: the training mean is returned"
+    )
+
+
+class PredictionsOut(BaseModel):
+    user_id: int
+    model_version: str
+    items: list[PredictionItem]
+
+
+def _retrain_model() -> type[BaseModel]:
+    """Every ModelConfig field, optional, plus `preset`: the body of POST /admin/retrain."""
+    from app.ml.model import ModelConfig
+
+    fields: dict[str, Any] = {"preset": (str | None, Field(default=None, max_length=64))}
+    for name, info in ModelConfig.model_fields.items():
+        fields[name] = (info.annotation | None, Field(default=None, description=info.description))
+    return create_model(
+        "RetrainIn", __config__=ConfigDict(extra="forbid", protected_namespaces=()), **fields
+    )
+
+
+RetrainIn = _retrain_model()
+
+
+class JobQueuedOut(BaseModel):
+    job_id: str
+    status: str
+
+
+class JobOut(BaseModel):
+    job_id: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    progress: float
+    epoch: int
+    epochs: int
+    metrics: dict[str, Any]
+    model_version: str | None
+    error: str | None
+    overrides: dict[str, Any]
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class ModelVersionOut(BaseModel):
+    version: str
+    created_at: str | None
+    activated_at: str | None
+    active: bool
+    metrics: dict[str, Any]
+    config: dict[str, Any]
+    data_size: dict[str, Any]
+    data_fingerprint: str
+    artifact_path: str

@@ -29,3 +29,67 @@ def add_movies(engine: Engine, movies: list[tuple[int, str, int | None, list[str
 
 def add_catalog(engine: Engine) -> None:
     add_movies(engine, CATALOG)
+
+
+GENRES = ["Action", "Comedy", "Drama", "Sci-Fi"]
+
+
+def synthetic_catalog(n_movies: int) -> list[tuple[int, str, int | None, list[str]]]:
+    """Movie ids 1..n with a title and one or two genres each."""
+    return [
+        (
+            m,
+            f"Movie {m} ({1950 + m % 70})",
+            1950 + m % 70,
+            sorted({GENRES[m % 4], GENRES[(m // 4) % 4]}),
+        )
+        for m in range(1, n_movies + 1)
+    ]
+
+
+def synthetic_ratings(
+    n_users: int, n_movies: int, per_user: int, seed: int = 0
+) -> list[dict[str, float | int]]:
+    """Two taste groups: group A loves odd movies, group B even ones; ratings follow."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in range(1, n_users + 1):
+        likes_odd = user % 2 == 1
+        preferred = [m for m in range(1, n_movies + 1) if (m % 2 == 1) == likes_odd]
+        others = [m for m in range(1, n_movies + 1) if (m % 2 == 1) != likes_odd]
+        picks = list(rng.choice(preferred, size=per_user - 2, replace=False))
+        picks += list(rng.choice(others, size=2, replace=False))
+        for movie in picks:
+            liked = (movie % 2 == 1) == likes_odd
+            stars = float(rng.choice([4.0, 4.5, 5.0] if liked else [1.0, 1.5, 2.0]))
+            rows.append(
+                {
+                    "user_id": user,
+                    "movie_id": int(movie),
+                    "rating": stars,
+                    "timestamp": 1_000_000 + len(rows),
+                }
+            )
+    return rows
+
+
+def seed_synthetic(
+    engine: Engine, n_users: int = 60, n_movies: int = 40, per_user: int = 8
+) -> None:
+    from app.services.ratings import upsert_ratings_batch
+
+    add_movies(engine, synthetic_catalog(n_movies))
+    with Session(engine) as session, session.begin():
+        upsert_ratings_batch(session, synthetic_ratings(n_users, n_movies, per_user), 100_000)
+
+
+TINY_TRAINING = {
+    "hidden": [16],
+    "epochs": 4,
+    "patience": 2,
+    "batch_size": 16,
+    "lr": 0.01,
+    "validation_fraction": 0.2,
+}

@@ -32,7 +32,14 @@ def readyz(request: Request) -> JSONResponse:
             detail=f"database check failed: {type(exc).__name__}",
         )
         return JSONResponse(body.model_dump(), status_code=503)
-    return JSONResponse(ReadinessOut(status="ok", database="ok").model_dump())
+    recommender = request.app.state.recommender
+    body = ReadinessOut(
+        status="ok",
+        database="ok",
+        model_version=recommender.version,
+        detail=recommender.model_error,
+    )
+    return JSONResponse(body.model_dump())
 
 
 @router.get("/metrics", response_class=Response)

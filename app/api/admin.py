@@ -1,0 +1,57 @@
+"""Admin routes: retraining jobs, the model registry, activation (rollback)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Path, Request, status
+
+from app.api.deps import AdminDep, SessionDep, SettingsDep
+from app.db import transaction
+from app.schemas import JobOut, JobQueuedOut, ModelVersionOut, RetrainIn
+from app.services import jobs, registry
+
+router = APIRouter(
+    prefix="/admin",
+    tags=["admin"],
+    responses={401: {"description": "missing or bad token"}, 503: {"description": "admin off"}},
+)
+
+
+@router.post(
+    "/retrain",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobQueuedOut,
+    responses={409: {"description": "a job is already queued or running"}},
+)
+def retrain(
+    _admin: AdminDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    body: Annotated[RetrainIn | None, Body()] = None,  # type: ignore[valid-type]
+) -> JobQueuedOut:
+    overrides = body.model_dump(exclude_none=True) if body is not None else {}
+    job = jobs.enqueue(session, settings, overrides)
+    return JobQueuedOut(job_id=job.id, status=job.status)
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, responses={404: {}})
+def get_job(
+    _admin: AdminDep, session: SessionDep, job_id: Annotated[str, Path(max_length=64)]
+) -> dict[str, Any]:
+    return jobs.describe(jobs.get_job(session, job_id))
+
+
+@router.get("/models", response_model=list[ModelVersionOut])
+def list_models(_admin: AdminDep, session: SessionDep) -> list[dict[str, Any]]:
+    return [registry.describe(row) for row in registry.list_versions(session)]
+
+
+@router.post("/models/{version}/activate", response_model=ModelVersionOut, responses={404: {}})
+def activate_model(
+    _admin: AdminDep, request: Request, version: Annotated[str, Path(max_length=64)]
+) -> dict[str, Any]:
+    with transaction(request.app.state.session_factory) as session:
+        described = registry.describe(registry.activate(session, version))
+    request.app.state.recommender.refresh_model()  # this process swaps at once; others poll
+    return described

@@ -1,0 +1,43 @@
+"""Recommendation and prediction routes (sync: inference runs in the threadpool)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
+
+from app.api.deps import SessionDep
+from app.schemas import MAX_ID, PositiveId, PredictionsOut, RecommendationsOut
+from app.services.recommender import Recommender
+
+router = APIRouter(tags=["recommendations"])
+UserId = Annotated[int, Path(gt=0, le=MAX_ID)]
+
+
+def _recommender(request: Request) -> Recommender:
+    return request.app.state.recommender
+
+
+@router.get("/users/{user_id}/recommendations", response_model=RecommendationsOut)
+def recommendations(
+    request: Request,
+    user_id: UserId,
+    session: SessionDep,
+    n: Annotated[int, Query(ge=1, le=100)] = 10,
+    genre: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+) -> dict:
+    return _recommender(request).recommend(session, user_id, n, genre)
+
+
+@router.get(
+    "/users/{user_id}/predictions",
+    response_model=PredictionsOut,
+    responses={404: {"description": "unknown movie"}, 503: {"description": "no model yet"}},
+)
+def predictions(
+    request: Request,
+    user_id: UserId,
+    session: SessionDep,
+    movie_id: Annotated[list[PositiveId], Query(min_length=1, max_length=100)],
+) -> dict:
+    return _recommender(request).predict(session, user_id, movie_id)

@@ -1,0 +1,300 @@
+"""Retraining jobs: a queue in the training_jobs table, run in a separate process.
+
+The table is the only coordination: a partial unique index allows one open job, a
+conditional UPDATE claims it, and the running process reports progress and heartbeats
+into the row. Any API process (or `saerec worker`) may launch the job; exactly one wins.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.db import create_session_factory, transaction
+from app.models import OPEN_JOB_STATUSES, TrainingJob, utcnow
+from app.observability import get_logger
+from app.services.errors import ConflictError, InvalidInputError, NotFoundError
+
+log = get_logger("saerec.jobs")
+HEARTBEAT_SECONDS = 5.0
+STALE_AFTER_SECONDS = 120.0
+
+
+def _host() -> str:
+    return socket.gethostname()
+
+
+# -- queue --------------------------------------------------------------------------------
+def open_job(session: Session) -> TrainingJob | None:
+    return session.scalar(
+        select(TrainingJob).where(TrainingJob.status.in_(OPEN_JOB_STATUSES)).limit(1)
+    )
+
+
+def enqueue(session: Session, settings: Settings, overrides: dict[str, Any]) -> TrainingJob:
+    """Validate the overrides now (422 beats a job that fails later), then queue one job."""
+    from app.services.training import resolve_config
+
+    try:
+        config = resolve_config(settings, overrides)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
+    existing = open_job(session)
+    if existing is not None:
+        raise _conflict(existing)
+    job = TrainingJob(id=str(uuid.uuid4()), overrides=overrides, epochs=config.epochs)
+    try:
+        with session.begin_nested():
+            session.add(job)
+    except IntegrityError:  # another request queued one between our check and insert
+        racing = open_job(session)
+        raise _conflict(racing) from None
+    return job
+
+
+def _conflict(job: TrainingJob | None) -> ConflictError:
+    job_id = job.id if job else None
+    return ConflictError(
+        {"message": "a training job is already queued or running", "job_id": job_id}
+    )
+
+
+def get_job(session: Session, job_id: str) -> TrainingJob:
+    job = session.get(TrainingJob, job_id)
+    if job is None:
+        raise NotFoundError(f"training job {job_id!r} does not exist")
+    return job
+
+
+def describe(job: TrainingJob) -> dict[str, Any]:
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "job_id": job.id,
+        "status": job.status,
+        "progress": round(job.progress, 4),
+        "epoch": job.epoch,
+        "epochs": job.epochs,
+        "metrics": job.metrics,
+        "model_version": job.model_version,
+        "error": job.error,
+        "overrides": job.overrides,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+    }
+
+
+def claim_next(factory: sessionmaker[Session], worker: str) -> str | None:
+    """Move the oldest queued job to running; the WHERE status='queued' makes it atomic."""
+    with transaction(factory) as session:
+        job_id = session.scalar(
+            select(TrainingJob.id)
+            .where(TrainingJob.status == "queued")
+            .order_by(TrainingJob.created_at)
+            .limit(1)
+        )
+        if job_id is None:
+            return None
+        now = utcnow()
+        claimed = session.execute(
+            update(TrainingJob)
+            .where(TrainingJob.id == job_id, TrainingJob.status == "queued")
+            .values(status="running", started_at=now, heartbeat_at=now, worker=worker)
+        )
+        return job_id if claimed.rowcount == 1 else None
+
+
+def update_job(factory: sessionmaker[Session], job_id: str, **values: Any) -> None:
+    with transaction(factory) as session:
+        session.execute(update(TrainingJob).where(TrainingJob.id == job_id).values(**values))
+
+
+def fail_job(factory: sessionmaker[Session], job_id: str, reason: str) -> bool:
+    """Mark a still-running job failed; a job that already finished is left alone."""
+    with transaction(factory) as session:
+        result = session.execute(
+            update(TrainingJob)
+            .where(TrainingJob.id == job_id, TrainingJob.status.in_(OPEN_JOB_STATUSES))
+            .values(status="failed", error=reason[:4000], finished_at=utcnow())
+        )
+    if result.rowcount:
+        log.warning("job_failed", job_id=job_id, reason=reason)
+    return bool(result.rowcount)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_dead(job: TrainingJob, now: datetime) -> str | None:
+    """A reason if the job's process is gone (same host, pid not alive) or silent too long."""
+    host, _, pid = (job.worker or "").rpartition(":")
+    if host == _host() and pid.isdigit() and not _pid_alive(int(pid)):
+        return f"the worker process {pid} on {host} is gone (it died mid-job)"
+    beat = job.heartbeat_at or job.started_at
+    if beat is not None:
+        if beat.tzinfo is None:  # SQLite returns naive datetimes
+            beat = beat.replace(tzinfo=now.tzinfo)
+        if now - beat > timedelta(seconds=STALE_AFTER_SECONDS):
+            return f"no heartbeat since {beat.isoformat()}: the worker stopped answering"
+    return None
+
+
+def recover_stale_jobs(factory: sessionmaker[Session]) -> list[str]:
+    """Run at start-up and by launchers: fail running jobs whose process is gone."""
+    with factory() as session:
+        running = list(session.scalars(select(TrainingJob).where(TrainingJob.status == "running")))
+    now = utcnow()
+    failed = []
+    for job in running:
+        reason = _is_dead(job, now)
+        if reason and fail_job(factory, job.id, reason):
+            failed.append(job.id)
+    return failed
+
+
+# -- running one job (inside the job process) -------------------------------------------------
+def run_job(settings: Settings, engine: Engine, job_id: str) -> None:
+    """Train for a claimed job, reporting each epoch; any error ends the job as failed."""
+    from app.services.training import resolve_config, train_and_register
+
+    factory = create_session_factory(engine)
+    update_job(factory, job_id, worker=f"{_host()}:{os.getpid()}", heartbeat_at=utcnow())
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(factory, job_id, stop), daemon=True)
+    beat.start()
+    try:
+        with factory() as session:
+            overrides = get_job(session, job_id).overrides
+        config = resolve_config(settings, overrides)
+
+        def on_epoch(report: Any) -> None:
+            update_job(
+                factory,
+                job_id,
+                epoch=report.epoch,
+                epochs=report.epochs,
+                progress=min(1.0, report.epoch / max(1, report.epochs)),
+                metrics=_epoch_metrics(report),
+                heartbeat_at=utcnow(),
+            )
+
+        outcome = train_and_register(settings, engine, config, on_epoch=on_epoch)
+        metrics = {**outcome.metrics, "activated": outcome.activated, "quality_gate": outcome.gate}
+        update_job(
+            factory,
+            job_id,
+            status="succeeded",
+            progress=1.0,
+            metrics=metrics,
+            model_version=outcome.version,
+            finished_at=utcnow(),
+        )
+    except BaseException as exc:
+        fail_job(factory, job_id, f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        stop.set()
+
+
+def _epoch_metrics(report: Any) -> dict[str, Any]:
+    data = report.as_dict() if hasattr(report, "as_dict") else dict(vars(report))
+    return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in data.items()}
+
+
+def _heartbeat(factory: sessionmaker[Session], job_id: str, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_SECONDS):
+        try:
+            update_job(factory, job_id, heartbeat_at=utcnow())
+        except Exception as exc:  # the next beat may succeed; the job goes on regardless
+            log.warning("heartbeat_failed", job_id=job_id, error=str(exc))
+
+
+# -- launching job processes ------------------------------------------------------------------
+class JobLauncher:
+    """Polls for queued jobs and runs each in a child process, watching how it ends.
+
+    Runs inside each API process by default (so the embedded setup needs nothing more)
+    and in `saerec worker`. Training never runs in the API process itself.
+    """
+
+    def __init__(self, settings: Settings, engine: Engine, poll_seconds: float = 1.0) -> None:
+        self._settings = settings
+        self._factory = create_session_factory(engine)
+        self._poll = poll_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.child: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run_forever, name="job-launcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def run_forever(self) -> None:
+        recover_stale_jobs(self._factory)
+        while not self._stop.is_set():
+            try:
+                if not self.run_once():
+                    self._stop.wait(self._poll)
+            except Exception as exc:  # the database may be down: keep polling
+                log.warning("launcher_poll_failed", error=str(exc))
+                self._stop.wait(self._poll * 5)
+
+    def run_once(self) -> bool:
+        """Claim and run one job to its end; False when the queue was empty."""
+        job_id = claim_next(self._factory, f"{_host()}:{os.getpid()}")
+        if job_id is None:
+            recover_stale_jobs(self._factory)
+            return False
+        log.info("job_started", job_id=job_id)
+        self.child = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "run-job", job_id],
+            env={**os.environ, **self._settings.as_env()},
+        )
+        code = self._wait(self.child)
+        self.child = None
+        if code != 0:
+            fail_job(self._factory, job_id, _exit_reason(code))
+        log.info("job_finished", job_id=job_id, exit_code=code)
+        return True
+
+    def _wait(self, child: subprocess.Popen[bytes]) -> int:
+        while True:
+            try:
+                return child.wait(timeout=self._poll)
+            except subprocess.TimeoutExpired:
+                if self._stop.is_set():
+                    child.terminate()
+                    return child.wait()
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+        return f"the training process was killed by {name}"
+    return f"the training process exited with code {code}"

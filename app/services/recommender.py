@@ -1,0 +1,267 @@
+"""Serving: the active model, fold-in of a user's current ratings, and the popular fallback.
+
+The active model lives in one attribute that is replaced, never mutated: a request reads
+it once and uses that snapshot to the end, so a swap can neither fail a request nor mix
+two models. The popular list is swapped the same way.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from app.db import create_session_factory
+from app.ml.artifacts import ArtifactError, LoadedModel, load_artifact
+from app.models import Movie, MovieGenre, Rating
+from app.observability import MODEL_INFO, get_logger
+from app.services import registry
+from app.services.errors import NotFoundError, UnavailableError
+
+log = get_logger("saerec.recommender")
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Titles and genres aligned with an index of movie ids (the model's or popularity's)."""
+
+    movie_ids: np.ndarray
+    titles: list[str]
+    genres: list[list[str]]
+    genre_masks: dict[str, np.ndarray]
+
+    def mask_for(self, genre: str | None) -> np.ndarray | None:
+        if genre is None:
+            return None
+        return self.genre_masks.get(genre.lower(), np.zeros(len(self.movie_ids), dtype=bool))
+
+    def item(self, index: int, score: float, **extra: Any) -> dict[str, Any]:
+        return {
+            "movie_id": int(self.movie_ids[index]),
+            "title": self.titles[index],
+            "genres": self.genres[index],
+            "score": round(float(score), 6),
+            **extra,
+        }
+
+
+def load_catalog(session: Session, movie_ids: np.ndarray) -> Catalog:
+    """Fetch titles and genres for exactly these ids, in this order (missing ids keep '')."""
+    position = {int(m): i for i, m in enumerate(movie_ids)}
+    titles = [""] * len(movie_ids)
+    genres: list[list[str]] = [[] for _ in movie_ids]
+    masks: dict[str, np.ndarray] = {}
+    ids = [int(m) for m in movie_ids]
+    for start in range(0, len(ids), 5000):
+        chunk = ids[start : start + 5000]
+        for movie_id, title in session.execute(
+            select(Movie.id, Movie.title).where(Movie.id.in_(chunk))
+        ):
+            titles[position[movie_id]] = title
+        for movie_id, genre in session.execute(
+            select(MovieGenre.movie_id, MovieGenre.genre)
+            .where(MovieGenre.movie_id.in_(chunk))
+            .order_by(MovieGenre.movie_id, MovieGenre.genre)
+        ):
+            i = position[movie_id]
+            genres[i].append(genre)
+            masks.setdefault(genre.lower(), np.zeros(len(ids), dtype=bool))[i] = True
+    return Catalog(np.asarray(movie_ids, dtype=np.int64), titles, genres, masks)
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    version: str
+    loaded: LoadedModel
+    catalog: Catalog
+
+
+@dataclass(frozen=True)
+class PopularList:
+    """Movies by damped mean rating: (sum + m * global_mean) / (count + m).
+
+    Raw counts favour what is merely common, raw means a single 5-star vote; the damped
+    mean needs both many and good ratings to rise, with m = POPULAR_PRIOR_COUNT.
+    """
+
+    catalog: Catalog
+    scores: np.ndarray  # sorted descending, aligned with catalog
+    built_at: float = field(default_factory=time.monotonic)
+
+
+def build_popular_list(session: Session, prior_count: float) -> PopularList:
+    rows = session.execute(
+        select(Rating.movie_id, func.count(), func.sum(Rating.rating)).group_by(Rating.movie_id)
+    ).all()
+    if not rows:
+        empty = Catalog(np.zeros(0, dtype=np.int64), [], [], {})
+        return PopularList(empty, np.zeros(0, dtype=np.float32))
+    ids = np.array([r[0] for r in rows], dtype=np.int64)
+    counts = np.array([r[1] for r in rows], dtype=np.float64)
+    sums = np.array([float(r[2]) for r in rows], dtype=np.float64)
+    global_mean = sums.sum() / counts.sum()
+    scores = (sums + prior_count * global_mean) / (counts + prior_count)
+    order = np.lexsort((ids, -scores))
+    return PopularList(load_catalog(session, ids[order]), scores[order].astype(np.float32))
+
+
+class Recommender:
+    """One per process: holds the serving model and popular list, answers requests."""
+
+    def __init__(self, engine: Engine, prior_count: float = 20.0) -> None:
+        self._sessions = create_session_factory(engine)
+        self._prior_count = prior_count
+        self._model: ServingModel | None = None
+        self._popular: PopularList | None = None
+        self._lock = threading.Lock()  # serialises reloads, never requests
+        self.model_error: str | None = None
+
+    @property
+    def model(self) -> ServingModel | None:
+        return self._model
+
+    @property
+    def version(self) -> str | None:
+        model = self._model
+        return model.version if model else None
+
+    # -- keeping state current ------------------------------------------------------------
+    def refresh_model(self) -> bool:
+        """Load the registry's active version if it differs from ours; True on a swap."""
+        with self._lock, self._sessions() as session:
+            row = registry.active_version(session)
+            wanted = row.version if row else None
+            if wanted == self.version and (wanted is None or self.model_error is None):
+                return False
+            if row is None:
+                self._swap(None)
+                return True
+            try:
+                loaded = load_artifact(Path(row.artifact_path))
+            except ArtifactError as exc:
+                if self.model_error != str(exc):
+                    log.error("model_load_failed", version=row.version, error=str(exc))
+                self.model_error = f"active model {row.version} cannot be loaded: {exc}"
+                return False
+            catalog = load_catalog(session, loaded.movies.ids)
+        self._swap(ServingModel(row.version, loaded, catalog))
+        return True
+
+    def _swap(self, model: ServingModel | None) -> None:
+        old = self._model
+        self._model = model  # the single reference assignment requests observe
+        self.model_error = None
+        if old is not None:
+            MODEL_INFO.labels(old.version).set(0)
+        if model is not None:
+            MODEL_INFO.labels(model.version).set(1)
+        log.info(
+            "model_swapped", old=old.version if old else None, new=model.version if model else None
+        )
+
+    def refresh_popular(self) -> None:
+        with self._sessions() as session:
+            self._popular = build_popular_list(session, self._prior_count)
+
+    def popular(self) -> PopularList:
+        if self._popular is None:
+            self.refresh_popular()
+        assert self._popular is not None
+        return self._popular
+
+    # -- answering ------------------------------------------------------------------------
+    def recommend(
+        self, session: Session, user_id: int, n: int, genre: str | None
+    ) -> dict[str, Any]:
+        model = self._model  # one snapshot for the whole request
+        rated = session.execute(
+            select(Rating.movie_id, Rating.rating).where(Rating.user_id == user_id)
+        ).all()
+        movie_ids = np.fromiter((r[0] for r in rated), dtype=np.int64, count=len(rated))
+        ratings = np.fromiter((r[1] for r in rated), dtype=np.float32, count=len(rated))
+        if model is not None and len(rated):
+            known = model.loaded.movies.index_of(movie_ids) >= 0
+            if known.any():
+                items = self._model_items(model, movie_ids, ratings, n, genre)
+                return _answer(user_id, model.version, "autoencoder", items)
+        items = self._popular_items(movie_ids, n, genre)
+        return _answer(user_id, model.version if model else None, "popular", items)
+
+    def _model_items(
+        self,
+        model: ServingModel,
+        movie_ids: np.ndarray,
+        ratings: np.ndarray,
+        n: int,
+        genre: str | None,
+    ) -> list[dict[str, Any]]:
+        scores, predicted = model.loaded.predict_user(movie_ids, ratings)
+        allowed = np.ones(len(scores), dtype=bool)
+        cols = model.loaded.movies.index_of(movie_ids)
+        allowed[cols[cols >= 0]] = False  # never a movie the user rated
+        mask = model.catalog.mask_for(genre)
+        if mask is not None:
+            allowed &= mask
+        top = _top_indices(scores, allowed, n)
+        return [
+            model.catalog.item(i, scores[i], predicted_rating=round(float(predicted[i]), 4))
+            for i in top
+        ]
+
+    def _popular_items(self, rated: np.ndarray, n: int, genre: str | None) -> list[dict[str, Any]]:
+        popular = self.popular()
+        allowed = ~np.isin(popular.catalog.movie_ids, rated)
+        mask = popular.catalog.mask_for(genre)
+        if mask is not None:
+            allowed &= mask
+        top = np.flatnonzero(allowed)[:n]  # already sorted by score
+        return [popular.catalog.item(i, popular.scores[i]) for i in top]
+
+    def predict(self, session: Session, user_id: int, movie_ids: list[int]) -> dict[str, Any]:
+        model = self._model
+        if model is None:
+            raise UnavailableError(
+                self.model_error or "no model is trained yet; POST /admin/retrain"
+            )
+        wanted = list(dict.fromkeys(movie_ids))
+        existing = set(session.scalars(select(Movie.id).where(Movie.id.in_(wanted))))
+        missing = [m for m in wanted if m not in existing]
+        if missing:
+            raise NotFoundError({"message": "unknown movie ids", "movie_ids": missing})
+        rated = session.execute(
+            select(Rating.movie_id, Rating.rating).where(Rating.user_id == user_id)
+        ).all()
+        ids = np.array([r[0] for r in rated], dtype=np.int64)
+        values = np.array([r[1] for r in rated], dtype=np.float32)
+        _, predicted = model.loaded.predict_user(ids, values)
+        cols = model.loaded.movies.index_of(np.array(wanted, dtype=np.int64))
+        fallback = float(model.loaded.model.global_mean)
+        items = [
+            {
+                "movie_id": m,
+                "predicted_rating": round(float(predicted[c]) if c >= 0 else fallback, 4),
+                "known_to_model": bool(c >= 0),
+            }
+            for m, c in zip(wanted, cols, strict=True)
+        ]
+        return {"user_id": user_id, "model_version": model.version, "items": items}
+
+
+def _top_indices(scores: np.ndarray, allowed: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the n best allowed scores, best first (argpartition: O(movies))."""
+    candidates = np.flatnonzero(allowed)
+    if len(candidates) > n:
+        part = np.argpartition(-scores[candidates], n - 1)[:n]
+        candidates = candidates[part]
+    order = np.lexsort((candidates, -scores[candidates]))
+    return candidates[order]
+
+
+def _answer(user_id: int, version: str | None, strategy: str, items: list) -> dict[str, Any]:
+    return {"user_id": user_id, "model_version": version, "strategy": strategy, "items": items}

@@ -1,0 +1,194 @@
+"""Recommendations and predictions: fold-in, invariants, popular fallback, hot swap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, update
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.main import create_app
+from app.ml.model import config_from
+from app.models import ModelVersion
+from app.services.training import TrainingOutcome, train_and_register
+from tests.factories import TINY_TRAINING, seed_synthetic
+
+
+def train_tiny(settings: Settings, engine: Engine, **overrides: object) -> TrainingOutcome:
+    config = config_from("fast", **{**TINY_TRAINING, **overrides})
+    return train_and_register(settings, engine, config)
+
+
+@pytest.fixture
+def seeded(settings: Settings, engine: Engine) -> Settings:
+    seed_synthetic(engine)
+    return settings.model_copy(update={"run_worker_in_api": False, "model_poll_seconds": 0.2})
+
+
+@pytest.fixture
+def trained(seeded: Settings, engine: Engine) -> TrainingOutcome:
+    outcome = train_tiny(seeded, engine)
+    assert outcome.activated
+    return outcome
+
+
+def assert_invariants(body: dict, rated: set[int], n: int) -> None:
+    ids = [item["movie_id"] for item in body["items"]]
+    scores = [item["score"] for item in body["items"]]
+    assert len(ids) <= n
+    assert len(ids) == len(set(ids)), "no movie twice"
+    assert not set(ids) & rated, "never a movie the user rated"
+    assert scores == sorted(scores, reverse=True), "ordered by score"
+
+
+def rated_by(client: TestClient, user_id: int) -> set[int]:
+    page = client.get(f"/users/{user_id}/ratings", params={"limit": 1000}).json()
+    return {item["movie_id"] for item in page["items"]}
+
+
+def test_popular_without_a_model(seeded: Settings) -> None:
+    with TestClient(create_app(seeded)) as client:
+        body = client.get("/users/1/recommendations", params={"n": 5}).json()
+        assert body["strategy"] == "popular" and body["model_version"] is None
+        assert len(body["items"]) == 5
+        assert_invariants(body, rated_by(client, 1), 5)
+        fresh = client.get("/users/999/recommendations").json()
+        assert fresh["strategy"] == "popular" and len(fresh["items"]) == 10
+
+
+def test_predictions_need_a_model(seeded: Settings) -> None:
+    with TestClient(create_app(seeded)) as client:
+        response = client.get("/users/1/predictions", params={"movie_id": [1, 2]})
+        assert response.status_code == 503
+        assert "no model" in response.json()["detail"]
+
+
+def test_autoencoder_recommendations_keep_every_invariant(
+    seeded: Settings, trained: TrainingOutcome
+) -> None:
+    with TestClient(create_app(seeded)) as client:
+        for user_id in (1, 2, 17, 60):
+            for n in (1, 5, 40):
+                body = client.get(f"/users/{user_id}/recommendations", params={"n": n}).json()
+                assert body["strategy"] == "autoencoder"
+                assert body["model_version"] == trained.version
+                assert_invariants(body, rated_by(client, user_id), n)
+                assert all(item["title"] for item in body["items"])
+
+
+def test_fold_in_a_new_rating_changes_the_next_answer(
+    seeded: Settings, trained: TrainingOutcome
+) -> None:
+    with TestClient(create_app(seeded)) as client:
+        top = client.get("/users/3/recommendations", params={"n": 3}).json()["items"][0]
+        posted = client.post(
+            "/ratings", json={"user_id": 3, "movie_id": top["movie_id"], "rating": 5}
+        )
+        assert posted.status_code == 201
+        after = client.get("/users/3/recommendations", params={"n": 40}).json()
+        assert top["movie_id"] not in {item["movie_id"] for item in after["items"]}
+
+
+def test_new_user_gets_autoencoder_recommendations_from_their_ratings(
+    seeded: Settings, engine: Engine
+) -> None:
+    # long enough to learn the two taste groups of the synthetic data
+    assert train_tiny(seeded, engine, hidden=[32], epochs=30, patience=30).activated
+    with TestClient(create_app(seeded)) as client:
+        client.post(
+            "/ratings/batch",
+            json={"ratings": [{"user_id": 5000, "movie_id": m, "rating": 5} for m in (1, 3, 5, 7)]},
+        )
+        body = client.get("/users/5000/recommendations", params={"n": 5}).json()
+        assert body["strategy"] == "autoencoder"
+        assert_invariants(body, {1, 3, 5, 7}, 5)
+        # taste groups: odd movies are liked together, so most picks should be odd
+        odd = sum(item["movie_id"] % 2 for item in body["items"])
+        assert odd >= 3, body["items"]
+
+
+def test_genre_filter_is_honoured(seeded: Settings, trained: TrainingOutcome) -> None:
+    with TestClient(create_app(seeded)) as client:
+        body = client.get("/users/2/recommendations", params={"n": 10, "genre": "sci-fi"}).json()
+        assert body["items"]
+        assert all("Sci-Fi" in item["genres"] for item in body["items"])
+        none = client.get("/users/2/recommendations", params={"genre": "Western"}).json()
+        assert none["items"] == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["n=0", "n=101", "n=abc", "genre="],
+)
+def test_bad_recommendation_queries_are_422(seeded: Settings, query: str) -> None:
+    with TestClient(create_app(seeded)) as client:
+        assert client.get(f"/users/1/recommendations?{query}").status_code == 422
+        assert client.get("/users/0/recommendations").status_code == 422
+
+
+def test_predictions_are_clamped_and_cover_rated_and_unrated(
+    seeded: Settings, trained: TrainingOutcome, engine: Engine
+) -> None:
+    with TestClient(create_app(seeded)) as client:
+        body = client.get("/users/1/predictions", params={"movie_id": [1, 2, 3]}).json()
+        assert body["model_version"] == trained.version
+        assert [i["movie_id"] for i in body["items"]] == [1, 2, 3]
+        assert all(1.0 <= i["predicted_rating"] <= 5.0 for i in body["items"])
+        missing = client.get("/users/1/predictions", params={"movie_id": [1, 4242]})
+        assert missing.status_code == 404
+        assert missing.json()["detail"]["movie_ids"] == [4242]
+        too_many = client.get("/users/1/predictions", params={"movie_id": list(range(1, 102))})
+        assert too_many.status_code == 422
+
+
+def test_movie_added_after_training_is_never_recommended(
+    seeded: Settings, trained: TrainingOutcome, admin_headers: dict
+) -> None:
+    with TestClient(create_app(seeded)) as client:
+        client.post("/movies", json={"movie_id": 900, "title": "Late"}, headers=admin_headers)
+        client.post("/ratings", json={"user_id": 1, "movie_id": 900, "rating": 5})
+        body = client.get("/users/1/recommendations", params={"n": 40}).json()
+        assert body["strategy"] == "autoencoder"
+        assert 900 not in {i["movie_id"] for i in body["items"]}
+        pred = client.get("/users/1/predictions", params={"movie_id": [900]}).json()
+        assert pred["items"][0]["known_to_model"] is False
+
+
+def test_missing_artifact_falls_back_to_popular_and_readyz_says_why(
+    seeded: Settings, trained: TrainingOutcome, engine: Engine
+) -> None:
+    Path(next(iter(Path(seeded.model_dir).rglob(f"{trained.version}*.pt")))).unlink()
+    with TestClient(create_app(seeded)) as client:
+        body = client.get("/users/1/recommendations").json()
+        assert body["strategy"] == "popular"
+        ready = client.get("/readyz").json()
+        assert trained.version in ready["detail"]
+
+
+def test_activation_elsewhere_is_picked_up_by_polling(
+    seeded: Settings, trained: TrainingOutcome, engine: Engine
+) -> None:
+    lenient = seeded.model_copy(update={"quality_gate_margin": 100.0})
+    second = train_tiny(lenient, engine, seed=7)
+    assert second.activated
+    with TestClient(create_app(seeded)) as client:
+        assert client.get("/readyz").json()["model_version"] == second.version
+        with Session(engine) as session, session.begin():  # another process rolls back
+            session.execute(update(ModelVersion).values(is_active=False))
+            session.execute(
+                update(ModelVersion)
+                .where(ModelVersion.version == trained.version)
+                .values(is_active=True)
+            )
+        import time
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if client.get("/readyz").json()["model_version"] == trained.version:
+                break
+            time.sleep(0.1)
+        body = client.get("/users/1/recommendations").json()
+        assert body["model_version"] == trained.version
