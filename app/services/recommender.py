@@ -121,6 +121,7 @@ class Recommender:
         self._popular: PopularList | None = None
         self._lock = threading.Lock()  # serialises reloads, never requests
         self.model_error: str | None = None
+        self._failed: tuple[str, float | None] | None = None
 
     @property
     def model(self) -> ServingModel | None:
@@ -137,17 +138,19 @@ class Recommender:
         with self._lock, self._sessions() as session:
             row = registry.active_version(session)
             wanted = row.version if row else None
-            if wanted == self.version and (wanted is None or self.model_error is None):
+            if wanted == self.version:
                 return False
             if row is None:
                 self._swap(None)
                 return True
+            if self._failed == (wanted, _mtime(row.artifact_path)):
+                return False  # same broken file as last time: do not reload it every poll
             try:
                 loaded = load_artifact(Path(row.artifact_path))
             except ArtifactError as exc:
-                if self.model_error != str(exc):
-                    log.error("model_load_failed", version=row.version, error=str(exc))
+                self._failed = (wanted, _mtime(row.artifact_path))
                 self.model_error = f"active model {row.version} cannot be loaded: {exc}"
+                log.error("model_load_failed", version=row.version, error=str(exc))
                 return False
             catalog = load_catalog(session, loaded.movies.ids)
         self._swap(ServingModel(row.version, loaded, catalog))
@@ -157,6 +160,7 @@ class Recommender:
         old = self._model
         self._model = model  # the single reference assignment requests observe
         self.model_error = None
+        self._failed = None
         if old is not None:
             MODEL_INFO.labels(old.version).set(0)
         if model is not None:
@@ -251,6 +255,13 @@ class Recommender:
             for m, c in zip(wanted, cols, strict=True)
         ]
         return {"user_id": user_id, "model_version": model.version, "items": items}
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return Path(path).stat().st_mtime
+    except OSError:
+        return None
 
 
 def _top_indices(scores: np.ndarray, allowed: np.ndarray, n: int) -> np.ndarray:

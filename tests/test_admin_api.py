@@ -1,0 +1,197 @@
+"""Admin: auth, retraining jobs end to end, quality gate, rollback, recovery, replicas."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, update
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.main import create_app
+from app.models import ModelVersion, TrainingJob, utcnow
+from tests.factories import TINY_TRAINING, seed_synthetic
+from tests.test_recommendations_api import train_tiny
+
+RETRAIN_BODY = {"preset": "fast", **TINY_TRAINING}
+
+
+@pytest.fixture
+def seeded(settings: Settings, engine: Engine) -> Settings:
+    seed_synthetic(engine)
+    return settings.model_copy(update={"model_poll_seconds": 0.2})
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 90.0) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("post", "/admin/retrain"),
+        ("get", "/admin/jobs/abc"),
+        ("get", "/admin/models"),
+        ("post", "/admin/models/v1/activate"),
+    ],
+)
+def test_admin_routes_need_the_token(seeded: Settings, method: str, path: str) -> None:
+    with TestClient(create_app(seeded)) as client:
+        assert client.request(method, path).status_code == 401
+        bad = client.request(method, path, headers={"Authorization": "Bearer wrong-token"})
+        assert bad.status_code == 401
+        assert bad.json()["detail"] == "missing or invalid admin token"
+    disabled = seeded.model_copy(update={"admin_token": None})
+    with TestClient(create_app(disabled)) as client:
+        assert client.request(method, path).status_code == 503
+
+
+def test_retrain_rejects_unknown_or_bad_overrides(seeded: Settings, admin_headers: dict) -> None:
+    quiet = seeded.model_copy(update={"run_worker_in_api": False})
+    with TestClient(create_app(quiet)) as client:
+        for body in ({"epochz": 3}, {"epochs": 0}, {"preset": "nope"}, {"lr": "fast"}):
+            response = client.post("/admin/retrain", json=body, headers=admin_headers)
+            assert response.status_code == 422, body
+            assert response.json()["detail"]
+
+
+def test_second_retrain_while_one_is_open_is_409(seeded: Settings, admin_headers: dict) -> None:
+    quiet = seeded.model_copy(update={"run_worker_in_api": False})
+    with TestClient(create_app(quiet)) as client:
+        first = client.post("/admin/retrain", json=RETRAIN_BODY, headers=admin_headers)
+        assert first.status_code == 202
+        assert first.json()["status"] == "queued"
+        second = client.post("/admin/retrain", headers=admin_headers)
+        assert second.status_code == 409
+        assert second.json()["detail"]["job_id"] == first.json()["job_id"]
+        job = client.get(f"/admin/jobs/{first.json()['job_id']}", headers=admin_headers).json()
+        assert job["status"] == "queued" and job["progress"] == 0
+        assert client.get("/admin/jobs/nope", headers=admin_headers).status_code == 404
+
+
+def test_retrain_job_runs_in_a_child_process_and_activates(
+    seeded: Settings, admin_headers: dict
+) -> None:
+    with TestClient(create_app(seeded)) as client:
+        assert client.get("/users/1/recommendations").json()["strategy"] == "popular"
+        job_id = client.post("/admin/retrain", json=RETRAIN_BODY, headers=admin_headers).json()[
+            "job_id"
+        ]
+
+        def finished() -> dict | None:
+            job = client.get(f"/admin/jobs/{job_id}", headers=admin_headers).json()
+            return job if job["status"] in ("succeeded", "failed") else None
+
+        job = wait_for(finished)
+        assert job["status"] == "succeeded", job["error"]
+        assert job["progress"] == 1.0 and job["epoch"] >= 1
+        assert job["metrics"]["activated"] is True
+        models = client.get("/admin/models", headers=admin_headers).json()
+        assert [m["version"] for m in models if m["active"]] == [job["model_version"]]
+        wait_for(lambda: client.get("/readyz").json()["model_version"] == job["model_version"])
+        body = client.get("/users/1/recommendations").json()
+        assert body["strategy"] == "autoencoder"
+        assert body["model_version"] == job["model_version"]
+
+
+def test_quality_gate_refuses_a_worse_model(seeded: Settings, engine: Engine) -> None:
+    first = train_tiny(seeded, engine)
+    with Session(engine) as session, session.begin():  # pretend the active model is superb
+        row = session.get(ModelVersion, first.version)
+        row.metrics = {**row.metrics, "valid_rmse": 0.01}
+    second = train_tiny(seeded, engine, seed=3)
+    assert not second.activated
+    assert "worse" in second.gate
+    with TestClient(create_app(seeded.model_copy(update={"run_worker_in_api": False}))) as client:
+        assert client.get("/readyz").json()["model_version"] == first.version
+
+
+def test_rollback_by_activating_an_older_version(
+    seeded: Settings, engine: Engine, admin_headers: dict
+) -> None:
+    lenient = seeded.model_copy(update={"quality_gate_margin": 100.0, "run_worker_in_api": False})
+    old = train_tiny(lenient, engine)
+    new = train_tiny(lenient, engine, seed=5)
+    with TestClient(create_app(lenient)) as client:
+        assert client.get("/users/1/recommendations").json()["model_version"] == new.version
+        response = client.post(f"/admin/models/{old.version}/activate", headers=admin_headers)
+        assert response.status_code == 200
+        assert response.json()["active"] is True
+        assert client.get("/users/1/recommendations").json()["model_version"] == old.version
+        models = client.get("/admin/models", headers=admin_headers).json()
+        assert {m["version"]: m["active"] for m in models} == {
+            old.version: True,
+            new.version: False,
+        }
+        assert client.post("/admin/models/nope/activate", headers=admin_headers).status_code == 404
+
+
+def test_stale_running_job_is_failed_on_start(seeded: Settings, engine: Engine) -> None:
+    with Session(engine) as session, session.begin():
+        session.add(
+            TrainingJob(
+                id="stale-job",
+                status="running",
+                overrides={},
+                started_at=utcnow(),
+                heartbeat_at=utcnow(),
+                worker=f"{socket.gethostname()}:2147483646",
+            )
+        )
+    with TestClient(create_app(seeded)) as client:
+
+        def failed() -> dict | None:
+            job = client.get(
+                "/admin/jobs/stale-job",
+                headers={"Authorization": f"Bearer {seeded.admin_token_value()}"},
+            )
+            return job.json() if job.json()["status"] == "failed" else None
+
+        job = wait_for(failed, timeout=20)
+        assert "gone" in job["error"]
+        fresh = client.post(
+            "/admin/retrain",
+            json=RETRAIN_BODY,
+            headers={"Authorization": f"Bearer {seeded.admin_token_value()}"},
+        )
+        assert fresh.status_code == 202  # the dead job no longer blocks the queue
+
+
+def test_two_app_instances_both_see_an_activation(
+    seeded: Settings, engine: Engine, admin_headers: dict
+) -> None:
+    lenient = seeded.model_copy(update={"quality_gate_margin": 100.0, "run_worker_in_api": False})
+    old = train_tiny(lenient, engine)
+    new = train_tiny(lenient, engine, seed=9)
+    with TestClient(create_app(lenient)) as one, TestClient(create_app(lenient)) as two:
+        assert one.get("/readyz").json()["model_version"] == new.version
+        assert two.get("/readyz").json()["model_version"] == new.version
+        assert (
+            one.post(f"/admin/models/{old.version}/activate", headers=admin_headers).status_code
+            == 200
+        )
+        wait_for(lambda: two.get("/readyz").json()["model_version"] == old.version, timeout=10)
+        assert two.get("/users/2/recommendations").json()["model_version"] == old.version
+
+
+def test_only_one_active_version_even_when_forced(seeded: Settings, engine: Engine) -> None:
+    lenient = seeded.model_copy(update={"quality_gate_margin": 100.0})
+    train_tiny(lenient, engine)
+    other = train_tiny(lenient, engine, seed=2)
+    from sqlalchemy.exc import IntegrityError
+
+    with pytest.raises(IntegrityError), Session(engine) as session, session.begin():
+        session.execute(update(ModelVersion).values(is_active=True))
+    with Session(engine) as session:
+        active = [v.version for v in session.query(ModelVersion).filter_by(is_active=True)]
+    assert active == [other.version]
