@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list)
 
     torch_threads: int | None = Field(default=None, ge=1)
+    serve_torch_threads: int = Field(default=1, ge=1)
     device: str | None = None
     train_preset: str = "default"
     quality_gate_margin: float = Field(default=0.02, ge=0.0)
