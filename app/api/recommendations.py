@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import JSONResponse
 
 from app.api.deps import SessionDep
 from app.schemas import MAX_ID, PositiveId, PredictionsOut, RecommendationsOut
@@ -22,11 +23,11 @@ def _recommender(request: Request) -> Recommender:
 def recommendations(
     request: Request,
     user_id: UserId,
-    session: SessionDep,
     n: Annotated[int, Query(ge=1, le=100)] = 10,
     genre: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
-) -> dict:
-    return _recommender(request).recommend(session, user_id, n, genre)
+) -> JSONResponse:
+    # The service builds plain JSON types already; skipping re-validation is a hot-path win.
+    return JSONResponse(_recommender(request).recommend(user_id, n, genre))
 
 
 @router.get(

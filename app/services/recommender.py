@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from app.db import create_session_factory
@@ -25,6 +25,9 @@ from app.services import registry
 from app.services.errors import NotFoundError, UnavailableError
 
 log = get_logger("saerec.recommender")
+USER_RATINGS = select(Rating.movie_id, Rating.rating).where(
+    Rating.user_id == bindparam("user_id")
+)
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ class Recommender:
     """One per process: holds the serving model and popular list, answers requests."""
 
     def __init__(self, engine: Engine, prior_count: float = 20.0) -> None:
+        self._engine = engine
         self._sessions = create_session_factory(engine)
         self._prior_count = prior_count
         self._model: ServingModel | None = None
@@ -180,15 +184,18 @@ class Recommender:
         return self._popular
 
     # -- answering ------------------------------------------------------------------------
-    def recommend(
-        self, session: Session, user_id: int, n: int, genre: str | None
-    ) -> dict[str, Any]:
-        model = self._model  # one snapshot for the whole request
-        rated = session.execute(
-            select(Rating.movie_id, Rating.rating).where(Rating.user_id == user_id)
-        ).all()
+    def user_ratings(self, user_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """The user's current ratings: one indexed lookup on the primary key's prefix."""
+        with self._engine.connect() as conn:
+            rated = conn.execute(USER_RATINGS, {"user_id": user_id}).all()
         movie_ids = np.fromiter((r[0] for r in rated), dtype=np.int64, count=len(rated))
         ratings = np.fromiter((r[1] for r in rated), dtype=np.float32, count=len(rated))
+        return movie_ids, ratings
+
+    def recommend(self, user_id: int, n: int, genre: str | None) -> dict[str, Any]:
+        model = self._model  # one snapshot for the whole request
+        movie_ids, ratings = self.user_ratings(user_id)
+        rated = movie_ids
         if model is not None and len(rated):
             known = model.loaded.movies.index_of(movie_ids) >= 0
             if known.any():
@@ -206,7 +213,7 @@ class Recommender:
         genre: str | None,
     ) -> list[dict[str, Any]]:
         scores, predicted = model.loaded.predict_user(movie_ids, ratings)
-        allowed = np.ones(len(scores), dtype=bool)
+        allowed = np.isfinite(scores)  # a diverged model must not break the JSON answer
         cols = model.loaded.movies.index_of(movie_ids)
         allowed[cols[cols >= 0]] = False  # never a movie the user rated
         mask = model.catalog.mask_for(genre)
@@ -238,11 +245,7 @@ class Recommender:
         missing = [m for m in wanted if m not in existing]
         if missing:
             raise NotFoundError({"message": "unknown movie ids", "movie_ids": missing})
-        rated = session.execute(
-            select(Rating.movie_id, Rating.rating).where(Rating.user_id == user_id)
-        ).all()
-        ids = np.array([r[0] for r in rated], dtype=np.int64)
-        values = np.array([r[1] for r in rated], dtype=np.float32)
+        ids, values = self.user_ratings(user_id)
         _, predicted = model.loaded.predict_user(ids, values)
         cols = model.loaded.movies.index_of(np.array(wanted, dtype=np.int64))
         fallback = float(model.loaded.model.global_mean)
