@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -109,6 +110,11 @@ class ModelVersion(Base):
     data_size: Mapped[dict[str, Any]] = mapped_column(JSON)
     data_fingerprint: Mapped[str] = mapped_column(String(128))
     artifact_path: Mapped[str] = mapped_column(String(1000))
+    # The artifact itself, so replicas on other hosts need no shared volume: each process
+    # keeps a local copy under MODEL_DIR and fetches the bytes only when it lacks one.
+    artifact: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    artifact_sha256: Mapped[str | None] = mapped_column(String(64))
+    artifact_bytes: Mapped[int | None] = mapped_column(BigInteger)
     is_active: Mapped[bool] = mapped_column(Boolean, default=False)
     activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

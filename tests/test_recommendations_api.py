@@ -157,10 +157,36 @@ def test_movie_added_after_training_is_never_recommended(
         assert pred["items"][0]["known_to_model"] is False
 
 
-def test_missing_artifact_falls_back_to_popular_and_readyz_says_why(
+def _artifact_file(settings: Settings, version: str) -> Path:
+    return next(Path(settings.model_dir).rglob(f"{version}*.pt"))
+
+
+def test_lost_artifact_file_is_restored_from_the_database(
+    seeded: Settings, trained: TrainingOutcome
+) -> None:
+    _artifact_file(seeded, trained.version).write_bytes(b"truncated")
+    with TestClient(create_app(seeded)) as client:
+        body = client.get("/users/1/recommendations").json()
+        assert body["strategy"] == "autoencoder"
+        assert body["model_version"] == trained.version
+
+
+def test_replica_with_its_own_model_dir_serves_the_same_version(
+    seeded: Settings, trained: TrainingOutcome, tmp_path: Path
+) -> None:
+    elsewhere = seeded.model_copy(update={"model_dir": tmp_path / "replica-models"})
+    _artifact_file(seeded, trained.version).unlink()  # as if on another host
+    with TestClient(create_app(elsewhere)) as client:
+        assert client.get("/readyz").json()["model_version"] == trained.version
+    assert list((tmp_path / "replica-models").rglob(f"{trained.version}*.pt"))
+
+
+def test_unrecoverable_artifact_falls_back_to_popular_and_readyz_says_why(
     seeded: Settings, trained: TrainingOutcome, engine: Engine
 ) -> None:
-    Path(next(iter(Path(seeded.model_dir).rglob(f"{trained.version}*.pt")))).unlink()
+    _artifact_file(seeded, trained.version).write_bytes(b"corrupted")
+    with Session(engine) as session, session.begin():
+        session.execute(update(ModelVersion).values(artifact=b"also corrupted"))
     with TestClient(create_app(seeded)) as client:
         body = client.get("/users/1/recommendations").json()
         assert body["strategy"] == "popular"

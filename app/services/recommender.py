@@ -117,7 +117,8 @@ def build_popular_list(session: Session, prior_count: float) -> PopularList:
 class Recommender:
     """One per process: holds the serving model and popular list, answers requests."""
 
-    def __init__(self, engine: Engine, prior_count: float = 20.0) -> None:
+    def __init__(self, engine: Engine, model_dir: Path, prior_count: float = 20.0) -> None:
+        self._model_dir = model_dir
         self._engine = engine
         self._sessions = create_session_factory(engine)
         self._prior_count = prior_count
@@ -150,7 +151,7 @@ class Recommender:
             if self._failed == (wanted, _mtime(row.artifact_path)):
                 return False  # same broken file as last time: do not reload it every poll
             try:
-                loaded = load_artifact(Path(row.artifact_path))
+                loaded = load_artifact(registry.local_artifact(session, row, self._model_dir))
             except ArtifactError as exc:
                 self._failed = (wanted, _mtime(row.artifact_path))
                 self.model_error = f"active model {row.version} cannot be loaded: {exc}"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
+import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ def register_version(
     data_fingerprint: str,
     artifact_path: Path,
 ) -> ModelVersion:
+    payload = Path(artifact_path).read_bytes()
     row = ModelVersion(
         version=version,
         config=config,
@@ -31,6 +35,9 @@ def register_version(
         data_size=data_size,
         data_fingerprint=data_fingerprint,
         artifact_path=str(artifact_path),
+        artifact=payload,
+        artifact_sha256=hashlib.sha256(payload).hexdigest(),
+        artifact_bytes=len(payload),
         is_active=False,
     )
     session.add(row)
@@ -56,7 +63,7 @@ def get_version(session: Session, version: str) -> ModelVersion:
 def activate(session: Session, version: str) -> ModelVersion:
     """Deactivate the current row first: the partial unique index forbids two active rows."""
     row = get_version(session, version)
-    if not Path(row.artifact_path).is_file():
+    if row.artifact_sha256 is None and not Path(row.artifact_path).is_file():
         raise NotFoundError(f"the artifact of model version {version!r} is gone")
     session.execute(
         update(ModelVersion).where(ModelVersion.is_active.is_(True)).values(is_active=False)
@@ -68,6 +75,41 @@ def activate(session: Session, version: str) -> ModelVersion:
     )
     session.refresh(row)
     return row
+
+
+def _sha256_of(path: Path) -> str | None:
+    try:
+        with path.open("rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def local_artifact(session: Session, row: ModelVersion, model_dir: Path) -> Path:
+    """A verified local copy of the version's artifact, fetched from the database if needed.
+
+    The registered path serves when it exists and matches the stored checksum (one host,
+    or a shared volume); otherwise the bytes come from the database into MODEL_DIR, so a
+    replica on another host, or a local file that was damaged, heals itself.
+    """
+    registered = Path(row.artifact_path)
+    if row.artifact_sha256 is None:
+        return registered  # registered before artifacts were stored: trust the file
+    cached = Path(model_dir) / row.version / registered.name
+    for candidate in (registered, cached):
+        if _sha256_of(candidate) == row.artifact_sha256:
+            return candidate
+    payload = session.scalar(
+        select(ModelVersion.artifact).where(ModelVersion.version == row.version)
+    )
+    if payload is None or hashlib.sha256(payload).hexdigest() != row.artifact_sha256:
+        return registered  # nothing trustworthy to fetch: loading will say what is wrong
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=f".{row.version}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(payload)
+    os.replace(tmp, cached)
+    return cached
 
 
 def list_versions(session: Session) -> list[ModelVersion]:
