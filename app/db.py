@@ -60,7 +60,16 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+def _find_migrations() -> Path:
+    """Beside the package in a checkout; in the working directory of an installed image."""
+    beside_package = Path(__file__).resolve().parent.parent / "migrations"
+    for candidate in (beside_package, Path.cwd() / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    return beside_package
+
+
+MIGRATIONS_DIR = _find_migrations()
 PG_MIGRATION_LOCK_KEY = 0x5AE_4EC  # any constant shared by every replica
 
 

@@ -27,4 +27,5 @@ PY
   fi
 fi
 
+export PATH="$PWD/.venv/bin:$PATH"
 exec .venv/bin/python -m pytest "$@"
