@@ -101,6 +101,7 @@ class ReadinessOut(BaseModel):
     database: str
     model_version: str | None = None
     detail: str | None = None
+    pid: int | None = Field(default=None, description="the answering process (several workers)")
 
 
 class RecommendationItem(BaseModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -34,6 +36,7 @@ def readyz(request: Request) -> JSONResponse:
         return JSONResponse(body.model_dump(), status_code=503)
     recommender = request.app.state.recommender
     body = ReadinessOut(
+        pid=os.getpid(),
         status="ok",
         database="ok",
         model_version=recommender.version,
