@@ -95,10 +95,11 @@ def build_model(
 
 def make_optimizer(model: torch.nn.Module, config: ModelConfig) -> torch.optim.Optimizer:
     params = model.parameters()
+    # fused kernels: one pass over each parameter instead of ~10 elementwise ops (CPU and CUDA)
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     if config.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
@@ -114,11 +115,14 @@ def batch_loss(
     """
     out = model(x)
     rated = (x > 0).to(x.dtype)
-    n_rated = rated.sum().clamp(min=1.0)
     loss = x.new_zeros(())
     rank_value = rate_value = math.nan
     if model.rank_out is not None and config.ranking_weight > 0:
-        rank = -(F.log_softmax(out.scores, dim=1) * rated).sum() / n_rated
+        target = rated
+        if config.positive_weight > 0:
+            liked = (x >= config.relevant_threshold).to(x.dtype)
+            target = rated + config.positive_weight * liked
+        rank = -(F.log_softmax(out.scores, dim=1) * target).sum() / target.sum().clamp(min=1.0)
         loss = loss + config.ranking_weight * rank
         rank_value = float(rank.detach())
     if config.rating_weight > 0:
