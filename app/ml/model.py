@@ -29,46 +29,68 @@ Activation = Literal["sigmoid", "tanh", "relu", "selu"]
 class ModelConfig(BaseModel):
     """Every hyper-parameter of the model and its training (validated, immutable)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     # architecture
     hidden: tuple[int, ...] = Field((400,), min_length=1)
+    """hidden layer sizes, input side first (e.g. 20, 10, 20 for the seed's stack; a size
+    above the number of movies makes an overcomplete layer)."""
     activation: Activation = "tanh"
+    """activation of every hidden layer."""
     inputs: Literal["ratings", "implicit", "both"] = "both"
     """ratings: raw rating values (the seed); implicit: L2-normalised rated/unrated
     indicator; both: indicator plus bias-centred ratings, each scaled by 1/sqrt(n)."""
     ranking_head: bool = True
+    """multinomial 'which movies will they rate' head; without it, scores = ratings."""
     rating_head: Literal["direct", "residual"] = "residual"
+    """direct: decoder outputs ratings (the seed); residual: mean + movie bias + folded-in
+    user bias + decoder output."""
     # regularisation
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    input_dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    """masking noise: probability that a rating is hidden from the encoder in training."""
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    """dropout on hidden activations."""
+    input_dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    """masking noise (denoising): probability that a rating is hidden from the encoder in
+    training; the heads must still predict it."""
     sparsity_rho: float = Field(0.05, gt=0.0, lt=1.0)
+    """target mean activation of the KL sparsity penalty."""
     sparsity_beta: float = Field(0.0, ge=0.0)
-    """KL(rho || mean activation) penalty on every hidden layer (0 = off)."""
+    """weight of KL(rho || mean activation) summed over hidden units and layers (0 = off)."""
     weight_decay: float = Field(3e-4, ge=0.0)
+    """L2 penalty passed to the optimizer."""
     user_bias_reg: float = Field(5.0, ge=0.0)
+    """shrinkage (pseudo-count) of the user bias folded in from the input ratings."""
     movie_bias_reg: float = Field(10.0, ge=0.0)
+    """shrinkage of the initial movie biases (they are then learned)."""
     # loss
     ranking_weight: float = Field(1.0, ge=0.0)
+    """weight of the multinomial ranking loss (per observed rating)."""
     rating_weight: float = Field(1.0, ge=0.0)
+    """weight of the masked rating MSE (per observed rating)."""
     positive_weight: float = Field(5.0, ge=0.0)
     """extra multinomial target weight of liked movies (rating >= relevant_threshold)."""
     hidden_rating_weight: float = Field(1.0, ge=0.0)
-    """extra weight of the masked (hidden from the input) ratings in the rating loss."""
+    """weight of ratings masked from the input relative to visible ones in the MSE."""
     # optimisation
     optimizer: Literal["adam", "adamw", "rmsprop", "sgd"] = "adam"
+    """optimizer (the seed used RMSprop)."""
     lr: float = Field(2e-3, gt=0.0)
+    """learning rate."""
     batch_size: int = Field(128, ge=1)
+    """users per minibatch."""
     epochs: int = Field(60, ge=1)
+    """maximum number of epochs."""
     patience: int = Field(6, ge=1)
+    """epochs without a better validation metric before stopping early."""
     monitor: Literal["ndcg", "rmse", "both"] = "both"
-    """early-stopping metric; both = ndcg - rmse (each head matters)."""
+    """early-stopping metric on the validation split; both = NDCG@10 - RMSE."""
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """share of each user's ratings held out for validation (0 = no early stopping)."""
     seed: int = 0
+    """seed of torch and numpy (initialisation, shuffling, masking, validation split)."""
     rating_scale: tuple[float, float] | None = None
     """clamp range of predicted ratings; None = (min, max) of the training ratings."""
     relevant_threshold: float = 4.0
+    """a rating at or above this is a 'liked' movie (ranking relevance, positive weight)."""
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -92,6 +114,7 @@ PRESETS: dict[str, ModelConfig] = {
         ranking_head=False,
         rating_head="direct",
         input_dropout=0.0,
+        dropout=0.0,
         optimizer="rmsprop",
         lr=0.01,
         weight_decay=0.0,

@@ -56,3 +56,31 @@ def test_predict_unknown_user_and_clamping() -> None:
     assert model.training  # predict restores the mode it found
     with pytest.raises(ValueError):
         predict(model, sp.csr_matrix((1, 3)))
+
+
+def test_kl_sparsity_penalty() -> None:
+    from app.ml.model import kl_sparsity
+
+    at_target = (torch.full((8, 5), 0.05),)
+    assert float(kl_sparsity(at_target, "sigmoid", 0.05)) == pytest.approx(0.0, abs=1e-6)
+    busy = (torch.full((8, 5), 0.5),)
+    assert float(kl_sparsity(busy, "sigmoid", 0.05)) > 1.0
+    tanh_at_target = (torch.full((8, 5), -0.9),)  # (h + 1) / 2 = 0.05
+    assert float(kl_sparsity(tanh_at_target, "tanh", 0.05)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_sparse_and_overcomplete_configs_train_a_step() -> None:
+    cfg = config_from("fast", hidden=(64, 32), sparsity_beta=0.1, activation="sigmoid")
+    model = StackedAutoencoder(40, cfg)
+    x = torch.zeros(6, 40)
+    x[:, :5] = 3.0
+    out = model(x)
+    loss = out.ratings.pow(2).mean() + kl_sparsity_value(out.hidden)
+    loss.backward()
+    assert all(p.grad is not None for p in model.layers.parameters())
+
+
+def kl_sparsity_value(hidden: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    from app.ml.model import kl_sparsity
+
+    return kl_sparsity(hidden, "sigmoid", 0.05)
