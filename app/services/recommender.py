@@ -19,15 +19,14 @@ from sqlalchemy.orm import Session
 
 from app.db import create_session_factory
 from app.ml.artifacts import ArtifactError, LoadedModel, load_artifact
+from app.ml.serving import FoldInScorer, UserState
 from app.models import Movie, MovieGenre, Rating
 from app.observability import MODEL_INFO, get_logger
 from app.services import registry
 from app.services.errors import NotFoundError, UnavailableError
 
 log = get_logger("saerec.recommender")
-USER_RATINGS = select(Rating.movie_id, Rating.rating).where(
-    Rating.user_id == bindparam("user_id")
-)
+USER_RATINGS = select(Rating.movie_id, Rating.rating).where(Rating.user_id == bindparam("user_id"))
 
 
 @dataclass(frozen=True)
@@ -83,6 +82,15 @@ class ServingModel:
     version: str
     loaded: LoadedModel
     catalog: Catalog
+    scorer: FoldInScorer
+
+    def encode(self, movie_ids: np.ndarray, ratings: np.ndarray) -> UserState | None:
+        """The user's state from the ratings of movies this model knows; None if none."""
+        cols = self.loaded.movies.index_of(movie_ids)
+        known = cols >= 0
+        if not known.any():
+            return None
+        return self.scorer.encode(cols[known], ratings[known])
 
 
 @dataclass(frozen=True)
@@ -158,7 +166,7 @@ class Recommender:
                 log.error("model_load_failed", version=row.version, error=str(exc))
                 return False
             catalog = load_catalog(session, loaded.movies.ids)
-        self._swap(ServingModel(row.version, loaded, catalog))
+        self._swap(ServingModel(row.version, loaded, catalog, FoldInScorer(loaded.model)))
         return True
 
     def _swap(self, model: ServingModel | None) -> None:
@@ -197,23 +205,22 @@ class Recommender:
         model = self._model  # one snapshot for the whole request
         movie_ids, ratings = self.user_ratings(user_id)
         rated = movie_ids
-        if model is not None and len(rated):
-            known = model.loaded.movies.index_of(movie_ids) >= 0
-            if known.any():
-                items = self._model_items(model, movie_ids, ratings, n, genre)
-                return _answer(user_id, model.version, "autoencoder", items)
+        state = model.encode(movie_ids, ratings) if model is not None and len(rated) else None
+        if model is not None and state is not None:
+            items = self._model_items(model, state, movie_ids, n, genre)
+            return _answer(user_id, model.version, "autoencoder", items)
         items = self._popular_items(movie_ids, n, genre)
         return _answer(user_id, model.version if model else None, "popular", items)
 
     def _model_items(
         self,
         model: ServingModel,
+        state: UserState,
         movie_ids: np.ndarray,
-        ratings: np.ndarray,
         n: int,
         genre: str | None,
     ) -> list[dict[str, Any]]:
-        scores, predicted = model.loaded.predict_user(movie_ids, ratings)
+        scores = model.scorer.scores(state)
         allowed = np.isfinite(scores)  # a diverged model must not break the JSON answer
         cols = model.loaded.movies.index_of(movie_ids)
         allowed[cols[cols >= 0]] = False  # never a movie the user rated
@@ -221,9 +228,10 @@ class Recommender:
         if mask is not None:
             allowed &= mask
         top = _top_indices(scores, allowed, n)
+        predicted = model.scorer.ratings(state, top)
         return [
-            model.catalog.item(i, scores[i], predicted_rating=round(float(predicted[i]), 4))
-            for i in top
+            model.catalog.item(i, scores[i], predicted_rating=round(float(p), 4))
+            for i, p in zip(top, predicted, strict=True)
         ]
 
     def _popular_items(self, rated: np.ndarray, n: int, genre: str | None) -> list[dict[str, Any]]:
@@ -247,16 +255,17 @@ class Recommender:
         if missing:
             raise NotFoundError({"message": "unknown movie ids", "movie_ids": missing})
         ids, values = self.user_ratings(user_id)
-        _, predicted = model.loaded.predict_user(ids, values)
         cols = model.loaded.movies.index_of(np.array(wanted, dtype=np.int64))
+        state = model.encode(ids, values) or model.scorer.encode(np.zeros(0), np.zeros(0))
+        predicted = model.scorer.ratings(state, np.where(cols >= 0, cols, 0))
         fallback = float(model.loaded.model.global_mean)
         items = [
             {
                 "movie_id": m,
-                "predicted_rating": round(float(predicted[c]) if c >= 0 else fallback, 4),
+                "predicted_rating": round(float(p) if c >= 0 else fallback, 4),
                 "known_to_model": bool(c >= 0),
             }
-            for m, c in zip(wanted, cols, strict=True)
+            for m, c, p in zip(wanted, cols, predicted, strict=True)
         ]
         return {"user_id": user_id, "model_version": model.version, "items": items}
 
