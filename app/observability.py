@@ -23,6 +23,13 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 RATINGS_TOTAL = Gauge("saerec_ratings_total", "Ratings stored in the database")
+RECOMMEND_LATENCY = Histogram(
+    "saerec_recommendation_seconds",
+    "Time to build one recommendation list (DB read, fold-in, top-n), by strategy",
+    ["strategy"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+)
+TRAINING_JOBS = Gauge("saerec_training_jobs", "Training jobs by status", ["status"])
 MODEL_INFO = Gauge(
     "saerec_model_active", "1 for the model version this process serves", ["version"]
 )

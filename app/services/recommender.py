@@ -21,7 +21,7 @@ from app.db import create_session_factory
 from app.ml.artifacts import ArtifactError, LoadedModel, load_artifact
 from app.ml.serving import FoldInScorer, UserState
 from app.models import Movie, MovieGenre, Rating
-from app.observability import MODEL_INFO, get_logger
+from app.observability import MODEL_INFO, RECOMMEND_LATENCY, get_logger
 from app.services import registry
 from app.services.errors import NotFoundError, UnavailableError
 
@@ -202,6 +202,12 @@ class Recommender:
         return movie_ids, ratings
 
     def recommend(self, user_id: int, n: int, genre: str | None) -> dict[str, Any]:
+        started = time.perf_counter()
+        answer = self._recommend(user_id, n, genre)
+        RECOMMEND_LATENCY.labels(answer["strategy"]).observe(time.perf_counter() - started)
+        return answer
+
+    def _recommend(self, user_id: int, n: int, genre: str | None) -> dict[str, Any]:
         model = self._model  # one snapshot for the whole request
         movie_ids, ratings = self.user_ratings(user_id)
         rated = movie_ids
