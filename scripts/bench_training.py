@@ -124,6 +124,33 @@ def trainer_epochs(
 
 
 # ----------------------------------------------------------------------- 3. synthetic
+def activity_counts(
+    rng: np.random.Generator, n_users: int, n_movies: int, n_ratings: int
+) -> np.ndarray:
+    """Log-normal ratings per user, at least 20, at most half the catalog, summing to
+    about ``n_ratings``."""
+    activity = rng.lognormal(0.0, 1.0, n_users)
+    scale = n_ratings / activity.sum()
+    for _ in range(30):
+        per_user = np.clip(np.round(activity * scale), 20, n_movies // 2)
+        scale *= n_ratings / per_user.sum()
+    return per_user.astype(np.int64)
+
+
+def distinct_draws(rng: np.random.Generator, cdf: np.ndarray, count: int) -> np.ndarray:
+    """``count`` distinct movies drawn from a popularity CDF, in draw order."""
+    taken = np.zeros(0, dtype=np.int64)
+    for _ in range(8):
+        draws = np.searchsorted(cdf, rng.random(2 * (count - taken.size) + 10))
+        draws = np.minimum(draws, cdf.size - 1)
+        merged = np.concatenate([taken, draws])
+        _, first = np.unique(merged, return_index=True)
+        taken = merged[np.sort(first)][:count]
+        if taken.size == count:
+            break
+    return taken
+
+
 def synthetic_ratings(
     n_users: int, n_movies: int, n_ratings: int, seed: int = 0, groups: int = 32, rank: int = 8
 ) -> RatingChunk:
@@ -134,9 +161,7 @@ def synthetic_ratings(
     mean + biases + a rank-``rank`` interaction + noise, rounded to half stars.
     """
     rng = np.random.default_rng(seed)
-    activity = rng.lognormal(0.0, 1.0, n_users)
-    per_user = np.maximum(20, np.round(activity / activity.sum() * n_ratings)).astype(np.int64)
-    per_user = np.minimum(per_user, n_movies // 2)
+    per_user = activity_counts(rng, n_users, n_movies, n_ratings)
     zipf = 1.0 / np.arange(1, n_movies + 1) ** 0.9
     global_p = zipf[rng.permutation(n_movies)]
     group_cdf = np.empty((groups, n_movies))
@@ -149,15 +174,10 @@ def synthetic_ratings(
     v_b = rng.normal(0, 0.5, n_movies).astype(np.float32)
     user_group = rng.integers(0, groups, n_users)
     users_out, movies_out, ratings_out = [], [], []
-    for start in range(0, n_users, 4096):
-        stop = min(start + 4096, n_users)
-        for user in range(start, stop):
-            draws = np.searchsorted(
-                group_cdf[user_group[user]], rng.random(int(per_user[user] * 1.3) + 5)
-            )
-            movies = np.unique(np.minimum(draws, n_movies - 1))[: per_user[user]]
-            users_out.append(np.full(movies.size, user, dtype=np.int64))
-            movies_out.append(movies.astype(np.int64))
+    for user in range(n_users):
+        movies = distinct_draws(rng, group_cdf[user_group[user]], int(per_user[user]))
+        users_out.append(np.full(movies.size, user, dtype=np.int64))
+        movies_out.append(movies)
     users = np.concatenate(users_out)
     movies = np.concatenate(movies_out)
     del users_out, movies_out

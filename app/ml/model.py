@@ -85,6 +85,9 @@ class ModelConfig(BaseModel):
     """early-stopping metric on the validation split; both = NDCG@10 - RMSE."""
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     """share of each user's ratings held out for validation (0 = no early stopping)."""
+    max_valid_users: int = Field(20_000, ge=0)
+    """validation metrics on a fixed seeded sample of this many users (0 = all); keeps
+    per-epoch validation cheap on large data."""
     seed: int = 0
     """seed of torch and numpy (initialisation, shuffling, masking, validation split)."""
     rating_scale: tuple[float, float] | None = None

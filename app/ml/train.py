@@ -72,14 +72,9 @@ def seed_everything(seed: int) -> np.random.Generator:
 
 def movie_biases(m: sp.csr_matrix, mean: float, reg: float) -> np.ndarray:
     """Shrunk per-movie mean residuals: sum(r - mean) / (count + reg)."""
-    csc = m.tocsc()
-    counts = np.diff(csc.indptr)
-    sums = (
-        np.add.reduceat(csc.data.astype(np.float64) - mean, csc.indptr[:-1])
-        if csc.nnz
-        else np.zeros(m.shape[1])
-    )
-    sums = np.where(counts > 0, sums, 0.0)
+    cols = m.indices
+    counts = np.bincount(cols, minlength=m.shape[1])
+    sums = np.bincount(cols, m.data.astype(np.float64) - mean, minlength=m.shape[1])
     return (sums / (counts + reg)).astype(np.float32)
 
 
@@ -164,6 +159,15 @@ def train_epoch(
     return loss, rank, rate
 
 
+def validation_users(valid: sp.csr_matrix, config: ModelConfig) -> np.ndarray:
+    """Users with held-out ratings; a fixed seeded sample of them when there are many."""
+    users = np.flatnonzero(np.diff(valid.indptr))
+    if config.max_valid_users and users.size > config.max_valid_users:
+        rng = np.random.default_rng(config.seed + 1)
+        users = np.sort(rng.choice(users, size=config.max_valid_users, replace=False))
+    return users
+
+
 def validate(
     model: StackedAutoencoder,
     train: sp.csr_matrix,
@@ -172,7 +176,7 @@ def validate(
     batch_size: int = 1024,
 ) -> dict[str, float]:
     """RMSE/MAE on the held-out ratings and NDCG@10 ranking them among unrated movies."""
-    users = np.flatnonzero(np.diff(valid.indptr))
+    users = validation_users(valid, config)
     if users.size == 0:
         return {"rmse": math.nan, "mae": math.nan, "ndcg@10": math.nan}
     acc = RankingAccumulator(n_items=train.shape[1], k=10, threshold=config.relevant_threshold)

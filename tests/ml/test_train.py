@@ -54,3 +54,15 @@ def test_seed_preset_trains_and_early_stopping_restores_best(synthetic) -> None:
     coo = valid.matrix.tocoo()
     rmse = float(np.sqrt(np.mean((ratings[coo.row, coo.col] - coo.data) ** 2)))
     assert abs(rmse - best.valid_rmse) < 1e-4
+
+
+def test_validation_user_sample_is_fixed(synthetic) -> None:
+    from app.ml.train import validation_users
+
+    _, valid = holdout_split(synthetic, 0.1, seed=0)
+    config = config_from("fast", max_valid_users=25)
+    a = validation_users(valid.matrix, config)
+    assert a.size == 25 and np.all(np.diff(a) > 0)
+    np.testing.assert_array_equal(a, validation_users(valid.matrix, config))
+    everyone = validation_users(valid.matrix, config_from("fast", max_valid_users=0))
+    assert everyone.size == np.count_nonzero(np.diff(valid.matrix.indptr))
