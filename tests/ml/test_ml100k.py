@@ -25,7 +25,7 @@ def u1() -> tuple[Path, Path]:
 
 def test_fast_preset_beats_popularity_on_u1(u1) -> None:
     config = config_from("fast", epochs=6, patience=6)
-    result = evaluate_split(*u1, config, threads=2)
+    result = evaluate_split(*u1, config, threads=1)
     rows = result["rows"]
     assert result["n_train"] == 80_000 and result["n_test"] == 20_000
     assert rows["popularity (rating count)"]["ndcg@10"] == pytest.approx(0.245, abs=0.002)

@@ -15,10 +15,10 @@ from app.ml.train import EpochReport, train_model
 def test_training_beats_popularity_and_bias(synthetic) -> None:
     rest, test = holdout_split(synthetic, 0.2, seed=11)
     train, valid = holdout_split(rest, 0.1, seed=12)
-    config = config_from("fast", epochs=40, patience=8, seed=1)
+    config = config_from("fast", epochs=15, patience=5, seed=1)
     reports: list[EpochReport] = []
-    result = train_model(train, valid, config, on_epoch=reports.append, threads=2)
-    assert reports and reports[0].epochs == 40 and len(result.history) == len(reports)
+    result = train_model(train, valid, config, on_epoch=reports.append, threads=1)
+    assert reports and reports[0].epochs == 15 and len(result.history) == len(reports)
     assert 1 <= result.best_epoch <= len(reports)
     assert result.metrics["best_epoch"] == result.best_epoch
 
