@@ -7,19 +7,28 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 SUPPORTED_DRIVERS = {"sqlite", "sqlite+pysqlite", "postgresql+psycopg"}
 DEFAULT_DATABASE_URL = "sqlite:///./var/saerec.db"
+MIN_PRODUCTION_TOKEN_LENGTH = 16
+PLACEHOLDER_TOKENS = {
+    "admin", "adminadmin", "admintoken", "changeme", "changeit", "default", "example",
+    "password", "placeholder", "replaceme", "secret", "test", "testtoken", "token",
+    "yourtoken", "yoursecret", "xxxxxxxx",
+}  # fmt: skip
 
 
 class Settings(BaseSettings):
     """One settings class for the server, the CLI and the training worker alike."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", protected_namespaces=())
+    # hide_input_in_errors: a rejected setting must not print secrets (token, DB password).
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", protected_namespaces=(), hide_input_in_errors=True
+    )
 
     database_url: str = DEFAULT_DATABASE_URL
     model_dir: Path = Path("./var/models")
@@ -33,6 +42,7 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, le=200)
     max_batch_items: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_query_bytes: int = Field(default=8 * 1024, ge=256)
     cors_origins: list[str] = Field(default_factory=list)
 
     torch_threads: int | None = Field(default=None, ge=1)
@@ -62,6 +72,28 @@ class Settings(BaseSettings):
                 "use sqlite:///path or postgresql+psycopg://user@host/db"
             )
         return url.render_as_string(hide_password=False)
+
+    @model_validator(mode="after")
+    def _check_admin_token(self) -> Settings:
+        """In production a guessable ADMIN_TOKEN is worse than none: refuse to start."""
+        token = self.admin_token_value()
+        if self.environment != "production" or token is None:
+            return self
+        normalized = "".join(ch for ch in token.lower() if ch.isalnum())
+        if len(token) < MIN_PRODUCTION_TOKEN_LENGTH:
+            problem = f"shorter than {MIN_PRODUCTION_TOKEN_LENGTH} characters"
+        elif normalized in PLACEHOLDER_TOKENS or any(
+            normalized.startswith(p) for p in ("changeme", "replaceme", "yourtoken")
+        ):
+            problem = "a placeholder value"
+        elif len(set(token)) < 6:
+            problem = "too repetitive"
+        else:
+            return self
+        raise ValueError(  # never echo the token itself
+            f"ADMIN_TOKEN is {problem}; with ENVIRONMENT=production use a long random secret, "
+            "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
 
     @property
     def is_sqlite(self) -> bool:

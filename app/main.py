@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException
 
 from app.api import admin, movies, ops, ratings, recommendations
+from app.api.limits import RequestLimitsMiddleware
 from app.config import Settings, get_settings
 from app.db import create_db_engine, create_session_factory
 from app.observability import MetricsMiddleware, configure_logging, get_logger
@@ -23,6 +27,7 @@ from app.services.jobs import JobLauncher
 from app.services.recommender import Recommender
 
 log = get_logger("saerec.app")
+BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 for undecodable bodies
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -33,20 +38,40 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OperationalError)
     @app.exception_handler(PoolTimeoutError)
     async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-        log.error("database_unavailable", path=request.url.path, error=type(exc).__name__)
-        return JSONResponse(
-            {"detail": "the database is unavailable; retry shortly"}, status_code=503
-        )
+        sqlstate = str(getattr(getattr(exc, "orig", None), "sqlstate", "") or "")
+        if sqlstate.startswith("40"):  # deadlock or serialization failure: safe to retry
+            log.warning("database_conflict", path=request.url.path, sqlstate=sqlstate)
+            detail = "the request conflicted with a concurrent write; retry it"
+        else:
+            log.error("database_unavailable", path=request.url.path, error=type(exc).__name__)
+            detail = "the database is unavailable; retry shortly"
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(IntegrityError)
     async def database_error(request: Request, exc: IntegrityError) -> JSONResponse:
         log.error("database_error", path=request.url.path, error=type(exc.orig).__name__)
         return JSONResponse({"detail": "the request could not be stored"}, status_code=409)
 
+    @app.exception_handler(DataError)
+    async def database_refused_value(request: Request, exc: DataError) -> JSONResponse:
+        """A value the schema let through but the database cannot hold: the client's fault."""
+        log.warning("database_refused_value", path=request.url.path, error=type(exc.orig).__name__)
+        error = {"loc": ["request"], "msg": "a value cannot be stored", "type": "value_error"}
+        return JSONResponse({"detail": [error]}, status_code=422)
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled_error", path=request.url.path)
         return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Any:
+        """A body that is not UTF-8, or holds a 5,000-digit number, is invalid JSON too: 422."""
+        if exc.status_code == 400 and exc.detail == BODY_PARSE_ERROR:
+            msg = "the body is not valid JSON (UTF-8 text, numbers of at most 4300 digits)"
+            error = {"loc": ["body"], "msg": msg, "type": "json_invalid"}
+            return JSONResponse({"detail": [error]}, status_code=422)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -116,7 +141,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.add_middleware(MetricsMiddleware)
+    app.add_middleware(
+        RequestLimitsMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_query_bytes=settings.max_query_bytes,
+    )
+    app.add_middleware(MetricsMiddleware)  # outside the limits: refusals are counted too
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -10,20 +10,29 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from app.models import RATING_VALUES
 
 MAX_ID = 2**63 - 1
+# PostgreSQL text (and JSONB) cannot hold NUL: refuse it at the edge as a 422, not a 500.
+NO_NUL = r"^[^\x00]*$"
 PositiveId = Annotated[int, Field(gt=0, le=MAX_ID, strict=False)]
-Genre = Annotated[str, Field(min_length=1, max_length=64)]
+Genre = Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)]
 
 
 class StrictBody(BaseModel):
-    """Unknown fields are rejected: a typo must not silently become a default."""
+    """Unknown fields are rejected: a typo must not silently become a default.
 
-    model_config = ConfigDict(extra="forbid")
+    NaN and Infinity (which Python's JSON parser accepts) are rejected in every float.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class RatingIn(StrictBody):
     user_id: PositiveId
     movie_id: PositiveId
-    rating: float = Field(description="0.5 to 5.0 in steps of 0.5")
+    rating: float = Field(
+        description="0.5 to 5.0 in steps of 0.5",
+        strict=True,  # "4" is a string, not a rating
+        json_schema_extra={"minimum": 0.5, "maximum": 5.0, "multipleOf": 0.5},
+    )
     timestamp: int | None = Field(default=None, ge=0, le=MAX_ID, description="unix seconds")
 
     @field_validator("rating")
@@ -66,7 +75,7 @@ class UserRatingsPage(BaseModel):
 
 class MovieIn(StrictBody):
     movie_id: PositiveId
-    title: str = Field(min_length=1, max_length=500)
+    title: str = Field(min_length=1, max_length=500, pattern=NO_NUL)
     genres: list[Genre] = Field(default_factory=list, max_length=50)
     year: int | None = Field(default=None, ge=1800, le=3000)
 
@@ -143,7 +152,9 @@ def _retrain_model() -> type[BaseModel]:
     for name, info in ModelConfig.model_fields.items():
         fields[name] = (info.annotation | None, Field(default=None, description=info.description))
     return create_model(
-        "RetrainIn", __config__=ConfigDict(extra="forbid", protected_namespaces=()), **fields
+        "RetrainIn",
+        __config__=ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False),
+        **fields,
     )
 
 

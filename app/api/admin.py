@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Path, Request, status
 
 from app.api.deps import AdminDep, SessionDep, SettingsDep
 from app.db import transaction
-from app.schemas import JobOut, JobQueuedOut, ModelVersionOut, RetrainIn
+from app.schemas import NO_NUL, JobOut, JobQueuedOut, ModelVersionOut, RetrainIn
 from app.services import jobs, registry
 
 router = APIRouter(
@@ -37,7 +37,9 @@ def retrain(
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses={404: {}})
 def get_job(
-    _admin: AdminDep, session: SessionDep, job_id: Annotated[str, Path(max_length=64)]
+    _admin: AdminDep,
+    session: SessionDep,
+    job_id: Annotated[str, Path(max_length=64, pattern=NO_NUL)],
 ) -> dict[str, Any]:
     return jobs.describe(jobs.get_job(session, job_id))
 
@@ -49,7 +51,9 @@ def list_models(_admin: AdminDep, session: SessionDep) -> list[dict[str, Any]]:
 
 @router.post("/models/{version}/activate", response_model=ModelVersionOut, responses={404: {}})
 def activate_model(
-    _admin: AdminDep, request: Request, version: Annotated[str, Path(max_length=64)]
+    _admin: AdminDep,
+    request: Request,
+    version: Annotated[str, Path(max_length=64, pattern=NO_NUL)],
 ) -> dict[str, Any]:
     with transaction(request.app.state.session_factory) as session:
         described = registry.describe(registry.activate(session, version))

@@ -24,7 +24,10 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": commit before the response is sent. With FastAPI's default ("request")
+# the commit ran after a 201 had gone out, so a commit that failed (database gone, a
+# constraint) was acknowledged to the client as stored.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 _bearer = HTTPBearer(auto_error=False, description="ADMIN_TOKEN")
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Path, Query, status
 from pydantic import Field
 
 from app.api.deps import AdminDep, SessionDep
-from app.schemas import MAX_ID, MovieIn, MovieOut, MoviesPage
+from app.schemas import MAX_ID, NO_NUL, MovieIn, MovieOut, MoviesPage
 from app.services import movies as service
 
 router = APIRouter(tags=["movies"])
@@ -17,8 +17,10 @@ router = APIRouter(tags=["movies"])
 @router.get("/movies", response_model=MoviesPage)
 def list_movies(
     session: SessionDep,
-    q: Annotated[str | None, Query(max_length=200, description="title substring")] = None,
-    genre: Annotated[str | None, Query(max_length=64)] = None,
+    q: Annotated[
+        str | None, Query(max_length=200, pattern=NO_NUL, description="title substring")
+    ] = None,
+    genre: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> MoviesPage:

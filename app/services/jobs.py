@@ -49,8 +49,9 @@ def enqueue(session: Session, settings: Settings, overrides: dict[str, Any]) -> 
 
     try:
         config = resolve_config(settings, overrides)
-    except ValueError as exc:
-        raise InvalidInputError(str(exc)) from None
+    except ValueError as exc:  # FastAPI's 422 shape, as the OpenAPI schema declares
+        error = {"loc": ["body"], "msg": str(exc), "type": "value_error"}
+        raise InvalidInputError([error]) from None
     existing = open_job(session)
     if existing is not None:
         raise _conflict(existing)

@@ -102,7 +102,9 @@ def upsert_ratings_batch(session: Session, items: Sequence[Any], max_items: int)
     for r in ratings:  # a pair repeated inside one batch: the last one wins
         latest[(r.user_id, r.movie_id)] = {**r.model_dump(), "timestamp": r.timestamp or now}
     existing = _existing_pairs(session, list(latest))
-    session.execute(_upsert(session), list(latest.values()))
+    # Rows in key order: concurrent batches then lock overlapping rows in the same order
+    # and queue behind each other instead of deadlocking (PostgreSQL would abort one).
+    session.execute(_upsert(session), [latest[key] for key in sorted(latest)])
     return len(latest) - len(existing), len(existing)
 
 
