@@ -7,10 +7,9 @@ import os
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.models import ModelVersion
 from app.observability import RATINGS_TOTAL
 from app.schemas import HealthOut, ReadinessOut
 from app.services.ratings import count_ratings
@@ -28,9 +27,6 @@ def readyz(request: Request) -> JSONResponse:
     try:
         with request.app.state.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
-            wanted = connection.scalar(
-                select(ModelVersion.version).where(ModelVersion.is_active.is_(True))
-            )
     except SQLAlchemyError as exc:
         body = ReadinessOut(
             status="unavailable",
@@ -39,15 +35,12 @@ def readyz(request: Request) -> JSONResponse:
         )
         return JSONResponse(body.model_dump(), status_code=503)
     recommender = request.app.state.recommender
-    # A load error matters only while we serve something other than the active version
-    # (after a rollback to the loaded model, the old error would otherwise stick forever).
-    problem = recommender.model_error if wanted != recommender.version else None
     body = ReadinessOut(
         pid=os.getpid(),
         status="ok",
         database="ok",
         model_version=recommender.version,
-        detail=problem,
+        detail=recommender.model_error,
     )
     return JSONResponse(body.model_dump())
 

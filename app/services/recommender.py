@@ -152,6 +152,7 @@ class Recommender:
             row = registry.active_version(session)
             wanted = row.version if row else None
             if wanted == self.version:
+                self.model_error, self._failed = None, None  # e.g. rolled back to ours
                 return False
             if row is None:
                 self._swap(None)
