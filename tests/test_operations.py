@@ -39,6 +39,7 @@ def test_metrics_count_requests_by_route_template(client: TestClient) -> None:
     assert 'route="/movies/{movie_id}"' in text
     assert 'status="404"' in text
     assert "saerec_ratings_total" in text
+    assert 'saerec_training_jobs{status="running"} 0.0' in text
     assert "/movies/123456" not in text
 
 

@@ -10,8 +10,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.observability import RATINGS_TOTAL
+from app.observability import RATINGS_TOTAL, TRAINING_JOBS
 from app.schemas import HealthOut, ReadinessOut
+from app.services.jobs import count_jobs_by_status
 from app.services.ratings import count_ratings
 
 router = APIRouter(tags=["operations"])
@@ -50,6 +51,8 @@ def metrics(request: Request) -> Response:
     try:
         with request.app.state.session_factory() as session:
             RATINGS_TOTAL.set(count_ratings(session))
+            for status, count in count_jobs_by_status(session).items():
+                TRAINING_JOBS.labels(status).set(count)
     except SQLAlchemyError:
         pass  # the scrape still answers; the stale gauge is better than no metrics
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

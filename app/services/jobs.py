@@ -17,13 +17,13 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db import create_session_factory, transaction
-from app.models import OPEN_JOB_STATUSES, TrainingJob, utcnow
+from app.models import JOB_STATUSES, OPEN_JOB_STATUSES, TrainingJob, utcnow
 from app.observability import get_logger
 from app.services.errors import ConflictError, InvalidInputError, NotFoundError
 
@@ -70,6 +70,16 @@ def _conflict(job: TrainingJob | None) -> ConflictError:
     return ConflictError(
         {"message": "a training job is already queued or running", "job_id": job_id}
     )
+
+
+def count_jobs_by_status(session: Session) -> dict[str, int]:
+    """Every known status, zeros included, so dashboards see a job leave a state."""
+    rows = session.execute(
+        select(TrainingJob.status, func.count()).group_by(TrainingJob.status)
+    ).all()
+    counts = dict.fromkeys(JOB_STATUSES, 0)
+    counts.update({status: count for status, count in rows})
+    return counts
 
 
 def get_job(session: Session, job_id: str) -> TrainingJob:
