@@ -221,6 +221,7 @@ def scale_worker(name: str, preset: str, threads: int | None, max_users: int | N
                 "valid_rmse": epoch.valid_rmse,
                 "valid_ndcg@10": epoch.valid_ndcg,
                 "peak_rss_mb": round(peak_rss_mb(), 1),
+                "load_average": os.getloadavg(),
             }
         )
     )
@@ -268,7 +269,12 @@ def main() -> None:
     preset = "fast" if args.quick else args.preset
     seed_epochs = 1 if args.quick else args.seed_epochs
     base, test = args.data / "u1.base", args.data / "u1.test"
-    out: dict[str, Any] = {"threads": args.threads, "preset": preset}
+    out: dict[str, Any] = {
+        "threads": args.threads,
+        "preset": preset,
+        "cpus": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+    }
 
     log(f"[1/3] seed notebook loop, {seed_epochs} epoch(s)")
     seed = seed_notebook_epochs(base, seed_epochs)
@@ -305,6 +311,7 @@ def main() -> None:
         out["scale"] = [
             run_scale(name, preset, args.threads, 604 if args.quick else None) for name in sizes
         ]
+    out["load_average_at_end"] = os.getloadavg()
     print(json.dumps(out, indent=2, default=float))
 
 
