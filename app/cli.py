@@ -161,6 +161,11 @@ _EPOCHS = click.option("--epochs", type=click.IntRange(1, 100_000), default=None
 @_EPOCHS
 @click.option("--progress/--no-progress", default=True)
 @click.option(
+    "--distributed",
+    is_flag=True,
+    help="data-parallel training under torchrun (DDP: gloo on CPU, nccl on GPU)",
+)
+@click.option(
     "--if-no-active-model",
     is_flag=True,
     help="do nothing when a model is already active (for setup scripts)",
@@ -170,16 +175,27 @@ def train(
     pairs: tuple[str, ...],
     epochs: int | None,
     progress: bool,
+    distributed: bool,
     if_no_active_model: bool,
 ) -> None:
     """Train on the database's ratings, save a versioned model, gate and activate it."""
     from app.db import create_session_factory
+    from app.ml import distributed as ddp
     from app.services import registry
     from app.services.training import NotEnoughDataError, train_and_register
 
     settings = _settings()
     config = _model_config(preset, pairs, epochs)
-    engine = _migrated_engine(settings)
+    if distributed:
+        try:
+            ctx = ddp.init_from_environment(settings.device)
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from None
+        engine = _migrated_engine(settings) if ctx.is_main else create_db_engine(settings)
+        ddp.barrier()  # the schema is current before any rank reads
+        progress = progress and ctx.is_main
+    else:
+        engine = _migrated_engine(settings)
     if if_no_active_model:
         with create_session_factory(engine)() as session:
             active = registry.active_version_id(session)
@@ -194,6 +210,10 @@ def train(
     finally:
         bar.close()
         engine.dispose()
+        if distributed:
+            ddp.shutdown()
+    if outcome is None:
+        return  # a non-zero rank: rank 0 reports
     click.echo(
         json.dumps(
             {

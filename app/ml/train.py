@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from app.ml.data import RatingMatrix
+from app.ml.distributed import DistributedContext
 from app.ml.metrics import RankingAccumulator, rating_metrics
 from app.ml.model import ModelConfig, StackedAutoencoder, dense_rows, kl_sparsity, predict
 
@@ -220,19 +221,25 @@ def train_model(
     if threads:
         torch.set_num_threads(threads)
     dev = pick_device(device)
-    rng = seed_everything(config.seed)
+    ctx = DistributedContext.current()  # one process unless started under torchrun
+    rng = seed_everything(config.seed + ctx.rank)
     scale = config.rating_scale or train.scale()
     model = build_model(train.shape[1], train.matrix, config, scale).to(dev)
+    idle_head = model.rank_out is not None and min(config.ranking_weight, config.rating_weight) == 0
+    trained = ctx.wrap(model, dev, find_unused=idle_head)
     optimizer = make_optimizer(model, config)
-    users = np.flatnonzero(np.diff(train.matrix.indptr))
-    has_valid = valid.nnz > 0
+    users = ctx.shard(np.flatnonzero(np.diff(train.matrix.indptr)))
+    has_valid = valid.nnz > 0 and ctx.is_main
     best_value, best_epoch, best_state, best_metrics = -math.inf, 0, None, {}
     history: list[EpochReport] = []
     started = time.perf_counter()
     stopped_early = False
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
-        loss, rank, rate = train_epoch(model, train.matrix, users, optimizer, config, rng, dev)
+        with ctx.join(trained):
+            loss, rank, rate = train_epoch(
+                trained, train.matrix, users, optimizer, config, rng, dev
+            )
         metrics = (
             validate(model, train.matrix, valid.matrix, config)
             if has_valid
@@ -256,9 +263,9 @@ def train_model(
             is_best,
         )
         history.append(report)
-        if on_epoch is not None:
+        if on_epoch is not None and ctx.is_main:
             on_epoch(report)
-        if epoch - best_epoch >= config.patience:
+        if ctx.agree(epoch - best_epoch >= config.patience):
             stopped_early = True
             break
     model.load_state_dict(best_state)  # type: ignore[arg-type]

@@ -211,6 +211,7 @@ def run_job(settings: Settings, engine: Engine, job_id: str) -> None:
             )
 
         outcome = train_and_register(settings, engine, config, on_epoch=on_epoch)
+        assert outcome is not None  # jobs never run under torchrun
         metrics = {**outcome.metrics, "activated": outcome.activated, "quality_gate": outcome.gate}
         update_job(
             factory,

@@ -14,6 +14,7 @@ from app.config import Settings
 from app.db import create_session_factory, transaction
 from app.ml import artifacts
 from app.ml.data import RatingChunk, RatingMatrix, build_rating_matrix, holdout_split
+from app.ml.distributed import DistributedContext
 from app.ml.model import ModelConfig, config_from
 from app.ml.train import EpochReport, train_model
 from app.models import Rating
@@ -73,8 +74,12 @@ def train_and_register(
     engine: Engine,
     config: ModelConfig,
     on_epoch: Callable[[EpochReport], None] | None = None,
-) -> TrainingOutcome:
-    """Train on everything in the database, save a versioned artifact, gate and activate."""
+) -> TrainingOutcome | None:
+    """Train on everything in the database, save a versioned artifact, gate and activate.
+
+    Under torchrun (`saerec train --distributed`) every rank trains on its shard of the
+    users and only rank 0 returns an outcome; the others return None.
+    """
     started = time.perf_counter()
     matrix = load_rating_matrix(engine)
     train, valid = holdout_split(matrix, config.validation_fraction, config.seed)
@@ -87,6 +92,8 @@ def train_and_register(
         device=settings.device,
         threads=settings.torch_threads,
     )
+    if not DistributedContext.current().is_main:
+        return None  # under torchrun, rank 0 alone evaluates, saves and registers
     version = artifacts.new_version_id()
     data_size = {"users": matrix.shape[0], "movies": matrix.shape[1], "ratings": matrix.nnz}
     fingerprint = artifacts.data_fingerprint(matrix)
