@@ -121,7 +121,7 @@ PRESETS: dict[str, ModelConfig] = {
         optimizer="rmsprop",
         lr=0.01,
         weight_decay=0.0,
-        batch_size=32,
+        batch_size=64,
         epochs=200,
         patience=10,
         monitor="rmse",
@@ -233,10 +233,15 @@ class StackedAutoencoder(nn.Module):
         return torch.cat([implicit, (x - baseline) * vis * norm], dim=1)
 
 
+SPARSE_MIN_WIDTH = 64
+
+
 def sparse_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """layer(x) for a mostly-zero input (rating vectors are ~1-5 % dense): sparse matmul
     skips the zeros in the forward pass and in the weight gradient."""
     if x.requires_grad or x.device.type != "cpu" or x.shape[0] == 0:
+        return layer(x)
+    if layer.out_features < SPARSE_MIN_WIDTH:  # narrow layers: converting costs more
         return layer(x)
     return torch.sparse.mm(x.to_sparse(), layer.weight.t()) + layer.bias
 

@@ -97,7 +97,9 @@ def make_optimizer(model: torch.nn.Module, config: ModelConfig) -> torch.optim.O
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     if config.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.RMSprop(
+            params, lr=config.lr, weight_decay=config.weight_decay, foreach=True
+        )
     return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
 
 
