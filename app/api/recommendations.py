@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
@@ -20,14 +21,20 @@ def _recommender(request: Request) -> Recommender:
 
 
 @router.get("/users/{user_id}/recommendations", response_model=RecommendationsOut)
-def recommendations(
+async def recommendations(
     request: Request,
     user_id: UserId,
     n: Annotated[int, Query(ge=1, le=100)] = 10,
     genre: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
 ) -> JSONResponse:
+    # Inference runs on the recommender's own small executor, off the event loop: a few
+    # threads that keep busy beat dozens of threadpool threads fighting over the GIL.
+    recommender = _recommender(request)
+    answer = await asyncio.get_running_loop().run_in_executor(
+        recommender.executor, recommender.recommend, user_id, n, genre
+    )
     # The service builds plain JSON types already; skipping re-validation is a hot-path win.
-    return JSONResponse(_recommender(request).recommend(user_id, n, genre))
+    return JSONResponse(answer)
 
 
 @router.get(

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, bindparam, func, select
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from app.db import create_session_factory
@@ -26,7 +28,6 @@ from app.services import registry
 from app.services.errors import NotFoundError, UnavailableError
 
 log = get_logger("saerec.recommender")
-USER_RATINGS = select(Rating.movie_id, Rating.rating).where(Rating.user_id == bindparam("user_id"))
 
 
 @dataclass(frozen=True)
@@ -125,9 +126,14 @@ def build_popular_list(session: Session, prior_count: float) -> PopularList:
 class Recommender:
     """One per process: holds the serving model and popular list, answers requests."""
 
-    def __init__(self, engine: Engine, model_dir: Path, prior_count: float = 20.0) -> None:
+    def __init__(
+        self, engine: Engine, model_dir: Path, prior_count: float = 20.0, threads: int = 2
+    ) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="recommend")
         self._model_dir = model_dir
         self._engine = engine
+        marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        self._user_ratings_sql = f"SELECT movie_id, rating FROM ratings WHERE user_id = {marker}"
         self._sessions = create_session_factory(engine)
         self._prior_count = prior_count
         self._model: ServingModel | None = None
@@ -195,12 +201,36 @@ class Recommender:
 
     # -- answering ------------------------------------------------------------------------
     def user_ratings(self, user_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """The user's current ratings: one indexed lookup on the primary key's prefix."""
-        with self._engine.connect() as conn:
-            rated = conn.execute(USER_RATINGS, {"user_id": user_id}).all()
-        movie_ids = np.fromiter((r[0] for r in rated), dtype=np.int64, count=len(rated))
-        ratings = np.fromiter((r[1] for r in rated), dtype=np.float32, count=len(rated))
-        return movie_ids, ratings
+        """The user's current ratings: one indexed lookup on the primary key's prefix.
+
+        The hot path of every request, so it uses a pooled DBAPI connection directly:
+        SQLAlchemy's result machinery cost more than the query itself. Driver errors are
+        re-raised as SQLAlchemy's, so the API maps them as everywhere else (503).
+        """
+        dialect = self._engine.dialect
+        try:
+            raw = self._engine.raw_connection()
+        except dialect.loaded_dbapi.Error as exc:  # connecting is not wrapped either
+            raise DBAPIError.instance(None, None, exc, dialect.loaded_dbapi.Error) from exc
+        cursor = None
+        try:
+            cursor = raw.cursor()
+            cursor.execute(self._user_ratings_sql, (user_id,))
+            rows = cursor.fetchall()
+        except dialect.loaded_dbapi.Error as exc:
+            if dialect.is_disconnect(exc, raw.dbapi_connection, cursor):
+                raw.invalidate(exc)
+            raise DBAPIError.instance(
+                self._user_ratings_sql, (user_id,), exc, dialect.loaded_dbapi.Error
+            ) from exc
+        finally:
+            if cursor is not None:
+                cursor.close()
+            raw.close()  # back to the pool (rolled back on return)
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        table = np.asarray(rows, dtype=np.float64)
+        return table[:, 0].astype(np.int64), table[:, 1].astype(np.float32)
 
     def recommend(self, user_id: int, n: int, genre: str | None) -> dict[str, Any]:
         started = time.perf_counter()
