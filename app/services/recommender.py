@@ -28,6 +28,23 @@ from app.services import registry
 from app.services.errors import NotFoundError, UnavailableError
 
 log = get_logger("saerec.recommender")
+# One aggregated row instead of one row per rating: the driver then crosses the GIL once,
+# not once per rating, which is what throttled the executor threads under load.
+USER_RATINGS_SQL = {
+    "sqlite": "SELECT group_concat(movie_id || ':' || rating) FROM ratings WHERE user_id = ?",
+    "postgresql": "SELECT array_agg(movie_id), array_agg(rating) FROM ratings WHERE user_id = %s",
+}
+NO_RATINGS = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+
+
+def _parse_user_ratings(row: tuple | None) -> tuple[np.ndarray, np.ndarray]:
+    """(movie ids, ratings) from either dialect's aggregated row."""
+    if row is None or row[0] is None:
+        return NO_RATINGS
+    if len(row) == 2:  # PostgreSQL arrays
+        return np.asarray(row[0], dtype=np.int64), np.asarray(row[1], dtype=np.float32)
+    pairs = np.asarray(row[0].replace(":", ",").split(","), dtype=np.float64).reshape(-1, 2)
+    return pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -85,13 +102,16 @@ class ServingModel:
     catalog: Catalog
     scorer: FoldInScorer
 
-    def encode(self, movie_ids: np.ndarray, ratings: np.ndarray) -> UserState | None:
-        """The user's state from the ratings of movies this model knows; None if none."""
+    def encode(
+        self, movie_ids: np.ndarray, ratings: np.ndarray
+    ) -> tuple[UserState, np.ndarray] | None:
+        """The user's state and the model columns they rated; None if the model knows none."""
         cols = self.loaded.movies.index_of(movie_ids)
         known = cols >= 0
         if not known.any():
             return None
-        return self.scorer.encode(cols[known], ratings[known])
+        cols, ratings = cols[known], ratings[known]
+        return self.scorer.encode(cols, ratings), cols
 
 
 @dataclass(frozen=True)
@@ -132,8 +152,7 @@ class Recommender:
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="recommend")
         self._model_dir = model_dir
         self._engine = engine
-        marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
-        self._user_ratings_sql = f"SELECT movie_id, rating FROM ratings WHERE user_id = {marker}"
+        self._user_ratings_sql = USER_RATINGS_SQL[engine.dialect.name]
         self._sessions = create_session_factory(engine)
         self._prior_count = prior_count
         self._model: ServingModel | None = None
@@ -216,7 +235,7 @@ class Recommender:
         try:
             cursor = raw.cursor()
             cursor.execute(self._user_ratings_sql, (user_id,))
-            rows = cursor.fetchall()
+            row = cursor.fetchone()
         except dialect.loaded_dbapi.Error as exc:
             if dialect.is_disconnect(exc, raw.dbapi_connection, cursor):
                 raw.invalidate(exc)
@@ -227,10 +246,7 @@ class Recommender:
             if cursor is not None:
                 cursor.close()
             raw.close()  # back to the pool (rolled back on return)
-        if not rows:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        table = np.asarray(rows, dtype=np.float64)
-        return table[:, 0].astype(np.int64), table[:, 1].astype(np.float32)
+        return _parse_user_ratings(row)
 
     def recommend(self, user_id: int, n: int, genre: str | None) -> dict[str, Any]:
         started = time.perf_counter()
@@ -241,10 +257,9 @@ class Recommender:
     def _recommend(self, user_id: int, n: int, genre: str | None) -> dict[str, Any]:
         model = self._model  # one snapshot for the whole request
         movie_ids, ratings = self.user_ratings(user_id)
-        rated = movie_ids
-        state = model.encode(movie_ids, ratings) if model is not None and len(rated) else None
-        if model is not None and state is not None:
-            items = self._model_items(model, state, movie_ids, n, genre)
+        encoded = model.encode(movie_ids, ratings) if model is not None and len(movie_ids) else None
+        if model is not None and encoded is not None:
+            items = self._model_items(model, *encoded, n, genre)
             return _answer(user_id, model.version, "autoencoder", items)
         items = self._popular_items(movie_ids, n, genre)
         return _answer(user_id, model.version if model else None, "popular", items)
@@ -253,18 +268,17 @@ class Recommender:
         self,
         model: ServingModel,
         state: UserState,
-        movie_ids: np.ndarray,
+        rated_cols: np.ndarray,
         n: int,
         genre: str | None,
     ) -> list[dict[str, Any]]:
-        scores = model.scorer.scores(state)
-        allowed = np.isfinite(scores)  # a diverged model must not break the JSON answer
-        cols = model.loaded.movies.index_of(movie_ids)
-        allowed[cols[cols >= 0]] = False  # never a movie the user rated
+        scores = model.scorer.scores(state)  # a fresh array: ours to overwrite
+        scores[~np.isfinite(scores)] = -np.inf  # a diverged model must not break the JSON
+        scores[rated_cols] = -np.inf  # never a movie the user rated
         mask = model.catalog.mask_for(genre)
         if mask is not None:
-            allowed &= mask
-        top = _top_indices(scores, allowed, n)
+            scores[~mask] = -np.inf
+        top = _top_indices(scores, n)
         predicted = model.scorer.ratings(state, top)
         return [
             model.catalog.item(i, scores[i], predicted_rating=round(float(p), 4))
@@ -293,7 +307,8 @@ class Recommender:
             raise NotFoundError({"message": "unknown movie ids", "movie_ids": missing})
         ids, values = self.user_ratings(user_id)
         cols = model.loaded.movies.index_of(np.array(wanted, dtype=np.int64))
-        state = model.encode(ids, values) or model.scorer.encode(np.zeros(0), np.zeros(0))
+        encoded = model.encode(ids, values)
+        state = encoded[0] if encoded else model.scorer.encode(np.zeros(0), np.zeros(0))
         predicted = model.scorer.ratings(state, np.where(cols >= 0, cols, 0))
         fallback = float(model.loaded.model.global_mean)
         items = [
@@ -314,14 +329,12 @@ def _mtime(path: str) -> float | None:
         return None
 
 
-def _top_indices(scores: np.ndarray, allowed: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the n best allowed scores, best first (argpartition: O(movies))."""
-    candidates = np.flatnonzero(allowed)
-    if len(candidates) > n:
-        part = np.argpartition(-scores[candidates], n - 1)[:n]
-        candidates = candidates[part]
-    order = np.lexsort((candidates, -scores[candidates]))
-    return candidates[order]
+def _top_indices(scores: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the n best finite scores, best first (argpartition: O(movies))."""
+    fits = len(scores) <= n
+    candidates = np.arange(len(scores)) if fits else np.argpartition(-scores, n - 1)[:n]
+    candidates = candidates[np.isfinite(scores[candidates])]
+    return candidates[np.lexsort((candidates, -scores[candidates]))]
 
 
 def _answer(user_id: int, version: str | None, strategy: str, items: list) -> dict[str, Any]:
