@@ -47,6 +47,8 @@ class Settings(BaseSettings):
 
     torch_threads: int | None = Field(default=None, ge=1)
     serve_torch_threads: int = Field(default=1, ge=1)
+    serve_threads: int = Field(default=2, ge=1, le=64)
+    answer_cache_size: int = Field(default=20_000, ge=0)
     device: str | None = None
     train_preset: str = "default"
     quality_gate_margin: float = Field(default=0.02, ge=0.0)

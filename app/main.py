@@ -110,7 +110,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_db_engine(settings)
         app.state.engine = engine
         app.state.session_factory = create_session_factory(engine)
-        recommender = Recommender(engine, settings.model_dir, settings.popular_prior_count)
+        recommender = Recommender(
+            engine,
+            settings.model_dir,
+            settings.popular_prior_count,
+            threads=settings.serve_threads,
+            answer_cache_size=settings.answer_cache_size,
+        )
         app.state.recommender = recommender
         _try(recommender.refresh_model, "initial_model_load")
         launcher = JobLauncher(settings, engine) if settings.run_worker_in_api else None

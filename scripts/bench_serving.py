@@ -183,6 +183,12 @@ def main() -> None:
     parser.add_argument("--preset", default="default")
     parser.add_argument("--retrain-epochs", type=int, default=15)
     parser.add_argument("--tool", choices=["auto", "wrk", "httpx"], default="auto")
+    parser.add_argument(
+        "--answer-cache",
+        type=int,
+        default=None,
+        help="ANSWER_CACHE_SIZE for the server (0 = every request runs the model)",
+    )
     args = parser.parse_args()
     data = args.data or Path(
         os.environ.get("MOVIELENS_DIR") or ROOT.parent / "shared" / "data" / "ml-100k"
@@ -196,6 +202,7 @@ def main() -> None:
         "ADMIN_TOKEN": TOKEN,
         "LOG_LEVEL": "WARNING",
         "MODEL_POLL_SECONDS": "1",
+        **({"ANSWER_CACHE_SIZE": str(args.answer_cache)} if args.answer_cache is not None else {}),
         "TORCH_THREADS": "1",
     }
     server = None
@@ -248,6 +255,7 @@ def main() -> None:
             "tool": tool,
             "connections": args.connections,
             "seconds_per_route": args.seconds,
+            "answer_cache_size": args.answer_cache if args.answer_cache is not None else "default",
             "model": {
                 "preset": args.preset,
                 "version": first["model_version"],

@@ -218,3 +218,21 @@ def test_activation_elsewhere_is_picked_up_by_polling(
             time.sleep(0.1)
         body = client.get("/users/1/recommendations").json()
         assert body["model_version"] == trained.version
+
+
+def test_answer_cache_gives_the_uncached_answer_and_follows_new_ratings(
+    seeded: Settings, trained: TrainingOutcome
+) -> None:
+    uncached = seeded.model_copy(update={"answer_cache_size": 0})
+    with TestClient(create_app(uncached)) as client:
+        expected = client.get("/users/4/recommendations", params={"n": 7}).json()
+    with TestClient(create_app(seeded)) as client:
+        first = client.get("/users/4/recommendations", params={"n": 7}).json()
+        again = client.get("/users/4/recommendations", params={"n": 7}).json()
+        assert first == again == expected
+        top = first["items"][0]["movie_id"]
+        client.post("/ratings", json={"user_id": 4, "movie_id": top, "rating": 1})
+        after = client.get("/users/4/recommendations", params={"n": 7}).json()
+        assert top not in {item["movie_id"] for item in after["items"]}
+        client.delete(f"/users/4/ratings/{top}")
+        assert client.get("/users/4/recommendations", params={"n": 7}).json() == expected

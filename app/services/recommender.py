@@ -37,6 +37,13 @@ USER_RATINGS_SQL = {
 NO_RATINGS = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
 
 
+def _row_key(row: tuple | None) -> object:
+    """A hashable form of the aggregated row (a string on SQLite, two lists on PostgreSQL)."""
+    if row is None or len(row) == 1:
+        return row
+    return tuple(row[0] or ()), tuple(row[1] or ())
+
+
 def _parse_user_ratings(row: tuple | None) -> tuple[np.ndarray, np.ndarray]:
     """(movie ids, ratings) from either dialect's aggregated row."""
     if row is None or row[0] is None:
@@ -101,6 +108,19 @@ class ServingModel:
     loaded: LoadedModel
     catalog: Catalog
     scorer: FoldInScorer
+    # Answers by exact input (the user's ratings as read, n, genre). The same ratings give
+    # the same answer from the same model, so a repeat skips the forward pass but never a
+    # fresh read: a new rating changes the key. Per version, so a swap starts empty.
+    answers: dict[tuple, list[dict[str, Any]]] = field(default_factory=dict)
+
+    cache_size: int = 20_000
+
+    def remember(self, key: tuple, items: list[dict[str, Any]]) -> None:
+        if self.cache_size <= 0:
+            return
+        if len(self.answers) >= self.cache_size:
+            self.answers.clear()  # crude but O(1) and safe under concurrent readers
+        self.answers[key] = items
 
     def encode(
         self, movie_ids: np.ndarray, ratings: np.ndarray
@@ -147,8 +167,14 @@ class Recommender:
     """One per process: holds the serving model and popular list, answers requests."""
 
     def __init__(
-        self, engine: Engine, model_dir: Path, prior_count: float = 20.0, threads: int = 2
+        self,
+        engine: Engine,
+        model_dir: Path,
+        prior_count: float = 20.0,
+        threads: int = 2,
+        answer_cache_size: int = 20_000,
     ) -> None:
+        self._answer_cache_size = answer_cache_size
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="recommend")
         self._model_dir = model_dir
         self._engine = engine
@@ -192,7 +218,10 @@ class Recommender:
                 log.error("model_load_failed", version=row.version, error=str(exc))
                 return False
             catalog = load_catalog(session, loaded.movies.ids)
-        self._swap(ServingModel(row.version, loaded, catalog, FoldInScorer(loaded.model)))
+        scorer = FoldInScorer(loaded.model)
+        self._swap(
+            ServingModel(row.version, loaded, catalog, scorer, cache_size=self._answer_cache_size)
+        )
         return True
 
     def _swap(self, model: ServingModel | None) -> None:
@@ -220,6 +249,10 @@ class Recommender:
 
     # -- answering ------------------------------------------------------------------------
     def user_ratings(self, user_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """The user's current ratings as (movie ids, ratings)."""
+        return _parse_user_ratings(self._user_ratings_row(user_id))
+
+    def _user_ratings_row(self, user_id: int) -> tuple | None:
         """The user's current ratings: one indexed lookup on the primary key's prefix.
 
         The hot path of every request, so it uses a pooled DBAPI connection directly:
@@ -246,7 +279,7 @@ class Recommender:
             if cursor is not None:
                 cursor.close()
             raw.close()  # back to the pool (rolled back on return)
-        return _parse_user_ratings(row)
+        return row
 
     def recommend(self, user_id: int, n: int, genre: str | None) -> dict[str, Any]:
         started = time.perf_counter()
@@ -256,10 +289,16 @@ class Recommender:
 
     def _recommend(self, user_id: int, n: int, genre: str | None) -> dict[str, Any]:
         model = self._model  # one snapshot for the whole request
-        movie_ids, ratings = self.user_ratings(user_id)
+        row = self._user_ratings_row(user_id)  # always read: fold-in sees every new rating
+        key = (_row_key(row), n, genre)
+        cached = model.answers.get(key) if model is not None else None
+        if cached is not None:
+            return _answer(user_id, model.version, "autoencoder", cached)
+        movie_ids, ratings = _parse_user_ratings(row)
         encoded = model.encode(movie_ids, ratings) if model is not None and len(movie_ids) else None
         if model is not None and encoded is not None:
             items = self._model_items(model, *encoded, n, genre)
+            model.remember(key, items)
             return _answer(user_id, model.version, "autoencoder", items)
         items = self._popular_items(movie_ids, n, genre)
         return _answer(user_id, model.version if model else None, "popular", items)
