@@ -58,3 +58,22 @@ def test_bad_database_url_fails_fast() -> None:
     assert Settings(database_url="postgresql://u@h/db", _env_file=None).database_url.startswith(
         "postgresql+psycopg://"
     )
+
+
+def test_job_launcher_survives_a_database_outage_at_start(tmp_path) -> None:
+    from app.db import create_db_engine
+    from app.services.jobs import JobLauncher
+
+    settings = Settings(
+        database_url="postgresql+psycopg://nobody@127.0.0.1:1/none",
+        model_dir=tmp_path,
+        _env_file=None,
+    )
+    launcher = JobLauncher(settings, create_db_engine(settings), poll_seconds=0.05)
+    launcher.start()
+    import time
+
+    time.sleep(0.5)
+    assert launcher._thread is not None and launcher._thread.is_alive()
+    launcher.stop()
+    assert not launcher._thread.is_alive()

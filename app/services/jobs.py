@@ -268,7 +268,14 @@ class JobLauncher:
             self._thread.join(timeout)
 
     def run_forever(self) -> None:
-        recover_stale_jobs(self._factory)
+        """Until stopped; a database outage (even at start-up) only delays the next poll."""
+        while not self._stop.is_set():
+            try:
+                recover_stale_jobs(self._factory)
+                break
+            except Exception as exc:
+                log.warning("launcher_recovery_failed", error=str(exc))
+                self._stop.wait(self._poll * 5)
         while not self._stop.is_set():
             try:
                 if not self.run_once():
