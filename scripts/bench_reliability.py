@@ -44,6 +44,7 @@ from app.db import create_db_engine, upgrade_schema  # noqa: E402
 from app.main import create_app  # noqa: E402
 from app.models import ModelVersion, Rating  # noqa: E402
 from app.services.movielens import import_movielens  # noqa: E402
+from tests.reliability_helpers import run_together  # noqa: E402
 
 TOKEN = "bench-reliability-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -112,26 +113,6 @@ def fresh_settings(url: str, work: Path, **extra: Any) -> tuple[Settings, Engine
 
         _truncate_all(url)
     return settings, engine
-
-
-def run_together(workers: list[Callable[[], None]]) -> None:
-    barrier = threading.Barrier(len(workers))
-    errors: list[BaseException] = []
-
-    def wrap(work: Callable[[], None]) -> None:
-        try:
-            barrier.wait(60)
-            work()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=wrap, args=(w,)) for w in workers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
 
 
 def snapshot(engine: Engine) -> dict[tuple[int, int], tuple[float, int]]:

@@ -11,7 +11,8 @@ import contextlib
 import json
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -152,3 +153,35 @@ def cuttable_proxy(target_host: str, target_port: int) -> Iterator[CuttableProxy
         yield proxy
     finally:
         proxy.close()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 90.0) -> object:
+    """Poll until `predicate` returns something truthy; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def run_together(workers: list[Callable[[], None]], join_timeout: float = 120) -> None:
+    """Start every worker at the same instant; re-raise the first failure."""
+    barrier = threading.Barrier(len(workers))
+    errors: list[BaseException] = []
+
+    def wrap(work: Callable[[], None]) -> None:
+        try:
+            barrier.wait(60)
+            work()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=wrap, args=(w,)) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(join_timeout)
+    if errors:
+        raise errors[0]

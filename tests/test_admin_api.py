@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
-from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,6 +13,7 @@ from app.config import Settings
 from app.main import create_app
 from app.models import ModelVersion, TrainingJob, utcnow
 from tests.factories import TINY_TRAINING, seed_synthetic
+from tests.reliability_helpers import wait_for
 from tests.test_recommendations_api import train_tiny
 
 RETRAIN_BODY = {"preset": "fast", **TINY_TRAINING}
@@ -24,16 +23,6 @@ RETRAIN_BODY = {"preset": "fast", **TINY_TRAINING}
 def seeded(settings: Settings, engine: Engine) -> Settings:
     seed_synthetic(engine)
     return settings.model_copy(update={"model_poll_seconds": 0.2})
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 90.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.mark.parametrize(

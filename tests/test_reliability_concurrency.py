@@ -24,7 +24,7 @@ from app.models import Rating
 from app.services.movielens import import_movielens
 from tests.conftest import _truncate_all
 from tests.factories import add_movies, synthetic_catalog
-from tests.reliability_helpers import ratings_snapshot
+from tests.reliability_helpers import ratings_snapshot, run_together
 
 WRITERS = 8
 HALF_STARS = [x / 2 for x in range(1, 11)]
@@ -43,27 +43,6 @@ def app_client(settings: Settings, engine: Engine) -> Iterator[TestClient]:
     quiet = settings.model_copy(update={"run_worker_in_api": False})
     with TestClient(create_app(quiet), raise_server_exceptions=False) as client:
         yield client
-
-
-def run_together(workers: list[Callable[[], None]]) -> None:
-    """Start every worker at the same instant; re-raise the first failure."""
-    barrier = threading.Barrier(len(workers))
-    errors: list[BaseException] = []
-
-    def wrap(work: Callable[[], None]) -> None:
-        try:
-            barrier.wait(30)
-            work()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=wrap, args=(w,)) for w in workers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    if errors:
-        raise errors[0]
 
 
 def _duplicates(engine: Engine) -> int:

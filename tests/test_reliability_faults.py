@@ -9,8 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,19 +22,10 @@ from app.ml.artifacts import list_artifacts
 from app.models import ModelVersion
 from app.services.training import TrainingOutcome
 from tests.factories import TINY_TRAINING, seed_synthetic
+from tests.reliability_helpers import wait_for
 from tests.test_recommendations_api import train_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 60.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def sha256(path: Path) -> str:
