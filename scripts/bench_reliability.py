@@ -35,16 +35,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fastapi.testclient import TestClient  # noqa: E402
-from sqlalchemy import Engine, create_engine, func, select, text, update  # noqa: E402
+from sqlalchemy import Engine, create_engine, text, update  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from app.config import Settings  # noqa: E402
 from app.db import create_db_engine, upgrade_schema  # noqa: E402
 from app.main import create_app  # noqa: E402
-from app.models import ModelVersion, Rating  # noqa: E402
+from app.models import ModelVersion  # noqa: E402
 from app.services.movielens import import_movielens  # noqa: E402
-from tests.reliability_helpers import run_together  # noqa: E402
+from tests.reliability_helpers import (  # noqa: E402
+    duplicate_rating_pairs,
+    ratings_snapshot,
+    run_together,
+)
 
 TOKEN = "bench-reliability-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -115,25 +119,6 @@ def fresh_settings(url: str, work: Path, **extra: Any) -> tuple[Settings, Engine
     return settings, engine
 
 
-def snapshot(engine: Engine) -> dict[tuple[int, int], tuple[float, int]]:
-    with Session(engine) as session:
-        rows = session.execute(
-            select(Rating.user_id, Rating.movie_id, Rating.rating, Rating.timestamp)
-        )
-        return {(u, m): (float(r), int(t)) for u, m, r, t in rows}
-
-
-def duplicates(engine: Engine) -> int:
-    with Session(engine) as session:
-        grouped = (
-            select(Rating.user_id, Rating.movie_id)
-            .group_by(Rating.user_id, Rating.movie_id)
-            .having(func.count() > 1)
-            .subquery()
-        )
-        return session.scalar(select(func.count()).select_from(grouped)) or 0
-
-
 # -- concurrency ---------------------------------------------------------------------------
 def bench_concurrency(url: str, work: Path, writers: int, per_writer: int) -> dict[str, Any]:
     from tests.factories import add_movies, synthetic_catalog
@@ -164,7 +149,7 @@ def bench_concurrency(url: str, work: Path, writers: int, per_writer: int) -> di
         t0 = time.perf_counter()
         run_together([writer(i) for i in range(writers)])
         upsert_seconds = time.perf_counter() - t0
-        final = snapshot(engine)
+        final = ratings_snapshot(engine)
         lost = sum(1 for p, v in written.items() if v and p not in final)
         foreign = sum(1 for p, v in final.items() if v not in written.get(p, set()))
 
@@ -227,7 +212,7 @@ def bench_concurrency(url: str, work: Path, writers: int, per_writer: int) -> di
             [importer, batcher(False, 3.0), batcher(True, 4.0)] + [single(i) for i in range(8)]
         )
         mixed_seconds = time.perf_counter() - t0
-    final = snapshot(engine)
+    final = ratings_snapshot(engine)
     lost_mixed = sum(1 for p in singles if p not in final)
     lost_mixed += sum(1 for u, m, _r, _t in imported if (u, m) not in final)
     lost_mixed += sum(1 for p in batch_pairs if p not in final)
@@ -237,7 +222,7 @@ def bench_concurrency(url: str, work: Path, writers: int, per_writer: int) -> di
         "upserts": writers * per_writer,
         "upsert_seconds": round(upsert_seconds, 2),
         "rows_lost": lost + lost_mixed,
-        "duplicate_rows": duplicates(engine),
+        "duplicate_rows": duplicate_rating_pairs(engine),
         "final_values_nobody_wrote": foreign,
         "single_writes_overwritten": wrong,
         "batch_failures": batch_failures,
@@ -423,7 +408,7 @@ def bench_fuzz(url: str, work: Path, positive: int, negative: int) -> dict[str, 
 
     from tests import test_fuzz
     from tests.factories import seed_synthetic
-    from tests.reliability_helpers import movies_snapshot, ratings_snapshot
+    from tests.reliability_helpers import movies_snapshot
     from tests.test_recommendations_api import train_tiny
 
     settings, engine = fresh_settings(url, work)

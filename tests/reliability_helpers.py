@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from app.models import ModelVersion, Movie, MovieGenre, Rating, TrainingJob
@@ -54,6 +54,18 @@ def ratings_snapshot(engine: Engine) -> dict[tuple[int, int], tuple[float, int]]
             select(Rating.user_id, Rating.movie_id, Rating.rating, Rating.timestamp)
         )
         return {(u, m): (float(r), int(t)) for u, m, r, t in rows}
+
+
+def duplicate_rating_pairs(engine: Engine) -> int:
+    """(user, movie) pairs stored more than once: must always be 0 (the primary key)."""
+    with Session(engine) as session:
+        grouped = (
+            select(Rating.user_id, Rating.movie_id)
+            .group_by(Rating.user_id, Rating.movie_id)
+            .having(func.count() > 1)
+            .subquery()
+        )
+        return session.scalar(select(func.count()).select_from(grouped)) or 0
 
 
 def movies_snapshot(engine: Engine) -> dict[int, tuple[str, int | None, tuple[str, ...]]]:

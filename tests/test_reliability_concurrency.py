@@ -15,16 +15,14 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
 
 from app.config import Settings
 from app.main import create_app
-from app.models import Rating
 from app.services.movielens import import_movielens
 from tests.conftest import _truncate_all
 from tests.factories import add_movies, synthetic_catalog
-from tests.reliability_helpers import ratings_snapshot, run_together
+from tests.reliability_helpers import duplicate_rating_pairs, ratings_snapshot, run_together
 
 WRITERS = 8
 HALF_STARS = [x / 2 for x in range(1, 11)]
@@ -43,17 +41,6 @@ def app_client(settings: Settings, engine: Engine) -> Iterator[TestClient]:
     quiet = settings.model_copy(update={"run_worker_in_api": False})
     with TestClient(create_app(quiet), raise_server_exceptions=False) as client:
         yield client
-
-
-def _duplicates(engine: Engine) -> int:
-    with Session(engine) as session:
-        grouped = (
-            select(Rating.user_id, Rating.movie_id)
-            .group_by(Rating.user_id, Rating.movie_id)
-            .having(func.count() > 1)
-            .subquery()
-        )
-        return session.scalar(select(func.count()).select_from(grouped)) or 0
 
 
 def test_eight_writers_upserting_the_same_pairs(app_client: TestClient, engine: Engine) -> None:
@@ -84,7 +71,7 @@ def test_eight_writers_upserting_the_same_pairs(app_client: TestClient, engine: 
     run_together([writer(i) for i in range(WRITERS)])
     assert len(statuses) == WRITERS * 30
     assert all(s in (200, 201) for s in statuses), sorted(set(statuses))
-    assert _duplicates(engine) == 0
+    assert duplicate_rating_pairs(engine) == 0
     final = ratings_snapshot(engine)
     touched = {p for p, values in written.items() if values}
     assert set(final) == touched
@@ -165,7 +152,7 @@ def test_batches_and_an_import_beside_single_writes_lose_nothing(
     )
     assert not failures, failures[:5]
     final = ratings_snapshot(engine)
-    assert _duplicates(engine) == 0
+    assert duplicate_rating_pairs(engine) == 0
     for pair, value in singles.items():  # an API write always wins over the import
         assert final.get(pair) == value, pair
     for user, movie, rating, stamp in imported:
