@@ -85,20 +85,40 @@ def download(name: str, dest: Path) -> None:
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 def serve(host: str, port: int, workers: int) -> None:
-    """Run the API with uvicorn."""
+    """Run the API with uvicorn.
+
+    Several workers share one metrics folder (prometheus-client's multiprocess mode), so
+    a scrape of any of them counts every worker's requests. The folder is new for each
+    start, so no count survives from an earlier run, and it is removed on exit; it is
+    created under METRICS_DIR (e.g. a tmpfs) or the system's temporary directory.
+    """
+    import os
+    import shutil
+    import tempfile
+
     import uvicorn
 
     settings = _settings()
     _migrated_engine(settings).dispose()
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-    )
+    metrics_dir = None
+    if workers > 1:
+        if settings.metrics_dir is not None:
+            settings.metrics_dir.mkdir(parents=True, exist_ok=True)
+        metrics_dir = tempfile.mkdtemp(prefix="saerec-metrics-", dir=settings.metrics_dir)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by each worker at start
+    try:
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, object]:
@@ -144,6 +164,24 @@ def _epoch_bar(total: int, enabled: bool):  # noqa: ANN202 - (bar, callback)
     return bar, on_epoch
 
 
+def _trial_bar(budget: float, enabled: bool):  # noqa: ANN202 - (bar, callback)
+    """Seconds of the search budget spent, with the last trial's outcome."""
+    import time
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=round(budget), desc="search", unit="s", disable=not enabled, file=sys.stderr)
+    started = time.monotonic()
+
+    def on_trial(record: dict) -> None:
+        bar.n = min(round(time.monotonic() - started), bar.total)
+        ndcg = record.get("valid_ndcg")
+        bar.set_postfix(trial=record["trial"], state=record["state"], ndcg=ndcg and f"{ndcg:.4f}")
+        bar.refresh()
+
+    return bar, on_trial
+
+
 _PRESET = click.option("--preset", default=None, help="model preset (default: TRAIN_PRESET)")
 _SET = click.option(
     "--set",
@@ -159,7 +197,15 @@ _EPOCHS = click.option("--epochs", type=click.IntRange(1, 100_000), default=None
 @_PRESET
 @_SET
 @_EPOCHS
-@click.option("--progress/--no-progress", default=True)
+@click.option("--progress/--no-progress", default=True, help="show a progress bar on stderr")
+@click.option(
+    "--budget",
+    type=click.FloatRange(0),
+    default=None,
+    metavar="SECONDS",
+    help="search hyper-parameters on the validation split for this long first "
+    "(default: TRAIN_BUDGET_SECONDS; 0 = train the preset as it is)",
+)
 @click.option(
     "--distributed",
     is_flag=True,
@@ -175,6 +221,7 @@ def train(
     pairs: tuple[str, ...],
     epochs: int | None,
     progress: bool,
+    budget: float | None,
     distributed: bool,
     if_no_active_model: bool,
 ) -> None:
@@ -202,13 +249,18 @@ def train(
         if active:
             click.echo(f"model {active} is already active; not training")
             return
-    bar, on_epoch = _epoch_bar(config.epochs, progress)
+    budget = settings.train_budget_seconds if budget is None else budget
+    bar, on_epoch = _epoch_bar(config.epochs, progress and not budget)
+    trials, on_trial = _trial_bar(budget, progress and bool(budget))
     try:
-        outcome = train_and_register(settings, engine, config, on_epoch=on_epoch)
+        outcome = train_and_register(
+            settings, engine, config, on_epoch=on_epoch, on_trial=on_trial, budget_seconds=budget
+        )
     except NotEnoughDataError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         bar.close()
+        trials.close()
         engine.dispose()
         if distributed:
             ddp.shutdown()
@@ -232,22 +284,46 @@ def train(
 
 
 @cli.command()
-@click.option("--base", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--test", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--base",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="training ratings of a canonical split, e.g. ml-100k/u1.base (with --test)",
+)
+@click.option(
+    "--test",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="test ratings of that split, e.g. ml-100k/u1.test (with --base)",
+)
 @click.option(
     "--splits",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="a folder holding u1.base/u1.test ... u5.base/u5.test",
+    help="a folder holding u1.base/u1.test ... u5.base/u5.test: prints the means over u1-u5",
+)
+@click.option(
+    "--dataset",
+    type=click.Path(exists=True, path_type=Path),
+    help="any MovieLens folder or .zip the importer reads (ml-100k, ml-1m, ml-10m, "
+    "ml-latest, ml-20m, ml-25m): EVALUATION.md's per-user holdout, seed 7, 20 %",
 )
 @_PRESET
 @_SET
-@_EPOCHS
-@click.option("--baselines/--no-baselines", default=True)
+@click.option(
+    "--epochs",
+    type=click.IntRange(1, 100_000),
+    default=None,
+    help="maximum training epochs (overrides the preset's)",
+)
+@click.option(
+    "--baselines/--no-baselines",
+    default=True,
+    help="also score random, global mean, bias, popularity, EASE lambda 250 and tuned EASE",
+)
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 def evaluate(
     base: Path | None,
     test: Path | None,
     splits: Path | None,
+    dataset: Path | None,
     preset: str | None,
     pairs: tuple[str, ...],
     epochs: int | None,
@@ -255,14 +331,24 @@ def evaluate(
     as_json: bool,
 ) -> None:
     """Offline metrics (EVALUATION.md protocol) of a model config and the baselines."""
-    from app.ml.evaluate import evaluate_split, evaluate_splits, format_table
+    from app.ml.datasets import DatasetFormatError
+    from app.ml.evaluate import evaluate_holdout, evaluate_split, evaluate_splits, format_table
 
-    if splits is None and (base is None or test is None):
-        raise click.UsageError("give --base and --test, or --splits DIR")
+    modes = (splits is not None, dataset is not None, base is not None or test is not None)
+    if sum(modes) != 1 or (base is None) != (test is None):
+        raise click.UsageError(
+            "give exactly one of: --base and --test, --splits DIR, --dataset PATH"
+        )
     config = _model_config(preset, pairs, epochs)
-    if splits is not None:
-        results = evaluate_splits(splits, config)
+    if dataset is not None:
+        try:
+            results = evaluate_holdout(dataset, config, baselines=baselines)
+        except DatasetFormatError as exc:
+            raise click.ClickException(str(exc)) from None
+    elif splits is not None:
+        results = evaluate_splits(splits, config, baselines=baselines)
     else:
+        assert base is not None and test is not None  # checked above
         results = evaluate_split(base, test, config, baselines=baselines)
     click.echo(json.dumps(results, indent=2, default=str) if as_json else format_table(results))
 

@@ -51,12 +51,24 @@ class Settings(BaseSettings):
     answer_cache_size: int = Field(default=20_000, ge=0)
     device: str | None = None
     train_preset: str = "default"
+    train_budget_seconds: float = Field(default=0.0, ge=0.0)
+    """seconds for a hyper-parameter search before each training (0 = train the preset)."""
     quality_gate_margin: float = Field(default=0.02, ge=0.0)
+    """how much higher a candidate's validation RMSE may be than the active model's."""
+    quality_gate_ndcg_margin: float = Field(default=0.02, ge=0.0, lt=1.0)
+    """how much lower (as a share) its validation NDCG@10 may be than the active model's."""
     keep_model_versions: int = Field(default=5, ge=1)
     model_poll_seconds: float = Field(default=2.0, gt=0)
     popular_refresh_seconds: float = Field(default=30.0, gt=0)
     popular_prior_count: float = Field(default=20.0, ge=0)
     run_worker_in_api: bool = True
+    # Serving: recently loaded model versions kept per process (a rollback to one is
+    # instant), and how soon a version that failed to load is tried again.
+    model_cache_versions: int = Field(default=3, ge=1, le=20)
+    model_retry_seconds: float = Field(default=30.0, gt=0)
+    # Where `serve --workers N` (N > 1) creates each start's metrics folder for
+    # prometheus-client's multiprocess mode; None = the system's temporary directory.
+    metrics_dir: Path | None = None
 
     @field_validator("database_url")
     @classmethod

@@ -350,12 +350,12 @@ def bench_kill_training(url: str, work: Path, label: str) -> dict[str, Any]:
 
 
 def bench_corrupt_artifact(url: str, work: Path) -> dict[str, Any]:
-    from tests.factories import seed_synthetic
+    from tests.factories import LENIENT_GATE, seed_synthetic
     from tests.test_recommendations_api import train_tiny
 
     settings, engine = fresh_settings(url, work, model_poll_seconds=0.2)
     seed_synthetic(engine)
-    lenient = settings.model_copy(update={"quality_gate_margin": 100.0})
+    lenient = settings.model_copy(update={**LENIENT_GATE})
     first = train_tiny(lenient, engine)
     with Session(engine) as session, session.begin():
         session.get(ModelVersion, first.version).metrics = {"valid_rmse": 0.0}

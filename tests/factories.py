@@ -93,3 +93,16 @@ TINY_TRAINING = {
     "lr": 0.01,
     "validation_fraction": 0.2,
 }
+
+# a candidate that learned nothing: an untrained deep head, no item path, no bias blend
+WEAK_TRAINING = {
+    "epochs": 1,
+    "lr": 1e-7,
+    "item_path": False,
+    "rating_head": "direct",
+    "rating_blend": 1.0,
+    "popularity_penalty": 0.0,
+}
+
+# gate margins wide enough that any retrain is activated (tests of swapping, not of the gate)
+LENIENT_GATE = {"quality_gate_margin": 100.0, "quality_gate_ndcg_margin": 0.99}

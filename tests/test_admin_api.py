@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.main import create_app
 from app.models import ModelVersion, TrainingJob, utcnow
-from tests.factories import TINY_TRAINING, seed_synthetic
+from tests.factories import LENIENT_GATE, TINY_TRAINING, WEAK_TRAINING, seed_synthetic
 from tests.reliability_helpers import wait_for
 from tests.test_recommendations_api import train_tiny
 
@@ -95,20 +95,36 @@ def test_retrain_job_runs_in_a_child_process_and_activates(
 
 def test_quality_gate_refuses_a_worse_model(seeded: Settings, engine: Engine) -> None:
     first = train_tiny(seeded, engine)
-    with Session(engine) as session, session.begin():  # pretend the active model is superb
-        row = session.get(ModelVersion, first.version)
-        row.metrics = {**row.metrics, "valid_rmse": 0.01}
-    second = train_tiny(seeded, engine, seed=3)
-    assert not second.activated
-    assert "worse" in second.gate
+    weak = train_tiny(seeded, engine, **WEAK_TRAINING)
+    assert not weak.activated
+    assert "worse" in weak.gate
+    verdict = weak.metrics["quality_gate"]
+    assert verdict["passed"] is False and verdict["active"]["version"] == first.version
+    assert verdict["candidate"]["ndcg@10"] < verdict["active"]["ndcg@10"]
     with TestClient(create_app(seeded.model_copy(update={"run_worker_in_api": False}))) as client:
         assert client.get("/readyz").json()["model_version"] == first.version
+
+
+def test_quality_gate_lets_an_equal_model_in(
+    seeded: Settings, engine: Engine, admin_headers: dict
+) -> None:
+    """Both figures of the verdict go on the job and on the model version."""
+    first = train_tiny(seeded, engine)
+    again = train_tiny(seeded, engine)  # same data, same settings: the same model
+    assert again.activated, again.gate
+    verdict = again.metrics["quality_gate"]
+    assert verdict["candidate"] == {k: verdict["active"][k] for k in ("ndcg@10", "rmse")}
+    assert verdict["active"]["version"] == first.version
+    with TestClient(create_app(seeded.model_copy(update={"run_worker_in_api": False}))) as client:
+        models = client.get("/admin/models", headers=admin_headers).json()
+        stored = next(m for m in models if m["version"] == again.version)
+        assert stored["active"] and stored["metrics"]["quality_gate"]["passed"] is True
 
 
 def test_rollback_by_activating_an_older_version(
     seeded: Settings, engine: Engine, admin_headers: dict
 ) -> None:
-    lenient = seeded.model_copy(update={"quality_gate_margin": 100.0, "run_worker_in_api": False})
+    lenient = seeded.model_copy(update={**LENIENT_GATE, "run_worker_in_api": False})
     old = train_tiny(lenient, engine)
     new = train_tiny(lenient, engine, seed=5)
     with TestClient(create_app(lenient)) as client:
@@ -159,7 +175,7 @@ def test_stale_running_job_is_failed_on_start(seeded: Settings, engine: Engine) 
 def test_two_app_instances_both_see_an_activation(
     seeded: Settings, engine: Engine, admin_headers: dict
 ) -> None:
-    lenient = seeded.model_copy(update={"quality_gate_margin": 100.0, "run_worker_in_api": False})
+    lenient = seeded.model_copy(update={**LENIENT_GATE, "run_worker_in_api": False})
     old = train_tiny(lenient, engine)
     new = train_tiny(lenient, engine, seed=9)
     with TestClient(create_app(lenient)) as one, TestClient(create_app(lenient)) as two:
@@ -174,7 +190,7 @@ def test_two_app_instances_both_see_an_activation(
 
 
 def test_only_one_active_version_even_when_forced(seeded: Settings, engine: Engine) -> None:
-    lenient = seeded.model_copy(update={"quality_gate_margin": 100.0})
+    lenient = seeded.model_copy(update={**LENIENT_GATE})
     train_tiny(lenient, engine)
     other = train_tiny(lenient, engine, seed=2)
     from sqlalchemy.exc import IntegrityError

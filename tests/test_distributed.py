@@ -37,6 +37,7 @@ def test_two_process_training_matches_single_process_quality(tmp_path: Path) -> 
         "MODEL_DIR": str(tmp_path / "models"),
         "LOG_LEVEL": "WARNING",
         "QUALITY_GATE_MARGIN": "100",
+        "QUALITY_GATE_NDCG_MARGIN": "0.99",
         "TORCH_THREADS": "1",
     }
     single = _run([sys.executable, "-m", "app.cli", "train", *TRAIN_ARGS], env, tmp_path)

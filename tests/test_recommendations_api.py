@@ -14,7 +14,7 @@ from app.main import create_app
 from app.ml.model import config_from
 from app.models import ModelVersion
 from app.services.training import TrainingOutcome, train_and_register
-from tests.factories import TINY_TRAINING, seed_synthetic
+from tests.factories import LENIENT_GATE, TINY_TRAINING, seed_synthetic
 
 
 def train_tiny(settings: Settings, engine: Engine, **overrides: object) -> TrainingOutcome:
@@ -197,7 +197,7 @@ def test_unrecoverable_artifact_falls_back_to_popular_and_readyz_says_why(
 def test_activation_elsewhere_is_picked_up_by_polling(
     seeded: Settings, trained: TrainingOutcome, engine: Engine
 ) -> None:
-    lenient = seeded.model_copy(update={"quality_gate_margin": 100.0})
+    lenient = seeded.model_copy(update={**LENIENT_GATE})
     second = train_tiny(lenient, engine, seed=7)
     assert second.activated
     with TestClient(create_app(seeded)) as client:

@@ -21,7 +21,7 @@ from app.main import create_app
 from app.ml.artifacts import list_artifacts
 from app.models import ModelVersion
 from app.services.training import TrainingOutcome
-from tests.factories import TINY_TRAINING, seed_synthetic
+from tests.factories import TINY_TRAINING, WEAK_TRAINING, seed_synthetic
 from tests.reliability_helpers import wait_for
 from tests.test_recommendations_api import train_tiny
 
@@ -101,6 +101,7 @@ def test_a_writer_killed_mid_save_never_exposes_a_partial_artifact(tmp_path: Pat
         import numpy as np
         from app.ml import artifacts
         from app.ml.data import IdMap
+        from app.ml.hybrid import BiasTerms, Blend, HybridModel
         from app.ml.model import StackedAutoencoder, config_from
 
         def slow_save(payload, handle):
@@ -112,10 +113,10 @@ def test_a_writer_killed_mid_save_never_exposes_a_partial_artifact(tmp_path: Pat
         artifacts.torch.save = slow_save
         config = config_from("fast", hidden=[4])
         ids = IdMap(np.arange(1, 6))
-        artifacts.save_artifact(
-            {str(tmp_path)!r}, "v-killed", StackedAutoencoder(5, config), config, ids,
-            (1.0, 5.0), {{}}, "fp", {{}},
-        )
+        net = StackedAutoencoder(5, config)
+        bias = BiasTerms(3.0, np.zeros(5, np.float32), 5.0)
+        model = HybridModel(config, net, net, None, bias, Blend(), np.zeros(5), (1.0, 5.0))
+        artifacts.save_artifact({str(tmp_path)!r}, "v-killed", model, ids, {{}}, "fp", {{}})
         """
     )
     proc = subprocess.Popen(
@@ -197,10 +198,7 @@ def test_switching_to_a_broken_version_keeps_the_loaded_model(
 ) -> None:
     settings, first = trained
     quiet = settings.model_copy(update={"run_worker_in_api": False})
-    with Session(engine) as session, session.begin():  # the gate keeps `second` inactive
-        row = session.get(ModelVersion, first.version)
-        row.metrics = {**row.metrics, "valid_rmse": 0.0}
-    second = train_tiny(quiet, engine, seed=4)
+    second = train_tiny(quiet, engine, **WEAK_TRAINING)  # the gate keeps it inactive
     assert not second.activated
     next(Path(settings.model_dir).rglob(f"{second.version}*.pt")).write_bytes(b"corrupt")
     _damage_stored_copy(engine, second.version, b"corrupt")

@@ -14,7 +14,7 @@ import os
 import platform
 import secrets
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,10 +25,12 @@ import torch
 from pydantic import ValidationError
 
 from app.ml.data import IdMap, RatingMatrix
-from app.ml.model import ModelConfig, StackedAutoencoder, predict
+from app.ml.hybrid import BiasTerms, Blend, HybridModel
+from app.ml.item_path import ItemToItem
+from app.ml.model import ModelConfig, StackedAutoencoder
 
 FORMAT = "saerec-autoencoder"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SUFFIX = ".pt"
 
 
@@ -40,7 +42,7 @@ class ArtifactError(Exception):
 class LoadedModel:
     """A ready-to-serve model (eval mode) with the metadata saved alongside it."""
 
-    model: StackedAutoencoder
+    model: HybridModel
     config: ModelConfig
     movies: IdMap
     rating_scale: tuple[float, float]
@@ -51,24 +53,6 @@ class LoadedModel:
     created_at: str = ""
     libraries: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
-
-    def user_row(self, movie_ids: np.ndarray, ratings: np.ndarray) -> sp.csr_matrix:
-        """One user's ratings as a 1 x n_movies row; movies unknown to the model are dropped."""
-        cols = self.movies.index_of(np.asarray(movie_ids, dtype=np.int64))
-        values = np.asarray(ratings, dtype=np.float32)
-        keep = (cols >= 0) & (values > 0)
-        return sp.csr_matrix(
-            (values[keep], (np.zeros(keep.sum(), dtype=np.int64), cols[keep])),
-            shape=(1, len(self.movies)),
-            dtype=np.float32,
-        )
-
-    def predict_user(
-        self, movie_ids: np.ndarray, ratings: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Fold-in for serving: (scores, predicted ratings) over ``self.movies.ids``."""
-        scores, preds = predict(self.model, self.user_row(movie_ids, ratings))
-        return scores[0], preds[0]
 
 
 def new_version_id() -> str:
@@ -121,10 +105,8 @@ def artifact_path(directory: Path, version: str) -> Path:
 def save_artifact(
     directory: Path,
     version: str,
-    model: StackedAutoencoder,
-    config: ModelConfig,
+    model: HybridModel,
     movies: IdMap,
-    rating_scale: tuple[float, float],
     metrics: dict,
     data_fingerprint: str,
     data_size: dict,
@@ -139,10 +121,8 @@ def save_artifact(
         "format_version": FORMAT_VERSION,
         "version": version,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "config": _plain(config.model_dump()),
+        **_model_payload(model),
         "movie_ids": torch.from_numpy(np.array(movies.ids, dtype=np.int64)),
-        "rating_scale": [float(rating_scale[0]), float(rating_scale[1])],
         "metrics": _plain(metrics),
         "data_fingerprint": str(data_fingerprint),
         "data_size": _plain(data_size),
@@ -162,6 +142,36 @@ def save_artifact(
     return final
 
 
+def _state(net: StackedAutoencoder) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in net.state_dict().items()}
+
+
+def _model_payload(model: HybridModel) -> dict[str, Any]:
+    """Every part as tensors and plain types: ``weights_only`` loading accepts nothing else."""
+    path = model.item_path
+    return {
+        "config": _plain(model.config.model_dump()),
+        "rating_scale": [float(model.rating_scale[0]), float(model.rating_scale[1])],
+        "rank_state": _state(model.rank_net),
+        "rate_state": None if model.rate_net is model.rank_net else _state(model.rate_net),
+        "item_path": None
+        if path is None
+        else {
+            "indptr": torch.from_numpy(path.weights.indptr.astype(np.int64)),
+            "indices": torch.from_numpy(path.weights.indices.astype(np.int64)),
+            "data": torch.from_numpy(path.weights.data.astype(np.float32)),
+            "lam": path.lam,
+        },
+        "bias": {
+            "mean": model.bias.mean,
+            "movie_bias": torch.from_numpy(model.bias.movie_bias.astype(np.float32)),
+            "user_reg": model.bias.user_reg,
+        },
+        "blend": asdict(model.blend),
+        "log_popularity": torch.from_numpy(model.log_popularity.astype(np.float32)),
+    }
+
+
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ArtifactError(f"model artifact not found: {path}")
@@ -177,15 +187,15 @@ def _read(path: Path) -> dict[str, Any]:
     if payload.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
             f"{path} has format version {payload.get('format_version')}, "
-            f"this code reads version {FORMAT_VERSION}"
+            f"this code reads version {FORMAT_VERSION}: train a new model (saerec train)"
         )
-    missing = {"version", "state_dict", "config", "movie_ids", "rating_scale"} - set(payload)
+    missing = {"version", "rank_state", "config", "movie_ids", "rating_scale"} - set(payload)
     if missing:
         raise ArtifactError(f"{path} lacks {sorted(missing)}")
     return payload
 
 
-def load_artifact(path: Path, device: str | None = None) -> LoadedModel:
+def load_artifact(path: Path) -> LoadedModel:
     """Read and validate an artifact; ArtifactError with a clear reason when it cannot."""
     path = Path(path)
     payload = _read(path)
@@ -194,20 +204,15 @@ def load_artifact(path: Path, device: str | None = None) -> LoadedModel:
     except (ValidationError, TypeError) as exc:
         raise ArtifactError(f"{path} has a config this code cannot use: {exc}") from exc
     movies = IdMap(payload["movie_ids"].numpy())
-    model = StackedAutoencoder(len(movies), config)
     try:
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except (RuntimeError, KeyError, TypeError) as exc:
+        model = _model_from(payload, config, len(movies))
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{path} weights do not match its config: {exc}") from exc
-    if device:
-        model.to(device)
-    model.eval()
-    scale = tuple(float(v) for v in payload["rating_scale"])
     return LoadedModel(
         model=model,
         config=config,
         movies=movies,
-        rating_scale=(scale[0], scale[1]),
+        rating_scale=model.rating_scale,
         metrics=payload.get("metrics", {}),
         version=str(payload["version"]),
         data_fingerprint=payload.get("data_fingerprint", ""),
@@ -215,6 +220,42 @@ def load_artifact(path: Path, device: str | None = None) -> LoadedModel:
         created_at=payload.get("created_at", ""),
         libraries=payload.get("libraries", {}),
         path=path,
+    )
+
+
+def _net(state: dict[str, torch.Tensor], config: ModelConfig, n_movies: int) -> StackedAutoencoder:
+    net = StackedAutoencoder(n_movies, config)
+    net.load_state_dict(state, strict=True)
+    return net.eval()
+
+
+def _model_from(payload: dict[str, Any], config: ModelConfig, n_movies: int) -> HybridModel:
+    rank_net = _net(payload["rank_state"], config, n_movies)
+    rate_state = payload["rate_state"]
+    rate_net = rank_net if rate_state is None else _net(rate_state, config, n_movies)
+    item = payload["item_path"]
+    item_path = None
+    if item is not None:
+        weights = sp.csr_matrix(
+            (item["data"].numpy(), item["indices"].numpy(), item["indptr"].numpy()),
+            shape=(n_movies, n_movies),
+        )
+        item_path = ItemToItem(weights, float(item["lam"]))
+    bias = payload["bias"]
+    movie_bias = bias["movie_bias"].numpy()
+    popularity = payload["log_popularity"].numpy()
+    if movie_bias.shape != (n_movies,) or popularity.shape != (n_movies,):
+        raise ValueError("bias or popularity vectors do not match the movie map")
+    scale = tuple(float(v) for v in payload["rating_scale"])
+    return HybridModel(
+        config,
+        rank_net,
+        rate_net,
+        item_path,
+        BiasTerms(float(bias["mean"]), movie_bias, float(bias["user_reg"])),
+        Blend(**payload["blend"]),
+        popularity,
+        (scale[0], scale[1]),
     )
 
 

@@ -216,3 +216,49 @@ def iter_chunks(chunk: RatingChunk, size: int) -> Iterable[RatingChunk]:
             movies[start : start + size],
             ratings[start : start + size],
         )
+
+
+HOLDOUT_SEED = 7
+HOLDOUT_FRACTION = 0.2
+HOLDOUT_MIN_RATINGS = 5
+
+
+def per_user_holdout(
+    users: np.ndarray,
+    movies: np.ndarray,
+    ratings: np.ndarray,
+    timestamps: np.ndarray,
+    seed: int = HOLDOUT_SEED,
+    fraction: float = HOLDOUT_FRACTION,
+) -> tuple[RatingChunk, RatingChunk]:
+    """EVALUATION.md's per-user holdout, exactly, so figures match across machines and runs.
+
+    Rows are sorted by (user, movie, timestamp) stably, then one ``default_rng(seed)``
+    draw per row (in that order) ranks each user's rows; the first
+    ``max(1, floor(fraction * n + 0.5))`` rows of each user with >= 5 ratings are the test
+    part, everything else (all ratings of smaller users) the train part.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError("fraction must be in (0, 1)")
+    users = np.asarray(users, dtype=np.int64).reshape(-1)
+    movies = np.asarray(movies, dtype=np.int64).reshape(-1)
+    ratings = np.asarray(ratings, dtype=np.float32).reshape(-1)
+    timestamps = np.asarray(timestamps, dtype=np.int64).reshape(-1)
+    if not (users.size == movies.size == ratings.size == timestamps.size):
+        raise ValueError("users, movies, ratings and timestamps must have equal lengths")
+    order = np.lexsort((np.arange(users.size), timestamps, movies, users))
+    users, movies, ratings = users[order], movies[order], ratings[order]
+    test = _holdout_mask(users, np.random.default_rng(seed).random(users.size), fraction)
+    return (users[~test], movies[~test], ratings[~test]), (users[test], movies[test], ratings[test])
+
+
+def _holdout_mask(users_sorted: np.ndarray, draws: np.ndarray, fraction: float) -> np.ndarray:
+    """True for the rows that go to test; ``users_sorted`` is grouped by user."""
+    _, starts, counts = np.unique(users_sorted, return_index=True, return_counts=True)
+    n_test = np.maximum(1, np.floor(fraction * counts + 0.5)).astype(np.int64)
+    n_test[counts < HOLDOUT_MIN_RATINGS] = 0
+    group = np.repeat(np.arange(counts.size), counts)
+    by_draw = np.lexsort((draws, group))  # each user's rows, smallest draw first
+    rank = np.empty(users_sorted.size, dtype=np.int64)
+    rank[by_draw] = np.arange(users_sorted.size) - starts[group[by_draw]]
+    return rank < n_test[group]

@@ -2,25 +2,44 @@
 
 Training and early stopping only ever see the ``.base`` file (validation is carved out of
 it); the ``.test`` file is used once, for the final figures. The movie axis is the union of
-the ids in both files, i.e. the catalog, as it is when serving.
+the ids in both files, i.e. the catalog, as it is when serving. Any other data set gets
+EVALUATION.md's per-user holdout (``evaluate_holdout``), with the data set's catalog as
+the movie axis. Baselines include EASE with its lambda tuned on the same validation split
+the model early-stops on, so the model is compared with EASE at its best.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from app.ml.baselines import BASELINES
-from app.ml.data import build_rating_matrix, holdout_split, read_split_file
-from app.ml.metrics import evaluate_scorer
-from app.ml.model import ModelConfig, predict
+from app.ml.baselines import BASELINES, EASE, Baseline, Bias
+from app.ml.data import (
+    HOLDOUT_FRACTION,
+    HOLDOUT_SEED,
+    RatingChunk,
+    RatingMatrix,
+    build_rating_matrix,
+    holdout_split,
+    per_user_holdout,
+    read_split_file,
+)
+from app.ml.datasets import Ratings, read_movielens
+from app.ml.metrics import Scorer, evaluate_scorer
+from app.ml.model import ModelConfig
 from app.ml.train import EpochReport, TrainResult, train_model
 
 MODEL_ROW = "stacked autoencoder"
+BIAS_ROW = "user + movie bias"
+TUNED_EASE_ROW = "EASE (tuned lambda)"
+EASE_LAMBDAS = (100.0, 250.0, 500.0, 1000.0, 2000.0)
+"""EASE's lambda is chosen from these on the validation split carved out of training."""
 COLUMNS: list[tuple[str, str]] = [
     ("RMSE", "rmse"),
     ("MAE", "mae"),
@@ -32,6 +51,111 @@ COLUMNS: list[tuple[str, str]] = [
     ("fallback", "fallback_ratings"),
     ("train time", "train_seconds"),
 ]
+
+
+@dataclass
+class FittedModel:
+    """What evaluation needs from a trained model: a scorer and how training went."""
+
+    scorer: Scorer
+    rating_scale: tuple[float, float]
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+    valid: dict[str, float] = field(default_factory=dict)
+
+
+def fit_model(
+    train: RatingMatrix,
+    valid: RatingMatrix,
+    config: ModelConfig,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+) -> FittedModel:
+    """The one place evaluation calls the trainer, so a new trainer is swapped in here only."""
+    result: TrainResult = train_model(
+        train, valid, config, on_epoch=on_epoch, device=device, threads=threads
+    )
+    info = {
+        "best_epoch": result.best_epoch,
+        "rate_epoch": result.metrics.get("rate_epoch"),
+        "epochs_run": len(result.history),
+    }
+    return FittedModel(
+        result.model.predict, result.rating_scale, result.seconds, info, result.metrics
+    )
+
+
+def tune_ease(
+    train: RatingMatrix, valid: RatingMatrix, lambdas: Sequence[float] = EASE_LAMBDAS
+) -> tuple[float, dict[float, float]]:
+    """The EASE lambda with the best validation NDCG@10 (ties: the smaller lambda)."""
+    valid_chunk = valid.to_chunk()
+    ndcg = {
+        float(lam): evaluate_scorer(EASE(lam).fit(train), train, valid_chunk).get("ndcg@10", 0.0)
+        for lam in lambdas
+    }
+    best = max(ndcg, key=lambda lam: (ndcg[lam], -lam))
+    return best, ndcg
+
+
+def _baseline_rows(
+    full: RatingMatrix,
+    test: RatingChunk,
+    fit_train: RatingMatrix,
+    fit_valid: RatingMatrix,
+    makers: dict[str, Callable[[], Baseline]],
+) -> dict[str, dict[str, Any]]:
+    """Every baseline fitted on the whole training part, plus EASE with a tuned lambda."""
+    rows: dict[str, dict[str, Any]] = {}
+    fitted_ease: dict[float, str] = {}  # lambda -> row, so the tuned refit can be skipped
+    for name, make in makers.items():
+        baseline = make().fit(full)
+        rows[name] = evaluate_scorer(baseline, full, test)
+        rows[name]["train_seconds"] = baseline.fit_seconds
+        if isinstance(baseline, EASE):
+            fitted_ease[float(baseline.lam)] = name
+    started = time.perf_counter()
+    lam, valid_ndcg = tune_ease(fit_train, fit_valid)
+    if lam in fitted_ease:
+        row: dict[str, Any] = dict(rows[fitted_ease[lam]])
+        started -= row["train_seconds"]
+    else:
+        row = dict(evaluate_scorer(EASE(lam).fit(full), full, test))
+    row["train_seconds"] = time.perf_counter() - started  # the search and the refit
+    row["lambda"] = lam
+    row["valid_ndcg"] = {f"{k:g}": v for k, v in valid_ndcg.items()}
+    rows[TUNED_EASE_ROW] = row
+    return rows
+
+
+def evaluate_train_test(
+    full: RatingMatrix,
+    test: RatingChunk,
+    config: ModelConfig,
+    baselines: bool = True,
+    baseline_makers: dict[str, Callable[[], Baseline]] | None = None,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Train on ``full`` (validation carved out of it), score ``test``: model and baselines."""
+    train, valid = holdout_split(full, config.validation_fraction, config.seed)
+    fitted = fit_model(train, valid, config, on_epoch=on_epoch, device=device, threads=threads)
+    rows: dict[str, dict[str, Any]] = {}
+    if baselines:
+        rows = _baseline_rows(full, test, train, valid, baseline_makers or BASELINES)
+    row = evaluate_scorer(fitted.scorer, full, test, scale=fitted.rating_scale)
+    row.update(train_seconds=fitted.seconds, **fitted.info)
+    rows[MODEL_ROW] = row
+    return {
+        "n_train": full.nnz,
+        "n_test": int(test[0].size),
+        "n_users": full.shape[0],
+        "n_movies": full.shape[1],
+        "rows": rows,
+        "valid": fitted.valid,
+    }
 
 
 def evaluate_split(
@@ -47,35 +171,51 @@ def evaluate_split(
     base, test = read_split_file(base_path), read_split_file(test_path)
     catalog = np.union1d(base[1], test[1])
     full = build_rating_matrix([base], movie_ids=catalog)
-    train, valid = holdout_split(full, config.validation_fraction, config.seed)
-    result: TrainResult = train_model(
-        train, valid, config, on_epoch=on_epoch, device=device, threads=threads
+    result = evaluate_train_test(
+        full, test, config, baselines, on_epoch=on_epoch, device=device, threads=threads
     )
-    rows: dict[str, dict[str, Any]] = {}
-    if baselines:
-        for name, make in BASELINES.items():
-            baseline = make().fit(full)
-            rows[name] = evaluate_scorer(baseline, full, test)
-            rows[name]["train_seconds"] = baseline.fit_seconds
-    model = result.model
+    return {"split": Path(base_path).stem, **result}
 
-    def scorer(batch_rows: Any) -> tuple[np.ndarray, np.ndarray]:
-        return predict(model, batch_rows)
 
-    row = evaluate_scorer(scorer, full, test, scale=result.rating_scale)
-    row.update(
-        train_seconds=result.seconds, best_epoch=result.best_epoch, epochs_run=len(result.history)
+def holdout_baselines() -> dict[str, Callable[[], Baseline]]:
+    """EVALUATION.md's per-user-holdout baselines: as for u1, but bias shrinkage 10 on both."""
+    makers = dict(BASELINES)
+    makers[BIAS_ROW] = lambda: Bias(reg_movie=10.0, reg_user=10.0)
+    return makers
+
+
+def evaluate_holdout(
+    data: str | Path | Ratings,
+    config: ModelConfig,
+    baselines: bool = True,
+    seed: int = HOLDOUT_SEED,
+    fraction: float = HOLDOUT_FRACTION,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """EVALUATION.md's per-user holdout of any data set (a MovieLens path or loaded ratings).
+
+    The movie axis is the data set's catalog, so coverage is over the whole catalog.
+    """
+    ratings = data if isinstance(data, Ratings) else read_movielens(data)
+    train_chunk, test = per_user_holdout(
+        ratings.users, ratings.movies, ratings.ratings, ratings.timestamps, seed, fraction
     )
-    rows[MODEL_ROW] = row
-    return {
-        "split": Path(base_path).stem,
-        "n_train": full.nnz,
-        "n_test": int(test[0].size),
-        "n_users": full.shape[0],
-        "n_movies": full.shape[1],
-        "rows": rows,
-        "valid": result.metrics,
-    }
+    catalog = np.union1d(ratings.catalog, ratings.movies)
+    full = build_rating_matrix([train_chunk], movie_ids=catalog)
+    result = evaluate_train_test(
+        full,
+        test,
+        config,
+        baselines,
+        holdout_baselines(),
+        on_epoch=on_epoch,
+        device=device,
+        threads=threads,
+    )
+    label = f"{ratings.name or 'data set'} per-user holdout (seed {seed}, {fraction:.0%})"
+    return {"split": label, "skipped": ratings.skipped, **result}
 
 
 def evaluate_splits(
@@ -105,12 +245,17 @@ def evaluate_splits(
 
 
 def mean_rows(all_rows: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, float]]:
-    """Metric-wise means of the same rows over several splits."""
+    """Metric-wise means of the same rows over several splits (numeric fields only)."""
     out: dict[str, dict[str, float]] = {}
     for name in all_rows[0]:
         keys = set.intersection(*(set(rows[name]) for rows in all_rows))
-        out[name] = {k: float(np.mean([rows[name][k] for rows in all_rows])) for k in keys}
+        numeric = (k for k in keys if all(_is_number(rows[name][k]) for rows in all_rows))
+        out[name] = {k: float(np.mean([rows[name][k] for rows in all_rows])) for k in numeric}
     return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating)
 
 
 def _cell(value: Any, key: str) -> str:
@@ -123,6 +268,13 @@ def _cell(value: Any, key: str) -> str:
     return f"{value:.3f}"
 
 
+def _label(name: str, row: dict[str, Any]) -> str:
+    """Row name; the tuned EASE row also names its lambda (the mean one over splits)."""
+    if name == TUNED_EASE_ROW and isinstance(row.get("lambda"), int | float):
+        return f"{name}: {row['lambda']:g}"
+    return name
+
+
 def format_table(results: dict[str, Any]) -> str:
     """Markdown table in EVALUATION.md's layout (one split, or the means over splits)."""
     lines = [
@@ -132,5 +284,5 @@ def format_table(results: dict[str, Any]) -> str:
     ]
     for name, row in results["rows"].items():
         cells = [_cell(row.get(key), key) for _, key in COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_label(name, row)} | " + " | ".join(cells) + " |")
     return "\n".join(line for line in lines if line)

@@ -15,7 +15,8 @@ predict ratings and movies they cannot see, which is exactly the serving task.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -80,12 +81,11 @@ class ModelConfig(BaseModel):
     epochs: int = Field(60, ge=1)
     """maximum number of epochs."""
     patience: int = Field(6, ge=1)
-    """epochs without a better validation metric before stopping early."""
-    monitor: Literal["ndcg", "rmse", "both"] = "both"
-    """early-stopping metric on the validation split; both = NDCG@10 - RMSE."""
+    """epochs in which neither head beat its best validation figure (NDCG@10 for ranking,
+    RMSE for rating) before stopping early; each head keeps its own best epoch."""
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     """share of each user's ratings held out for validation (0 = no early stopping)."""
-    max_valid_users: int = Field(20_000, ge=0)
+    max_valid_users: int = Field(5_000, ge=0)
     """validation metrics on a fixed seeded sample of this many users (0 = all); keeps
     per-epoch validation cheap on large data."""
     seed: int = 0
@@ -94,6 +94,28 @@ class ModelConfig(BaseModel):
     """clamp range of predicted ratings; None = (min, max) of the training ratings."""
     relevant_threshold: float = 4.0
     """a rating at or above this is a 'liked' movie (ranking relevance, positive weight)."""
+    softmax_negatives: int = Field(512, ge=0)
+    """training cost that follows the ratings: on catalogs over 4x this many movies, the
+    ranking softmax runs over each batch's rated movies plus this many movies sampled by
+    popularity (with the log-probability correction) instead of the whole catalog; 0 =
+    always the exact softmax."""
+    # the linear item-to-item path and the blend (app/ml/item_path.py, app/ml/hybrid.py)
+    item_path: bool = True
+    """fit the closed-form item-to-item path and blend it into the ranking."""
+    item_lambda: float | None = Field(None, gt=0.0)
+    """its ridge strength; None = chosen on validation around 10x the mean movie count."""
+    item_liked_weight: float = Field(3.0, ge=0.0)
+    """extra target weight of liked movies (0 = plain EASE)."""
+    item_neighbors: int = Field(512, ge=1)
+    """weights kept per source movie (bounds serving memory and cost)."""
+    item_max_movies: int = Field(10_000, ge=2)
+    """the path covers at most this many most-rated movies (bounds the closed form)."""
+    item_weight: float | None = Field(None, ge=0.0, le=1.0)
+    """share of the item path in the ranking score; None = chosen on validation."""
+    popularity_penalty: float | None = Field(None, ge=0.0)
+    """ranking penalty per unit of log(1 + rating count); None = chosen on validation."""
+    rating_blend: float | None = Field(None, ge=0.0, le=1.0)
+    """share of the deep rating head against the bias terms; None = chosen on validation."""
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -124,8 +146,10 @@ PRESETS: dict[str, ModelConfig] = {
         batch_size=64,
         epochs=200,
         patience=10,
-        monitor="rmse",
         ranking_weight=0.0,
+        item_path=False,
+        popularity_penalty=0.0,
+        rating_blend=1.0,
     ),
     # tiny and quick, for tests and smoke runs
     "fast": ModelConfig(hidden=(64,), batch_size=64, epochs=15, patience=4, lr=3e-3),
@@ -157,6 +181,36 @@ class ModelOutput(NamedTuple):
     ratings: torch.Tensor
     hidden: tuple[torch.Tensor, ...]
     visible: torch.Tensor
+
+
+@dataclass(frozen=True)
+class SparseBatch:
+    """A minibatch of users as (row, column, rating) triplets: training never densifies it."""
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    values: torch.Tensor
+    size: int
+
+    @classmethod
+    def from_csr(cls, rows: sp.csr_matrix, device: torch.device | str = "cpu") -> SparseBatch:
+        coo = sp.csr_matrix(rows).tocoo()
+        return cls(
+            torch.from_numpy(coo.row.astype(np.int64)).to(device),
+            torch.from_numpy(coo.col.astype(np.int64)).to(device),
+            torch.from_numpy(coo.data.astype(np.float32)).to(device),
+            int(coo.shape[0]),
+        )
+
+
+class SparseOutput(NamedTuple):
+    """Training forward on a SparseBatch: ranking log-probabilities and predicted ratings
+    at the batch's rated cells, which of them the encoder saw, and the hidden layers."""
+
+    log_probs: torch.Tensor | None
+    ratings: torch.Tensor
+    visible: torch.Tensor
+    hidden: tuple[torch.Tensor, ...]
 
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -197,7 +251,15 @@ class StackedAutoencoder(nn.Module):
             self.movie_bias.copy_(torch.as_tensor(movie_bias, dtype=torch.float32))
             self.rating_scale.copy_(torch.tensor(rating_scale, dtype=torch.float32))
 
-    def forward(self, x: torch.Tensor) -> ModelOutput:
+    def forward(self, x: torch.Tensor | SparseBatch, *sampled: torch.Tensor | None) -> Any:
+        """x: B x n_movies dense ratings (0 = unrated) -> ModelOutput; a SparseBatch (the
+        training path, through ``__call__`` so that DDP sees it) -> SparseOutput."""
+        if isinstance(x, SparseBatch):
+            negatives, log_q = sampled if sampled else (None, None)
+            return self.forward_sparse(x, negatives, log_q)
+        return self.forward_dense(x)
+
+    def forward_dense(self, x: torch.Tensor) -> ModelOutput:
         """x: B x n_movies dense ratings (0 = unrated) -> scores, ratings, hidden."""
         rated = x > 0
         visible = rated
@@ -220,6 +282,83 @@ class StackedAutoencoder(nn.Module):
             ratings = ratings + base + user_bias
         scores = self.rank_out(h) if self.rank_out is not None else ratings
         return ModelOutput(scores, ratings, tuple(hidden), visible)
+
+    def forward_sparse(
+        self, batch: SparseBatch, negatives: torch.Tensor | None, log_q: torch.Tensor | None
+    ) -> SparseOutput:
+        """The same network as ``forward``, computed only where the batch has ratings.
+
+        The rating head runs at the rated cells alone. The ranking head's softmax runs over
+        the whole catalog, or, given ``negatives`` (sampled movie indices) and ``log_q``
+        (log of their sampling probability times the sample size), over each user's rated
+        movies plus the corrected negatives, so the cost follows the ratings.
+        """
+        rows, cols, values = batch.rows, batch.cols, batch.values
+        visible = torch.ones_like(values, dtype=torch.bool)
+        if self.training and self.config.input_dropout > 0:
+            visible = torch.rand_like(values) >= self.config.input_dropout
+        vis = visible.to(values.dtype)
+        n = values.new_zeros(batch.size).index_add_(0, rows, vis)
+        base = self.global_mean + self.movie_bias[cols]
+        sums = values.new_zeros(batch.size).index_add_(0, rows, (values - base) * vis)
+        user_bias = sums / (n + self.config.user_bias_reg)
+        x = self._sparse_features(batch, vis, n, (base + user_bias[rows]).detach())
+        hidden = []
+        h = torch.sparse.mm(x, self.layers[0].weight.t()) + self.layers[0].bias
+        for i, layer in enumerate(self.layers):
+            h = layer(h) if i else h
+            h = self.hidden_dropout(self.activation(h))
+            hidden.append(h)
+        picked = h[rows]
+        ratings = (picked * self.rate_out.weight[cols]).sum(1) + self.rate_out.bias[cols]
+        if self.config.rating_head == "residual":
+            ratings = ratings + base + user_bias[rows]
+        log_probs = None
+        if self.rank_out is not None:
+            log_probs = self._log_probs(h, picked, rows, cols, negatives, log_q)
+        return SparseOutput(log_probs, ratings, visible, tuple(hidden))
+
+    def _log_probs(
+        self,
+        h: torch.Tensor,
+        picked: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        negatives: torch.Tensor | None,
+        log_q: torch.Tensor | None,
+    ) -> torch.Tensor:
+        assert self.rank_out is not None
+        weight, bias = self.rank_out.weight, self.rank_out.bias
+        if negatives is None or log_q is None:
+            return torch.log_softmax(h @ weight.t() + bias, dim=1)[rows, cols]
+        rated = (picked * weight[cols]).sum(1) + bias[cols]
+        sampled = h @ weight[negatives].t() + bias[negatives] - log_q
+        top = sampled.max(dim=1).values.detach()
+        top = top.scatter_reduce(0, rows, rated.detach(), reduce="amax")
+        total = torch.exp(sampled - top[:, None]).sum(1)
+        total = total.index_add(0, rows, torch.exp(rated - top[rows]))
+        return rated - (top + torch.log(total))[rows]
+
+    def _sparse_features(
+        self, batch: SparseBatch, vis: torch.Tensor, n: torch.Tensor, baseline: torch.Tensor
+    ) -> torch.Tensor:
+        """The encoder input of ``_features`` as a sparse B x in_dim tensor."""
+        rows, cols, values = batch.rows, batch.cols, batch.values
+        if self.config.inputs == "ratings":
+            index, data = torch.stack([rows, cols]), values * vis
+        else:
+            norm = n.clamp(min=1.0).rsqrt()[rows]
+            implicit = vis * norm
+            if self.config.inputs == "implicit":
+                index, data = torch.stack([rows, cols]), implicit
+            else:
+                centred = (values - baseline) * vis * norm
+                index = torch.stack(
+                    [torch.cat([rows, rows]), torch.cat([cols, cols + self.n_movies])]
+                )
+                data = torch.cat([implicit, centred])
+        shape = (batch.size, self.layers[0].in_features)
+        return torch.sparse_coo_tensor(index, data, shape, check_invariants=False)
 
     def _features(
         self, x: torch.Tensor, vis: torch.Tensor, n: torch.Tensor, baseline: torch.Tensor
@@ -299,10 +438,6 @@ def kl_sparsity(hidden: tuple[torch.Tensor, ...], activation: str, rho: float) -
             + (rho * torch.log(rho / p_hat) + (1 - rho) * torch.log((1 - rho) / (1 - p_hat))).sum()
         )
     return total
-
-
-def parameter_count(model: nn.Module) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
 
 
 __all__ = [

@@ -65,8 +65,11 @@ def write_learning_curve(artifact: Path, history: Sequence[EpochReport]) -> Path
         ("validation RMSE", [h.valid_rmse for h in history]),
         ("validation NDCG@10", [h.valid_ndcg for h in history]),
     ]
-    best = next((h.epoch for h in reversed(history) if h.is_best), None)
-    for ax, (title, values) in zip(axes, series, strict=True):
+    rank_best = next((h.epoch for h in reversed(history) if h.best_ranking), None)
+    rate_best = next((h.epoch for h in reversed(history) if h.best_rating), None)
+    # each head keeps its own best epoch: mark the one that matters on each panel
+    marks = [rank_best, rate_best, rank_best]
+    for ax, (title, values), best in zip(axes, series, marks, strict=True):
         ax.plot(epochs, values, marker=".")
         if best is not None:
             ax.axvline(best, color="grey", linestyle="--", linewidth=1)

@@ -15,12 +15,20 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 
+from app.ml.blend import Validation, choose_blend, choose_item_path
 from app.ml.data import RatingMatrix
 from app.ml.distributed import DistributedContext
+from app.ml.hybrid import BiasTerms, Blend, HybridModel, log_popularity
 from app.ml.metrics import RankingAccumulator, rating_metrics
-from app.ml.model import ModelConfig, StackedAutoencoder, dense_rows, kl_sparsity, predict
+from app.ml.model import (
+    ModelConfig,
+    SparseBatch,
+    SparseOutput,
+    StackedAutoencoder,
+    kl_sparsity,
+    predict,
+)
 
 
 @dataclass
@@ -36,7 +44,8 @@ class EpochReport:
     valid_mae: float = math.nan
     ranking_loss: float = math.nan
     rating_loss: float = math.nan
-    is_best: bool = False
+    best_ranking: bool = False
+    best_rating: bool = False
 
     def as_dict(self) -> dict[str, float | int | bool]:
         return asdict(self)
@@ -44,17 +53,18 @@ class EpochReport:
 
 @dataclass
 class TrainResult:
-    """The trained model (best epoch restored) and how it got there."""
+    """The trained model (each head at its best epoch, blend chosen) and how it got there."""
 
-    model: StackedAutoencoder
+    model: HybridModel
     history: list[EpochReport]
     best_epoch: int
     metrics: dict[str, float]
     seconds: float
-    config: ModelConfig
-    rating_scale: tuple[float, float] = (1.0, 5.0)
-    stopped_early: bool = False
-    extra: dict[str, object] = field(default_factory=dict)
+    selection: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def rating_scale(self) -> tuple[float, float]:
+        return self.model.rating_scale
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -103,30 +113,55 @@ def make_optimizer(model: torch.nn.Module, config: ModelConfig) -> torch.optim.O
     return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
 
 
+@dataclass(frozen=True)
+class NegativeSampler:
+    """Popularity-shaped proposal for the sampled ranking softmax (sqrt of rating counts:
+    common movies are the informative negatives, rare ones still get drawn)."""
+
+    probabilities: torch.Tensor
+    size: int
+
+    @classmethod
+    def for_training(
+        cls, matrix: sp.csr_matrix, config: ModelConfig, device: torch.device
+    ) -> NegativeSampler | None:
+        k = config.softmax_negatives
+        if k == 0 or matrix.shape[1] <= 4 * k:
+            return None  # the exact softmax is affordable
+        counts = np.bincount(matrix.indices, minlength=matrix.shape[1]).astype(np.float64)
+        weights = np.sqrt(counts + 1.0)
+        return cls(torch.from_numpy(weights / weights.sum()).float().to(device), k)
+
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(movie indices, log of size x probability) for one batch."""
+        picked = torch.multinomial(self.probabilities, self.size, replacement=True)
+        return picked, torch.log(self.probabilities[picked] * self.size)
+
+
 def batch_loss(
-    model: StackedAutoencoder, x: torch.Tensor, config: ModelConfig
+    model: torch.nn.Module,
+    batch: SparseBatch,
+    config: ModelConfig,
+    sampler: NegativeSampler | None = None,
 ) -> tuple[torch.Tensor, float, float]:
     """Weighted sum of the multinomial ranking loss, masked rating MSE and KL sparsity.
 
     Both main terms are averaged per observed rating in the batch, so their weights are
     comparable whatever the batch's users rated.
     """
-    out = model(x)
-    rated = (x > 0).to(x.dtype)
-    loss = x.new_zeros(())
+    negatives, log_q = sampler.draw() if sampler is not None else (None, None)
+    out: SparseOutput = model(batch, negatives, log_q)
+    values = batch.values
+    loss = values.new_zeros(())
     rank_value = rate_value = math.nan
-    if model.rank_out is not None and config.ranking_weight > 0:
-        target = rated
-        if config.positive_weight > 0:
-            liked = (x >= config.relevant_threshold).to(x.dtype)
-            target = rated + config.positive_weight * liked
-        rank = -(F.log_softmax(out.scores, dim=1) * target).sum() / target.sum().clamp(min=1.0)
+    if out.log_probs is not None and config.ranking_weight > 0:
+        target = 1.0 + config.positive_weight * (values >= config.relevant_threshold).float()
+        rank = -(out.log_probs * target).sum() / target.sum().clamp(min=1.0)
         loss = loss + config.ranking_weight * rank
         rank_value = float(rank.detach())
     if config.rating_weight > 0:
-        hidden = rated * (~out.visible).to(x.dtype)
-        weight = rated + (config.hidden_rating_weight - 1.0) * hidden
-        mse = (weight * (out.ratings - x) ** 2).sum() / weight.sum().clamp(min=1.0)
+        weight = 1.0 + (config.hidden_rating_weight - 1.0) * (~out.visible).float()
+        mse = (weight * (out.ratings - values) ** 2).sum() / weight.sum().clamp(min=1.0)
         loss = loss + config.rating_weight * mse
         rate_value = float(mse.detach())
     if config.sparsity_beta > 0:
@@ -137,13 +172,14 @@ def batch_loss(
 
 
 def train_epoch(
-    model: StackedAutoencoder,
+    model: torch.nn.Module,
     matrix: sp.csr_matrix,
     users: np.ndarray,
     optimizer: torch.optim.Optimizer,
     config: ModelConfig,
     rng: np.random.Generator,
     device: torch.device,
+    sampler: NegativeSampler | None = None,
 ) -> tuple[float, float, float]:
     """One pass over shuffled users; returns mean (loss, ranking loss, rating loss)."""
     model.train()
@@ -151,8 +187,8 @@ def train_epoch(
     totals = np.zeros(3)
     batches = 0
     for start in range(0, order.size, config.batch_size):
-        x = dense_rows(matrix[order[start : start + config.batch_size]], device)
-        loss, rank, rate = batch_loss(model, x, config)
+        batch = SparseBatch.from_csr(matrix[order[start : start + config.batch_size]], device)
+        loss, rank, rate = batch_loss(model, batch, config, sampler)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -200,13 +236,92 @@ def validate(
     return out
 
 
-def monitor_value(metrics: dict[str, float], monitor: str) -> float:
-    """Higher is better: ndcg, -rmse, or ndcg - rmse."""
-    if monitor == "ndcg":
-        return metrics["ndcg@10"]
-    if monitor == "rmse":
-        return -metrics["rmse"]
-    return metrics["ndcg@10"] - metrics["rmse"]
+@dataclass
+class HeadBest:
+    """One head's best validation figure so far, its epoch and a copy of the weights."""
+
+    value: float = -math.inf
+    epoch: int = 0
+    state: dict[str, torch.Tensor] | None = None
+
+    def offer(self, value: float, epoch: int, model: torch.nn.Module) -> bool:
+        """Keep this epoch when it beats the best (or nothing is kept yet)."""
+        if (not math.isnan(value) and value > self.value) or self.state is None:
+            self.value = value if not math.isnan(value) else self.value
+            self.epoch = epoch
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return True
+        return False
+
+
+@dataclass
+class NetworkResult:
+    """The deep autoencoder's two snapshots (the same object when one epoch won both)."""
+
+    rank_net: StackedAutoencoder
+    rate_net: StackedAutoencoder
+    history: list[EpochReport]
+    rank_epoch: int
+    rate_epoch: int
+
+
+def train_network(
+    train: RatingMatrix,
+    valid: RatingMatrix,
+    config: ModelConfig,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    device: str | None = None,
+) -> NetworkResult:
+    """Train the autoencoder; the ranking head keeps its best NDCG@10 epoch, the rating head
+    its best RMSE epoch, and training stops once neither has improved for ``patience``."""
+    dev = pick_device(device)
+    ctx = DistributedContext.current()  # one process unless started under torchrun
+    rng = seed_everything(config.seed + ctx.rank)
+    scale = config.rating_scale or train.scale()
+    model = build_model(train.shape[1], train.matrix, config, scale).to(dev)
+    idle_head = model.rank_out is not None and min(config.ranking_weight, config.rating_weight) == 0
+    trained = ctx.wrap(model, dev, find_unused=idle_head)
+    optimizer = make_optimizer(model, config)
+    users = ctx.shard(np.flatnonzero(np.diff(train.matrix.indptr)))
+    sampler = NegativeSampler.for_training(train.matrix, config, dev)
+    has_valid = valid.nnz > 0 and ctx.is_main
+    rank_best, rate_best = HeadBest(), HeadBest()
+    history: list[EpochReport] = []
+    for epoch in range(1, config.epochs + 1):
+        t0 = time.perf_counter()
+        with ctx.join(trained):
+            loss, rank, rate = train_epoch(
+                trained, train.matrix, users, optimizer, config, rng, dev, sampler
+            )
+        metrics = validate(model, train.matrix, valid.matrix, config) if has_valid else NO_METRICS
+        ndcg = metrics["ndcg@10"] if has_valid else float(epoch)
+        rmse = metrics["rmse"] if has_valid else -float(epoch)
+        rank_improved = rank_best.offer(ndcg if model.rank_out is not None else -rmse, epoch, model)
+        rate_improved = rate_best.offer(-rmse, epoch, model)
+        report = EpochReport(
+            epoch, config.epochs, loss, metrics["rmse"], metrics["ndcg@10"],
+            time.perf_counter() - t0, metrics["mae"], rank, rate, rank_improved, rate_improved,
+        )  # fmt: skip
+        history.append(report)
+        if on_epoch is not None and ctx.is_main:
+            on_epoch(report)
+        stale = epoch - max(rank_best.epoch, rate_best.epoch) >= config.patience
+        if ctx.agree(stale):
+            break
+    rank_net = _restored(model, config, rank_best)
+    same = rate_best.epoch == rank_best.epoch
+    rate_net = rank_net if same else _restored(model, config, rate_best)
+    return NetworkResult(rank_net, rate_net, history, rank_best.epoch, rate_best.epoch)
+
+
+NO_METRICS = {"rmse": math.nan, "mae": math.nan, "ndcg@10": math.nan}
+
+
+def _restored(model: StackedAutoencoder, config: ModelConfig, best: HeadBest) -> StackedAutoencoder:
+    """A CPU eval-mode copy of the network holding one head's best weights."""
+    copy = StackedAutoencoder(model.n_movies, config)
+    copy.load_state_dict({k: v.cpu() for k, v in (best.state or model.state_dict()).items()})
+    return copy.eval()
 
 
 def train_model(
@@ -217,62 +332,66 @@ def train_model(
     device: str | None = None,
     threads: int | None = None,
 ) -> TrainResult:
-    """Train on ``train`` rows, early-stop on ``valid`` (same maps), restore the best epoch."""
+    """Deep snapshots, then the item path and the blend chosen on ``valid`` (same maps)."""
     if train.shape != valid.shape:
         raise ValueError("train and valid must share the same user and movie maps")
     if threads:
         torch.set_num_threads(threads)
-    dev = pick_device(device)
-    ctx = DistributedContext.current()  # one process unless started under torchrun
-    rng = seed_everything(config.seed + ctx.rank)
-    scale = config.rating_scale or train.scale()
-    model = build_model(train.shape[1], train.matrix, config, scale).to(dev)
-    idle_head = model.rank_out is not None and min(config.ranking_weight, config.rating_weight) == 0
-    trained = ctx.wrap(model, dev, find_unused=idle_head)
-    optimizer = make_optimizer(model, config)
-    users = ctx.shard(np.flatnonzero(np.diff(train.matrix.indptr)))
-    has_valid = valid.nnz > 0 and ctx.is_main
-    best_value, best_epoch, best_state, best_metrics = -math.inf, 0, None, {}
-    history: list[EpochReport] = []
     started = time.perf_counter()
-    stopped_early = False
-    for epoch in range(1, config.epochs + 1):
-        t0 = time.perf_counter()
-        with ctx.join(trained):
-            loss, rank, rate = train_epoch(
-                trained, train.matrix, users, optimizer, config, rng, dev
-            )
-        metrics = (
-            validate(model, train.matrix, valid.matrix, config)
-            if has_valid
-            else {"rmse": math.nan, "mae": math.nan, "ndcg@10": math.nan}
-        )
-        value = monitor_value(metrics, config.monitor) if has_valid else float(epoch)
-        is_best = not math.isnan(value) and value > best_value
-        if is_best or best_state is None:
-            best_value, best_epoch, best_metrics = value, epoch, metrics
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        report = EpochReport(
-            epoch,
-            config.epochs,
-            loss,
-            metrics["rmse"],
-            metrics["ndcg@10"],
-            time.perf_counter() - t0,
-            metrics["mae"],
-            rank,
-            rate,
-            is_best,
-        )
-        history.append(report)
-        if on_epoch is not None and ctx.is_main:
-            on_epoch(report)
-        if ctx.agree(epoch - best_epoch >= config.patience):
-            stopped_early = True
-            break
-    model.load_state_dict(best_state)  # type: ignore[arg-type]
-    model.eval()
+    nets = train_network(train, valid, config, on_epoch, device)
+    network_seconds = time.perf_counter() - started
+    model, choice = assemble(train, valid, config, nets)
     seconds = time.perf_counter() - started
-    final = {f"valid_{k}": float(v) for k, v in best_metrics.items()}
-    final.update(best_epoch=best_epoch, epochs_run=len(history), train_seconds=seconds)
-    return TrainResult(model, history, best_epoch, final, seconds, config, scale, stopped_early)
+    metrics: dict[str, float] = {
+        f"valid_{k}": float(v)
+        for k, v in choice["figures"].items()  # type: ignore[attr-defined]
+    }
+    metrics.update(
+        best_epoch=nets.rank_epoch,
+        rank_epoch=nets.rank_epoch,
+        rate_epoch=nets.rate_epoch,
+        epochs_run=len(nets.history),
+        network_seconds=network_seconds,
+        train_seconds=seconds,
+        valid_bias_rmse=float(choice["bias_rmse"]),  # type: ignore[arg-type]
+        valid_deep_rmse=float(choice["deep_rmse"]),  # type: ignore[arg-type]
+        valid_popularity_ndcg=float(choice["popularity_ndcg@10"]),  # type: ignore[arg-type]
+        item_weight=model.blend.item_weight,
+        popularity_penalty=model.blend.popularity_penalty,
+        rating_weight=model.blend.rating_weight,
+    )
+    if model.item_path is not None:
+        metrics["item_lambda"] = model.item_path.lam
+    return TrainResult(model, nets.history, nets.rank_epoch, metrics, seconds, choice)
+
+
+def make_validation(train: RatingMatrix, valid: RatingMatrix, config: ModelConfig) -> Validation:
+    """The (sampled) validation users' training rows and held-out ratings."""
+    users = validation_users(valid.matrix, config)
+    return Validation(train.matrix[users], valid.matrix[users], config.relevant_threshold)
+
+
+def assemble(
+    train: RatingMatrix, valid: RatingMatrix, config: ModelConfig, nets: NetworkResult
+) -> tuple[HybridModel, dict[str, object]]:
+    """Fit the item path and bias terms on ``train`` and choose the blend on ``valid``."""
+    validation = make_validation(train, valid, config)
+    item_path, lambdas = None, {}
+    if config.item_path and validation.rows.shape[0]:
+        item_path, lambdas = choose_item_path(train.matrix, validation, config)
+    model = HybridModel(
+        config,
+        nets.rank_net,
+        nets.rate_net,
+        item_path,
+        BiasTerms.fit(train, config.movie_bias_reg, config.user_bias_reg),
+        Blend(),
+        log_popularity(train.matrix),
+        (float(nets.rank_net.rating_scale[0]), float(nets.rank_net.rating_scale[1])),
+    )
+    if validation.rows.shape[0] == 0:
+        return model, {"figures": {}, "bias_rmse": math.nan, "deep_rmse": math.nan,
+                       "popularity_ndcg@10": math.nan}  # fmt: skip
+    blend, choice = choose_blend(model, validation)
+    choice["item_lambdas"] = {str(k): v for k, v in lambdas.items()}
+    return model.with_blend(blend), choice

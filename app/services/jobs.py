@@ -13,7 +13,9 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -198,21 +200,15 @@ def run_job(settings: Settings, engine: Engine, job_id: str) -> None:
         with factory() as session:
             overrides = get_job(session, job_id).overrides
         config = resolve_config(settings, overrides)
-
-        def on_epoch(report: Any) -> None:
-            update_job(
-                factory,
-                job_id,
-                epoch=report.epoch,
-                epochs=report.epochs,
-                progress=min(1.0, report.epoch / max(1, report.epochs)),
-                metrics=_epoch_metrics(report),
-                heartbeat_at=utcnow(),
-            )
-
-        outcome = train_and_register(settings, engine, config, on_epoch=on_epoch)
+        outcome = train_and_register(
+            settings,
+            engine,
+            config,
+            on_epoch=_epoch_reporter(factory, job_id),
+            on_trial=_trial_reporter(factory, job_id, settings.train_budget_seconds),
+        )
         assert outcome is not None  # jobs never run under torchrun
-        metrics = {**outcome.metrics, "activated": outcome.activated, "quality_gate": outcome.gate}
+        metrics = {**outcome.metrics, "activated": outcome.activated}
         update_job(
             factory,
             job_id,
@@ -227,6 +223,41 @@ def run_job(settings: Settings, engine: Engine, job_id: str) -> None:
         raise
     finally:
         stop.set()
+
+
+def _epoch_reporter(factory: sessionmaker[Session], job_id: str) -> Callable[[Any], None]:
+    """Each epoch's figures and progress onto the job row."""
+
+    def on_epoch(report: Any) -> None:
+        update_job(
+            factory,
+            job_id,
+            epoch=report.epoch,
+            epochs=report.epochs,
+            progress=min(1.0, report.epoch / max(1, report.epochs)),
+            metrics=_epoch_metrics(report),
+            heartbeat_at=utcnow(),
+        )
+
+    return on_epoch
+
+
+def _trial_reporter(
+    factory: sessionmaker[Session], job_id: str, budget: float
+) -> Callable[[dict[str, Any]], None]:
+    """During a search, progress is the share of the budget spent; each trial is shown."""
+    started = time.monotonic()
+
+    def on_trial(record: dict[str, Any]) -> None:
+        update_job(
+            factory,
+            job_id,
+            progress=min(0.99, (time.monotonic() - started) / max(budget, 1e-9)),
+            metrics={"search": {"trials": record["trial"] + 1, "last_trial": record}},
+            heartbeat_at=utcnow(),
+        )
+
+    return on_trial
 
 
 def _epoch_metrics(report: Any) -> dict[str, Any]:

@@ -218,7 +218,7 @@ class Recommender:
                 log.error("model_load_failed", version=row.version, error=str(exc))
                 return False
             catalog = load_catalog(session, loaded.movies.ids)
-        scorer = FoldInScorer(loaded.model)
+        scorer = loaded.model.scorer
         self._swap(
             ServingModel(row.version, loaded, catalog, scorer, cache_size=self._answer_cache_size)
         )
@@ -349,7 +349,7 @@ class Recommender:
         encoded = model.encode(ids, values)
         state = encoded[0] if encoded else model.scorer.encode(np.zeros(0), np.zeros(0))
         predicted = model.scorer.ratings(state, np.where(cols >= 0, cols, 0))
-        fallback = float(model.loaded.model.global_mean)
+        fallback = float(model.loaded.model.bias.mean)
         items = [
             {
                 "movie_id": m,

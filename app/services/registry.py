@@ -120,18 +120,6 @@ def list_versions(session: Session) -> list[ModelVersion]:
     )
 
 
-def passes_quality_gate(
-    candidate: dict[str, Any], incumbent: dict[str, Any] | None, margin: float
-) -> tuple[bool, str]:
-    """A new model may be at most `margin` worse in validation RMSE than the serving one."""
-    if incumbent is None or incumbent.get("valid_rmse") is None:
-        return True, "no active model to compare with"
-    new, old = float(candidate["valid_rmse"]), float(incumbent["valid_rmse"])
-    if new <= old + margin:
-        return True, f"validation RMSE {new:.4f} within {margin} of the active {old:.4f}"
-    return False, f"validation RMSE {new:.4f} is worse than the active {old:.4f} + {margin}"
-
-
 def prune_versions(session: Session, keep: int) -> list[str]:
     """Drop the oldest inactive versions beyond `keep` (rows and artifact folders)."""
     rows = list_versions(session)

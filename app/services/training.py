@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -9,15 +10,19 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import create_session_factory, transaction
 from app.ml import artifacts
-from app.ml.data import RatingChunk, RatingMatrix, build_rating_matrix, holdout_split
+from app.ml.blend import Validation, validation_figures
+from app.ml.data import IdMap, RatingChunk, RatingMatrix, build_rating_matrix, holdout_split
 from app.ml.distributed import DistributedContext
+from app.ml.hybrid import HybridModel
 from app.ml.model import ModelConfig, config_from
-from app.ml.train import EpochReport, train_model
-from app.models import Rating
+from app.ml.train import EpochReport, make_validation, train_model
+from app.ml.tuning import TrialCallback, search
+from app.models import ModelVersion, Rating
 from app.observability import get_logger
 from app.services import registry
 
@@ -74,46 +79,52 @@ def train_and_register(
     engine: Engine,
     config: ModelConfig,
     on_epoch: Callable[[EpochReport], None] | None = None,
+    on_trial: TrialCallback | None = None,
+    budget_seconds: float | None = None,
 ) -> TrainingOutcome | None:
     """Train on everything in the database, save a versioned artifact, gate and activate.
 
-    Under torchrun (`saerec train --distributed`) every rank trains on its shard of the
-    users and only rank 0 returns an outcome; the others return None.
+    With a budget (``TRAIN_BUDGET_SECONDS`` or ``budget_seconds``) the configuration is
+    searched first and the best trial is the one saved. Under torchrun (`saerec train
+    --distributed`) every rank trains on its shard of the users and only rank 0 returns an
+    outcome; the others return None.
     """
     started = time.perf_counter()
     matrix = load_rating_matrix(engine)
     train, valid = holdout_split(matrix, config.validation_fraction, config.seed)
     log.info("training_started", users=matrix.shape[0], movies=matrix.shape[1], nnz=matrix.nnz)
-    result = train_model(
-        train,
-        valid,
-        config,
-        on_epoch=on_epoch,
-        device=settings.device,
-        threads=settings.torch_threads,
-    )
+    budget = settings.train_budget_seconds if budget_seconds is None else budget_seconds
+    search_report: dict[str, Any] | None = None
+    if budget > 0 and not DistributedContext.current().active:
+        found = search(
+            train, valid, config, budget, on_trial, settings.device, settings.torch_threads
+        )
+        result, config, search_report = found.result, found.config, found.report()
+    else:
+        result = train_model(
+            train, valid, config, on_epoch, device=settings.device, threads=settings.torch_threads
+        )
     if not DistributedContext.current().is_main:
         return None  # under torchrun, rank 0 alone evaluates, saves and registers
     version = artifacts.new_version_id()
     data_size = {"users": matrix.shape[0], "movies": matrix.shape[1], "ratings": matrix.nnz}
     fingerprint = artifacts.data_fingerprint(matrix)
-    metrics = {k: _plain(v) for k, v in result.metrics.items()}
-    metrics["best_epoch"] = result.best_epoch
-    metrics["train_seconds"] = round(result.seconds, 3)
+    metrics: dict[str, Any] = {k: _plain(v) for k, v in result.metrics.items()}
+    if search_report is not None:
+        metrics["search"] = _plain(search_report)
     path = artifacts.save_artifact(
         settings.model_dir / version,
         version,
         result.model,
-        config,
         matrix.movies,
-        result.rating_scale,
         metrics,
         fingerprint,
         data_size,
     )
     report_paths = _write_report(path, result, metrics)
+    validation = Candidate(result.model, matrix.movies, make_validation(train, valid, config))
     outcome = _register_and_gate(
-        settings, engine, version, config, metrics, data_size, fingerprint, path
+        settings, engine, version, config, metrics, data_size, fingerprint, path, validation
     )
     outcome.seconds = time.perf_counter() - started
     outcome.report_paths = report_paths
@@ -121,7 +132,13 @@ def train_and_register(
 
 
 def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
+    """JSON-safe metrics: numpy scalars as Python ones, NaN (not measured) as None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    value = value.item() if isinstance(value, np.generic) else value
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def _write_report(path: Any, result: Any, metrics: dict[str, Any]) -> dict[str, str]:
@@ -135,6 +152,61 @@ def _write_report(path: Any, result: Any, metrics: dict[str, Any]) -> dict[str, 
     return {name: str(p) for name, p in written.items() if p is not None}
 
 
+@dataclass
+class Candidate:
+    """A freshly trained model with the validation split it never trained on."""
+
+    model: HybridModel
+    movies: IdMap
+    validation: Validation
+
+
+def quality_gate(
+    session: Session, settings: Settings, candidate: Candidate, incumbent: ModelVersion | None
+) -> dict[str, Any]:
+    """Score the candidate and the active model on the candidate's validation split.
+
+    The split was held out of the candidate's training; the active model may have trained
+    on those ratings, which can only favour it, so the gate errs on the side of keeping
+    what serves. Neither NDCG@10 may drop by more than the relative NDCG margin nor RMSE
+    rise by more than the RMSE margin.
+    """
+    mine = validation_figures(candidate.model, candidate.validation)
+    verdict: dict[str, Any] = {"candidate": _figures(mine), "active": None}
+    if incumbent is None:
+        return {**verdict, "passed": True, "reason": "no active model to compare with"}
+    try:
+        loaded = artifacts.load_artifact(
+            registry.local_artifact(session, incumbent, settings.model_dir)
+        )
+    except artifacts.ArtifactError as exc:
+        return {**verdict, "passed": True, "reason": f"the active model cannot load: {exc}"}
+    theirs = validation_figures(
+        loaded.model, candidate.validation.remapped(candidate.movies, loaded.movies)
+    )
+    verdict["active"] = {"version": incumbent.version, **_figures(theirs)}
+    return {**verdict, **_compare(mine, theirs, settings)}
+
+
+def _figures(figures: dict[str, float]) -> dict[str, float]:
+    return {k: round(float(figures[k]), 5) for k in ("ndcg@10", "rmse") if k in figures}
+
+
+def _compare(
+    mine: dict[str, float], theirs: dict[str, float], settings: Settings
+) -> dict[str, Any]:
+    ndcg_floor = theirs.get("ndcg@10", 0.0) * (1.0 - settings.quality_gate_ndcg_margin)
+    rmse_ceiling = theirs.get("rmse", np.inf) + settings.quality_gate_margin
+    problems = []
+    if mine.get("ndcg@10", 0.0) < ndcg_floor:
+        problems.append(f"NDCG@10 {mine.get('ndcg@10', 0.0):.4f} < {ndcg_floor:.4f}")
+    if mine.get("rmse", np.inf) > rmse_ceiling:
+        problems.append(f"RMSE {mine.get('rmse', np.inf):.4f} > {rmse_ceiling:.4f}")
+    if problems:
+        return {"passed": False, "reason": "worse than the active model: " + "; ".join(problems)}
+    return {"passed": True, "reason": "NDCG@10 and RMSE within the margins of the active model"}
+
+
 def _register_and_gate(
     settings: Settings,
     engine: Engine,
@@ -144,9 +216,11 @@ def _register_and_gate(
     data_size: dict[str, int],
     fingerprint: str,
     path: Any,
+    candidate: Candidate,
 ) -> TrainingOutcome:
     with transaction(create_session_factory(engine)) as session:
-        incumbent = registry.active_version(session)
+        verdict = quality_gate(session, settings, candidate, registry.active_version(session))
+        metrics["quality_gate"] = verdict
         registry.register_version(
             session,
             version=version,
@@ -156,11 +230,14 @@ def _register_and_gate(
             data_fingerprint=fingerprint,
             artifact_path=path,
         )
-        passed, reason = registry.passes_quality_gate(
-            metrics, incumbent.metrics if incumbent else None, settings.quality_gate_margin
-        )
-        if passed:
+        if verdict["passed"]:
             registry.activate(session, version)
         pruned = registry.prune_versions(session, settings.keep_model_versions)
-    log.info("model_registered", version=version, activated=passed, gate=reason, pruned=pruned)
-    return TrainingOutcome(version, metrics, passed, reason, 0.0, data_size)
+    log.info(
+        "model_registered",
+        version=version,
+        activated=verdict["passed"],
+        gate=verdict["reason"],
+        pruned=pruned,
+    )
+    return TrainingOutcome(version, metrics, verdict["passed"], verdict["reason"], 0.0, data_size)

@@ -41,3 +41,15 @@ def synthetic() -> RatingMatrix:
 def make_chunk():
     """The synthetic generator itself, for tests that need other sizes."""
     return synthetic_chunk
+
+
+@pytest.fixture(scope="session")
+def trained(synthetic):
+    """A small trained model with every part (deep snapshots, item path, blend)."""
+    from app.ml.data import holdout_split
+    from app.ml.model import config_from
+    from app.ml.train import train_model
+
+    train, valid = holdout_split(synthetic, 0.1, seed=0)
+    config = config_from("fast", hidden=(16,), epochs=4, seed=2)
+    return train_model(train, valid, config, threads=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,46 +18,52 @@ from app.ml.artifacts import (
     save_artifact,
 )
 from app.ml.data import holdout_split
-from app.ml.model import StackedAutoencoder, config_from, predict
+from app.ml.model import StackedAutoencoder
 
 
 @pytest.fixture()
-def saved(tmp_path: Path, synthetic):
-    torch.manual_seed(0)
-    config = config_from("fast", hidden=(8,))
-    model = StackedAutoencoder(synthetic.shape[1], config)
-    model.set_statistics(3.3, np.linspace(-0.5, 0.5, synthetic.shape[1]), (1.0, 5.0))
+def saved(tmp_path: Path, synthetic, trained):
     version = new_version_id()
     path = save_artifact(
         tmp_path,
         version,
-        model,
-        config,
+        trained.model,
         synthetic.movies,
-        (1.0, 5.0),
         {"valid_rmse": 0.9},
         data_fingerprint(synthetic),
         {"users": synthetic.shape[0], "ratings": synthetic.nnz},
     )
-    return path, model, version
+    return path, trained.model, version
 
 
 def test_round_trip_identical_predictions(saved, synthetic) -> None:
     path, model, version = saved
     loaded = load_artifact(path)
     assert loaded.version == version and loaded.movies == synthetic.movies
-    assert loaded.rating_scale == (1.0, 5.0) and loaded.metrics == {"valid_rmse": 0.9}
-    assert not loaded.model.training and loaded.config == config_from("fast", hidden=(8,))
+    assert loaded.rating_scale == model.rating_scale and loaded.metrics == {"valid_rmse": 0.9}
+    assert not loaded.model.rank_net.training and loaded.config == model.config
+    assert loaded.model.blend == model.blend and loaded.model.item_path is not None
     assert set(loaded.libraries) == {"torch", "numpy", "python"}
-    a = predict(model, synthetic.matrix[:20])
-    b = predict(loaded.model, synthetic.matrix[:20])
+    a = model.predict(synthetic.matrix[:20])
+    b = loaded.model.predict(synthetic.matrix[:20])
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
-    # fold-in helper: a user unknown to training, by raw movie ids (unknown ids ignored)
-    scores, preds = loaded.predict_user(
-        synthetic.movies.ids[[0, 5]].tolist() + [-1], [4.0, 2.5, 3.0]
-    )
-    assert scores.shape == preds.shape == (len(synthetic.movies),)
+
+
+def test_separate_rating_snapshot_round_trips(tmp_path: Path, synthetic, trained) -> None:
+    """When the rating head's best epoch differs, its own weights travel in the artifact."""
+    model = trained.model
+    other = StackedAutoencoder(model.n_movies, model.config)
+    other.load_state_dict(model.rank_net.state_dict())
+    with torch.no_grad():
+        other.rate_out.bias.add_(0.25)
+    split = replace(model, rate_net=other.eval(), blend=replace(model.blend, rating_weight=1.0))
+    path = save_artifact(tmp_path, "v1", split, synthetic.movies, {}, "x", {})
+    loaded = load_artifact(path).model
+    assert loaded.rate_net is not loaded.rank_net
+    rows = synthetic.matrix[:5]
+    np.testing.assert_array_equal(split.predict(rows)[1], loaded.predict(rows)[1])
+    assert not np.allclose(model.with_blend(split.blend).predict(rows)[1], loaded.predict(rows)[1])
 
 
 def test_atomic_write_leaves_no_temp_file(saved) -> None:
@@ -79,36 +86,27 @@ def test_missing_truncated_corrupted(saved, tmp_path: Path) -> None:
         load_artifact(garbage)
 
 
-def test_mismatched_artifact(tmp_path: Path, synthetic) -> None:
-    config = config_from("fast", hidden=(8,))
-    model = StackedAutoencoder(synthetic.shape[1], config)
-    path = save_artifact(tmp_path, "v1", model, config, synthetic.movies, (1.0, 5.0), {}, "x", {})
+def test_mismatched_artifact(tmp_path: Path, synthetic, trained) -> None:
+    path = save_artifact(tmp_path, "v1", trained.model, synthetic.movies, {}, "x", {})
     payload = torch.load(path, weights_only=True)
     payload["config"]["hidden"] = [9]  # weights no longer fit the config
     torch.save(payload, tmp_path / "shape.pt")
     with pytest.raises(ArtifactError, match="do not match"):
         load_artifact(tmp_path / "shape.pt")
-    payload["format_version"] = 99
-    torch.save(payload, tmp_path / "format.pt")
-    with pytest.raises(ArtifactError, match="format version"):
-        load_artifact(tmp_path / "format.pt")
     payload["format_version"] = 1
+    torch.save(payload, tmp_path / "format.pt")
+    with pytest.raises(ArtifactError, match="format version 1.*saerec train"):
+        load_artifact(tmp_path / "format.pt")
+    payload["format_version"] = 2
     payload["config"]["no_such_field"] = 1
     torch.save(payload, tmp_path / "config.pt")
     with pytest.raises(ArtifactError, match="config"):
         load_artifact(tmp_path / "config.pt")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="movie map"):
         save_artifact(
-            tmp_path,
-            "v2",
-            model,
-            config,
-            synthetic.movies[:1] if False else type(synthetic.movies)(synthetic.movies.ids[:3]),
-            (1, 5),
-            {},
-            "x",
-            {},
-        )
+            tmp_path, "v2", trained.model, type(synthetic.movies)(synthetic.movies.ids[:3]),
+            {}, "x", {},
+        )  # fmt: skip
 
 
 def test_version_and_fingerprint(synthetic) -> None:

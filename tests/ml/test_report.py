@@ -12,7 +12,7 @@ from app.ml.train import EpochReport
 
 def test_write_report(tmp_path: Path) -> None:
     history = [
-        EpochReport(1, 2, 1.5, 0.99, 0.2, 0.1, is_best=True),
+        EpochReport(1, 2, 1.5, 0.99, 0.2, 0.1, best_ranking=True, best_rating=True),
         EpochReport(2, 2, 1.2, math.nan, 0.25, 0.1),
     ]
     paths = write_report(tmp_path / "v1.pt", {"valid_rmse": 0.99}, history)

@@ -1,24 +1,38 @@
-"""The single-user fold-in path must equal the model's own eval-mode forward pass."""
+"""One forward pass: the serving scorer equals the training network and its own batch path."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
+from app.ml.hybrid import BiasTerms, Blend, HybridModel
 from app.ml.model import StackedAutoencoder, config_from
-from app.ml.serving import FoldInScorer
+from app.ml.serving import zscore
 
 N_MOVIES = 50
+PLAIN = Blend(item_weight=0.0, popularity_penalty=0.0, rating_weight=1.0)
 
 
-def _model(**overrides: object) -> StackedAutoencoder:
+def _net(**overrides: object) -> StackedAutoencoder:
     torch.manual_seed(0)
-    model = StackedAutoencoder(N_MOVIES, config_from("fast", **overrides))
+    net = StackedAutoencoder(N_MOVIES, config_from("fast", **overrides))
     with torch.no_grad():  # non-trivial biases so every term of the rating head matters
-        model.global_mean.fill_(3.5)
-        model.movie_bias.copy_(torch.linspace(-0.5, 0.5, N_MOVIES))
-    return model.eval()
+        net.global_mean.fill_(3.5)
+        net.movie_bias.copy_(torch.linspace(-0.5, 0.5, N_MOVIES))
+    return net.eval()
+
+
+def _hybrid(net: StackedAutoencoder, blend: Blend = PLAIN) -> HybridModel:
+    bias = BiasTerms(3.4, np.linspace(-0.3, 0.3, N_MOVIES).astype(np.float32), 5.0)
+    popularity = np.log1p(np.arange(N_MOVIES, dtype=np.float32))
+    return HybridModel(net.config, net, net, None, bias, blend, popularity, (1.0, 5.0))
+
+
+def _random_user(rng: np.random.Generator, rated: int) -> tuple[np.ndarray, np.ndarray]:
+    cols = np.sort(rng.choice(N_MOVIES, size=rated, replace=False))
+    return cols, rng.choice(np.arange(1, 11) / 2, size=rated).astype(np.float32)
 
 
 @pytest.mark.parametrize(
@@ -31,23 +45,56 @@ def _model(**overrides: object) -> StackedAutoencoder:
         {"hidden": [32, 16], "activation": "selu", "dropout": 0.3},
     ],
 )
-def test_fold_in_matches_forward(overrides: dict) -> None:
-    model = _model(**overrides)
-    scorer = FoldInScorer(model)
+def test_fold_in_matches_the_training_forward(overrides: dict) -> None:
+    net = _net(**overrides)
+    scorer = _hybrid(net).scorer
     rng = np.random.default_rng(1)
-    for rated_count in (1, 5, 30):
-        cols = np.sort(rng.choice(N_MOVIES, size=rated_count, replace=False))
-        values = rng.choice(np.arange(1, 11) / 2, size=rated_count).astype(np.float32)
+    for rated in (1, 5, 30):
+        cols, values = _random_user(rng, rated)
         row = np.zeros((1, N_MOVIES), dtype=np.float32)
         row[0, cols] = values
         with torch.inference_mode():
-            expected = model(torch.from_numpy(row))
-        lo, hi = (float(v) for v in model.rating_scale)
+            expected = net(torch.from_numpy(row))
         state = scorer.encode(cols, values)
-        np.testing.assert_allclose(scorer.scores(state), expected.scores[0].numpy(), atol=1e-5)
+        want = zscore(expected.scores.numpy())[0]
+        np.testing.assert_allclose(scorer.scores(state), want, atol=1e-4)
         wanted = np.array([0, 7, N_MOVIES - 1])
         np.testing.assert_allclose(
             scorer.ratings(state, wanted),
-            expected.ratings[0, wanted].clamp(lo, hi).numpy(),
+            expected.ratings[0, wanted].clamp(1.0, 5.0).numpy(),
             atol=1e-5,
         )
+
+
+def test_one_user_and_a_batch_give_the_same_answers(trained, synthetic) -> None:
+    """Serving (one user) and evaluation (batches) share the definitions, item path included,
+    for users seen in training and for a user the model has never seen."""
+    model = trained.model
+    assert model.item_path is not None and model.blend.item_weight > 0
+    scorer = model.scorer
+    rng = np.random.default_rng(3)
+    users = rng.choice(synthetic.shape[0], size=6, replace=False)
+    rows = [synthetic.matrix[u] for u in users]
+    cols = np.sort(rng.choice(synthetic.shape[1], size=12, replace=False))
+    stranger = sp.csr_matrix(
+        (rng.choice([1.0, 3.5, 5.0], size=cols.size), (np.zeros(cols.size, int), cols)),
+        shape=(1, synthetic.shape[1]),
+        dtype=np.float32,
+    )
+    batch = sp.vstack([*rows, stranger]).tocsr()
+    scores, ratings = model.predict(batch)
+    every = np.arange(synthetic.shape[1])
+    for i in range(batch.shape[0]):
+        row = batch[i]
+        state = scorer.encode(row.indices, row.data)
+        np.testing.assert_allclose(scorer.scores(state), scores[i], atol=1e-4)
+        np.testing.assert_allclose(scorer.ratings(state, every), ratings[i], atol=1e-4)
+
+
+def test_rating_blend_zero_is_exactly_the_bias_terms() -> None:
+    model = _hybrid(_net(), Blend(rating_weight=0.0))
+    cols, values = _random_user(np.random.default_rng(0), 8)
+    state = model.scorer.encode(cols, values)
+    every = np.arange(N_MOVIES)
+    expected = np.clip(model.bias.predict(model.bias.user_bias(cols, values), every), 1, 5)
+    np.testing.assert_allclose(model.scorer.ratings(state, every), expected, atol=1e-6)

@@ -1,18 +1,18 @@
-"""Training: it must actually learn (beat popularity / bias on held-out data)."""
+"""Training: it must learn, keep each head at its best, and never lose to its own parts."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from app.ml.baselines import Bias, Popularity
+from app.ml.baselines import EASE, Bias, Popularity
 from app.ml.data import holdout_split
 from app.ml.metrics import evaluate_scorer
-from app.ml.model import config_from, predict
-from app.ml.train import EpochReport, train_model
+from app.ml.model import config_from
+from app.ml.train import EpochReport, train_model, validate
 
 
-def test_training_beats_popularity_and_bias(synthetic) -> None:
+def test_training_beats_popularity_bias_and_ease(synthetic) -> None:
     rest, test = holdout_split(synthetic, 0.2, seed=11)
     train, valid = holdout_split(rest, 0.1, seed=12)
     config = config_from("fast", epochs=15, patience=5, seed=1)
@@ -21,14 +21,13 @@ def test_training_beats_popularity_and_bias(synthetic) -> None:
     assert reports and reports[0].epochs == 15 and len(result.history) == len(reports)
     assert 1 <= result.best_epoch <= len(reports)
     assert result.metrics["best_epoch"] == result.best_epoch
-
-    def scorer(rows):
-        return predict(result.model, rows)
-
-    model = evaluate_scorer(scorer, rest, test.to_chunk())
-    pop = evaluate_scorer(Popularity().fit(rest), rest, test.to_chunk())
-    bias = evaluate_scorer(Bias().fit(rest), rest, test.to_chunk())
+    chunk = test.to_chunk()
+    model = evaluate_scorer(result.model.predict, rest, chunk)
+    pop = evaluate_scorer(Popularity().fit(rest), rest, chunk)
+    bias = evaluate_scorer(Bias().fit(rest), rest, chunk)
+    ease = evaluate_scorer(EASE(250.0).fit(rest), rest, chunk)
     assert model["ndcg@10"] > pop["ndcg@10"] + 0.03, (model, pop)
+    assert model["ndcg@10"] > ease["ndcg@10"] - 0.01, (model, ease)
     assert model["rmse"] < bias["rmse"], (model, bias)
 
 
@@ -38,22 +37,48 @@ def test_training_is_reproducible(synthetic) -> None:
     a = train_model(train, valid, config, device="cpu")
     b = train_model(train, valid, config, device="cpu")
     for (ka, va), (kb, vb) in zip(
-        a.model.state_dict().items(), b.model.state_dict().items(), strict=True
+        a.model.rank_net.state_dict().items(), b.model.rank_net.state_dict().items(), strict=True
     ):
         assert ka == kb and torch.equal(va, vb)
     assert a.history[0].train_loss == b.history[0].train_loss
+    assert a.model.blend == b.model.blend
 
 
-def test_seed_preset_trains_and_early_stopping_restores_best(synthetic) -> None:
+def test_each_head_keeps_its_own_best_epoch(synthetic) -> None:
+    """The ranking snapshot is the best-NDCG epoch, the rating snapshot the best-RMSE one."""
     train, valid = holdout_split(synthetic, 0.1, seed=0)
-    config = config_from("seed", epochs=6, patience=2, batch_size=64)
-    result = train_model(train, valid, config)
-    best = max(result.history, key=lambda r: -r.valid_rmse)
-    assert result.best_epoch == best.epoch
-    _, ratings = predict(result.model, train.matrix)
-    coo = valid.matrix.tocoo()
-    rmse = float(np.sqrt(np.mean((ratings[coo.row, coo.col] - coo.data) ** 2)))
-    assert abs(rmse - best.valid_rmse) < 1e-4
+    config = config_from("fast", epochs=12, patience=12, lr=0.02, seed=3)
+    result = train_model(train, valid, config, threads=1)
+    history = result.history
+    rank_best = max(history, key=lambda r: r.valid_ndcg)
+    rate_best = min(history, key=lambda r: r.valid_rmse)
+    assert result.metrics["rank_epoch"] == rank_best.epoch
+    assert result.metrics["rate_epoch"] == rate_best.epoch
+    assert rank_best.epoch != rate_best.epoch, "pick a setting where the heads disagree"
+    assert result.model.rate_net is not result.model.rank_net
+    rank_figures = validate(result.model.rank_net, train.matrix, valid.matrix, config)
+    rate_figures = validate(result.model.rate_net, train.matrix, valid.matrix, config)
+    assert abs(rank_figures["ndcg@10"] - rank_best.valid_ndcg) < 1e-6
+    assert abs(rate_figures["rmse"] - rate_best.valid_rmse) < 1e-6
+    # training stops once neither head has improved for `patience` epochs
+    short = train_model(train, valid, config.model_copy(update={"patience": 2}), threads=1)
+    last_gain = max(short.metrics["rank_epoch"], short.metrics["rate_epoch"])
+    assert len(short.history) <= last_gain + 2
+
+
+def test_rating_never_loses_to_its_bias_terms(synthetic) -> None:
+    """A deep rating head that learned nothing is blended away, on validation and on test."""
+    rest, test = holdout_split(synthetic, 0.2, seed=21)
+    train, valid = holdout_split(rest, 0.1, seed=22)
+    untrained = config_from("fast", epochs=1, lr=1e-7, rating_head="direct", item_path=False)
+    result = train_model(train, valid, untrained, threads=1)
+    metrics = result.metrics
+    assert metrics["valid_deep_rmse"] > metrics["valid_bias_rmse"] + 0.5
+    assert metrics["rating_weight"] <= 0.1
+    assert metrics["valid_rmse"] <= metrics["valid_bias_rmse"] + 1e-9
+    served = evaluate_scorer(result.model.predict, rest, test.to_chunk())
+    bias = evaluate_scorer(Bias(10.0, 5.0).fit(train), rest, test.to_chunk())
+    assert served["rmse"] <= bias["rmse"] + 0.01, (served, bias)
 
 
 def test_validation_user_sample_is_fixed(synthetic) -> None:

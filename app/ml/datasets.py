@@ -1,0 +1,319 @@
+"""Read any MovieLens layout the importer reads, without a database, for offline evaluation.
+
+app/services/movielens.py parses the same files but imports SQLAlchemy and writes to the
+database; app/ml must stay free of SQL, so this is a small reader with the importer's
+rules: a folder (or a folder holding one data folder) or a .zip (with or without a top
+folder); ml-100k ``u.data`` + ``u.item``, ml-1m/10m ``ratings.dat`` + ``movies.dat``
+(``::``), ml-latest/20m/25m ``ratings.csv`` + ``movies.csv`` (header). Like the import,
+ratings need integer ids, a half-star rating in [0.5, 5] and a movie in the catalog; a
+repeated (user, movie) pair keeps its first row. What is dropped is counted in ``skipped``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import warnings
+import zipfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+import numpy as np
+
+BLOCK_BYTES = 16 * 1024 * 1024
+ID_LIMIT = 2**53  # ids arrive as float64; above this they would lose precision
+_ONE_BYTE_SEP = b"\x1f"  # stand-in for the two-byte "::" of the .dat files
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One file-format family: its ratings file, separator and catalog file."""
+
+    name: str
+    ratings_file: str
+    ratings_sep: bytes
+    movies_file: str
+
+
+LAYOUTS = (
+    Layout("ml-100k", "u.data", b"\t", "u.item"),
+    Layout("ml-1m", "ratings.dat", b"::", "movies.dat"),
+    Layout("ml-latest", "ratings.csv", b",", "movies.csv"),
+)
+
+
+class DatasetFormatError(ValueError):
+    """The path holds no MovieLens layout we know, or an incomplete one."""
+
+
+@dataclass
+class Ratings:
+    """All ratings of a data set as parallel arrays, plus the catalog (the movie axis)."""
+
+    users: np.ndarray
+    movies: np.ndarray
+    ratings: np.ndarray
+    timestamps: np.ndarray
+    catalog: np.ndarray
+    name: str = ""
+    layout: str = ""
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.users.size)
+
+    def subset(self, keep: np.ndarray, name: str | None = None) -> Ratings:
+        """The rows selected by ``keep`` (mask or indices), same catalog."""
+        return Ratings(
+            self.users[keep],
+            self.movies[keep],
+            self.ratings[keep],
+            self.timestamps[keep],
+            self.catalog,
+            name if name is not None else self.name,
+            self.layout,
+        )
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class _Source:
+    """A folder or a folder inside a zip archive, seen as one directory of files."""
+
+    def __init__(
+        self,
+        label: str,
+        folder: Path | None = None,
+        archive: zipfile.ZipFile | None = None,
+        prefix: str = "",
+    ) -> None:
+        self.label, self.folder, self.archive, self.prefix = label, folder, archive, prefix
+        self.names = set(archive.namelist()) if archive is not None else set()
+
+    def has(self, name: str) -> bool:
+        if self.archive is not None:
+            return self.prefix + name in self.names
+        return self.folder is not None and (self.folder / name).is_file()
+
+    def open(self, name: str) -> IO[bytes]:
+        if self.archive is not None:
+            return self.archive.open(self.prefix + name)
+        assert self.folder is not None
+        return (self.folder / name).open("rb")
+
+
+def _layout_of(source: _Source) -> Layout | None:
+    """The layout whose ratings file is there; without its catalog file it is an error."""
+    for layout in LAYOUTS:
+        if source.has(layout.ratings_file):
+            if not source.has(layout.movies_file):
+                raise DatasetFormatError(
+                    f"{source.label} has {layout.ratings_file} but not {layout.movies_file}"
+                )
+            return layout
+    return None
+
+
+def _no_layout(path: Path) -> DatasetFormatError:
+    wanted = "; ".join(f"{lay.ratings_file} + {lay.movies_file}" for lay in LAYOUTS)
+    return DatasetFormatError(f"no MovieLens data in {path}; looked for {wanted}")
+
+
+def _folder_source(path: Path) -> tuple[_Source, Layout]:
+    """The folder itself, else the one sub-folder that holds a layout."""
+    found = []
+    for folder in [path, *sorted(p for p in path.iterdir() if p.is_dir())]:
+        source = _Source(str(folder), folder=folder)
+        layout = _layout_of(source)
+        if layout is not None:
+            if folder == path:
+                return source, layout
+            found.append((source, layout))
+    if len(found) != 1:
+        if found:
+            names = ", ".join(s.label for s, _ in found)
+            raise DatasetFormatError(f"{path} holds several MovieLens folders ({names})")
+        raise _no_layout(path)
+    return found[0]
+
+
+def _zip_source(path: Path, archive: zipfile.ZipFile) -> tuple[_Source, Layout]:
+    """The archive's top level, else its first folder that holds a ratings file."""
+    markers = {layout.ratings_file for layout in LAYOUTS}
+    prefixes = set()
+    for name in archive.namelist():
+        pure = PurePosixPath(name)
+        if pure.name in markers and len(pure.parts) <= 2 and "__MACOSX" not in pure.parts:
+            prefixes.add("" if len(pure.parts) == 1 else pure.parts[0] + "/")
+    for prefix in sorted(prefixes):
+        source = _Source(f"{path}!{prefix}", archive=archive, prefix=prefix)
+        layout = _layout_of(source)
+        if layout is not None:
+            return source, layout
+    raise _no_layout(path)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _catalog(source: _Source, layout: Layout) -> np.ndarray:
+    """Sorted unique movie ids of the catalog file (first field of each line)."""
+    with source.open(layout.movies_file) as handle:
+        raw = handle.read()
+    ids: list[int] = []
+    if layout.name == "ml-latest":
+        text = raw.decode("utf-8", errors="replace").lstrip("\ufeff")
+        first_fields = (row[0] for row in csv.reader(io.StringIO(text, newline="")) if row)
+    else:
+        sep = "|" if layout.name == "ml-100k" else "::"
+        text = raw.decode("latin-1")
+        first_fields = (line.split(sep, 1)[0] for line in text.splitlines())
+    for value in first_fields:
+        value = value.strip()
+        if value.isdigit() and 1 <= int(value) < ID_LIMIT:
+            ids.append(int(value))
+    return np.unique(np.array(ids, dtype=np.int64))
+
+
+def _blocks(handle: IO[bytes]) -> Iterator[bytes]:
+    """Blocks of whole lines (bounded memory on ml-25m)."""
+    rest = b""
+    while chunk := handle.read(BLOCK_BYTES):
+        data = rest + chunk
+        cut = data.rfind(b"\n") + 1
+        rest, data = data[cut:], data[:cut]
+        if data:
+            yield data
+    if rest:
+        yield rest
+
+
+def _parse_block(block: bytes, sep: bytes, skipped: Counter[str]) -> np.ndarray:
+    """(n, 4) float64 rows; a block with a bad line is parsed line by line, bad ones counted."""
+    block = block.replace(b"\r", b"")
+    fast = _parse_fast(block, sep)
+    return fast if fast is not None else _parse_slow(block, sep, skipped)
+
+
+def _parse_fast(block: bytes, sep: bytes) -> np.ndarray | None:
+    """Whole-block numpy parse when every non-blank line has exactly four numbers."""
+    if len(sep) > 1:
+        if _ONE_BYTE_SEP in block:
+            return None
+        block, sep = block.replace(sep, _ONE_BYTE_SEP), _ONE_BYTE_SEP
+    buffer = np.frombuffer(block, dtype=np.uint8)
+    ends = np.flatnonzero(buffer == ord("\n"))
+    if not block.endswith(b"\n"):
+        ends = np.append(ends, len(block))
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    filled = ends > starts
+    seps = np.flatnonzero(buffer == sep[0])
+    per_line = np.searchsorted(seps, ends) - np.searchsorted(seps, starts)
+    if not np.all(per_line[filled] == 3):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            values = np.fromstring(block.replace(sep, b" "), dtype=np.float64, sep=" ")
+        except (ValueError, DeprecationWarning):
+            return None
+    if values.size != 4 * int(filled.sum()):
+        return None
+    return values.reshape(-1, 4)
+
+
+def _parse_slow(block: bytes, sep: bytes, skipped: Counter[str]) -> np.ndarray:
+    rows: list[list[float]] = []
+    for line in block.split(b"\n"):
+        if not line.strip():
+            continue
+        fields = line.split(sep)
+        try:
+            if len(fields) != 4:
+                raise ValueError(line)
+            rows.append([float(f) for f in fields])
+        except ValueError:
+            skipped["ratings.malformed"] += 1
+    return np.array(rows, dtype=np.float64).reshape(-1, 4)
+
+
+def _read_rows(source: _Source, layout: Layout, skipped: Counter[str]) -> np.ndarray:
+    """Every parseable rating line as (user, movie, rating, timestamp) float64 rows."""
+    parts = []
+    with source.open(layout.ratings_file) as handle:
+        for number, block in enumerate(_blocks(handle)):
+            if number == 0 and layout.name == "ml-latest":
+                block = _drop_header(block)
+            parts.append(_parse_block(block, layout.ratings_sep, skipped))
+    return np.concatenate(parts) if parts else np.zeros((0, 4))
+
+
+def _drop_header(block: bytes) -> bytes:
+    """ratings.csv starts with `userId,...` (maybe after a BOM): drop that line."""
+    block = block.removeprefix(b"\xef\xbb\xbf")
+    if block[:6].lower() == b"userid":
+        newline = block.find(b"\n")
+        return b"" if newline < 0 else block[newline + 1 :]
+    return block
+
+
+def _valid_rows(values: np.ndarray, catalog: np.ndarray, skipped: Counter[str]) -> np.ndarray:
+    """Mask of rows the importer would keep: integer ids, half stars, a catalog movie."""
+    user, movie, rating, stamp = values.T
+    with np.errstate(invalid="ignore"):
+        ids = np.isfinite(values).all(axis=1)
+        for column, low in ((user, 1), (movie, 1), (stamp, 0)):
+            ids &= (column == np.floor(column)) & (column >= low) & (column < ID_LIMIT)
+        halves = rating * 2
+        good = (halves == np.round(halves)) & (halves >= 1) & (halves <= 10)
+    skipped["ratings.malformed"] += int((~ids).sum())
+    skipped["ratings.bad_rating"] += int((ids & ~good).sum())
+    keep = ids & good
+    known = np.isin(np.where(keep, movie, 0).astype(np.int64), catalog)
+    skipped["ratings.unknown_movie"] += int((keep & ~known).sum())
+    return keep & known
+
+
+def _first_of_pairs(users: np.ndarray, movies: np.ndarray) -> np.ndarray:
+    """Indices (in file order) of the first row of each (user, movie) pair."""
+    order = np.lexsort((np.arange(users.size), movies, users))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = (users[order][1:] != users[order][:-1]) | (movies[order][1:] != movies[order][:-1])
+    return np.sort(order[first])
+
+
+def read_movielens(path: str | Path) -> Ratings:
+    """All usable ratings and the catalog of a MovieLens folder or .zip (any layout)."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetFormatError(f"{path} does not exist")
+    if path.is_dir():
+        return _read(*_folder_source(path), name=path.name)
+    if not zipfile.is_zipfile(path):
+        raise DatasetFormatError(f"{path} is neither a folder nor a .zip archive")
+    with zipfile.ZipFile(path) as archive:
+        return _read(*_zip_source(path, archive), name=path.stem)
+
+
+def _read(source: _Source, layout: Layout, name: str) -> Ratings:
+    skipped: Counter[str] = Counter()
+    catalog = _catalog(source, layout)
+    values = _read_rows(source, layout, skipped)
+    values = values[_valid_rows(values, catalog, skipped)]
+    users, movies = values[:, 0].astype(np.int64), values[:, 1].astype(np.int64)
+    first = _first_of_pairs(users, movies)
+    skipped["ratings.duplicate"] += int(users.size - first.size)
+    return Ratings(
+        users[first],
+        movies[first],
+        values[first, 2].astype(np.float32),
+        values[first, 3].astype(np.int64),
+        catalog,
+        name=name,
+        layout=layout.name,
+        skipped={reason: n for reason, n in sorted(skipped.items()) if n},
+    )

@@ -1,0 +1,106 @@
+"""The trained model as served: deep snapshots, the item path, bias terms and their blend.
+
+Training keeps each head of the autoencoder at its own best validation epoch (ranking by
+NDCG@10, rating by RMSE), fits the linear item-to-item path on the same training split,
+and then chooses on validation how to mix them:
+
+* ranking = (1 - w) * z(deep scores) + w * z(item path) - p * log(1 + popularity);
+* rating = a * deep rating head + (1 - a) * bias terms, so ``a = 0`` is the bias model and
+  the served rating is never worse on validation than the bias model it is built on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import scipy.sparse as sp
+
+from app.ml.baselines import Bias
+from app.ml.data import RatingMatrix
+from app.ml.item_path import ItemToItem
+from app.ml.model import ModelConfig, StackedAutoencoder
+from app.ml.serving import FoldInScorer
+
+
+@dataclass(frozen=True)
+class BiasTerms:
+    """mean + movie bias + a user bias folded in from the user's own ratings."""
+
+    mean: float
+    movie_bias: np.ndarray
+    user_reg: float
+
+    @classmethod
+    def fit(cls, train: RatingMatrix, movie_reg: float, user_reg: float) -> BiasTerms:
+        bias = Bias(reg_movie=movie_reg, reg_user=user_reg).fit(train)
+        return cls(float(bias.mean), bias.movie_bias.astype(np.float32), float(user_reg))
+
+    def user_bias(self, cols: np.ndarray, values: np.ndarray) -> float:
+        resid = float((values - self.mean - self.movie_bias[cols]).sum())
+        return resid / (cols.size + self.user_reg)
+
+    def user_biases(self, rows: sp.csr_matrix) -> np.ndarray:
+        counts = np.diff(rows.indptr)
+        row_of = np.repeat(np.arange(rows.shape[0]), counts)
+        resid = rows.data - self.mean - self.movie_bias[rows.indices]
+        sums = np.bincount(row_of, resid, minlength=rows.shape[0])
+        return (sums / (counts + self.user_reg)).astype(np.float32)
+
+    def predict(self, user_bias: float, cols: np.ndarray) -> np.ndarray:
+        return self.mean + self.movie_bias[cols] + np.float32(user_bias)
+
+
+@dataclass(frozen=True)
+class Blend:
+    """How the parts are mixed; every field chosen on the validation split."""
+
+    item_weight: float = 0.0
+    """share of the item path in the ranking score, 0..1."""
+    popularity_penalty: float = 0.0
+    """subtracted per unit of log(1 + rating count): spreads recommendations past the head."""
+    rating_weight: float = 1.0
+    """share of the deep rating head against the bias terms, 0..1."""
+
+
+@dataclass
+class HybridModel:
+    """Everything the scorer needs; ``rate_net`` is ``rank_net`` when one epoch won both."""
+
+    config: ModelConfig
+    rank_net: StackedAutoencoder
+    rate_net: StackedAutoencoder
+    item_path: ItemToItem | None
+    bias: BiasTerms
+    blend: Blend
+    log_popularity: np.ndarray
+    rating_scale: tuple[float, float]
+
+    @property
+    def n_movies(self) -> int:
+        return self.rank_net.n_movies
+
+    @cached_property
+    def scorer(self) -> FoldInScorer:
+        return FoldInScorer(self)
+
+    def predict(self, rows: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, clamped ratings) for rows of current ratings: the metrics' Scorer."""
+        return self.scorer.score_rows(rows)
+
+    def with_blend(self, blend: Blend) -> HybridModel:
+        return HybridModel(
+            self.config,
+            self.rank_net,
+            self.rate_net,
+            self.item_path,
+            self.bias,
+            blend,
+            self.log_popularity,
+            self.rating_scale,
+        )
+
+
+def log_popularity(train: sp.csr_matrix) -> np.ndarray:
+    return np.log1p(np.bincount(train.indices, minlength=train.shape[1])).astype(np.float32)
