@@ -22,7 +22,12 @@ from app.api import admin, movies, ops, ratings, recommendations
 from app.api.limits import RequestLimitsMiddleware
 from app.config import Settings, get_settings
 from app.db import create_db_engine, create_session_factory
-from app.observability import MetricsMiddleware, configure_logging, get_logger
+from app.observability import (
+    MetricsMiddleware,
+    configure_logging,
+    forget_this_process,
+    get_logger,
+)
 from app.services.errors import ServiceError
 from app.services.jobs import JobLauncher
 from app.services.recommender import Recommender
@@ -116,14 +121,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.popular_prior_count,
             threads=settings.serve_threads,
             answer_cache_size=settings.answer_cache_size,
+            cached_versions=settings.model_cache_versions,
+            retry_seconds=settings.model_retry_seconds,
         )
         app.state.recommender = recommender
+        # Both before the first request: no request pays for loading or for the popular list.
         _try(recommender.refresh_model, "initial_model_load")
+        _try(recommender.refresh_popular, "initial_popular_build")
         launcher = JobLauncher(settings, engine) if settings.run_worker_in_api else None
         app.state.launcher = launcher
         if launcher is not None:
             launcher.start()
         tasks = [
+            # Requests follow the registry themselves (read your writes); this poll only
+            # preloads a newly activated version while the process is idle.
             asyncio.create_task(_every(settings.model_poll_seconds, recommender.refresh_model)),
             asyncio.create_task(
                 _every(settings.popular_refresh_seconds, recommender.refresh_popular)
@@ -142,7 +153,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.gather(*tasks, return_exceptions=True)
             if launcher is not None:
                 await asyncio.to_thread(launcher.stop)
+            recommender.executor.shutdown(wait=False, cancel_futures=True)
             engine.dispose()
+            forget_this_process()
 
     app = FastAPI(
         title="saerec",

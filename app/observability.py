@@ -1,14 +1,30 @@
-"""Structured logging and Prometheus metrics shared by every route."""
+"""Structured logging and Prometheus metrics shared by every route.
+
+With several uvicorn workers (`saerec serve --workers N`) the metrics live in
+prometheus-client's multiprocess mode: `serve` sets PROMETHEUS_MULTIPROC_DIR before the
+workers start, each process writes its values there, and a scrape of any worker adds
+them all up. Gauges therefore say how they combine across processes (multiprocess_mode).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Any
 
 import structlog
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUESTS = Counter(
@@ -22,17 +38,50 @@ LATENCY = Histogram(
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
-RATINGS_TOTAL = Gauge("saerec_ratings_total", "Ratings stored in the database")
+# Database figures: every process sets the same value on a scrape; the latest one wins.
+RATINGS_TOTAL = Gauge(
+    "saerec_ratings_total", "Ratings stored in the database", multiprocess_mode="mostrecent"
+)
 RECOMMEND_LATENCY = Histogram(
     "saerec_recommendation_seconds",
     "Time to build one recommendation list (DB read, fold-in, top-n), by strategy",
     ["strategy"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
 )
-TRAINING_JOBS = Gauge("saerec_training_jobs", "Training jobs by status", ["status"])
-MODEL_INFO = Gauge(
-    "saerec_model_active", "1 for the model version this process serves", ["version"]
+TRAINING_JOBS = Gauge(
+    "saerec_training_jobs", "Training jobs by status", ["status"], multiprocess_mode="mostrecent"
 )
+# Per process 1 for the version it serves; summed over the live processes of a server.
+MODEL_INFO = Gauge(
+    "saerec_model_active",
+    "Processes serving this model version (1 per process)",
+    ["version"],
+    multiprocess_mode="livesum",
+)
+MODEL_LOADS = Counter(
+    "saerec_model_loads_total", "Model versions loaded for serving, by result", ["result"]
+)
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def multiprocess_dir() -> str | None:
+    """The shared metrics folder when running as one of several workers, else None."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def render_metrics() -> bytes:
+    """This process's metrics, or every worker's added up in multiprocess mode."""
+    if multiprocess_dir() is None:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)
+
+
+def forget_this_process() -> None:
+    """On shutdown: drop this worker's live gauges, so a restarted worker is not counted twice."""
+    if multiprocess_dir() is not None:
+        multiprocess.mark_process_dead(os.getpid())
 
 
 def configure_logging(level: str = "INFO", json_logs: bool = False) -> None:

@@ -1,8 +1,13 @@
-"""Recommendations and predictions: fold-in, invariants, popular fallback, hot swap."""
+"""Recommendations and predictions: fold-in, invariants, popular fallback, and model
+activation (each request is answered by the version active when it read the database)."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -11,15 +16,21 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.main import create_app
+from app.ml.artifacts import load_artifact
 from app.ml.model import config_from
 from app.models import ModelVersion
+from app.services import recommender as recommender_module
+from app.services.recommender import Recommender, build_popular_list
 from app.services.training import TrainingOutcome, train_and_register
 from tests.factories import LENIENT_GATE, TINY_TRAINING, seed_synthetic
+from tests.reliability_helpers import run_together
 
 
 def train_tiny(settings: Settings, engine: Engine, **overrides: object) -> TrainingOutcome:
     config = config_from("fast", **{**TINY_TRAINING, **overrides})
-    return train_and_register(settings, engine, config)
+    outcome = train_and_register(settings, engine, config)
+    assert outcome is not None  # None only under torchrun
+    return outcome
 
 
 @pytest.fixture
@@ -194,30 +205,154 @@ def test_unrecoverable_artifact_falls_back_to_popular_and_readyz_says_why(
         assert trained.version in ready["detail"]
 
 
-def test_activation_elsewhere_is_picked_up_by_polling(
-    seeded: Settings, trained: TrainingOutcome, engine: Engine
-) -> None:
-    lenient = seeded.model_copy(update={**LENIENT_GATE})
-    second = train_tiny(lenient, engine, seed=7)
-    assert second.activated
-    with TestClient(create_app(seeded)) as client:
-        assert client.get("/readyz").json()["model_version"] == second.version
-        with Session(engine) as session, session.begin():  # another process rolls back
-            session.execute(update(ModelVersion).values(is_active=False))
-            session.execute(
-                update(ModelVersion)
-                .where(ModelVersion.version == trained.version)
-                .values(is_active=True)
-            )
-        import time
+def _activate_elsewhere(engine: Engine, version: str) -> None:
+    """Commit an activation as another process (a job, another replica) would."""
+    with Session(engine) as session, session.begin():
+        session.execute(update(ModelVersion).values(is_active=False))
+        session.execute(
+            update(ModelVersion).where(ModelVersion.version == version).values(is_active=True)
+        )
 
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if client.get("/readyz").json()["model_version"] == trained.version:
-                break
-            time.sleep(0.1)
+
+@pytest.fixture
+def no_polling(seeded: Settings) -> Settings:
+    """The registry poll never runs within a test: requests must follow it on their own."""
+    return seeded.model_copy(update={"model_poll_seconds": 300.0})
+
+
+@pytest.fixture
+def two_versions(no_polling: Settings, engine: Engine) -> tuple[str, str]:
+    lenient = no_polling.model_copy(update={**LENIENT_GATE})
+    old, new = train_tiny(lenient, engine), train_tiny(lenient, engine, seed=7)
+    assert old.activated and new.activated
+    return old.version, new.version
+
+
+@pytest.fixture
+def loads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every artifact the recommender loads, in order (each load a little slow)."""
+    seen: list[Path] = []
+
+    def counting(path: Path, *args: Any, **kwargs: Any) -> object:
+        seen.append(Path(path))
+        time.sleep(0.05)  # so concurrent requests really meet the load in progress
+        return load_artifact(path, *args, **kwargs)
+
+    monkeypatch.setattr(recommender_module, "load_artifact", counting)
+    return seen
+
+
+def test_the_first_model_answers_the_very_next_request(
+    no_polling: Settings, engine: Engine
+) -> None:
+    with TestClient(create_app(no_polling)) as client:
+        assert client.get("/users/1/recommendations").json()["model_version"] is None
+        version = train_tiny(no_polling, engine).version
         body = client.get("/users/1/recommendations").json()
-        assert body["model_version"] == trained.version
+        assert (body["strategy"], body["model_version"]) == ("autoencoder", version)
+        predicted = client.get("/users/1/predictions", params={"movie_id": [1]}).json()
+        assert predicted["model_version"] == version
+
+
+def test_activation_elsewhere_answers_the_very_next_request(
+    no_polling: Settings, engine: Engine, two_versions: tuple[str, str]
+) -> None:
+    old, new = two_versions
+    with TestClient(create_app(no_polling)) as client:
+        assert client.get("/readyz").json()["model_version"] == new
+        _activate_elsewhere(engine, old)  # e.g. a rollback by another replica
+        assert client.get("/users/1/recommendations").json()["model_version"] == old
+        predicted = client.get("/users/2/predictions", params={"movie_id": [1]}).json()
+        assert predicted["model_version"] == old
+        assert client.get("/readyz").json()["model_version"] == old
+        _activate_elsewhere(engine, new)
+        assert (
+            client.get("/users/1/predictions", params={"movie_id": [1]}).json()["model_version"]
+            == new
+        )
+
+
+def test_concurrent_requests_share_one_load_and_a_rollback_loads_nothing(
+    no_polling: Settings, engine: Engine, two_versions: tuple[str, str], loads: list[Path]
+) -> None:
+    old, new = two_versions
+    with TestClient(create_app(no_polling)) as client:
+        recommender = client.app.state.recommender  # type: ignore[attr-defined]
+        assert [p.parent.name for p in loads] == [new]  # at start-up
+        _activate_elsewhere(engine, old)
+        answers: list[dict] = []
+
+        def ask(user_id: int) -> Callable[[], None]:
+            return lambda: answers.append(recommender.recommend(user_id, 5, None))
+
+        run_together([ask(user_id) for user_id in range(1, 9)])
+        assert {a["model_version"] for a in answers} == {old} and len(answers) == 8
+        assert [p.parent.name for p in loads] == [new, old], "one load, however many ask"
+        _activate_elsewhere(engine, new)  # back to a version loaded a moment ago
+        assert client.get("/users/1/recommendations").json()["model_version"] == new
+        assert len(loads) == 2, "a recently served version is kept loaded"
+
+
+def _corrupt(settings: Settings, engine: Engine, version: str) -> None:
+    _artifact_file(settings, version).write_bytes(b"corrupted")
+    with Session(engine) as session, session.begin():
+        session.execute(
+            update(ModelVersion)
+            .where(ModelVersion.version == version)
+            .values(artifact=b"also corrupted")
+        )
+
+
+def test_a_version_that_cannot_load_leaves_the_previous_model_answering(
+    no_polling: Settings, engine: Engine, loads: list[Path]
+) -> None:
+    lenient = no_polling.model_copy(update={**LENIENT_GATE})
+    old = train_tiny(lenient, engine).version
+    with TestClient(create_app(no_polling)) as client:
+        broken = train_tiny(lenient, engine, seed=7).version
+        _corrupt(no_polling, engine, broken)
+        for user_id in (1, 2, 3):
+            body = client.get(f"/users/{user_id}/recommendations").json()
+            assert (body["strategy"], body["model_version"]) == ("autoencoder", old)
+        assert [p.parent.name for p in loads] == [old, broken], "tried once, not per request"
+        ready = client.get("/readyz").json()
+        assert ready["model_version"] == old and broken in ready["detail"]
+        assert 'saerec_model_loads_total{result="failed"}' in client.get("/metrics").text
+        _activate_elsewhere(engine, old)  # rolled back: nothing is wrong any more
+        client.get("/users/1/recommendations")
+        assert client.get("/readyz").json()["detail"] is None
+
+
+def test_the_popular_list_is_built_at_start_up_not_by_a_request(
+    seeded: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    builds: list[float] = []
+
+    def counting(*args: Any, **kwargs: Any) -> object:
+        builds.append(time.monotonic())
+        return build_popular_list(*args, **kwargs)
+
+    monkeypatch.setattr(recommender_module, "build_popular_list", counting)
+    with TestClient(create_app(seeded)) as client:
+        assert len(builds) == 1
+        assert client.get("/users/999/recommendations").json()["strategy"] == "popular"
+        assert len(builds) == 1
+
+
+def test_predictions_run_on_the_inference_executor(
+    seeded: Settings, trained: TrainingOutcome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[str] = []
+    predict = Recommender.predict
+
+    def recording(self: Recommender, *args: object) -> object:
+        threads.append(threading.current_thread().name)
+        return predict(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Recommender, "predict", recording)
+    with TestClient(create_app(seeded)) as client:
+        assert client.get("/users/1/predictions", params={"movie_id": [1]}).status_code == 200
+    assert len(threads) == 1 and threads[0].startswith("recommend")
 
 
 def test_answer_cache_gives_the_uncached_answer_and_follows_new_ratings(

@@ -57,5 +57,5 @@ def activate_model(
 ) -> dict[str, Any]:
     with transaction(request.app.state.session_factory) as session:
         described = registry.describe(registry.activate(session, version))
-    request.app.state.recommender.refresh_model()  # this process swaps at once; others poll
+    request.app.state.recommender.refresh_model()  # preload; others load on demand
     return described

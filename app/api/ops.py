@@ -6,11 +6,10 @@ import os
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.observability import RATINGS_TOTAL, TRAINING_JOBS
+from app.observability import METRICS_CONTENT_TYPE, RATINGS_TOTAL, TRAINING_JOBS, render_metrics
 from app.schemas import HealthOut, ReadinessOut
 from app.services.jobs import count_jobs_by_status
 from app.services.ratings import count_ratings
@@ -55,4 +54,4 @@ def metrics(request: Request) -> Response:
                 TRAINING_JOBS.labels(status).set(count)
     except SQLAlchemyError:
         pass  # the scrape still answers; the stale gauge is better than no metrics
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(render_metrics(), media_type=METRICS_CONTENT_TYPE)

@@ -1,4 +1,4 @@
-"""Recommendation and prediction routes (sync: inference runs in the threadpool)."""
+"""Recommendation and prediction routes: inference runs on the recommender's executor."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from app.api.deps import SessionDep
 from app.schemas import MAX_ID, PositiveId, PredictionsOut, RecommendationsOut
 from app.services.recommender import Recommender
 
@@ -42,10 +41,14 @@ async def recommendations(
     response_model=PredictionsOut,
     responses={404: {"description": "unknown movie"}, 503: {"description": "no model yet"}},
 )
-def predictions(
+async def predictions(
     request: Request,
     user_id: UserId,
-    session: SessionDep,
     movie_id: Annotated[list[PositiveId], Query(min_length=1, max_length=100)],
-) -> dict:
-    return _recommender(request).predict(session, user_id, movie_id)
+) -> JSONResponse:
+    # The same executor as recommendations: a fold-in is a fold-in, whichever route asks.
+    recommender = _recommender(request)
+    answer = await asyncio.get_running_loop().run_in_executor(
+        recommender.executor, recommender.predict, user_id, movie_id
+    )
+    return JSONResponse(answer)

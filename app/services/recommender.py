@@ -1,14 +1,18 @@
 """Serving: the active model, fold-in of a user's current ratings, and the popular fallback.
 
-The active model lives in one attribute that is replaced, never mutated: a request reads
-it once and uses that snapshot to the end, so a swap can neither fail a request nor mix
-two models. The popular list is swapped the same way.
+Read your writes: every request reads the registry's active version in the same database
+round trip as the user's ratings and is answered by exactly that version, loading it first
+when this process has not yet (one load at a time per process; the others wait for it).
+So once an activation has committed, no later request to any process sees the old model.
+Loaded models are immutable snapshots kept in a small cache, which makes a rollback to a
+recent version instant. The popular list is swapped by one reference assignment.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,16 +27,21 @@ from app.db import create_session_factory
 from app.ml.artifacts import ArtifactError, LoadedModel, load_artifact
 from app.ml.serving import FoldInScorer, UserState
 from app.models import Movie, MovieGenre, Rating
-from app.observability import MODEL_INFO, RECOMMEND_LATENCY, get_logger
+from app.observability import MODEL_INFO, MODEL_LOADS, RECOMMEND_LATENCY, get_logger
 from app.services import registry
 from app.services.errors import NotFoundError, UnavailableError
 
 log = get_logger("saerec.recommender")
 # One aggregated row instead of one row per rating: the driver then crosses the GIL once,
-# not once per rating, which is what throttled the executor threads under load.
+# not once per rating, which is what throttled the executor threads under load. The last
+# column is the registry's active version, read in the same statement (same snapshot).
 USER_RATINGS_SQL = {
-    "sqlite": "SELECT group_concat(movie_id || ':' || rating) FROM ratings WHERE user_id = ?",
-    "postgresql": "SELECT array_agg(movie_id), array_agg(rating) FROM ratings WHERE user_id = %s",
+    "sqlite": "SELECT group_concat(movie_id || ':' || rating),"
+    " (SELECT version FROM model_versions WHERE is_active = 1)"
+    " FROM ratings WHERE user_id = ?",
+    "postgresql": "SELECT array_agg(movie_id), array_agg(rating),"
+    " (SELECT version FROM model_versions WHERE is_active)"
+    " FROM ratings WHERE user_id = %s",
 }
 NO_RATINGS = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
 
@@ -163,8 +172,34 @@ def build_popular_list(session: Session, prior_count: float) -> PopularList:
     return PopularList(load_catalog(session, ids[order]), scores[order].astype(np.float32))
 
 
+@dataclass(frozen=True)
+class UserRead:
+    """One round trip's answer: the user's ratings (raw row) and the active version."""
+
+    row: tuple | None
+    version: str | None
+    generation: int  # the recommender's switch count before the read (see _model_for)
+
+    @property
+    def key(self) -> object:
+        return _row_key(self.row)
+
+    def ratings(self) -> tuple[np.ndarray, np.ndarray]:
+        return _parse_user_ratings(self.row)
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """Why a version did not load, and which file, so it is retried only when it may work."""
+
+    path: str | None
+    mtime: float | None
+    at: float
+    message: str
+
+
 class Recommender:
-    """One per process: holds the serving model and popular list, answers requests."""
+    """One per process: holds the serving models and popular list, answers requests."""
 
     def __init__(
         self,
@@ -173,6 +208,8 @@ class Recommender:
         prior_count: float = 20.0,
         threads: int = 2,
         answer_cache_size: int = 20_000,
+        cached_versions: int = 3,
+        retry_seconds: float = 30.0,
     ) -> None:
         self._answer_cache_size = answer_cache_size
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="recommend")
@@ -181,11 +218,16 @@ class Recommender:
         self._user_ratings_sql = USER_RATINGS_SQL[engine.dialect.name]
         self._sessions = create_session_factory(engine)
         self._prior_count = prior_count
-        self._model: ServingModel | None = None
+        self._model: ServingModel | None = None  # the newest active version seen, loaded
+        self._generation = 0  # bumped on every change of _model
+        self._recent: OrderedDict[str, ServingModel] = OrderedDict()
+        self._cached_versions = max(1, cached_versions)
+        self._retry_seconds = retry_seconds
         self._popular: PopularList | None = None
-        self._lock = threading.Lock()  # serialises reloads, never requests
+        self._load_lock = threading.Lock()  # single flight: one model load at a time
+        self._swap_lock = threading.Lock()  # never held across I/O
         self.model_error: str | None = None
-        self._failed: tuple[str, float | None] | None = None
+        self._failed: dict[str, LoadFailure] = {}  # by version
 
     @property
     def model(self) -> ServingModel | None:
@@ -196,39 +238,104 @@ class Recommender:
         model = self._model
         return model.version if model else None
 
-    # -- keeping state current ------------------------------------------------------------
+    # -- following the registry -----------------------------------------------------------
     def refresh_model(self) -> bool:
-        """Load the registry's active version if it differs from ours; True on a swap."""
-        with self._lock, self._sessions() as session:
-            row = registry.active_version(session)
-            wanted = row.version if row else None
-            if wanted == self.version:
-                self.model_error, self._failed = None, None  # e.g. rolled back to ours
-                return False
-            if row is None:
-                self._swap(None)
-                return True
-            if self._failed == (wanted, _mtime(row.artifact_path)):
-                return False  # same broken file as last time: do not reload it every poll
-            try:
+        """Load the registry's active version if it differs from ours; True on a swap.
+
+        Requests already follow the registry on their own; this poll only preloads, so a
+        quiet process has the new model ready before its next request asks for it.
+        """
+        generation = self._generation
+        with self._sessions() as session:
+            wanted = registry.active_version_id(session)
+        before = self._model
+        self._model_for(wanted, generation)
+        return self._model is not before
+
+    def _model_for(self, wanted: str | None, generation: int) -> ServingModel | None:
+        """The model that answers a read which saw `wanted` as active.
+
+        Always that version when it loads (the read is the request's snapshot of the
+        registry), else the previously served model. The process-wide current model moves
+        only if no switch happened since the read began: then this read is the newest, and
+        a request that read before an activation cannot move the process back.
+        """
+        current = self._model
+        if wanted == (current.version if current else None):
+            self.model_error = None  # e.g. rolled back to the model we serve
+            return current
+        model = self._cached_or_loaded(wanted) if wanted is not None else None
+        if wanted is not None and model is None:
+            failure = self._failed.get(wanted)
+            self.model_error = failure.message if failure else self.model_error
+            return self._model  # cannot load it: keep answering with what we have
+        with self._swap_lock:
+            if self._generation == generation:
+                self._swap(model)
+        return model
+
+    def _cached_or_loaded(self, version: str) -> ServingModel | None:
+        model = self._recent.get(version)
+        if model is not None or self._recently_failed(version):
+            return model
+        with self._load_lock:  # concurrent requests for the same new version wait here
+            model = self._recent.get(version)
+            if model is None and not self._recently_failed(version):
+                model = self._load(version)
+            return model
+
+    def _recently_failed(self, version: str) -> bool:
+        """A failed version is retried when its file changes or after MODEL_RETRY_SECONDS,
+        not on every request: a broken artifact must not cost each request a reload."""
+        failed = self._failed.get(version)
+        if failed is None:
+            return False
+        fresh = time.monotonic() - failed.at < self._retry_seconds
+        return fresh and (failed.path is None or _mtime(failed.path) == failed.mtime)
+
+    def _load(self, version: str) -> ServingModel | None:
+        """Load one version (under the load lock); None, logged and counted, when it cannot."""
+        started = time.perf_counter()
+        path: str | None = None
+        try:
+            with self._sessions() as session:
+                row = registry.get_version(session, version)
+                path = row.artifact_path
                 loaded = load_artifact(registry.local_artifact(session, row, self._model_dir))
-            except ArtifactError as exc:
-                self._failed = (wanted, _mtime(row.artifact_path))
-                self.model_error = f"active model {row.version} cannot be loaded: {exc}"
-                log.error("model_load_failed", version=row.version, error=str(exc))
-                return False
-            catalog = load_catalog(session, loaded.movies.ids)
+                catalog = load_catalog(session, loaded.movies.ids)
+        except Exception as exc:  # a broken artifact, a pruned row, the database away
+            self._load_failed(version, path, exc)
+            return None
         scorer = loaded.model.scorer
-        self._swap(
-            ServingModel(row.version, loaded, catalog, scorer, cache_size=self._answer_cache_size)
-        )
-        return True
+        model = ServingModel(version, loaded, catalog, scorer, cache_size=self._answer_cache_size)
+        self._failed.pop(version, None)
+        self._recent[version] = model
+        while len(self._recent) > self._cached_versions:
+            self._recent.popitem(last=False)
+        MODEL_LOADS.labels("ok").inc()
+        log.info("model_loaded", version=version, ms=round((time.perf_counter() - started) * 1e3))
+        return model
+
+    def _load_failed(self, version: str, path: str | None, exc: Exception) -> None:
+        kind = "" if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: "
+        message = f"active model {version} cannot be loaded: {kind}{exc}"
+        mtime = _mtime(path) if path else None
+        self._failed[version] = LoadFailure(path, mtime, time.monotonic(), message)
+        self.model_error = message
+        MODEL_LOADS.labels("failed").inc()
+        log.error("model_load_failed", version=version, error=f"{type(exc).__name__}: {exc}")
 
     def _swap(self, model: ServingModel | None) -> None:
+        """Make `model` the process's current one (under the swap lock)."""
         old = self._model
-        self._model = model  # the single reference assignment requests observe
+        if model is old:
+            return
+        self._model = model
+        self._generation += 1
         self.model_error = None
-        self._failed = None
+        if model is not None:  # the current model stays cached, whatever the traffic
+            self._recent[model.version] = model
+            self._recent.move_to_end(model.version)
         if old is not None:
             MODEL_INFO.labels(old.version).set(0)
         if model is not None:
@@ -242,15 +349,23 @@ class Recommender:
             self._popular = build_popular_list(session, self._prior_count)
 
     def popular(self) -> PopularList:
-        if self._popular is None:
+        if self._popular is None:  # only when the build at start-up failed (database away)
             self.refresh_popular()
         assert self._popular is not None
         return self._popular
 
     # -- answering ------------------------------------------------------------------------
+    def read_user(self, user_id: int) -> UserRead:
+        """The user's current ratings and the active version, in one round trip."""
+        generation = self._generation  # before the read: see _model_for
+        row = self._user_ratings_row(user_id)
+        if row is None:
+            return UserRead(None, None, generation)
+        return UserRead(tuple(row[:-1]), row[-1], generation)
+
     def user_ratings(self, user_id: int) -> tuple[np.ndarray, np.ndarray]:
         """The user's current ratings as (movie ids, ratings)."""
-        return _parse_user_ratings(self._user_ratings_row(user_id))
+        return self.read_user(user_id).ratings()
 
     def _user_ratings_row(self, user_id: int) -> tuple | None:
         """The user's current ratings: one indexed lookup on the primary key's prefix.
@@ -288,13 +403,12 @@ class Recommender:
         return answer
 
     def _recommend(self, user_id: int, n: int, genre: str | None) -> dict[str, Any]:
-        model = self._model  # one snapshot for the whole request
-        row = self._user_ratings_row(user_id)  # always read: fold-in sees every new rating
-        key = (_row_key(row), n, genre)
-        cached = model.answers.get(key) if model is not None else None
-        if cached is not None:
+        read = self.read_user(user_id)  # always read: fold-in sees every new rating
+        model = self._model_for(read.version, read.generation)  # one snapshot per request
+        key = (read.key, n, genre)
+        if model is not None and (cached := model.answers.get(key)) is not None:
             return _answer(user_id, model.version, "autoencoder", cached)
-        movie_ids, ratings = _parse_user_ratings(row)
+        movie_ids, ratings = read.ratings()
         encoded = model.encode(movie_ids, ratings) if model is not None and len(movie_ids) else None
         if model is not None and encoded is not None:
             items = self._model_items(model, *encoded, n, genre)
@@ -333,18 +447,17 @@ class Recommender:
         top = np.flatnonzero(allowed)[:n]  # already sorted by score
         return [popular.catalog.item(i, popular.scores[i]) for i in top]
 
-    def predict(self, session: Session, user_id: int, movie_ids: list[int]) -> dict[str, Any]:
-        model = self._model
+    def predict(self, user_id: int, movie_ids: list[int]) -> dict[str, Any]:
+        """Predicted ratings by the version active at the read (same rule as recommend)."""
+        read = self.read_user(user_id)
+        model = self._model_for(read.version, read.generation)
         if model is None:
             raise UnavailableError(
                 self.model_error or "no model is trained yet; POST /admin/retrain"
             )
         wanted = list(dict.fromkeys(movie_ids))
-        existing = set(session.scalars(select(Movie.id).where(Movie.id.in_(wanted))))
-        missing = [m for m in wanted if m not in existing]
-        if missing:
-            raise NotFoundError({"message": "unknown movie ids", "movie_ids": missing})
-        ids, values = self.user_ratings(user_id)
+        self._check_movies_exist(wanted)
+        ids, values = read.ratings()
         cols = model.loaded.movies.index_of(np.array(wanted, dtype=np.int64))
         encoded = model.encode(ids, values)
         state = encoded[0] if encoded else model.scorer.encode(np.zeros(0), np.zeros(0))
@@ -359,6 +472,13 @@ class Recommender:
             for m, c, p in zip(wanted, cols, predicted, strict=True)
         ]
         return {"user_id": user_id, "model_version": model.version, "items": items}
+
+    def _check_movies_exist(self, movie_ids: list[int]) -> None:
+        with self._sessions() as session:
+            existing = set(session.scalars(select(Movie.id).where(Movie.id.in_(movie_ids))))
+        missing = [m for m in movie_ids if m not in existing]
+        if missing:
+            raise NotFoundError({"message": "unknown movie ids", "movie_ids": missing})
 
 
 def _mtime(path: str) -> float | None:
