@@ -93,6 +93,33 @@ def test_retrain_job_runs_in_a_child_process_and_activates(
         assert body["model_version"] == job["model_version"]
 
 
+def test_retrain_job_searches_within_its_budget(seeded: Settings, admin_headers: dict) -> None:
+    """TRAIN_BUDGET_SECONDS: the job shows its trials while running; the version keeps all."""
+    searching = seeded.model_copy(update={"train_budget_seconds": 4.0})
+    with TestClient(create_app(searching)) as client:
+        job_id = client.post("/admin/retrain", json=RETRAIN_BODY, headers=admin_headers).json()[
+            "job_id"
+        ]
+        seen_trials: set[int] = set()
+
+        def finished() -> dict | None:
+            job = client.get(f"/admin/jobs/{job_id}", headers=admin_headers).json()
+            if job["status"] == "running" and "search" in (job["metrics"] or {}):
+                seen_trials.add(job["metrics"]["search"]["trials"])
+            return job if job["status"] in ("succeeded", "failed") else None
+
+        job = wait_for(finished, timeout=120)
+        assert job["status"] == "succeeded", job["error"]
+        assert seen_trials, "a running search shows how many trials it has run"
+        search = job["metrics"]["search"]
+        assert search["budget_trials"] == len(search["trials"]) >= 1
+        assert search["trials"][0]["defaults"] is True
+        assert "winner" in search and job["metrics"]["valid_bias_rmse"] is not None
+        models = client.get("/admin/models", headers=admin_headers).json()
+        stored = next(m for m in models if m["version"] == job["model_version"])
+        assert stored["metrics"]["search"]["trials"] == search["trials"]
+
+
 def test_quality_gate_refuses_a_worse_model(seeded: Settings, engine: Engine) -> None:
     first = train_tiny(seeded, engine)
     weak = train_tiny(seeded, engine, **WEAK_TRAINING)

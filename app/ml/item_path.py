@@ -69,17 +69,22 @@ def fit_item_to_item(
     n_movies = train.shape[1]
     counts = np.bincount(train.indices, minlength=n_movies)
     kept = _most_rated(counts, max_movies)
-    sub = sp.csr_matrix(train[:, kept])
+    sub = sp.csr_matrix(train[:, kept], dtype=np.float32)
     x = sub.copy()
     x.data[:] = 1.0
-    target = x + liked_weight * (sub >= threshold).astype(np.float64)
-    gram = (x.T @ x).toarray().astype(np.float64)
+    liked = (sub >= threshold).astype(np.float32)
+    # float32 throughout: the ridge keeps the Gram matrix well conditioned, and half the
+    # memory is what lets thousands of movies fit beside training
+    gram = (x.T @ x).toarray()
     gram[np.diag_indices_from(gram)] += lam
-    inverse = np.linalg.inv(gram).astype(np.float32)  # P; float32 from here halves memory
+    inverse = np.linalg.inv(gram)  # P
     del gram
     # B = P X'(X + cL) = I - lam P + c P X'L; then the Lagrange correction -P diag(mu)
     # (mu_j = B_jj / P_jj) makes every diagonal entry exactly 0, as EASE requires
-    b = inverse @ (x.T @ (target - x)).toarray().astype(np.float32)
+    co_liked = (x.T @ liked).toarray()
+    co_liked *= liked_weight
+    b = inverse @ co_liked
+    del co_liked
     b -= lam * inverse
     b[np.diag_indices_from(b)] += 1.0
     np.multiply(inverse, (np.diag(b) / np.diag(inverse))[None, :], out=inverse)

@@ -21,6 +21,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
@@ -74,13 +75,13 @@ class ModelConfig(BaseModel):
     # optimisation
     optimizer: Literal["adam", "adamw", "rmsprop", "sgd"] = "adam"
     """optimizer (the seed used RMSprop)."""
-    lr: float = Field(2e-3, gt=0.0)
+    lr: float = Field(3e-3, gt=0.0)
     """learning rate."""
     batch_size: int = Field(128, ge=1)
     """users per minibatch."""
     epochs: int = Field(60, ge=1)
     """maximum number of epochs."""
-    patience: int = Field(6, ge=1)
+    patience: int = Field(4, ge=1)
     """epochs in which neither head beat its best validation figure (NDCG@10 for ranking,
     RMSE for rating) before stopping early; each head keeps its own best epoch."""
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
@@ -108,7 +109,7 @@ class ModelConfig(BaseModel):
     """extra target weight of liked movies (0 = plain EASE)."""
     item_neighbors: int = Field(512, ge=1)
     """weights kept per source movie (bounds serving memory and cost)."""
-    item_max_movies: int = Field(10_000, ge=2)
+    item_max_movies: int = Field(8_000, ge=2)
     """the path covers at most this many most-rated movies (bounds the closed form)."""
     item_weight: float | None = Field(None, ge=0.0, le=1.0)
     """share of the item path in the ranking score; None = chosen on validation."""
@@ -302,15 +303,28 @@ class StackedAutoencoder(nn.Module):
         base = self.global_mean + self.movie_bias[cols]
         sums = values.new_zeros(batch.size).index_add_(0, rows, (values - base) * vis)
         user_bias = sums / (n + self.config.user_bias_reg)
-        x = self._sparse_features(batch, vis, n, (base + user_bias[rows]).detach())
+        first = self.layers[0]
+        bag_cols, bag_values, per_rating = self._sparse_features(
+            batch, vis, n, (base + user_bias[rows]).detach()
+        )
+        # an embedding bag per user over the first layer's transposed weight: the sparse
+        # product without building a sparse tensor, and a fast backward
+        offsets = torch.searchsorted(rows, torch.arange(batch.size, device=rows.device))
+        h = F.embedding_bag(
+            bag_cols,
+            first.weight.t().contiguous(),
+            offsets * per_rating,
+            per_sample_weights=bag_values,
+            mode="sum",
+        )
+        h = h + first.bias
         hidden = []
-        h = torch.sparse.mm(x, self.layers[0].weight.t()) + self.layers[0].bias
         for i, layer in enumerate(self.layers):
             h = layer(h) if i else h
             h = self.hidden_dropout(self.activation(h))
             hidden.append(h)
-        picked = h[rows]
-        ratings = (picked * self.rate_out.weight[cols]).sum(1) + self.rate_out.bias[cols]
+        picked = F.embedding(rows, h)
+        ratings = (picked * _rows_of(self.rate_out, cols)).sum(1) + _bias_of(self.rate_out, cols)
         if self.config.rating_head == "residual":
             ratings = ratings + base + user_bias[rows]
         log_probs = None
@@ -331,7 +345,7 @@ class StackedAutoencoder(nn.Module):
         weight, bias = self.rank_out.weight, self.rank_out.bias
         if negatives is None or log_q is None:
             return torch.log_softmax(h @ weight.t() + bias, dim=1)[rows, cols]
-        rated = (picked * weight[cols]).sum(1) + bias[cols]
+        rated = (picked * _rows_of(self.rank_out, cols)).sum(1) + _bias_of(self.rank_out, cols)
         sampled = h @ weight[negatives].t() + bias[negatives] - log_q
         top = sampled.max(dim=1).values.detach()
         top = top.scatter_reduce(0, rows, rated.detach(), reduce="amax")
@@ -341,24 +355,19 @@ class StackedAutoencoder(nn.Module):
 
     def _sparse_features(
         self, batch: SparseBatch, vis: torch.Tensor, n: torch.Tensor, baseline: torch.Tensor
-    ) -> torch.Tensor:
-        """The encoder input of ``_features`` as a sparse B x in_dim tensor."""
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The encoder input of ``_features`` as (columns, values, entries per rating),
+        grouped by user in the batch's row order (what an embedding bag reads)."""
         rows, cols, values = batch.rows, batch.cols, batch.values
         if self.config.inputs == "ratings":
-            index, data = torch.stack([rows, cols]), values * vis
-        else:
-            norm = n.clamp(min=1.0).rsqrt()[rows]
-            implicit = vis * norm
-            if self.config.inputs == "implicit":
-                index, data = torch.stack([rows, cols]), implicit
-            else:
-                centred = (values - baseline) * vis * norm
-                index = torch.stack(
-                    [torch.cat([rows, rows]), torch.cat([cols, cols + self.n_movies])]
-                )
-                data = torch.cat([implicit, centred])
-        shape = (batch.size, self.layers[0].in_features)
-        return torch.sparse_coo_tensor(index, data, shape, check_invariants=False)
+            return cols, values * vis, 1
+        norm = n.clamp(min=1.0).rsqrt()[rows]
+        implicit = vis * norm
+        if self.config.inputs == "implicit":
+            return cols, implicit, 1
+        centred = (values - baseline) * vis * norm
+        both_cols = torch.stack([cols, cols + self.n_movies], dim=1).reshape(-1)
+        return both_cols, torch.stack([implicit, centred], dim=1).reshape(-1), 2
 
     def _features(
         self, x: torch.Tensor, vis: torch.Tensor, n: torch.Tensor, baseline: torch.Tensor
@@ -370,6 +379,15 @@ class StackedAutoencoder(nn.Module):
         if self.config.inputs == "implicit":
             return implicit
         return torch.cat([implicit, (x - baseline) * vis * norm], dim=1)
+
+
+def _rows_of(layer: nn.Linear, cols: torch.Tensor) -> torch.Tensor:
+    """Output weight rows of movies ``cols`` (an embedding lookup: cheap backward)."""
+    return F.embedding(cols, layer.weight)
+
+
+def _bias_of(layer: nn.Linear, cols: torch.Tensor) -> torch.Tensor:
+    return F.embedding(cols, layer.bias.unsqueeze(1)).squeeze(1)
 
 
 SPARSE_MIN_WIDTH = 64
