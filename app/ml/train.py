@@ -271,9 +271,11 @@ def train_network(
     config: ModelConfig,
     on_epoch: Callable[[EpochReport], None] | None = None,
     device: str | None = None,
+    deadline: float | None = None,
 ) -> NetworkResult:
     """Train the autoencoder; the ranking head keeps its best NDCG@10 epoch, the rating head
-    its best RMSE epoch, and training stops once neither has improved for ``patience``."""
+    its best RMSE epoch, and training stops once neither has improved for ``patience``
+    (or at ``deadline``, a ``time.monotonic()`` value, keeping the best epochs so far)."""
     dev = pick_device(device)
     ctx = DistributedContext.current()  # one process unless started under torchrun
     rng = seed_everything(config.seed + ctx.rank)
@@ -306,7 +308,8 @@ def train_network(
         if on_epoch is not None and ctx.is_main:
             on_epoch(report)
         stale = epoch - max(rank_best.epoch, rate_best.epoch) >= config.patience
-        if ctx.agree(stale):
+        late = deadline is not None and time.monotonic() >= deadline
+        if ctx.agree(stale or late):
             break
     rank_net = _restored(model, config, rank_best)
     same = rate_best.epoch == rank_best.epoch
@@ -331,6 +334,7 @@ def train_model(
     on_epoch: Callable[[EpochReport], None] | None = None,
     device: str | None = None,
     threads: int | None = None,
+    deadline: float | None = None,
 ) -> TrainResult:
     """Deep snapshots, then the item path and the blend chosen on ``valid`` (same maps)."""
     if train.shape != valid.shape:
@@ -338,7 +342,7 @@ def train_model(
     if threads:
         torch.set_num_threads(threads)
     started = time.perf_counter()
-    nets = train_network(train, valid, config, on_epoch, device)
+    nets = train_network(train, valid, config, on_epoch, device, deadline)
     network_seconds = time.perf_counter() - started
     model, choice = assemble(train, valid, config, nets)
     seconds = time.perf_counter() - started

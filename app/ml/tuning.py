@@ -1,7 +1,8 @@
 """Hyper-parameter search within a time budget (Optuna), judged on the validation split.
 
 The first trial is always the configuration as given (the preset and its overrides), so
-a search that finds nothing better keeps it. Later trials are proposed by a seeded TPE
+a search that finds nothing better keeps it; if the budget runs out during it, it stops
+at its best epochs so far rather than being lost. Later trials are proposed by a seeded TPE
 sampler; a trial whose validation NDCG@10 after some epochs trails the median of earlier
 trials at the same epoch is pruned, and a trial still running when the budget is spent is
 stopped and discarded. Only the best trial's model is kept in memory.
@@ -22,6 +23,8 @@ from app.ml.model import ModelConfig
 from app.ml.train import EpochReport, TrainResult, train_model
 
 TrialCallback = Callable[[dict[str, Any]], None]
+ASSEMBLY_RESERVE = 0.15
+"""Share of the budget kept for what follows the first trial's epochs (item path, blend)."""
 
 
 class BudgetSpent(optuna.TrialPruned):
@@ -102,7 +105,14 @@ def search(
         record: dict[str, Any] = {"trial": trial.number, "defaults": first, "params": params}
         try:
             result = train_model(
-                train, valid, config, _pruning(trial, deadline, first), device, threads
+                train,
+                valid,
+                config,
+                _pruning(trial, deadline, first),
+                device,
+                threads,
+                # the first trial is the fallback: cut short at the deadline, never lost
+                deadline=deadline - ASSEMBLY_RESERVE * budget_seconds if first else None,
             )
         except optuna.TrialPruned as exc:
             record.update(state="stopped" if isinstance(exc, BudgetSpent) else "pruned")

@@ -33,3 +33,13 @@ def test_a_search_without_time_keeps_the_defaults(synthetic) -> None:
     found = search(train, valid, base, budget_seconds=0.001, threads=1)
     assert [t["defaults"] for t in found.trials] == [True]
     assert found.config == base
+
+
+def test_the_first_trial_stops_at_the_budget_with_its_best_epochs(synthetic) -> None:
+    """A budget shorter than the defaults' training still ends with a model, not nothing."""
+    train, valid = holdout_split(synthetic, 0.1, seed=0)
+    base = config_from("fast", hidden=(16,), epochs=1000, patience=1000, seed=1)
+    found = search(train, valid, base, budget_seconds=1.0, threads=1)
+    assert [t["state"] for t in found.trials] == ["complete"]
+    assert 1 <= found.trials[0]["epochs"] < 1000
+    assert found.result.metrics["epochs_run"] == found.trials[0]["epochs"]
