@@ -86,8 +86,10 @@ def search(
     on_trial: TrialCallback | None = None,
     device: str | None = None,
     threads: int | None = None,
+    max_trials: int | None = None,
 ) -> SearchResult:
-    """Trials until ``budget_seconds`` are spent; the first trial is ``base`` itself."""
+    """Trials until ``budget_seconds`` are spent (or ``max_trials`` have run); the first
+    trial is ``base`` itself."""
     started = time.monotonic()
     deadline = started + budget_seconds
     sampler = optuna.samplers.TPESampler(seed=base.seed)
@@ -132,6 +134,7 @@ def search(
 
     study.optimize(
         objective,
+        n_trials=max_trials,
         timeout=max(budget_seconds, 0.001),
         catch=(),
         callbacks=[_stop_at(deadline)],

@@ -11,8 +11,10 @@ def test_search_reports_every_trial_and_keeps_the_best(synthetic) -> None:
     train, valid = holdout_split(synthetic, 0.1, seed=0)
     base = config_from("fast", hidden=(32,), epochs=6, patience=3, seed=4)
     seen: list[dict] = []
-    found = search(train, valid, base, budget_seconds=6.0, on_trial=seen.append, threads=1)
-    assert len(found.trials) >= 2 and seen == found.trials
+    found = search(
+        train, valid, base, budget_seconds=600.0, on_trial=seen.append, threads=1, max_trials=4
+    )
+    assert len(found.trials) == 4 and seen == found.trials
     first = found.trials[0]
     assert first["defaults"] is True and first["state"] == "complete"
     complete = [t for t in found.trials if t["state"] == "complete"]
