@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from app.config import Settings, get_settings
 from app.db import create_db_engine, upgrade_schema
 from app.observability import configure_logging, get_logger
+from app.services.movielens import DATASETS
 
 log = get_logger("saerec.cli")
 
@@ -31,7 +34,21 @@ def _migrated_engine(settings: Settings):  # noqa: ANN202 - Engine, imported laz
     return engine
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Lists each command with its whole first sentence, wrapped, where click cuts it off."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=1_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """saerec: movie recommendations from a stacked autoencoder."""
 
@@ -65,12 +82,21 @@ def import_movielens_command(path: Path, progress: bool) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", type=click.Choice(DATASETS), metavar="NAME")
 @click.option(
-    "--dest", type=click.Path(path_type=Path), default=Path("var/data"), show_default=True
+    "--dest",
+    type=click.Path(path_type=Path),
+    default=Path("var/data"),
+    show_default=True,
+    help="folder the zip is saved and unpacked into",
 )
 def download(name: str, dest: Path) -> None:
-    """Fetch a MovieLens archive from GroupLens (needs internet)."""
+    """Fetch a MovieLens archive from GroupLens (needs internet).
+
+    NAME is one of: ml-100k (the quick start's), ml-1m, ml-10m, ml-20m, ml-25m, ml-latest,
+    ml-latest-small. Offline, put the zip (or its unpacked folder) anywhere and run
+    `saerec import-movielens PATH` instead.
+    """
     from app.services.movielens import DownloadError, download_movielens
 
     try:
@@ -147,12 +173,31 @@ def _model_config(preset: str | None, pairs: tuple[str, ...], epochs: int | None
         raise click.BadParameter(str(exc)) from None
 
 
-def _epoch_bar(total: int, enabled: bool):  # noqa: ANN202 - (bar, callback)
-    from tqdm import tqdm
+class _LazyBar:
+    """A tqdm bar drawn at the first progress, so a run that fails before it (an empty
+    database) prints its error alone, not a 0 % bar first."""
 
-    bar = tqdm(total=total, desc="training", unit="epoch", disable=not enabled, file=sys.stderr)
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+        self.bar: Any = None
+
+    def get(self) -> Any:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(file=sys.stderr, **self.options)
+        return self.bar
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _epoch_bar(total: int, enabled: bool) -> tuple[_LazyBar, Callable[[object], None]]:
+    lazy = _LazyBar(total=total, desc="training", unit="epoch", disable=not enabled)
 
     def on_epoch(report: object) -> None:
+        bar = lazy.get()
         bar.total = getattr(report, "epochs", total)
         bar.set_postfix(
             loss=f"{getattr(report, 'train_loss', float('nan')):.4f}",
@@ -161,25 +206,24 @@ def _epoch_bar(total: int, enabled: bool):  # noqa: ANN202 - (bar, callback)
         )
         bar.update(1)
 
-    return bar, on_epoch
+    return lazy, on_epoch
 
 
-def _trial_bar(budget: float, enabled: bool):  # noqa: ANN202 - (bar, callback)
+def _trial_bar(budget: float, enabled: bool) -> tuple[_LazyBar, Callable[[dict], None]]:
     """Seconds of the search budget spent, with the last trial's outcome."""
     import time
 
-    from tqdm import tqdm
-
-    bar = tqdm(total=round(budget), desc="search", unit="s", disable=not enabled, file=sys.stderr)
+    lazy = _LazyBar(total=round(budget), desc="search", unit="s", disable=not enabled)
     started = time.monotonic()
 
     def on_trial(record: dict) -> None:
+        bar = lazy.get()
         bar.n = min(round(time.monotonic() - started), bar.total)
         ndcg = record.get("valid_ndcg")
         bar.set_postfix(trial=record["trial"], state=record["state"], ndcg=ndcg and f"{ndcg:.4f}")
         bar.refresh()
 
-    return bar, on_trial
+    return lazy, on_trial
 
 
 _PRESET = click.option("--preset", default=None, help="model preset (default: TRAIN_PRESET)")
@@ -190,7 +234,12 @@ _SET = click.option(
     metavar="KEY=VALUE",
     help="override a model setting, e.g. --set hidden=[600] --set lr=0.002",
 )
-_EPOCHS = click.option("--epochs", type=click.IntRange(1, 100_000), default=None)
+_EPOCHS = click.option(
+    "--epochs",
+    type=click.IntRange(1, 100_000),
+    default=None,
+    help="maximum training epochs (default: the preset's); early stopping may end sooner",
+)
 
 
 @cli.command()

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Executable, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -88,3 +88,8 @@ def upgrade_schema(engine: Engine, revision: str = "head") -> None:
             )
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+
+
+def updated(session: Session, statement: Executable) -> int:
+    """How many rows an UPDATE or DELETE touched (typed: ``Result`` has no rowcount)."""
+    return cast(CursorResult[Any], session.execute(statement)).rowcount

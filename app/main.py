@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import torch
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -16,9 +16,11 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from threadpoolctl import threadpool_limits
 
 from app.api import admin, movies, ops, ratings, recommendations
+from app.api.deps import reject_unknown_query
 from app.api.limits import RequestLimitsMiddleware
 from app.config import Settings, get_settings
 from app.db import create_db_engine, create_session_factory
@@ -77,6 +79,9 @@ def _install_error_handlers(app: FastAPI) -> None:
             msg = "the body is not valid JSON (UTF-8 text, numbers of at most 4300 digits)"
             error = {"loc": ["body"], "msg": msg, "type": "json_invalid"}
             return JSONResponse({"detail": [error]}, status_code=422)
+        if exc.status_code == 405:
+            headers = {**(exc.headers or {}), "Allow": _allowed_methods(request)}
+            exc = HTTPException(405, exc.detail, headers=headers)
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
@@ -86,6 +91,63 @@ def _install_error_handlers(app: FastAPI) -> None:
             for e in exc.errors()
         ]
         return JSONResponse({"detail": errors}, status_code=422)
+
+
+ROUTERS = (ratings, movies, recommendations, admin, ops)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method of every route at this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for module in ROUTERS:
+        for route in module.router.routes:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
+UNKNOWN_QUERY_NOTE = "Validation Error, also for a query parameter this operation does not declare"
+BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _note_unknown_query(schema: dict[str, Any]) -> None:
+    """Each 422 of an operation with query parameters says undeclared ones are refused."""
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            params = operation.get("parameters", [])
+            answer = operation.get("responses", {}).get("422")
+            if answer and any(p.get("in") == "query" for p in params):
+                answer["description"] = UNKNOWN_QUERY_NOTE
+
+
+def _integer_bounds(node: Any) -> None:
+    """FastAPI writes every bound as a float; an integer's bound goes out as an integer, so
+    a client comparing 9.223372036854775e18 loosely cannot think a larger id is allowed."""
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            for key in BOUNDS:
+                if isinstance(node.get(key), float) and node[key].is_integer():
+                    node[key] = int(node[key])
+        for value in node.values():
+            _integer_bounds(value)
+    elif isinstance(node, list):
+        for value in node:
+            _integer_bounds(value)
+
+
+def _truthful_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """app.openapi, finished so that it states exactly what the server accepts."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            _note_unknown_query(schema)
+            _integer_bounds(schema)
+        return app.openapi_schema or generate()
+
+    return openapi
 
 
 def _try(action: Callable[[], object], what: str) -> None:
@@ -160,9 +222,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="saerec",
         version="0.1.0",
-        description="Movie recommendations from a stacked autoencoder.",
+        description="Movie recommendations from a stacked autoencoder. Unknown JSON fields "
+        "and undeclared query parameters are refused with 422.",
         lifespan=lifespan,
+        dependencies=[Depends(reject_unknown_query)],
     )
+    app.openapi = _truthful_openapi(app)  # type: ignore[method-assign]
     app.state.settings = settings
     app.add_middleware(
         RequestLimitsMiddleware,
@@ -178,6 +243,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
         )
     _install_error_handlers(app)
-    for module in (ratings, movies, recommendations, admin, ops):
+    for module in ROUTERS:
         app.include_router(module.router)
     return app

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any
+from typing import IO, Any
 
 import structlog
 from prometheus_client import (
@@ -84,23 +84,70 @@ def forget_this_process() -> None:
         multiprocess.mark_process_dead(os.getpid())
 
 
-def configure_logging(level: str = "INFO", json_logs: bool = False) -> None:
-    """One line per event, key=value locally or JSON for log shippers."""
-    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper(), force=True)
-    for noisy in ("alembic", "httpx", "matplotlib"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
-    renderer: Any = (
-        structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer()
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+def _is_tty(stream: IO[str]) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+class _StderrHandler(logging.StreamHandler[IO[str]]):
+    """Writes to whatever sys.stderr is when a record comes (test runners swap it)."""
+
+    @property
+    def stream(self) -> IO[str]:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: IO[str]) -> None:
+        pass
+
+
+def _renderer(json_logs: bool) -> list[Any]:
+    if json_logs:
+        return [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    return [structlog.dev.ConsoleRenderer()]
+
+
+def configure_logging(
+    level: str = "INFO", json_logs: bool = False, stream: IO[str] | None = None
+) -> None:
+    """One format for every line: the app's events and uvicorn's or alembic's records alike.
+
+    Everything goes through the standard library's root handler and structlog's formatter:
+    key=value (coloured) on a terminal, JSON when LOG_JSON is set or the log stream is not
+    a terminal (a container, a pipe, a file), since those are read by log shippers.
+    """
+    level_no = logging.getLevelName(level.upper())
+    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, stamp],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *_renderer(json_logs or not _is_tty(stream or sys.stderr)),
+        ],
     )
+    handler = logging.StreamHandler(stream) if stream else _StderrHandler()
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level_no)
+    for name in UVICORN_LOGGERS:  # uvicorn's own handlers would print its plain format
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+    for noisy in ("alembic", "httpx", "matplotlib"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, level_no))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
+            structlog.stdlib.add_logger_name,
+            stamp,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(level_no),
         cache_logger_on_first_use=True,
     )
 

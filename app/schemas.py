@@ -3,16 +3,51 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictFloat,
+    StrictStr,
+    WithJsonSchema,
+    create_model,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from app.models import RATING_VALUES
 
-MAX_ID = 2**63 - 1
+# The ids are BIGINT columns (up to 2**63 - 1), but FastAPI writes OpenAPI bounds as floats
+# and 2**63 - 1 rounds up to 2**63, which the database cannot hold: the largest float below
+# it is the bound, so the published maximum is exactly the one enforced.
+MAX_ID = 2**63 - 1024
 # PostgreSQL text (and JSONB) cannot hold NUL: refuse it at the edge as a 422, not a 500.
 NO_NUL = r"^[^\x00]*$"
+# ... and a title must hold something besides whitespace (it is stripped).
+NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
+
+
+def _json_integer(value: Any) -> Any:
+    """JSON Schema's integer: 3 and 3.0, never `true` or "3" (which lax pydantic takes)."""
+    if isinstance(value, bool | str | bytes):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+# An integer in a JSON body (lax pydantic then refuses 3.5 and keeps 3.0 as 3). It goes
+# after the bounds: pydantic publishes bounds placed after a validator under wrong names.
+INTEGER_ONLY = BeforeValidator(_json_integer)
+# Query strings are text: ids there are parsed from it (lax). In JSON bodies `true` is not
+# the id 1, and "5" is not a number.
 PositiveId = Annotated[int, Field(gt=0, le=MAX_ID, strict=False)]
+BodyId = Annotated[int, Field(gt=0, le=MAX_ID), INTEGER_ONLY]
 Genre = Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)]
 
 
@@ -26,14 +61,16 @@ class StrictBody(BaseModel):
 
 
 class RatingIn(StrictBody):
-    user_id: PositiveId
-    movie_id: PositiveId
+    user_id: BodyId
+    movie_id: BodyId
     rating: float = Field(
         description="0.5 to 5.0 in steps of 0.5",
         strict=True,  # "4" is a string, not a rating
         json_schema_extra={"minimum": 0.5, "maximum": 5.0, "multipleOf": 0.5},
     )
-    timestamp: int | None = Field(default=None, ge=0, le=MAX_ID, description="unix seconds")
+    timestamp: Annotated[int, Field(ge=0, le=MAX_ID), INTEGER_ONLY] | None = Field(
+        default=None, description="unix seconds"
+    )
 
     @field_validator("rating")
     @classmethod
@@ -53,7 +90,10 @@ class RatingOut(BaseModel):
 
 
 class RatingBatchIn(StrictBody):
-    ratings: list[dict[str, Any]] = Field(min_length=1)
+    ratings: list[RatingIn] = Field(
+        min_length=1,
+        description="all or nothing; at most MAX_BATCH_ITEMS (default 10,000), 413 beyond",
+    )
 
 
 class RatingBatchOut(BaseModel):
@@ -74,10 +114,10 @@ class UserRatingsPage(BaseModel):
 
 
 class MovieIn(StrictBody):
-    movie_id: PositiveId
-    title: str = Field(min_length=1, max_length=500, pattern=NO_NUL)
+    movie_id: BodyId
+    title: str = Field(min_length=1, max_length=500, pattern=NOT_BLANK)
     genres: list[Genre] = Field(default_factory=list, max_length=50)
-    year: int | None = Field(default=None, ge=1800, le=3000)
+    year: Annotated[int, Field(ge=1800, le=3000), INTEGER_ONLY] | None = None
 
     @field_validator("title")
     @classmethod
@@ -144,13 +184,89 @@ class PredictionsOut(BaseModel):
     items: list[PredictionItem]
 
 
-def _retrain_model() -> type[BaseModel]:
-    """Every ModelConfig field, optional, plus `preset`: the body of POST /admin/retrain."""
-    from app.ml.model import ModelConfig
+_STRICT_SCALARS: dict[Any, Any] = {
+    bool: StrictBool,
+    int: Annotated[int, INTEGER_ONLY],
+    float: StrictFloat,
+    str: StrictStr,
+}
 
-    fields: dict[str, Any] = {"preset": (str | None, Field(default=None, max_length=64))}
+
+def _strict(annotation: Any) -> Any:
+    """The same type with strict scalars (`false` is no integer, `"yes"` no boolean).
+
+    Containers stay lax, because FastAPI validates parsed JSON, where every array is a list
+    and a strict tuple would refuse it.
+    """
+    origin = get_origin(annotation)
+    if origin is tuple:
+        items = tuple(_strict(arg) if arg is not Ellipsis else arg for arg in get_args(annotation))
+        return Annotated[tuple[items], Strict(False)]  # type: ignore[valid-type]
+    if origin in (Union, types.UnionType):
+        return Union[tuple(_strict(arg) for arg in get_args(annotation))]  # noqa: UP007
+    if origin is Annotated:
+        inner, *metadata = get_args(annotation)
+        if inner is int:  # bounds first, then the check (see INTEGER_ONLY)
+            return Annotated[(int, *metadata, INTEGER_ONLY)]
+        return _annotated(_strict(inner), metadata)
+    return _STRICT_SCALARS.get(annotation, annotation)
+
+
+def _annotated(annotation: Any, metadata: list[Any]) -> Any:
+    return Annotated[(annotation, *metadata)] if metadata else annotation
+
+
+RATING_SCALES = [[low, high] for low in RATING_VALUES for high in RATING_VALUES if low < high]
+
+
+def _star_range(value: tuple[float, float]) -> tuple[float, float]:
+    if list(value) not in RATING_SCALES:
+        raise ValueError("rating_scale must be [min, max]: two star values 0.5..5.0, min < max")
+    return value
+
+
+# ModelConfig checks min < max in a validator JSON Schema cannot state; on the star scale
+# the accepted pairs can be listed, so the published schema is exactly what is accepted.
+RatingScale = Annotated[
+    tuple[StrictFloat, StrictFloat],
+    Strict(False),
+    AfterValidator(_star_range),
+    WithJsonSchema({"type": "array", "enum": RATING_SCALES}),
+]
+# ModelConfig's own validator refuses hidden sizes below 1; here the schema says so too.
+# A job's epochs go into an INTEGER column: the bound is the CLI's, well inside it.
+MAX_EPOCHS = 100_000
+_API_TYPES: dict[str, Any] = {
+    "hidden": tuple[Annotated[int, Field(ge=1)], ...],
+    "epochs": Annotated[int, Field(le=MAX_EPOCHS)],
+    "rating_scale": RatingScale | None,
+}
+
+
+def _drop_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+def _optional(description: str | None) -> Any:
+    """May be omitted (the preset's value); null is no default the schema offers."""
+    return Field(default=None, description=description, json_schema_extra=_drop_default)
+
+
+def _retrain_model() -> type[BaseModel]:
+    """Every ModelConfig field, optional, plus `preset`: the body of POST /admin/retrain.
+
+    Derived from ModelConfig, so a new hyper-parameter is accepted without a change here:
+    each field keeps its type and bounds (strict), may be omitted (the preset's value), and
+    is nullable only where ModelConfig itself takes None.
+    """
+    from app.ml.model import PRESETS, ModelConfig
+
+    preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+    fields: dict[str, Any] = {"preset": (preset, _optional("model preset (default: TRAIN_PRESET)"))}
     for name, info in ModelConfig.model_fields.items():
-        fields[name] = (info.annotation | None, Field(default=None, description=info.description))
+        annotation = _API_TYPES.get(name, info.annotation)
+        annotated = _strict(_annotated(annotation, info.metadata))
+        fields[name] = (annotated, _optional(info.description))
     return create_model(
         "RetrainIn",
         __config__=ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False),

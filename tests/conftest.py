@@ -116,3 +116,27 @@ def client(settings: Settings) -> Iterator[TestClient]:
 @pytest.fixture
 def admin_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say whether PostgreSQL was used: a run that silently skipped it looks green too."""
+    outcomes: dict[str, int] = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if getattr(report, "when", "call") in ("call", "setup") and "postgresql" in getattr(
+                report, "nodeid", ""
+            ):
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    ran = outcomes.get("passed", 0) + outcomes.get("failed", 0) + outcomes.get("error", 0)
+    if ran:
+        where = make_url(os.environ.get("TEST_DATABASE_URL", "")).render_as_string(
+            hide_password=True
+        )
+        line = f"PostgreSQL: used ({where}), " + ", ".join(
+            f"{n} {o}" for o, n in sorted(outcomes.items())
+        )
+    elif outcomes.get("skipped"):
+        line = f"PostgreSQL: NOT used, {outcomes['skipped']} tests skipped (no TEST_DATABASE_URL)"
+    else:
+        line = "PostgreSQL: no database tests selected"
+    terminalreporter.write_sep("-", line)

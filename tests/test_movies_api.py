@@ -120,3 +120,63 @@ def test_admin_disabled_without_token(settings, engine: Engine) -> None:
         response = api.post("/movies", json={"movie_id": 9, "title": "x"})
     assert response.status_code == 503
     assert "ADMIN_TOKEN" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [{"search": "star"}, {"q": "star", "limt": 5}, {"genres": "Drama"}],
+)
+def test_unknown_query_parameter_is_422_naming_it(api: TestClient, query: dict) -> None:
+    response = api.get("/movies", params=query)
+    assert response.status_code == 422
+    unknown = {err["loc"][1] for err in response.json()["detail"]}
+    assert unknown == set(query) - {"q"}
+    assert "genre, limit, offset, q" in response.json()["detail"][0]["msg"]
+
+
+def test_unknown_query_parameter_is_422_on_other_routes_too(api: TestClient) -> None:
+    assert api.get("/users/1/ratings", params={"page": 2}).status_code == 422
+    assert api.get("/users/1/ratings", params={"limit": 2}).status_code == 200
+    assert api.get("/healthz", params={"cache_buster": 1}).status_code == 200  # takes none
+
+
+def test_unknown_genre_is_422_listing_the_valid_ones(api: TestClient) -> None:
+    response = api.get("/movies", params={"genre": "Scifi"})
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["query", "genre"]
+    for genre in ("Action", "Sci-Fi", "Thriller", "Children's"):
+        assert genre in error["msg"]
+    assert api.get("/movies", params={"genre": "SCI-FI"}).status_code == 200
+
+
+def test_openapi_says_undeclared_query_parameters_are_refused(api: TestClient) -> None:
+    paths = api.get("/openapi.json").json()["paths"]
+    assert "does not declare" in paths["/movies"]["get"]["responses"]["422"]["description"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"movie_id": True, "title": "x"},
+        {"movie_id": "9", "title": "x"},
+        {"movie_id": 9, "title": "x", "year": False},
+        {"movie_id": 2**63 - 1, "title": "x"},  # above the published maximum
+        {"movie_id": 9, "title": "\u00a0\t"},
+    ],
+)
+def test_create_movie_refuses_what_the_schema_refuses(
+    api: TestClient, admin_headers: dict, body: dict
+) -> None:
+    assert api.post("/movies", json=body, headers=admin_headers).status_code == 422
+
+
+def test_published_movie_id_maximum_is_accepted_exactly(
+    api: TestClient, admin_headers: dict
+) -> None:
+    schema = api.get("/openapi.json").json()["components"]["schemas"]["MovieIn"]
+    maximum = int(schema["properties"]["movie_id"]["maximum"])
+    body = {"movie_id": maximum, "title": "The Last Id"}
+    assert api.post("/movies", json=body, headers=admin_headers).status_code == 201
+    body["movie_id"] = maximum + 1
+    assert api.post("/movies", json=body, headers=admin_headers).status_code == 422

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,3 +102,89 @@ def test_hadolint_finds_nothing() -> None:
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _quickstart(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """scripts/quickstart.sh in an empty checkout: no data, no venv, no network."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "scripts" / "quickstart.sh", repo / "scripts")
+    unreachable = {"MOVIELENS_URL": "http://127.0.0.1:9/ml-100k.zip", "PYTHON": sys.executable}
+    return subprocess.run(
+        ["bash", "scripts/quickstart.sh"],
+        cwd=repo,
+        env={"PATH": os.environ["PATH"], **unreachable, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_quickstart_offline_without_data_fails_at_once_with_advice(tmp_path: Path) -> None:
+    result = _quickstart(tmp_path)
+    assert result.returncode == 1
+    assert "MOVIELENS_DIR=/path/to/ml-100k.zip scripts/quickstart.sh" in result.stderr
+    assert "var/data/" in result.stderr
+    assert not (tmp_path / "repo" / ".venv").exists()  # refused before installing anything
+
+
+def test_quickstart_refuses_a_movielens_dir_that_is_no_data_set(tmp_path: Path) -> None:
+    result = _quickstart(tmp_path, MOVIELENS_DIR=str(tmp_path))
+    assert result.returncode == 1
+    assert "neither a folder holding u.data nor a .zip" in result.stderr
+
+
+@pytest.mark.parametrize("where", ["zip-in-var-data", "folder", "zip"])
+def test_quickstart_finds_the_data_before_installing(tmp_path: Path, where: str) -> None:
+    data = tmp_path / "repo" / "var" / "data"
+    data.mkdir(parents=True)
+    if where == "zip-in-var-data":
+        expected, env = "var/data/ml-100k.zip", {}
+        (data / "ml-100k.zip").write_bytes(b"PK")
+    elif where == "folder":
+        expected = str(tmp_path / "ml-100k")
+        (tmp_path / "ml-100k").mkdir()
+        (tmp_path / "ml-100k" / "u.data").write_text("1\t1\t5\t0\n")
+        env = {"MOVIELENS_DIR": expected}
+    else:
+        expected = str(tmp_path / "ml-100k.zip")
+        (tmp_path / "ml-100k.zip").write_bytes(b"PK")
+        env = {"MOVIELENS_DIR": expected}
+    result = _quickstart(tmp_path, PYTHON="false", **env)  # stops where the install begins
+    assert f"using MovieLens 100k from {expected}" in result.stderr
+    assert "error:" not in result.stderr
+
+
+def test_cli_help_names_every_command_in_full_and_the_download_names() -> None:
+    from click.testing import CliRunner
+
+    runner = CliRunner()
+    top = runner.invoke(cli, ["--help"], terminal_width=80).output
+    commands = top.split("Commands:")[1]
+    assert "..." not in commands  # click cuts long descriptions off; ours wrap instead
+    assert "gate and activate it." in " ".join(top.split())
+    download = runner.invoke(cli, ["download", "--help"]).output
+    for name in ("ml-100k", "ml-1m", "ml-25m", "ml-latest-small"):
+        assert name in download
+    train = runner.invoke(cli, ["train", "--help"], terminal_width=200).output
+    assert "maximum training epochs" in train and "progress bar" in train
+
+
+def test_train_on_an_empty_database_shows_its_error_without_a_bar(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}",
+        "MODEL_DIR": str(tmp_path / "models"),
+        "TRAIN_BUDGET_SECONDS": "0",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "train", "--preset", "fast"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "training needs ratings" in result.stderr
+    assert "%" not in result.stderr and "training:" not in result.stderr

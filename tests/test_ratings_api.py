@@ -54,6 +54,11 @@ def test_post_rating_creates_then_upserts(api: TestClient, engine: Engine) -> No
         ({"user_id": 1, "movie_id": -4, "rating": 3}, "movie_id"),
         ({"user_id": 1, "rating": 3}, "movie_id"),
         ({"user_id": 1, "movie_id": 1, "rating": 3, "timestamp": -1}, "timestamp"),
+        ({"user_id": 1, "movie_id": 1, "rating": 3, "timestamp": False}, "timestamp"),
+        ({"user_id": 1, "movie_id": 1, "rating": 3, "timestamp": "10"}, "timestamp"),
+        ({"user_id": True, "movie_id": 1, "rating": 3}, "user_id"),
+        ({"user_id": 1, "movie_id": 1.5, "rating": 3}, "movie_id"),
+        ({"user_id": 1, "movie_id": 1, "rating": True}, "rating"),
         ({"user_id": 1, "movie_id": 1, "rating": 3, "stars": 3}, "stars"),
     ],
 )
@@ -112,7 +117,20 @@ def test_batch_with_bad_items_names_each_and_stores_nothing(
     locs = {tuple(err["loc"]) for err in response.json()["detail"]}
     assert ("body", "ratings", 1, "rating") in locs
     assert ("body", "ratings", 2, "user_id") in locs
+    assert ("body", "ratings", 0, "rating") not in locs
     assert rating_rows(engine) == []
+
+
+def test_batch_items_are_ratings_in_the_published_schema(api: TestClient) -> None:
+    """The schema types each item as a rating, so `[{}, {}]` is invalid there and here."""
+    schemas = api.get("/openapi.json").json()["components"]["schemas"]
+    assert schemas["RatingBatchIn"]["properties"]["ratings"]["items"] == {
+        "$ref": "#/components/schemas/RatingIn"
+    }
+    response = api.post("/ratings/batch", json={"ratings": [{}, {"timestamp": False}]})
+    assert response.status_code == 422
+    locs = {tuple(err["loc"]) for err in response.json()["detail"]}
+    assert {("body", "ratings", 0, "user_id"), ("body", "ratings", 1, "timestamp")} <= locs
 
 
 def test_batch_with_unknown_movies_lists_them_and_stores_nothing(

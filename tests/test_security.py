@@ -246,3 +246,23 @@ def test_errors_carry_no_stack_trace_or_sql(
     if status == 500:  # the operator still gets the traceback, in the log only
         captured = capfd.readouterr()
         assert "Traceback" in captured.out + captured.err
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("OPTIONS", "/movies", "GET, POST"),
+        ("PUT", "/movies", "GET, POST"),
+        ("PATCH", "/ratings", "POST"),
+        ("GET", "/users/1/ratings/2", "DELETE"),
+        ("DELETE", "/admin/retrain", "POST"),
+    ],
+)
+def test_method_not_allowed_names_every_allowed_method(
+    api: TestClient, method: str, path: str, allowed: str
+) -> None:
+    """RFC 9110: a 405 carries Allow, listing all the path's methods, not the first route's."""
+    response = api.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allowed
+    assert response.json()["detail"]

@@ -1,16 +1,23 @@
-"""Typed dependencies: one transaction per request, settings, and the admin guard."""
+"""Typed dependencies: one transaction per request, settings, the admin guard, and the
+query checks (unknown parameters, unknown genres)."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Query, Request, status
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.models import MovieGenre
+from app.schemas import NO_NUL
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -50,3 +57,68 @@ def require_admin(
 
 
 AdminDep = Annotated[None, Depends(require_admin)]
+
+
+def _query_names(dependant: Dependant) -> frozenset[str]:
+    """The query parameters a route declares, its dependencies' included."""
+    names = {field.alias for field in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return frozenset(names)
+
+
+async def reject_unknown_query(request: Request) -> None:
+    """422 for a query parameter the route does not declare, as for an unknown JSON field.
+
+    `/movies?search=star` would otherwise answer the whole catalog as if it had been
+    filtered. Routes without query parameters (health checks, metrics scrapes) are left
+    alone: probes often add cache busters. Async, so it costs the hot path no thread hop.
+    """
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    declared = _query_names(route.dependant)  # a few attribute reads: no cache needed
+    if not declared:
+        return
+    unknown = sorted(set(request.query_params) - declared)
+    if unknown:
+        takes = ", ".join(sorted(declared))
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("query", name),
+                    "msg": f"unknown query parameter; this operation takes: {takes}",
+                    "type": "extra_forbidden",
+                }
+                for name in unknown
+            ]
+        )
+
+
+def _catalog_genres(session: Session) -> list[str]:
+    return list(session.scalars(select(MovieGenre.genre).distinct().order_by(MovieGenre.genre)))
+
+
+def known_genre(
+    session: SessionDep,
+    genre: Annotated[
+        str | None,
+        Query(min_length=1, max_length=64, pattern=NO_NUL, description="a catalog genre"),
+    ] = None,
+) -> str | None:
+    """A genre filter that matches nothing is a typo, not an empty answer: 422 listing them."""
+    if genre is None:
+        return None
+    genres = _catalog_genres(session)
+    if genre.lower() in {g.lower() for g in genres}:
+        return genre
+    valid = ", ".join(genres) if genres else "none yet (the catalog is empty)"
+    error: dict[str, Any] = {
+        "loc": ("query", "genre"),
+        "msg": f"unknown genre {genre!r}; valid genres: {valid}",
+        "type": "unknown_genre",
+    }
+    raise RequestValidationError([error])
+
+
+KnownGenre = Annotated[str | None, Depends(known_genre)]

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Path, Query, status
 from pydantic import Field
 
-from app.api.deps import AdminDep, SessionDep
+from app.api.deps import AdminDep, KnownGenre, SessionDep
 from app.schemas import MAX_ID, NO_NUL, MovieIn, MovieOut, MoviesPage
 from app.services import movies as service
 
@@ -17,10 +17,10 @@ router = APIRouter(tags=["movies"])
 @router.get("/movies", response_model=MoviesPage)
 def list_movies(
     session: SessionDep,
+    genre: KnownGenre,
     q: Annotated[
         str | None, Query(max_length=200, pattern=NO_NUL, description="title substring")
     ] = None,
-    genre: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> MoviesPage:

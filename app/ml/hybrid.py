@@ -34,7 +34,8 @@ class BiasTerms:
 
     @classmethod
     def fit(cls, train: RatingMatrix, movie_reg: float, user_reg: float) -> BiasTerms:
-        bias = Bias(reg_movie=movie_reg, reg_user=user_reg).fit(train)
+        bias = Bias(reg_movie=movie_reg, reg_user=user_reg)
+        bias.fit(train)
         return cls(float(bias.mean), bias.movie_bias.astype(np.float32), float(user_reg))
 
     def user_bias(self, cols: np.ndarray, values: np.ndarray) -> float:

@@ -16,7 +16,7 @@ predict ratings and movies they cannot see, which is exactly the serving task.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -225,6 +225,9 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 class StackedAutoencoder(nn.Module):
     """Encoder layers ``hidden`` (e.g. 20-10-20) followed by a ranking and a rating head."""
 
+    global_mean: torch.Tensor
+    rating_scale: torch.Tensor
+
     def __init__(self, n_movies: int, config: ModelConfig) -> None:
         super().__init__()
         self.n_movies = n_movies
@@ -242,6 +245,11 @@ class StackedAutoencoder(nn.Module):
         for layer in [*self.layers, self.rate_out, *([self.rank_out] if self.rank_out else [])]:
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
+
+    @property
+    def first_layer(self) -> nn.Linear:
+        """The input layer (the one that sees the sparse rating features)."""
+        return cast(nn.Linear, self.layers[0])
 
     def set_statistics(
         self, global_mean: float, movie_bias: np.ndarray, rating_scale: tuple[float, float]
@@ -275,7 +283,7 @@ class StackedAutoencoder(nn.Module):
         h = self._features(x * vis, vis, n, (base + user_bias).detach())
         hidden = []
         for i, layer in enumerate(self.layers):
-            h = sparse_linear(layer, h) if i == 0 else layer(h)
+            h = sparse_linear(self.first_layer, h) if i == 0 else layer(h)
             h = self.hidden_dropout(self.activation(h))
             hidden.append(h)
         ratings = self.rate_out(h)
@@ -303,7 +311,7 @@ class StackedAutoencoder(nn.Module):
         base = self.global_mean + self.movie_bias[cols]
         sums = values.new_zeros(batch.size).index_add_(0, rows, (values - base) * vis)
         user_bias = sums / (n + self.config.user_bias_reg)
-        first = self.layers[0]
+        first = self.first_layer
         bag_cols, bag_values, per_rating = self._sparse_features(
             batch, vis, n, (base + user_bias[rows]).detach()
         )

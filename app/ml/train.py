@@ -20,6 +20,7 @@ from app.ml.blend import Validation, choose_blend, choose_item_path
 from app.ml.data import RatingMatrix
 from app.ml.distributed import DistributedContext
 from app.ml.hybrid import BiasTerms, Blend, HybridModel, log_popularity
+from app.ml.item_path import ItemToItem
 from app.ml.metrics import RankingAccumulator, rating_metrics
 from app.ml.model import (
     ModelConfig,
@@ -194,8 +195,8 @@ def train_epoch(
         optimizer.step()
         totals += (float(loss.detach()), rank, rate)
         batches += 1
-    loss, rank, rate = (float(v) for v in totals / max(batches, 1))
-    return loss, rank, rate
+    mean_loss, mean_rank, mean_rate = (float(v) for v in totals / max(batches, 1))
+    return mean_loss, mean_rank, mean_rate
 
 
 def validation_users(valid: sp.csr_matrix, config: ModelConfig) -> np.ndarray:
@@ -380,7 +381,8 @@ def assemble(
 ) -> tuple[HybridModel, dict[str, object]]:
     """Fit the item path and bias terms on ``train`` and choose the blend on ``valid``."""
     validation = make_validation(train, valid, config)
-    item_path, lambdas = None, {}
+    item_path: ItemToItem | None = None
+    lambdas: dict[float, float] = {}
     if config.item_path and validation.rows.shape[0]:
         item_path, lambdas = choose_item_path(train.matrix, validation, config)
     model = HybridModel(

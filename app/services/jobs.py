@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.db import create_session_factory, transaction
+from app.db import create_session_factory, transaction, updated
 from app.models import JOB_STATUSES, OPEN_JOB_STATUSES, TrainingJob, utcnow
 from app.observability import get_logger
 from app.services.errors import ConflictError, InvalidInputError, NotFoundError
@@ -123,12 +123,13 @@ def claim_next(factory: sessionmaker[Session], worker: str) -> str | None:
         if job_id is None:
             return None
         now = utcnow()
-        claimed = session.execute(
+        claimed = updated(
+            session,
             update(TrainingJob)
             .where(TrainingJob.id == job_id, TrainingJob.status == "queued")
-            .values(status="running", started_at=now, heartbeat_at=now, worker=worker)
+            .values(status="running", started_at=now, heartbeat_at=now, worker=worker),
         )
-        return job_id if claimed.rowcount == 1 else None
+        return job_id if claimed == 1 else None
 
 
 def update_job(factory: sessionmaker[Session], job_id: str, **values: Any) -> None:
@@ -139,14 +140,15 @@ def update_job(factory: sessionmaker[Session], job_id: str, **values: Any) -> No
 def fail_job(factory: sessionmaker[Session], job_id: str, reason: str) -> bool:
     """Mark a still-running job failed; a job that already finished is left alone."""
     with transaction(factory) as session:
-        result = session.execute(
+        result = updated(
+            session,
             update(TrainingJob)
             .where(TrainingJob.id == job_id, TrainingJob.status.in_(OPEN_JOB_STATUSES))
-            .values(status="failed", error=reason[:4000], finished_at=utcnow())
+            .values(status="failed", error=reason[:4000], finished_at=utcnow()),
         )
-    if result.rowcount:
+    if result:
         log.warning("job_failed", job_id=job_id, reason=reason)
-    return bool(result.rowcount)
+    return bool(result)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -11,6 +11,7 @@ from sqlalchemy import Insert, delete, func, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.db import updated
 from app.models import Movie, Rating
 from app.schemas import RatingIn, RatingOut, UserRatingItem, UserRatingsPage
 from app.services.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
@@ -122,10 +123,10 @@ def list_user_ratings(session: Session, user_id: int, limit: int, offset: int) -
 
 
 def delete_rating(session: Session, user_id: int, movie_id: int) -> None:
-    result = session.execute(
-        delete(Rating).where(Rating.user_id == user_id, Rating.movie_id == movie_id)
+    result = updated(
+        session, delete(Rating).where(Rating.user_id == user_id, Rating.movie_id == movie_id)
     )
-    if result.rowcount == 0:
+    if result == 0:
         raise NotFoundError(f"user {user_id} has no rating for movie {movie_id}")
 
 
