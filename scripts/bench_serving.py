@@ -1,11 +1,20 @@
 #!/usr/bin/env python
 """Serving benchmark: recommendations vs /healthz on one uvicorn worker, then under a swap.
 
-In one run: imports ml-100k into a fresh SQLite database, trains (or reuses) a model,
-starts `saerec serve` as a subprocess, and drives GET /users/{random}/recommendations
-and GET /healthz at 16 connections for a fixed time each (wrk when installed, else an
-async httpx generator). Then it drives recommendations again while a retrain job runs
-and its model is swapped in, counting every non-200 answer. Prints JSON.
+In one run: imports ml-100k (or, with ``--catalog synthetic``, a seeded synthetic data set
+with a 10,000-movie catalog) into a fresh SQLite database, trains a model, and for each
+answer-cache setting (``--answer-cache 0,20000``: uncached first) starts `saerec serve`
+as a subprocess and drives GET /users/{random}/recommendations and GET /healthz at 16
+connections for a fixed time each (wrk when installed, else an async httpx generator).
+For each it prints the throughput ratio to /healthz measured in the same run, p50/p99,
+whether the issue's targets hold, and where the server's time went per answered
+request (the `saerec_recommend_stage_seconds` summary scraped from /metrics before and
+after: DB read, fold-in, filtering, ranking, items, JSON). Then, on the last server, it
+drives recommendations while a retrain job runs and its model is swapped in, counting
+every non-200 answer. Prints JSON.
+
+    .venv/bin/python scripts/bench_serving.py [--catalog synthetic] [--answer-cache 0]
+        [--seconds 15] [--no-swap]
 """
 
 from __future__ import annotations
@@ -25,9 +34,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-admin-token-0123456789abcdef"
+STAGE_METRIC = "saerec_recommend_stage_seconds"
+# The issue's targets, uncached: (min ratio to /healthz, max p99 ms) by catalog.
+TARGETS = {"ml-100k": (0.7, 20.0), "synthetic": (0.5, 25.0)}
+SYNTHETIC_GENRES = (
+    "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+    "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
+    "Thriller", "War", "Western",
+)  # fmt: skip
 WRK_SCRIPT = """
 local counter = 0
 local threads = {}
@@ -68,6 +87,99 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def write_synthetic(
+    folder: Path, n_users: int, n_movies: int, n_ratings: int, seed: int = 11
+) -> None:
+    """A seeded data set in the ml-1m layout with every one of ``n_movies`` movies rated.
+
+    Zipf-like popularity, log-normal activity and a low-rank taste decide who rates what
+    and how, so the model has structure to learn and the catalog a long tail.
+    """
+    rng = np.random.default_rng(seed)
+    activity = rng.lognormal(0.0, 1.0, n_users)
+    counts = np.clip(np.round(activity / activity.sum() * n_ratings), 5, n_movies // 10)
+    log_pop = -0.9 * np.log(rng.permutation(n_movies) + 1.0)
+    users_f = rng.normal(size=(n_users, 12)) / np.sqrt(12)
+    movies_f = rng.normal(size=(n_movies, 12))
+    movie_bias = rng.normal(0.0, 0.4, n_movies) + 0.15 * log_pop
+    rated: dict[tuple[int, int], int] = {}
+    for user in range(n_users):
+        taste = movies_f @ users_f[user]
+        keys = log_pop + 1.5 * taste + rng.gumbel(size=n_movies)
+        chosen = np.argpartition(-keys, int(counts[user]) - 1)[: int(counts[user])]
+        raw = 3.6 + movie_bias[chosen] + taste[chosen] + rng.normal(0.0, 0.6, chosen.size)
+        stars = np.clip(np.rint(raw), 1, 5).astype(int).tolist()
+        rated.update(((user, m), r) for m, r in zip(chosen.tolist(), stars, strict=True))
+    unrated = np.setdiff1d(np.arange(n_movies), [m for _, m in rated])
+    for movie in unrated.tolist():  # the whole catalog is known to the model
+        rated[(int(rng.integers(n_users)), movie)] = int(rng.integers(1, 6))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ratings.dat").write_text(
+        "".join(f"{u + 1}::{m + 1}::{r}::978300760\n" for (u, m), r in rated.items())
+    )
+    lines = []
+    for movie in range(n_movies):
+        picked = sorted(rng.choice(len(SYNTHETIC_GENRES), rng.integers(1, 4), replace=False))
+        genres = "|".join(SYNTHETIC_GENRES[g] for g in picked)
+        lines.append(f"{movie + 1}::Synthetic movie {movie + 1} ({1950 + movie % 70})::{genres}\n")
+    (folder / "movies.dat").write_text("".join(lines))
+
+
+def overrides(pairs: list[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs as a retrain body (values read as JSON where they parse)."""
+    body: dict[str, Any] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            body[key] = json.loads(value)
+        except ValueError:
+            body[key] = value
+    return body
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """User + system CPU the server process has used (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stage_totals(base: str) -> dict[str, tuple[float, float]]:
+    """(seconds, count) per stage of the server's stage summary, as /metrics shows now."""
+    totals: dict[str, list[float]] = {}
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        if family.name != STAGE_METRIC:
+            continue
+        for sample in family.samples:
+            entry = totals.setdefault(sample.labels["stage"], [0.0, 0.0])
+            entry[0 if sample.name.endswith("_sum") else 1] += sample.value
+    return {stage: (v[0], v[1]) for stage, v in totals.items()}
+
+
+def stage_breakdown(before: dict, after: dict) -> dict[str, Any]:
+    """Mean microseconds per answer by stage between two scrapes, and each stage's share.
+
+    Wall-clock inside the server, waits for the GIL and the CPU included; "json" counts
+    every answer, the other stages only those the model computed (answer cache misses).
+    """
+    means, counts = {}, {}
+    for stage, (seconds, count) in after.items():
+        s0, c0 = before.get(stage, (0.0, 0.0))
+        if count > c0:
+            means[stage] = (seconds - s0) / (count - c0) * 1e6
+            counts[stage] = int(count - c0)
+    total = sum(means.values())
+    return {
+        "answers": counts,
+        "us_per_answer": {stage: round(us, 1) for stage, us in means.items()},
+        "share": {stage: round(us / total, 3) for stage, us in means.items()} if total else {},
+        "us_total": round(total, 1),
+    }
 
 
 def saerec(env: dict[str, str], *args: str) -> str:
@@ -175,26 +287,188 @@ def drive(base: str, path: str, seconds: float, connections: int, max_user: int,
     return asyncio.run(_httpx_load(base, path, seconds, connections, max_user))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=None, help="ml-100k folder")
+    parser.add_argument("--catalog", choices=["ml-100k", "synthetic"], default="ml-100k")
+    parser.add_argument("--movies", type=int, default=10_000, help="synthetic catalog size")
+    parser.add_argument("--users", type=int, default=2_000, help="synthetic users")
+    parser.add_argument("--ratings", type=int, default=200_000, help="synthetic ratings")
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--preset", default="default")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="passed to `saerec train --set` (e.g. item_lambda=2000 skips the ridge search)",
+    )
     parser.add_argument("--retrain-epochs", type=int, default=15)
+    parser.add_argument("--no-swap", action="store_true", help="skip the retrain under load")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep the database here and reuse its model when it holds one (bench.db and "
+        "train.json): a second run skips the import and the training",
+    )
     parser.add_argument("--tool", choices=["auto", "wrk", "httpx"], default="auto")
     parser.add_argument(
         "--answer-cache",
-        type=int,
-        default=None,
-        help="ANSWER_CACHE_SIZE for the server (0 = every request runs the model)",
+        default="0,20000",
+        help="comma list of ANSWER_CACHE_SIZE values, one server each (0 = every request "
+        "runs the model; the issue's targets are for 0)",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def prepare_data(args: argparse.Namespace, work: Path) -> tuple[Path, int]:
+    """The folder to import and the highest user id to ask for."""
+    if args.catalog == "synthetic":
+        folder = work / "synthetic"
+        log(f"writing a synthetic data set ({args.users} users x {args.movies} movies) ...")
+        write_synthetic(folder, args.users, args.movies, args.ratings)
+        return folder, args.users
     data = args.data or Path(
         os.environ.get("MOVIELENS_DIR") or ROOT.parent / "shared" / "data" / "ml-100k"
     )
+    return data, 943
+
+
+def prepare_model(
+    args: argparse.Namespace, work: Path, env: dict[str, str]
+) -> tuple[dict[str, Any], float, int]:
+    """Import and train, or reuse what an earlier run left in --workdir: (train output,
+    seconds it took, highest user id)."""
+    saved = work / "train.json"
+    if saved.is_file() and (work / "bench.db").is_file():
+        log(f"reusing the database and model in {work}")
+        trained = json.loads(saved.read_text())
+        return trained, float(trained.get("seconds", 0.0)), int(trained["data"]["users"])
+    data, max_user = prepare_data(args, work)
+    log(f"importing {data} ...")
+    saerec(env, "import-movielens", str(data), "--no-progress")
+    log(f"training preset {args.preset} ...")
+    started = time.perf_counter()
+    pairs = [arg for pair in args.set for arg in ("--set", pair)]
+    output = saerec(env, "train", "--preset", args.preset, *pairs, "--no-progress")
+    saved.write_text(output)
+    return json.loads(output), time.perf_counter() - started, max_user
+
+
+def start_server(env: dict[str, str], cache: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", "1"],
+        env={**env, "ANSWER_CACHE_SIZE": str(cache)},
+        cwd=ROOT,
+    )
+    return server, f"http://127.0.0.1:{port}"
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    server.terminate()
+    server.wait(timeout=20)
+
+
+def drive_counting_cpu(pid: int, base: str, path: str, args: argparse.Namespace, **kw: Any) -> dict:
+    """`drive`, plus the server's CPU milliseconds per request: the cost of a request
+    whatever else the machine runs (wall-clock figures move with the machine's load)."""
+    cpu = server_cpu_seconds(pid)
+    result = drive(base, path, args.seconds, args.connections, **kw)
+    used = server_cpu_seconds(pid) - cpu
+    result["server_cpu_ms_per_request"] = round(used * 1e3 / max(result["requests"], 1), 3)
+    return result
+
+
+def measure(
+    server: subprocess.Popen,
+    base: str,
+    args: argparse.Namespace,
+    tool: str,
+    max_user: int,
+    cache: int,
+) -> dict[str, Any]:
+    """Recommendations, then /healthz, back to back on one server; ratio and stages."""
+    drive(base, "/healthz", 2, args.connections, max_user, tool)  # warm-up
+    drive(base, "/recommendations", 2, args.connections, max_user, tool)
+    before = stage_totals(base)
+    kw = {"max_user": max_user, "tool": tool}
+    recs = drive_counting_cpu(server.pid, base, "/recommendations", args, **kw)
+    after = stage_totals(base)
+    health = drive_counting_cpu(server.pid, base, "/healthz", args, **kw)
+    ratio = round(recs["req_per_s"] / health["req_per_s"], 3)
+    result: dict[str, Any] = {
+        "answer_cache_size": cache,
+        "recommendations": recs,
+        "healthz": health,
+        "ratio_recommendations_to_healthz": ratio,
+        "cpu_ratio_healthz_to_recommendations": round(
+            health["server_cpu_ms_per_request"] / max(recs["server_cpu_ms_per_request"], 1e-9), 3
+        ),
+        "stages": stage_breakdown(before, after),
+    }
+    if cache == 0:
+        min_ratio, max_p99 = TARGETS[args.catalog]
+        result["targets"] = {
+            "min_ratio": min_ratio,
+            "max_p99_ms": max_p99,
+            "ratio_met": ratio >= min_ratio,
+            "p99_met": recs["p99_ms"] <= max_p99,
+        }
+    return result
+
+
+def swap_under_load(
+    base: str, args: argparse.Namespace, tool: str, max_user: int
+) -> dict[str, Any]:
+    """Drive recommendations while a retrain job runs and its model is swapped in.
+
+    A short retrain may lose to the active model at the quality gate; then the new version
+    is activated through the admin API, still under load, so a swap is always exercised.
+    """
+    log("retraining under load ...")
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    body = {**overrides(args.set), "preset": args.preset, "epochs": args.retrain_epochs, "seed": 1}
+    job = httpx.post(f"{base}/admin/retrain", headers=headers, timeout=10, json=body).json()
+    swap_load: list[dict] = []
+    deadline = time.monotonic() + 600
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        swap_load.append(drive(base, "/recommendations", 5, args.connections, max_user, tool))
+        status = httpx.get(f"{base}/admin/jobs/{job['job_id']}", headers=headers).json()
+        if status["status"] in ("succeeded", "failed"):
+            break
+    new_version = status.get("model_version")
+    activated_by_job = status.get("metrics", {}).get("activated")
+    activated_by_admin = None
+    if new_version and not activated_by_job:
+        url = f"{base}/admin/models/{new_version}/activate"
+        activated_by_admin = httpx.post(url, headers=headers, timeout=30).status_code
+    swap_load.append(drive(base, "/recommendations", 3, args.connections, max_user, tool))
+    served = httpx.get(f"{base}/readyz").json().get("model_version")
+    return {
+        "job_status": status.get("status"),
+        "job_error": status.get("error"),
+        "new_version": new_version,
+        "activated": activated_by_job,
+        "activate_call_status": activated_by_admin,
+        "served_after": served,
+        "swapped": bool(new_version) and served == new_version,
+        "requests": sum(x["requests"] for x in swap_load),
+        "non_200": sum(x["non_200"] for x in swap_load),
+        "errors": sum(x["errors"] for x in swap_load),
+        "p99_ms_max": max(x["p99_ms"] for x in swap_load),
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    caches = [int(x) for x in str(args.answer_cache).split(",") if x.strip()]
     tool = args.tool if args.tool != "auto" else ("wrk" if shutil.which("wrk") else "httpx")
-    work = Path(tempfile.mkdtemp(prefix="saerec-bench-"))
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="saerec-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{work}/bench.db",
@@ -202,87 +476,48 @@ def main() -> None:
         "ADMIN_TOKEN": TOKEN,
         "LOG_LEVEL": "WARNING",
         "MODEL_POLL_SECONDS": "1",
-        **({"ANSWER_CACHE_SIZE": str(args.answer_cache)} if args.answer_cache is not None else {}),
         "TORCH_THREADS": "1",
     }
     server = None
     try:
-        log(f"importing {data} ...")
-        saerec(env, "import-movielens", str(data), "--no-progress")
-        log(f"training preset {args.preset} ...")
-        started = time.perf_counter()
-        trained = json.loads(saerec(env, "train", "--preset", args.preset, "--no-progress"))
-        train_seconds = time.perf_counter() - started
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", "1"],
-            env=env,
-            cwd=ROOT,
-        )
-        first = wait_ready(base)
-        max_user = 943
-        log(f"driving {tool} for {args.seconds}s per route ...")
-        drive(base, "/healthz", 2, args.connections, max_user, tool)  # warm-up
-        drive(base, "/recommendations", 2, args.connections, max_user, tool)
-        recs = drive(base, "/recommendations", args.seconds, args.connections, max_user, tool)
-        health = drive(base, "/healthz", args.seconds, args.connections, max_user, tool)
-
-        log("retraining under load ...")
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        job = httpx.post(
-            f"{base}/admin/retrain",
-            headers=headers,
-            timeout=10,
-            json={
-                "preset": args.preset,
-                "epochs": args.retrain_epochs,
-                "seed": 1,
-            },
-        ).json()
-        swap_load: list[dict] = []
-        deadline = time.monotonic() + 600
-        status: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            swap_load.append(drive(base, "/recommendations", 5, args.connections, max_user, tool))
-            status = httpx.get(f"{base}/admin/jobs/{job['job_id']}", headers=headers).json()
-            if status["status"] in ("succeeded", "failed"):
-                break
-        swap_load.append(drive(base, "/recommendations", 3, args.connections, max_user, tool))
-        served = httpx.get(f"{base}/readyz").json().get("model_version")
+        trained, train_seconds, max_user = prepare_model(args, work, env)
+        runs = []
+        for cache in caches:
+            if server is not None:
+                stop_server(server)
+            server, base = start_server(env, cache)
+            first = wait_ready(base)
+            log(f"answer cache {cache}: driving {tool} for {args.seconds}s per route ...")
+            runs.append(measure(server, base, args, tool, max_user, cache))
+        assert server is not None, "give at least one --answer-cache value"
         result = {
             "benchmark": "serving",
             "tool": tool,
             "connections": args.connections,
             "seconds_per_route": args.seconds,
-            "answer_cache_size": args.answer_cache if args.answer_cache is not None else "default",
+            "cpus": os.cpu_count(),
+            "catalog": {
+                "name": args.catalog,
+                "movies": trained["data"]["movies"],
+                "users": trained["data"]["users"],
+                "ratings": trained["data"]["ratings"],
+            },
             "model": {
                 "preset": args.preset,
+                "overrides": args.set,
                 "version": first["model_version"],
                 "train_seconds": round(train_seconds, 1),
                 "ndcg@10_valid": trained["metrics"].get("valid_ndcg@10"),
             },
-            "recommendations": recs,
-            "healthz": health,
-            "ratio_recommendations_to_healthz": round(recs["req_per_s"] / health["req_per_s"], 3),
-            "swap": {
-                "job_status": status.get("status"),
-                "job_error": status.get("error"),
-                "new_version": status.get("model_version"),
-                "activated": status.get("metrics", {}).get("activated"),
-                "served_after": served,
-                "requests": sum(x["requests"] for x in swap_load),
-                "non_200": sum(x["non_200"] for x in swap_load),
-                "errors": sum(x["errors"] for x in swap_load),
-                "p99_ms_max": max(x["p99_ms"] for x in swap_load),
-            },
+            "runs": runs,
+            "swap": None if args.no_swap else swap_under_load(base, args, tool, max_user),
         }
         print(json.dumps(result, indent=2))
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(timeout=20)
-        shutil.rmtree(work, ignore_errors=True)
+            stop_server(server)
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
@@ -371,3 +372,64 @@ def test_answer_cache_gives_the_uncached_answer_and_follows_new_ratings(
         assert top not in {item["movie_id"] for item in after["items"]}
         client.delete(f"/users/4/ratings/{top}")
         assert client.get("/users/4/recommendations", params={"n": 7}).json() == expected
+
+
+def test_the_hot_path_read_returns_every_half_star_exactly(
+    seeded: Settings, engine: Engine
+) -> None:
+    """The hot-path read sends ratings as integer half stars: every value must survive it."""
+    stars = [step / 2 for step in range(1, 11)]
+    movies = list(range(1, len(stars) + 1))
+    with TestClient(create_app(seeded)) as client:
+        batch = [
+            {"user_id": 7000, "movie_id": m, "rating": r}
+            for m, r in zip(movies, stars, strict=True)
+        ]
+        assert client.post("/ratings/batch", json={"ratings": batch}).status_code < 300
+        ids, values = client.app.state.recommender.user_ratings(7000)
+    got = dict(zip(ids.tolist(), values.tolist(), strict=True))
+    assert got == dict(zip(movies, stars, strict=True))
+    assert client.app.state.recommender.user_ratings(7001)[0].size == 0
+
+
+def test_uncached_answers_report_time_by_stage(seeded: Settings, trained: TrainingOutcome) -> None:
+    """The benchmark's per-stage breakdown: every stage is observed once per model answer."""
+
+    def counts() -> dict[str, float]:
+        return {
+            stage: REGISTRY.get_sample_value(
+                "saerec_recommend_stage_seconds_count", {"stage": stage}
+            )
+            or 0.0
+            for stage in recommender_module.STAGES
+        }
+
+    uncached = seeded.model_copy(update={"answer_cache_size": 0})
+    with TestClient(create_app(uncached)) as client:
+        before = counts()
+        for user in (1, 2, 3):
+            assert client.get(f"/users/{user}/recommendations").json()["strategy"] == "autoencoder"
+        after = counts()
+    assert {stage: after[stage] - before[stage] for stage in after} == dict.fromkeys(
+        recommender_module.STAGES, 3.0
+    )
+
+
+def test_a_batch_answers_as_each_request_alone(seeded: Settings, trained: TrainingOutcome) -> None:
+    """Requests that share a batch (concurrent traffic) get the answers they get alone:
+    model, popular fallback and genre filter mixed, in order."""
+    uncached = seeded.model_copy(update={"answer_cache_size": 0})
+    requests = [(1, 5, None), (999, 3, None), (2, 4, "Comedy"), (3, 7, None), (1, 2, None)]
+    with TestClient(create_app(uncached)) as client:
+        recommender: Recommender = client.app.state.recommender
+        alone = [recommender.recommend(*request) for request in requests]
+        together = recommender.recommend_many(requests)
+    assert [a["strategy"] for a in alone] == [t["strategy"] for t in together]
+    assert alone[1]["strategy"] == "popular" and alone[0]["strategy"] == "autoencoder"
+    for one, many in zip(alone, together, strict=True):
+        assert [i["movie_id"] for i in one["items"]] == [i["movie_id"] for i in many["items"]]
+        for a, b in zip(one["items"], many["items"], strict=True):
+            assert a["score"] == pytest.approx(b["score"], abs=1e-4)
+            assert a.keys() == b.keys()
+            if "predicted_rating" in a:
+                assert a["predicted_rating"] == pytest.approx(b["predicted_rating"], abs=1e-3)

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 if TYPE_CHECKING:
     from app.ml.hybrid import Blend, HybridModel
@@ -70,8 +72,12 @@ class NetWeights:
         self.first_bias = _np(net.layers[0].bias)
         self.deeper = [(_np(layer.weight), _np(layer.bias)) for layer in net.layers[1:]]
         self.base = _np(net.global_mean + net.movie_bias)
+        # The ranking layer transposed (hidden x movies, contiguous): `h @ rank_t` runs
+        # ~2x faster than `h @ weight.T` for a batch of users and no slower for one.
         self.rank = (
-            (_np(net.rank_out.weight), _np(net.rank_out.bias)) if net.rank_out is not None else None
+            (np.ascontiguousarray(_np(net.rank_out.weight).T), _np(net.rank_out.bias))
+            if net.rank_out is not None
+            else None
         )
         self.rate_w, self.rate_b = _np(net.rate_out.weight), _np(net.rate_out.bias)
 
@@ -102,11 +108,43 @@ class NetWeights:
         return h.astype(np.float32, copy=False)
 
     def encode_user(self, cols: Array, values: Array) -> tuple[Array, float]:
-        counts = np.array([float(cols.size)], dtype=np.float32)
-        rows = np.zeros(cols.size, dtype=np.int64)
+        """`features` + `hidden` for one user, without the batch bookkeeping (hot path).
+
+        ``take`` gathers the rated rows of the first layer several times faster than fancy
+        indexing; the arithmetic is the batch path's, so both agree to float rounding.
+        """
+        n = cols.size
+        norm = np.float32(max(n, 1) ** -0.5)
+        resid = values - self.base.take(cols)
+        bias = np.float32(float(resid.sum(dtype=np.float64)) / (n + self.user_bias_reg))
+        if self.inputs == "ratings":
+            idx, x = cols, values
+        elif self.inputs == "implicit":
+            idx, x = cols, np.full(n, norm, dtype=np.float32)
+        else:
+            idx = np.concatenate([cols, cols + self.n_movies])
+            x = np.concatenate([np.full(n, norm, dtype=np.float32), (resid - bias) * norm])
+        return self.hidden(x @ self.first_t.take(idx, axis=0)), float(bias)
+
+    def encode_batch(self, csr: sp.csr_matrix) -> tuple[Array, Array]:
+        """`encode_rows` for a request batch: the same features, but the first layer sums
+        each user's weighted weight rows in place (``embedding_bag``) instead of a sparse
+        product, about five times cheaper for a few users of ~100 ratings each."""
+        counts = np.diff(csr.indptr).astype(np.float32)
+        rows = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
+        cols, values = csr.indices.astype(np.int64), csr.data.astype(np.float32)
         f = self.features(rows, cols, values, counts)
-        h = self.hidden(f.values @ self.first_t[f.cols])
-        return h, float(self.user_biases(rows, cols, values, counts)[0])
+        order = np.argsort(f.rows, kind="stable")  # each user's entries together
+        offsets = np.zeros(csr.shape[0], dtype=np.int64)
+        np.cumsum(np.bincount(f.rows, minlength=csr.shape[0])[:-1], out=offsets[1:])
+        first = torch.nn.functional.embedding_bag(
+            torch.from_numpy(f.cols[order]),
+            torch.from_numpy(self.first_t),
+            torch.from_numpy(offsets),
+            mode="sum",
+            per_sample_weights=torch.from_numpy(np.ascontiguousarray(f.values[order])),
+        ).numpy()
+        return self.hidden(first), self.user_biases(rows, cols, values, counts)
 
     def encode_rows(self, csr: sp.csr_matrix) -> tuple[Array, Array]:
         counts = np.diff(csr.indptr).astype(np.float32)
@@ -123,8 +161,17 @@ class NetWeights:
         """Ranking scores over the catalog (the rating head when there is no ranking head)."""
         if self.rank is None:
             return self.ratings(h, np.zeros(h.shape[0], np.float32), None)
-        weight, bias = self.rank
-        return h @ weight.T + bias
+        weight_t, bias = self.rank
+        return h @ weight_t + bias
+
+    def logits_one(self, h: Array) -> Array:
+        """`logits` for one user's hidden vector (1-D in, a fresh 1-D float32 array out)."""
+        if self.rank is None:
+            return self.ratings(h[None, :], np.zeros(1, np.float32), None)[0]
+        weight_t, bias = self.rank
+        out = h @ weight_t
+        out += bias
+        return out
 
     def ratings(self, h: Array, user_bias: Array, cols: Array | None) -> Array:
         """Unclamped rating-head output for movie indices ``cols`` (None = all)."""
@@ -153,6 +200,70 @@ def zscore(a: Array) -> Array:
     return (a - mean) / (std + 1e-6)
 
 
+def zscore_one(a: Array) -> Array:
+    """`zscore` of one user's 1-D scores, in place (``a`` is overwritten and returned)."""
+    size = max(a.size, 1)  # ufunc calls, not a.mean()/a.std(): their wrappers cost more here
+    a -= np.add.reduce(a, dtype=np.float64) / size
+    a *= np.float32(1.0 / (float(np.dot(a, a) / size) ** 0.5 + 1e-6))
+    return a
+
+
+class ItemTable:
+    """The item path's weights laid out for scoring one user (built once per loaded model).
+
+    Dense rows while the catalog is small enough (a row gather and a sum), else each source
+    movie's neighbours padded to one width (a gather and a scatter-add): either beats
+    slicing the CSR matrix per request, whose Python overhead dominated the fold-in.
+    """
+
+    DENSE_MAX_BYTES = 16 * 2**20  # dense up to ~2,000 movies: then the padded table wins
+
+    def __init__(self, weights: sp.csr_matrix) -> None:
+        csr = sp.csr_matrix(weights, dtype=np.float32)
+        n_rows, self.n_movies = csr.shape
+        self.dense: Array | None = None
+        if n_rows * self.n_movies * 4 <= self.DENSE_MAX_BYTES:
+            self.dense = csr.toarray()
+            return
+        lengths = np.diff(csr.indptr)
+        width = max(int(lengths.max(initial=0)), 1)
+        slot = np.arange(csr.nnz) - np.repeat(csr.indptr[:-1], lengths)
+        rows = np.repeat(np.arange(n_rows), lengths)
+        # padding: movie 0, weight 0; 32-bit halves the memory at no measurable cost in time
+        self.targets = np.zeros((n_rows, width), dtype=np.int32)
+        self.weights = np.zeros((n_rows, width), dtype=np.float32)
+        self.targets[rows, slot] = csr.indices
+        self.weights[rows, slot] = csr.data
+
+    def score(self, cols: Array) -> Array:
+        """``ItemToItem.score_user``: the summed weight rows of the rated movies ``cols``."""
+        if self.dense is not None:
+            return self.dense.take(cols, axis=0).sum(axis=0)
+        targets = self.targets.take(cols, axis=0).ravel()
+        weights = self.weights.take(cols, axis=0).ravel()
+        return np.bincount(targets, weights, minlength=self.n_movies).astype(np.float32)
+
+    def score_many(self, cols: list[Array]) -> Array:
+        """`score` of several users (B x n_movies) in a few calls for the whole batch."""
+        sizes = np.array([c.size for c in cols], dtype=np.int64)
+        every = np.concatenate(cols).astype(np.int64, copy=False)
+        if self.dense is not None:  # each user's rows summed in place, no copy
+            offsets = np.zeros(len(cols), dtype=np.int64)
+            np.cumsum(sizes[:-1], out=offsets[1:])
+            return torch.nn.functional.embedding_bag(
+                torch.from_numpy(every),
+                torch.from_numpy(self.dense),
+                torch.from_numpy(offsets),
+                mode="sum",
+            ).numpy()
+        user = np.repeat(np.arange(len(cols), dtype=np.int64) * self.n_movies, sizes)
+        targets = self.targets.take(every, axis=0) + user[:, None]  # one bincount for all
+        weights = self.weights.take(every, axis=0)
+        size = len(cols) * self.n_movies
+        summed = np.bincount(targets.ravel(), weights.ravel(), minlength=size)
+        return summed.reshape(len(cols), self.n_movies).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class UserState:
     """One user's encoding: what the scores and ratings of any movie need."""
@@ -178,6 +289,14 @@ class FoldInScorer:
         self.blend = model.blend
         self.popularity = model.log_popularity.astype(np.float32)
         self.scale = model.rating_scale
+        self.penalty = (self.blend.popularity_penalty * self.popularity).astype(np.float32)
+
+    @cached_property
+    def item_table(self) -> ItemTable | None:
+        """Built on first use: only serving needs it (the recommender warms it at load)."""
+        if self.item_path is None or self.blend.item_weight <= 0:
+            return None
+        return ItemTable(self.item_path.weights)
 
     # -- one user (serving) ------------------------------------------------------------
     def encode(self, cols: Array, values: Array) -> UserState:
@@ -190,13 +309,49 @@ class FoldInScorer:
         )
         return UserState(rank_h, rate_h, deep_bias, self.bias.user_bias(idx, vals), idx)
 
+    def encode_many(self, cols: list[Array], values: list[Array]) -> list[UserState]:
+        """`encode` for several users at once, through the batch path (`encode_rows`): a
+        handful of numpy calls per batch instead of a few dozen per user."""
+        if len(cols) == 1:
+            return [self.encode(cols[0], values[0])]
+        indptr = np.zeros(len(cols) + 1, dtype=np.int64)
+        np.cumsum([c.size for c in cols], out=indptr[1:])
+        idx = np.concatenate(cols).astype(np.int64, copy=False)
+        vals = np.concatenate(values).astype(np.float32, copy=False)
+        csr = sp.csr_matrix((vals, idx, indptr), shape=(len(cols), self.n_movies))
+        rank_h, deep_bias = self.rank_net.encode_batch(csr)
+        rate_h = rank_h if self.rate_net is self.rank_net else self.rate_net.encode_batch(csr)[0]
+        bias = self.bias.user_biases(csr)
+        return [
+            UserState(rank_h[i], rate_h[i], float(deep_bias[i]), float(bias[i]), cols[i])
+            for i in range(len(cols))
+        ]
+
     def scores(self, state: UserState) -> Array:
-        """Blended ranking scores for every movie (higher = recommend first)."""
-        deep = zscore(self.rank_net.logits(state.rank_hidden[None, :]))
+        """Blended ranking scores for every movie (higher = recommend first): `blend_scores`
+        of the z-scored parts, computed in place on one fresh array (the hot path)."""
+        mixed = zscore_one(self.rank_net.logits_one(state.rank_hidden))
+        if self.item_table is not None:
+            weight = np.float32(self.blend.item_weight)
+            item = zscore_one(self.item_table.score(state.cols))
+            mixed *= np.float32(1.0) - weight
+            item *= weight
+            mixed += item
+        if self.blend.popularity_penalty:
+            mixed -= self.penalty
+        return mixed
+
+    def scores_many(self, states: list[UserState]) -> Array:
+        """`scores` for several users at once (B x n_movies, a fresh array): one matrix
+        product over the catalog and one pass of each blend step for the whole batch."""
+        if len(states) == 1:
+            return self.scores(states[0])[None, :]
+        hidden = np.stack([state.rank_hidden for state in states])
+        deep = zscore(self.rank_net.logits(hidden))
         item = None
-        if self.item_path is not None and self.blend.item_weight > 0:
-            item = zscore(self.item_path.score_user(state.cols)[None, :])
-        return self.blend_scores(deep, item, self.blend)[0]
+        if self.item_table is not None:
+            item = zscore(self.item_table.score_many([state.cols for state in states]))
+        return self.blend_scores(deep, item, self.blend)
 
     def ratings(self, state: UserState, cols: Array) -> Array:
         """Predicted ratings, clamped to the rating scale, for movie indices ``cols`` only."""
@@ -244,4 +399,5 @@ class FoldInScorer:
     def blend_ratings(self, deep: Array, bias: Array, weight: float) -> Array:
         """``weight`` of the deep rating head, the rest bias terms, clamped to the scale."""
         mixed = weight * deep + (1.0 - weight) * bias
-        return np.clip(mixed, *self.scale).astype(np.float32, copy=False)
+        low, high = self.scale  # maximum/minimum: np.clip's wrapper costs more than the clamp
+        return np.minimum(np.maximum(mixed, low), high).astype(np.float32, copy=False)

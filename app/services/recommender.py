@@ -10,15 +10,21 @@ recent version instant. The popular list is swapped by one reference assignment.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import gc
 import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from prometheus_client import Summary
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -35,32 +41,55 @@ log = get_logger("saerec.recommender")
 # One aggregated row instead of one row per rating: the driver then crosses the GIL once,
 # not once per rating, which is what throttled the executor threads under load. The last
 # column is the registry's active version, read in the same statement (same snapshot).
+# Ratings travel as integer half stars (1..10, exact: a CHECK allows only half stars):
+# SQLite formats integers far faster than floats (the read took ~40 % less time) and numpy
+# parses each comma list in one call. Both aggregates walk the same rows in one order.
+# (Not one packed integer per rating: movie ids go up to 2**63 - 1, which would overflow.)
 USER_RATINGS_SQL = {
-    "sqlite": "SELECT group_concat(movie_id || ':' || rating),"
+    "sqlite": "SELECT group_concat(movie_id), group_concat(CAST(rating * 2 AS INTEGER)),"
     " (SELECT version FROM model_versions WHERE is_active = 1)"
     " FROM ratings WHERE user_id = ?",
-    "postgresql": "SELECT array_agg(movie_id), array_agg(rating),"
+    "postgresql": "SELECT array_agg(movie_id), array_agg(CAST(rating * 2 AS INTEGER)),"
     " (SELECT version FROM model_versions WHERE is_active)"
     " FROM ratings WHERE user_id = %s",
 }
 NO_RATINGS = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+# Where an uncached answer's time goes (the benchmark prints it): a Summary is a count and
+# a sum per stage, about a microsecond per observation. "json" is observed by the route.
+RECOMMEND_STAGE = Summary(
+    "saerec_recommend_stage_seconds",
+    "Time per stage of a recommendation answered by the model (answer cache misses)",
+    ["stage"],
+)
+STAGES = ("db_read", "fold_in", "filtering", "ranking", "items", "json")
+_STAGE = {stage: RECOMMEND_STAGE.labels(stage) for stage in STAGES}
+
+
+def observe_stage(stage: str, seconds: float, times: int = 1) -> None:
+    """Record ``seconds`` for each of ``times`` answers (a batch's time shared out)."""
+    for _ in range(times):
+        _STAGE[stage].observe(seconds)
 
 
 def _row_key(row: tuple | None) -> object:
-    """A hashable form of the aggregated row (a string on SQLite, two lists on PostgreSQL)."""
-    if row is None or len(row) == 1:
+    """A hashable form of the aggregated row (strings on SQLite, lists on PostgreSQL)."""
+    if row is None or row[0] is None or isinstance(row[0], str):
         return row
-    return tuple(row[0] or ()), tuple(row[1] or ())
+    return tuple(row[0]), tuple(row[1])
 
 
 def _parse_user_ratings(row: tuple | None) -> tuple[np.ndarray, np.ndarray]:
-    """(movie ids, ratings) from either dialect's aggregated row."""
+    """(movie ids, ratings) from either dialect's row (see USER_RATINGS_SQL)."""
     if row is None or row[0] is None:
         return NO_RATINGS
-    if len(row) == 2:  # PostgreSQL arrays
-        return np.asarray(row[0], dtype=np.int64), np.asarray(row[1], dtype=np.float32)
-    pairs = np.asarray(row[0].replace(":", ",").split(","), dtype=np.float64).reshape(-1, 2)
-    return pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.float32)
+    if isinstance(row[0], str):  # SQLite: comma lists
+        ids = np.fromstring(row[0], dtype=np.int64, sep=",")
+        halves = np.fromstring(row[1], dtype=np.float32, sep=",")
+    else:
+        ids = np.asarray(row[0], dtype=np.int64)
+        halves = np.asarray(row[1], dtype=np.float32)
+    halves *= np.float32(0.5)
+    return ids, halves
 
 
 @dataclass(frozen=True)
@@ -131,16 +160,41 @@ class ServingModel:
             self.answers.clear()  # crude but O(1) and safe under concurrent readers
         self.answers[key] = items
 
+    @cached_property
+    def column_of(self) -> np.ndarray | None:
+        """Model column by movie id (-1: unknown): one gather instead of a bisection per
+        request. None when ids are too sparse for a table (then `IdMap.index_of`)."""
+        ids = self.loaded.movies.ids
+        if ids.size == 0 or int(ids[-1]) > max(64 * ids.size, 1 << 20):
+            return None
+        table = np.full(int(ids[-1]) + 2, -1, dtype=np.int64)  # the last slot: any id above
+        table[ids] = np.arange(ids.size)
+        return table
+
+    def columns(self, movie_ids: np.ndarray) -> np.ndarray:
+        table = self.column_of
+        if table is None:
+            return self.loaded.movies.index_of(movie_ids)
+        return table.take(np.minimum(movie_ids, table.size - 1))
+
+    def known(
+        self, movie_ids: np.ndarray, ratings: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The model columns the user rated and those ratings; None if the model knows none."""
+        cols = self.columns(movie_ids)
+        known = cols >= 0
+        if not known.all():  # movies added after training: rare, so checked, not filtered
+            if not known.any():
+                return None
+            cols, ratings = cols[known], ratings[known]
+        return cols, ratings
+
     def encode(
         self, movie_ids: np.ndarray, ratings: np.ndarray
     ) -> tuple[UserState, np.ndarray] | None:
         """The user's state and the model columns they rated; None if the model knows none."""
-        cols = self.loaded.movies.index_of(movie_ids)
-        known = cols >= 0
-        if not known.any():
-            return None
-        cols, ratings = cols[known], ratings[known]
-        return self.scorer.encode(cols, ratings), cols
+        known = self.known(movie_ids, ratings)
+        return None if known is None else (self.scorer.encode(*known), known[0])
 
 
 @dataclass(frozen=True)
@@ -172,6 +226,31 @@ def build_popular_list(session: Session, prior_count: float) -> PopularList:
     return PopularList(load_catalog(session, ids[order]), scores[order].astype(np.float32))
 
 
+Request = tuple[int, int, str | None]  # user id, n, genre
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A request waiting for its batch's forward pass."""
+
+    index: int
+    user_id: int
+    n: int
+    genre: str | None
+    key: tuple
+    model: ServingModel
+    cols: np.ndarray
+    ratings: np.ndarray
+
+
+def _by_model(pending: list[_Pending]) -> list[tuple[ServingModel, list[_Pending]]]:
+    """Pending fold-ins grouped by the model that answers them (one, but for a swap)."""
+    groups: dict[int, tuple[ServingModel, list[_Pending]]] = {}
+    for job in pending:
+        groups.setdefault(id(job.model), (job.model, []))[1].append(job)
+    return list(groups.values())
+
+
 @dataclass(frozen=True)
 class UserRead:
     """One round trip's answer: the user's ratings (raw row) and the active version."""
@@ -198,6 +277,60 @@ class LoadFailure:
     message: str
 
 
+class Batcher:
+    """Gathers the recommendation requests of one event loop into batches for the executor.
+
+    No timer and no fixed size: a batch starts as soon as an executor thread is free and
+    takes every request waiting by then (up to ``max_batch``). When traffic is light each
+    request runs alone, as fast as before; under load the requests that queued behind a
+    running batch share the next one's forward pass.
+    """
+
+    def __init__(self, recommender: Recommender, max_batch: int = 32) -> None:
+        self._recommender = recommender
+        self._loop = asyncio.get_running_loop()
+        self._max_batch = max_batch
+        self._slots = recommender.threads  # batches in flight: one per executor thread
+        self._waiting: list[tuple[Request, asyncio.Future]] = []
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    async def recommend(self, user_id: int, n: int, genre: str | None) -> dict[str, Any]:
+        future = self._loop.create_future()
+        self._waiting.append(((user_id, n, genre), future))
+        self._launch()
+        return await future
+
+    def _launch(self) -> None:
+        while self._waiting and self._slots > 0:
+            batch = self._waiting[: self._max_batch]
+            del self._waiting[: self._max_batch]
+            self._slots -= 1
+            done = self._loop.run_in_executor(
+                self._recommender.executor,
+                self._recommender.recommend_many,
+                [request for request, _ in batch],
+            )
+            done.add_done_callback(functools.partial(self._finish, batch))
+
+    def _finish(self, batch: list[tuple[Request, asyncio.Future]], done: asyncio.Future) -> None:
+        self._slots += 1
+        try:
+            answers = done.result()
+        except Exception as exc:
+            answers = [exc] * len(batch)
+        for (_, future), answer in zip(batch, answers, strict=True):
+            if future.done():  # the client went away
+                continue
+            if isinstance(answer, BaseException):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
+        self._launch()
+
+
 class Recommender:
     """One per process: holds the serving models and popular list, answers requests."""
 
@@ -212,7 +345,9 @@ class Recommender:
         retry_seconds: float = 30.0,
     ) -> None:
         self._answer_cache_size = answer_cache_size
+        self.threads = threads
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="recommend")
+        self._batcher: Batcher | None = None
         self._model_dir = model_dir
         self._engine = engine
         self._user_ratings_sql = USER_RATINGS_SQL[engine.dialect.name]
@@ -232,6 +367,13 @@ class Recommender:
     @property
     def model(self) -> ServingModel | None:
         return self._model
+
+    def batcher(self) -> Batcher:
+        """The batcher of the running event loop (one loop per process in production)."""
+        batcher = self._batcher
+        if batcher is None or batcher.loop is not asyncio.get_running_loop():
+            batcher = self._batcher = Batcher(self)
+        return batcher
 
     @property
     def version(self) -> str | None:
@@ -308,6 +450,11 @@ class Recommender:
             return None
         scorer = loaded.model.scorer
         model = ServingModel(version, loaded, catalog, scorer, cache_size=self._answer_cache_size)
+        _ = scorer.item_table, model.column_of  # built now, not by the first requests
+        # Everything alive now (modules, the model, the catalog) lives as long as the process
+        # serves: out of the collector's sight, a full collection no longer walks it. Those
+        # walks (~0.1 s with the GIL held) were the p99 of every route, /healthz included.
+        gc.freeze()
         self._failed.pop(version, None)
         self._recent[version] = model
         while len(self._recent) > self._cached_versions:
@@ -397,46 +544,90 @@ class Recommender:
         return row
 
     def recommend(self, user_id: int, n: int, genre: str | None) -> dict[str, Any]:
-        started = time.perf_counter()
-        answer = self._recommend(user_id, n, genre)
-        RECOMMEND_LATENCY.labels(answer["strategy"]).observe(time.perf_counter() - started)
+        answer = self.recommend_many([(user_id, n, genre)])[0]
+        if isinstance(answer, BaseException):
+            raise answer
         return answer
 
-    def _recommend(self, user_id: int, n: int, genre: str | None) -> dict[str, Any]:
+    def recommend_many(self, requests: list[Request]) -> list[dict[str, Any] | Exception]:
+        """Answers for (user id, n, genre) requests, in order; a request that failed gets
+        its exception instead, so one bad read does not fail the others.
+
+        Each request reads its own ratings and active version (read your writes holds per
+        request, as for one); the forward passes of the cache misses then run as one batch
+        per model: one matrix product over the catalog instead of one per user, and the
+        per-call overhead of each numpy step paid once per batch.
+        """
+        started = time.perf_counter()
+        answers: list[dict[str, Any] | Exception] = []
+        pending: list[_Pending] = []
+        for index, (user_id, n, genre) in enumerate(requests):
+            answer: dict[str, Any] | Exception
+            try:
+                answer = self._start(user_id, n, genre, index, pending)
+            except Exception as exc:  # e.g. the database away: this request's 503
+                answer = exc
+            answers.append(answer)
+        read_at = time.perf_counter()
+        for model, group in _by_model(pending):
+            for job, items in zip(group, self._model_items(model, group, read_at), strict=True):
+                model.remember(job.key, items)
+                answers[job.index] = _answer(job.user_id, model.version, "autoencoder", items)
+        if pending:
+            observe_stage("db_read", (read_at - started) / len(requests), len(pending))
+        elapsed = time.perf_counter() - started
+        for answer in answers:
+            if isinstance(answer, dict):
+                RECOMMEND_LATENCY.labels(answer["strategy"]).observe(elapsed)
+        return answers
+
+    def _start(
+        self, user_id: int, n: int, genre: str | None, index: int, pending: list[_Pending]
+    ) -> dict[str, Any]:
+        """Read one user; answer from the cache or the popular list, or queue a fold-in
+        (the placeholder answer is replaced once the batch has run)."""
         read = self.read_user(user_id)  # always read: fold-in sees every new rating
         model = self._model_for(read.version, read.generation)  # one snapshot per request
         key = (read.key, n, genre)
         if model is not None and (cached := model.answers.get(key)) is not None:
             return _answer(user_id, model.version, "autoencoder", cached)
         movie_ids, ratings = read.ratings()
-        encoded = model.encode(movie_ids, ratings) if model is not None and len(movie_ids) else None
-        if model is not None and encoded is not None:
-            items = self._model_items(model, *encoded, n, genre)
-            model.remember(key, items)
-            return _answer(user_id, model.version, "autoencoder", items)
+        known = model.known(movie_ids, ratings) if model is not None and len(movie_ids) else None
+        if model is not None and known is not None:
+            pending.append(_Pending(index, user_id, n, genre, key, model, *known))
+            return {}
         items = self._popular_items(movie_ids, n, genre)
         return _answer(user_id, model.version if model else None, "popular", items)
 
     def _model_items(
-        self,
-        model: ServingModel,
-        state: UserState,
-        rated_cols: np.ndarray,
-        n: int,
-        genre: str | None,
-    ) -> list[dict[str, Any]]:
-        scores = model.scorer.scores(state)  # a fresh array: ours to overwrite
-        scores[~np.isfinite(scores)] = -np.inf  # a diverged model must not break the JSON
-        scores[rated_cols] = -np.inf  # never a movie the user rated
-        mask = model.catalog.mask_for(genre)
-        if mask is not None:
-            scores[~mask] = -np.inf
-        top = _top_indices(scores, n)
-        predicted = model.scorer.ratings(state, top)
-        return [
-            model.catalog.item(i, scores[i], predicted_rating=round(float(p), 4))
-            for i, p in zip(top, predicted, strict=True)
+        self, model: ServingModel, jobs: list[_Pending], since: float
+    ) -> list[list[dict[str, Any]]]:
+        """The top n of each encoded user; each stage's time is observed (see STAGES),
+        shared out among the batch's answers."""
+        states = model.scorer.encode_many([j.cols for j in jobs], [j.ratings for j in jobs])
+        scores = model.scorer.scores_many(states)  # a fresh array: ours to overwrite
+        folded = time.perf_counter()
+        for row, job in zip(scores, jobs, strict=True):
+            _exclude(row, job.cols, model.catalog.mask_for(job.genre))
+        filtered = time.perf_counter()
+        tops = _top_many(scores, [job.n for job in jobs])
+        predicted = [model.scorer.ratings(st, top) for st, top in zip(states, tops, strict=True)]
+        ranked = time.perf_counter()
+        item = model.catalog.item
+        answers = [
+            [
+                item(i, s, predicted_rating=round(p, 4))
+                for i, s, p in zip(top.tolist(), row[top].tolist(), rated.tolist(), strict=True)
+            ]
+            for row, top, rated in zip(scores, tops, predicted, strict=True)
         ]
+        done = time.perf_counter()
+        size = len(jobs)
+        observe_stage("fold_in", (folded - since) / size, size)
+        observe_stage("filtering", (filtered - folded) / size, size)
+        observe_stage("ranking", (ranked - filtered) / size, size)
+        observe_stage("items", (done - ranked) / size, size)
+        return answers
 
     def _popular_items(self, rated: np.ndarray, n: int, genre: str | None) -> list[dict[str, Any]]:
         popular = self.popular()
@@ -488,12 +679,30 @@ def _mtime(path: str) -> float | None:
         return None
 
 
-def _top_indices(scores: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the n best finite scores, best first (argpartition: O(movies))."""
-    fits = len(scores) <= n
-    candidates = np.arange(len(scores)) if fits else np.argpartition(-scores, n - 1)[:n]
+def _exclude(scores: np.ndarray, rated: np.ndarray, allowed: np.ndarray | None) -> None:
+    """Set -inf (never recommended) on rated movies, non-finite scores and, given a genre
+    mask, movies outside it. One sum checks finiteness; the full scan runs only if it fails."""
+    if not np.isfinite(scores.sum()):  # a diverged model must not break the JSON
+        scores[~np.isfinite(scores)] = -np.inf
+    scores[rated] = -np.inf
+    if allowed is not None:
+        scores[~allowed] = -np.inf
+
+
+def _top_many(scores: np.ndarray, ns: list[int]) -> list[np.ndarray]:
+    """Per row, the indices of its n best finite scores, best first, ties by index.
+
+    torch's top-k selects the candidates of the whole batch in one call, ~6x faster than
+    numpy's argpartition on a 10,000-movie row; only those few are then sorted.
+    """
+    k = min(max(ns), scores.shape[1])
+    picked = torch.topk(torch.from_numpy(scores), k, dim=1, sorted=False).indices.numpy()
+    return [_best_first(row, c, n) for row, c, n in zip(scores, picked, ns, strict=True)]
+
+
+def _best_first(scores: np.ndarray, candidates: np.ndarray, n: int) -> np.ndarray:
     candidates = candidates[np.isfinite(scores[candidates])]
-    return candidates[np.lexsort((candidates, -scores[candidates]))]
+    return candidates[np.lexsort((candidates, -scores[candidates]))][:n]
 
 
 def _answer(user_id: int, version: str | None, strategy: str, items: list) -> dict[str, Any]:

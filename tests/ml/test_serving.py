@@ -9,7 +9,7 @@ import torch
 
 from app.ml.hybrid import BiasTerms, Blend, HybridModel
 from app.ml.model import StackedAutoencoder, config_from
-from app.ml.serving import zscore
+from app.ml.serving import ItemTable, zscore, zscore_one
 
 N_MOVIES = 50
 PLAIN = Blend(item_weight=0.0, popularity_penalty=0.0, rating_weight=1.0)
@@ -98,3 +98,62 @@ def test_rating_blend_zero_is_exactly_the_bias_terms() -> None:
     every = np.arange(N_MOVIES)
     expected = np.clip(model.bias.predict(model.bias.user_bias(cols, values), every), 1, 5)
     np.testing.assert_allclose(model.scorer.ratings(state, every), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("dense_max_bytes", [ItemTable.DENSE_MAX_BYTES, 0])
+def test_the_serving_item_table_scores_as_the_item_path(
+    trained, synthetic, monkeypatch: pytest.MonkeyPatch, dense_max_bytes: int
+) -> None:
+    """Both layouts of the precomputed table (dense rows, padded neighbours) give
+    `ItemToItem.score_user`, for users of every size, the empty one included."""
+    monkeypatch.setattr(ItemTable, "DENSE_MAX_BYTES", dense_max_bytes)
+    path = trained.model.item_path
+    table = ItemTable(path.weights)
+    assert (table.dense is None) == (dense_max_bytes == 0)
+    rng = np.random.default_rng(5)
+    for rated in (0, 1, 17, synthetic.shape[1]):
+        cols = np.sort(rng.choice(synthetic.shape[1], size=rated, replace=False))
+        got = table.score(cols)
+        assert got.dtype == np.float32 and got.shape == (synthetic.shape[1],)
+        np.testing.assert_allclose(got, path.score_user(cols), rtol=1e-5, atol=1e-5)
+    users = [np.sort(rng.choice(synthetic.shape[1], size=k, replace=False)) for k in (3, 1, 30)]
+    np.testing.assert_allclose(
+        table.score_many(users), np.stack([path.score_user(c) for c in users]), atol=1e-5
+    )
+
+
+def test_one_user_z_score_is_the_batch_z_score() -> None:
+    rng = np.random.default_rng(6)
+    for values in (rng.normal(3.0, 2.0, 500), np.full(20, 1.5), rng.normal(size=1)):
+        row = values.astype(np.float32)
+        np.testing.assert_allclose(zscore_one(row.copy()), zscore(row[None, :])[0], atol=1e-5)
+
+
+def test_a_batch_of_users_scores_as_each_user_alone(trained, synthetic) -> None:
+    """`scores_many` (the batched request path) gives each user's `scores`."""
+    scorer = trained.model.scorer
+    rng = np.random.default_rng(7)
+    states = []
+    for rated in (1, 4, 25, 60):
+        cols = np.sort(rng.choice(synthetic.shape[1], size=rated, replace=False))
+        states.append(scorer.encode(cols, rng.choice([1.0, 3.0, 4.5], size=rated)))
+    batch = scorer.scores_many(states)
+    assert batch.shape == (len(states), synthetic.shape[1])
+    for row, state in zip(batch, states, strict=True):
+        np.testing.assert_allclose(row, scorer.scores(state), atol=1e-4)
+    np.testing.assert_allclose(scorer.scores_many(states[:1])[0], scorer.scores(states[0]))
+
+
+def test_a_batch_of_users_encodes_as_each_user_alone(trained, synthetic) -> None:
+    """`encode_many` (the batch path the request batches use) gives each user's `encode`."""
+    scorer = trained.model.scorer
+    rng = np.random.default_rng(8)
+    cols = [np.sort(rng.choice(synthetic.shape[1], size=k, replace=False)) for k in (1, 9, 40)]
+    values = [rng.choice([0.5, 2.0, 4.0, 5.0], size=c.size).astype(np.float32) for c in cols]
+    for got, c, v in zip(scorer.encode_many(cols, values), cols, values, strict=True):
+        want = scorer.encode(c, v)
+        np.testing.assert_allclose(got.rank_hidden, want.rank_hidden, atol=1e-5)
+        np.testing.assert_allclose(got.rate_hidden, want.rate_hidden, atol=1e-5)
+        assert got.deep_user_bias == pytest.approx(want.deep_user_bias, abs=1e-5)
+        assert got.bias_user_bias == pytest.approx(want.bias_user_bias, abs=1e-5)
+        np.testing.assert_array_equal(got.cols, c)
