@@ -6,14 +6,18 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+from sqlalchemy import Engine
 
 from app.config import Settings, get_settings
 from app.db import create_db_engine, upgrade_schema
 from app.observability import configure_logging, get_logger
-from app.services.movielens import DATASETS
+from app.services.downloads import DATASETS
+
+if TYPE_CHECKING:  # torch loads only for the commands that train or evaluate
+    from app.ml.model import ModelConfig
 
 log = get_logger("saerec.cli")
 
@@ -27,7 +31,7 @@ def _settings() -> Settings:
     return settings
 
 
-def _migrated_engine(settings: Settings):  # noqa: ANN202 - Engine, imported lazily
+def _migrated_engine(settings: Settings) -> Engine:
     engine = create_db_engine(settings)
     if settings.auto_migrate:
         upgrade_schema(engine)
@@ -63,6 +67,40 @@ def migrate() -> None:
     click.echo("database schema is up to date")
 
 
+class _ByteBar:
+    """The bar for the services' byte progress (import, download): one tqdm per label.
+
+    The services only report (label, bytes so far, total); drawing is the CLI's job.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.label: str | None = None
+        self.bar: Any = None
+
+    def __call__(self, label: str, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        if label != self.label:
+            from tqdm import tqdm
+
+            self.close()
+            self.label = label
+            self.bar = tqdm(total=total, unit="B", unit_scale=True, desc=label, file=sys.stderr)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> _ByteBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 @cli.command("import-movielens")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--progress/--no-progress", default=True, help="show a progress bar")
@@ -73,7 +111,8 @@ def import_movielens_command(path: Path, progress: bool) -> None:
     settings = _settings()
     engine = _migrated_engine(settings)
     try:
-        report = import_movielens(engine, path, progress=progress)
+        with _ByteBar(progress) as bar:
+            report = import_movielens(engine, path, on_progress=bar)
     except MovieLensFormatError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
@@ -97,10 +136,11 @@ def download(name: str, dest: Path) -> None:
     ml-latest-small. Offline, put the zip (or its unpacked folder) anywhere and run
     `saerec import-movielens PATH` instead.
     """
-    from app.services.movielens import DownloadError, download_movielens
+    from app.services.downloads import DownloadError, download_movielens
 
     try:
-        folder = download_movielens(name, dest)
+        with _ByteBar(enabled=True) as bar:
+            folder = download_movielens(name, dest, on_progress=bar)
     except (ValueError, DownloadError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"downloaded {name} into {folder}")
@@ -161,7 +201,7 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, object]:
     return overrides
 
 
-def _model_config(preset: str | None, pairs: tuple[str, ...], epochs: int | None):  # noqa: ANN202
+def _model_config(preset: str | None, pairs: tuple[str, ...], epochs: int | None) -> ModelConfig:
     from app.ml.model import config_from
 
     overrides = _parse_overrides(pairs)

@@ -215,7 +215,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.gather(*tasks, return_exceptions=True)
             if launcher is not None:
                 await asyncio.to_thread(launcher.stop)
-            recommender.executor.shutdown(wait=False, cancel_futures=True)
+            recommender.shutdown()
             engine.dispose()
             forget_this_process()
 

@@ -140,6 +140,8 @@ class TrainingJob(Base):
     queue: Mapped[str] = mapped_column(String(32), default="default")
     status: Mapped[str] = mapped_column(String(16), default="queued")
     overrides: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # the model config resolved from the overrides when queued (null: queued before 0004)
+    config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     epoch: Mapped[int] = mapped_column(Integer, default=0)
     epochs: Mapped[int] = mapped_column(Integer, default=0)

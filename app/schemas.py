@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import types
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
@@ -12,6 +13,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     Strict,
     StrictBool,
     StrictFloat,
@@ -282,26 +284,49 @@ class JobQueuedOut(BaseModel):
     status: str
 
 
+def _as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored one is UTC (models.utcnow)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+# ISO 8601 with the offset as Python writes it (+00:00), the form the API has always
+# answered with; pydantic's own serializer would write Z.
+Timestamp = Annotated[
+    datetime,
+    AfterValidator(_as_utc),
+    PlainSerializer(datetime.isoformat, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+
+
 class JobOut(BaseModel):
-    job_id: str
+    """A training_jobs row as the API shows it, read from the ORM object."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    job_id: str = Field(validation_alias="id")
     status: Literal["queued", "running", "succeeded", "failed"]
-    progress: float
+    progress: Annotated[float, AfterValidator(lambda value: round(value, 4))]
     epoch: int
     epochs: int
     metrics: dict[str, Any]
     model_version: str | None
     error: str | None
     overrides: dict[str, Any]
-    created_at: str | None
-    started_at: str | None
-    finished_at: str | None
+    created_at: Timestamp | None
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
 
 
 class ModelVersionOut(BaseModel):
+    """A model_versions row as the API shows it (never the artifact bytes)."""
+
+    model_config = ConfigDict(from_attributes=True, protected_namespaces=())
+
     version: str
-    created_at: str | None
-    activated_at: str | None
-    active: bool
+    created_at: Timestamp | None
+    activated_at: Timestamp | None
+    active: bool = Field(validation_alias="is_active")
     metrics: dict[str, Any]
     config: dict[str, Any]
     data_size: dict[str, Any]

@@ -45,7 +45,7 @@ def timed_import(database_url: str, dataset: Path) -> dict[str, Any]:
     try:
         upgrade_schema(engine)
         started = time.perf_counter()
-        report = import_movielens(engine, dataset, progress=False)
+        report = import_movielens(engine, dataset)
         seconds = time.perf_counter() - started
         with engine.connect() as conn:
             stored = conn.scalar(select(func.count()).select_from(Rating)) or 0

@@ -174,7 +174,7 @@ def bench_concurrency(url: str, work: Path, writers: int, per_writer: int) -> di
         batch_failures = 0
 
         def importer() -> None:
-            import_movielens(engine, folder, progress=False)
+            import_movielens(engine, folder)
 
         def batcher(reverse: bool, rating: float) -> Callable[[], None]:
             def run() -> None:

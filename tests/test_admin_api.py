@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from datetime import datetime
 
 import pytest
 from fastapi.testclient import TestClient
@@ -10,8 +11,11 @@ from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.db import create_session_factory, transaction
 from app.main import create_app
+from app.ml.model import config_from
 from app.models import ModelVersion, TrainingJob, utcnow
+from app.services import jobs, registry
 from tests.factories import LENIENT_GATE, TINY_TRAINING, WEAK_TRAINING, seed_synthetic
 from tests.reliability_helpers import wait_for
 from tests.test_recommendations_api import train_tiny
@@ -65,7 +69,30 @@ def test_second_retrain_while_one_is_open_is_409(seeded: Settings, admin_headers
         assert second.json()["detail"]["job_id"] == first.json()["job_id"]
         job = client.get(f"/admin/jobs/{first.json()['job_id']}", headers=admin_headers).json()
         assert job["status"] == "queued" and job["progress"] == 0
+        assert job["overrides"] == RETRAIN_BODY and job["started_at"] is None
+        assert datetime.fromisoformat(job["created_at"]).utcoffset() is not None
+        schema = client.get("/openapi.json").json()["components"]["schemas"]["JobOut"]
+        assert {"type": "string", "format": "date-time"} in schema["properties"]["created_at"][
+            "anyOf"
+        ]
         assert client.get("/admin/jobs/nope", headers=admin_headers).status_code == 404
+
+
+def test_a_job_trains_the_config_resolved_when_queued(seeded: Settings, engine: Engine) -> None:
+    """The job process's own TRAIN_PRESET does not change what the API queued."""
+    factory = create_session_factory(engine)
+    api = seeded.model_copy(update={"train_preset": "fast"})
+    with transaction(factory) as session:
+        queued = jobs.enqueue(session, api, dict(TINY_TRAINING))
+        job_id, config = queued.id, queued.config
+    assert config == config_from("fast", **TINY_TRAINING).model_dump(mode="json")
+    assert jobs.claim_next(factory, "test") == job_id
+    jobs.run_job(seeded.model_copy(update={"train_preset": "default"}), engine, job_id)
+    with factory() as session:
+        job = jobs.get_job(session, job_id)
+        assert job.status == "succeeded", job.error
+        assert job.model_version is not None
+        assert registry.get_version(session, job.model_version).config == config
 
 
 def test_retrain_job_runs_in_a_child_process_and_activates(

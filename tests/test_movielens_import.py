@@ -18,11 +18,10 @@ from sqlalchemy import Engine, func, select, text
 
 from app.models import Movie, MovieGenre, Rating
 from app.services import movielens
+from app.services.downloads import DownloadError, download_movielens
 from app.services.movielens import (
-    DownloadError,
     ImportReport,
     MovieLensFormatError,
-    download_movielens,
     import_movielens,
     parse_title,
 )
@@ -176,7 +175,7 @@ def test_each_layout_imports_from_folder_and_zip(
         top = layout if packaging == "zip-top-folder" else None
         path = zip_folder(folder, tmp_path / f"{layout}.zip", top)
 
-    report = import_movielens(engine, path, progress=False)
+    report = import_movielens(engine, path)
 
     expected_ratings = ratings.count("\n")
     assert report.layout == layout
@@ -188,7 +187,7 @@ def test_each_layout_imports_from_folder_and_zip(
 
 
 def test_100k_titles_years_and_genre_flags(engine: Engine, tmp_path: Path) -> None:
-    import_movielens(engine, write_100k(tmp_path / "ml-100k", GOOD_100K), progress=False)
+    import_movielens(engine, write_100k(tmp_path / "ml-100k", GOOD_100K))
 
     movies = movies_of(engine)
     assert movies[1] == ("Toy Story (1995)", 1995, ["Animation", "Children's", "Comedy"])
@@ -205,13 +204,13 @@ def test_100k_titles_years_and_genre_flags(engine: Engine, tmp_path: Path) -> No
 
 def test_100k_without_genre_file_uses_the_standard_list(engine: Engine, tmp_path: Path) -> None:
     folder = write_100k(tmp_path / "ml-100k", GOOD_100K, with_genre_file=False)
-    import_movielens(engine, folder, progress=False)
+    import_movielens(engine, folder)
     assert movies_of(engine)[2][2] == ["Action", "Adventure", "Thriller"]
 
 
 @pytest.mark.parametrize("encoding", ["latin-1", "utf-8"])
 def test_dat_titles_decode_as_latin1_or_utf8(engine: Engine, tmp_path: Path, encoding: str) -> None:
-    import_movielens(engine, write_dat(tmp_path / "ml", GOOD_DAT, encoding), progress=False)
+    import_movielens(engine, write_dat(tmp_path / "ml", GOOD_DAT, encoding))
 
     movies = movies_of(engine)
     assert movies[3] == ("Misérables, Les (1995)", 1995, ["Drama", "Musical"])
@@ -220,7 +219,7 @@ def test_dat_titles_decode_as_latin1_or_utf8(engine: Engine, tmp_path: Path, enc
 
 
 def test_csv_quoting_trailing_spaces_and_no_genres(engine: Engine, tmp_path: Path) -> None:
-    import_movielens(engine, write_csv(tmp_path / "ml-latest-small", GOOD_CSV), progress=False)
+    import_movielens(engine, write_csv(tmp_path / "ml-latest-small", GOOD_CSV))
 
     movies = movies_of(engine)
     assert movies[2] == ("American President, The (1995)", 1995, ["Comedy", "Drama", "Romance"])
@@ -250,7 +249,7 @@ BAD_CSV = (
 
 
 def test_bad_rows_are_counted_and_good_rows_kept(engine: Engine, tmp_path: Path) -> None:
-    report = import_movielens(engine, write_csv(tmp_path / "ml", BAD_CSV), progress=False)
+    report = import_movielens(engine, write_csv(tmp_path / "ml", BAD_CSV))
 
     assert report.skipped == {
         "ratings.malformed": 4,
@@ -274,7 +273,7 @@ def test_bad_rows_are_counted_and_good_rows_kept(engine: Engine, tmp_path: Path)
 
 def test_bad_rows_in_dat_and_100k_layouts(engine: Engine, tmp_path: Path) -> None:
     dat = "1::1::5::978300760\n1::2::3\n1::2::six::978300760\n1::3::0::978300760\n1::2::3::9"
-    report = import_movielens(engine, write_dat(tmp_path / "dat", dat), progress=False)
+    report = import_movielens(engine, write_dat(tmp_path / "dat", dat))
     assert report.skipped == {"ratings.malformed": 2, "ratings.bad_rating": 1}
     assert set(ratings_of(engine)) == {(1, 1), (1, 2)}
 
@@ -287,9 +286,7 @@ def test_windows_line_endings_and_header_only_in_first_block(
     rows = "".join(
         f"{u},{m},{(u % 10 + 1) / 2},{1000 + u}\r\n" for u in range(1, 60) for m in (1, 2)
     )
-    report = import_movielens(
-        engine, write_csv(tmp_path / "ml", rows + "1,1,1.0,5\r\n"), progress=False
-    )
+    report = import_movielens(engine, write_csv(tmp_path / "ml", rows + "1,1,1.0,5\r\n"))
     assert report.skipped == {"ratings.duplicate": 1}
     assert report.ratings_added == 118
     assert ratings_of(engine)[(1, 1)] == (1.0, 1001)
@@ -302,7 +299,7 @@ def test_bad_catalog_lines_and_duplicate_movie_ids(engine: Engine, tmp_path: Pat
         handle.write("x::Broken (1999)::Drama\n")
         handle.write("5::Only two fields\n")
 
-    report = import_movielens(engine, folder, progress=False)
+    report = import_movielens(engine, folder)
 
     assert report.skipped == {
         "movies.duplicate_id": 1,
@@ -321,10 +318,10 @@ def test_bad_catalog_lines_and_duplicate_movie_ids(engine: Engine, tmp_path: Pat
 def test_second_run_adds_nothing(engine: Engine, tmp_path: Path, layout: str) -> None:
     write, ratings = WRITERS[layout]
     folder = write(tmp_path / layout, ratings)
-    first = import_movielens(engine, folder, progress=False)
+    first = import_movielens(engine, folder)
     before = (count(engine, Movie), count(engine, MovieGenre), count(engine, Rating))
 
-    second = import_movielens(engine, folder, progress=False)
+    second = import_movielens(engine, folder)
 
     assert (count(engine, Movie), count(engine, MovieGenre), count(engine, Rating)) == before
     assert (second.movies_added, second.ratings_added) == (0, 0)
@@ -347,7 +344,7 @@ def test_existing_rows_are_left_as_they_are(engine: Engine, tmp_path: Path) -> N
         )
     ratings = GOOD_CSV + "9,77,2.5,7\n"  # a movie known to the database but not to the file
 
-    report = import_movielens(engine, write_csv(tmp_path / "ml", ratings), progress=False)
+    report = import_movielens(engine, write_csv(tmp_path / "ml", ratings))
 
     movies = movies_of(engine)
     assert movies[1] == ("Mine", None, ["Drama"])
@@ -361,8 +358,8 @@ def test_existing_rows_are_left_as_they_are(engine: Engine, tmp_path: Path) -> N
 def test_shared_movie_ids_between_two_imports_are_not_duplicated(
     engine: Engine, tmp_path: Path
 ) -> None:
-    import_movielens(engine, write_dat(tmp_path / "a", GOOD_DAT), progress=False)
-    report = import_movielens(engine, write_csv(tmp_path / "b", GOOD_CSV), progress=False)
+    import_movielens(engine, write_dat(tmp_path / "a", GOOD_DAT))
+    report = import_movielens(engine, write_csv(tmp_path / "b", GOOD_CSV))
 
     assert count(engine, Movie) == 4
     assert (report.movies_added, report.movies_existing) == (0, 4)
@@ -387,11 +384,11 @@ def test_a_failure_mid_import_leaves_nothing_behind(
     monkeypatch.setattr(movielens, "BLOCK_BYTES", 16)
     monkeypatch.setattr(movielens, "_validate", failing)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        import_movielens(engine, write_csv(tmp_path / "ml", GOOD_CSV), progress=False)
+        import_movielens(engine, write_csv(tmp_path / "ml", GOOD_CSV))
 
     assert count(engine, Movie) == count(engine, MovieGenre) == count(engine, Rating) == 0
     monkeypatch.setattr(movielens, "_validate", real)
-    assert import_movielens(engine, tmp_path / "ml", progress=False).ratings_added == 4
+    assert import_movielens(engine, tmp_path / "ml").ratings_added == 4
 
 
 # ----------------------------------------------------------------- unknown layouts
@@ -401,13 +398,13 @@ def test_unknown_layout_names_what_was_looked_for(engine: Engine, tmp_path: Path
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("hello")
     with pytest.raises(MovieLensFormatError) as info:
-        import_movielens(engine, tmp_path / "empty", progress=False)
+        import_movielens(engine, tmp_path / "empty")
     for name in ("u.data", "ratings.dat", "ratings.csv", "movies.csv"):
         assert name in str(info.value)
 
     archive = zip_folder(tmp_path / "empty", tmp_path / "empty.zip", "top")
     with pytest.raises(MovieLensFormatError, match="u.data"):
-        import_movielens(engine, archive, progress=False)
+        import_movielens(engine, archive)
 
 
 @pytest.mark.parametrize(
@@ -420,17 +417,26 @@ def test_unknown_layout_names_what_was_looked_for(engine: Engine, tmp_path: Path
 )
 def test_bad_paths_raise_format_error(engine: Engine, tmp_path: Path, make, message: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(MovieLensFormatError, match=message):
-        import_movielens(engine, make(tmp_path), progress=False)
+        import_movielens(engine, make(tmp_path))
     assert count(engine, Movie) == 0
 
 
-def test_progress_bar_goes_to_stderr_only_when_asked(
+def test_the_import_reports_progress_and_the_cli_draws_it(
     engine: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """The service only reports; the CLI's bar goes to stderr, and only when asked."""
+    from app.cli import _ByteBar
+
     folder = write_csv(tmp_path / "ml", GOOD_CSV)
-    import_movielens(engine, folder, progress=False)
+    reports: list[tuple[str, int, int | None]] = []
+    import_movielens(engine, folder, on_progress=lambda *a: reports.append(a))
     assert capsys.readouterr() == ("", "")
-    import_movielens(engine, folder, progress=True)
+    assert reports and reports[-1][1] == reports[-1][2] == (folder / "ratings.csv").stat().st_size
+    with _ByteBar(enabled=False) as quiet:
+        import_movielens(engine, folder, on_progress=quiet)
+    assert capsys.readouterr() == ("", "")
+    with _ByteBar(enabled=True) as bar:
+        import_movielens(engine, folder, on_progress=bar)
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "ratings" in captured.err
@@ -469,7 +475,7 @@ def _free_port() -> int:
 def test_download_unreachable_server_says_what_to_do(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{_free_port()}/datasets/movielens"
     with pytest.raises(DownloadError, match="import-movielens") as info:
-        download_movielens("ml-100k", tmp_path, base_url=base, timeout=2, progress=False)
+        download_movielens("ml-100k", tmp_path, base_url=base, timeout=2)
     assert "127.0.0.1" in str(info.value)
     assert list(tmp_path.iterdir()) == []  # no partial file left behind
 
@@ -502,11 +508,19 @@ def test_download_fetches_unzips_and_returns_the_data_folder(
     folder = write_100k(tmp_path / "src" / "ml-100k", GOOD_100K)
     zip_folder(folder, root / "ml-100k.zip", "ml-100k")
 
-    data = download_movielens("ml-100k", tmp_path / "dest", base_url=base, progress=False)
+    fetched: list[tuple[str, int, int | None]] = []
+    data = download_movielens(
+        "ml-100k", tmp_path / "dest", base_url=base, on_progress=lambda *a: fetched.append(a)
+    )
 
     assert data == tmp_path / "dest" / "ml-100k"
     assert (data / "u.data").read_text() == GOOD_100K
-    assert import_movielens(engine, data, progress=False).ratings_added == 4
+    size = (root / "ml-100k.zip").stat().st_size
+    assert fetched[-1] == ("ml-100k.zip", size, size)  # the caller draws its own bar
+    read: list[tuple[str, int, int | None]] = []
+    assert import_movielens(engine, data, on_progress=lambda *a: read.append(a)).ratings_added == 4
+    size = len(GOOD_100K.encode())
+    assert read[-1] == ("ratings u.data", size, size)
 
 
 def test_download_http_error_is_a_download_error(
@@ -514,7 +528,7 @@ def test_download_http_error_is_a_download_error(
 ) -> None:
     base, _ = local_server
     with pytest.raises(DownloadError, match="404"):
-        download_movielens("ml-1m", tmp_path / "dest", base_url=base, progress=False)
+        download_movielens("ml-1m", tmp_path / "dest", base_url=base)
     assert list((tmp_path / "dest").iterdir()) == []
 
 
@@ -526,7 +540,7 @@ def test_real_ml_100k(engine: Engine) -> None:
     if folder is None:
         pytest.skip("ml-100k not found: set MOVIELENS_DIR or put it at ../shared/data/ml-100k")
 
-    report = import_movielens(engine, folder, progress=False)
+    report = import_movielens(engine, folder)
 
     assert report.layout == "ml-100k"
     assert report.skipped == {}

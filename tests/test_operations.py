@@ -77,3 +77,17 @@ def test_job_launcher_survives_a_database_outage_at_start(tmp_path) -> None:
     assert launcher._thread is not None and launcher._thread.is_alive()
     launcher.stop()
     assert not launcher._thread.is_alive()
+
+
+def test_routers_reach_app_state_and_path_types_only_through_deps() -> None:
+    """Routes take typed dependencies (`RecommenderDep`, `UserId`, ...) declared once in
+    app/api/deps.py; none reads `request.app.state` or redeclares a path type."""
+    from pathlib import Path
+
+    api = Path(__file__).resolve().parents[1] / "app" / "api"
+    for path in sorted(api.glob("*.py")):
+        if path.name == "deps.py":
+            continue
+        source = path.read_text()
+        assert "app.state" not in source, f"{path.name} reads app.state"
+        assert "Annotated[int, Path(" not in source, f"{path.name} redeclares a path type"

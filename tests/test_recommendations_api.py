@@ -3,6 +3,7 @@ activation (each request is answered by the version active when it read the data
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -433,3 +434,34 @@ def test_a_batch_answers_as_each_request_alone(seeded: Settings, trained: Traini
             assert a.keys() == b.keys()
             if "predicted_rating" in a:
                 assert a["predicted_rating"] == pytest.approx(b["predicted_rating"], abs=1e-3)
+
+
+def test_the_poll_checks_the_active_version_first_and_loads_only_a_change(
+    no_polling: Settings, engine: Engine, two_versions: tuple[str, str], loads: list[Path]
+) -> None:
+    old, new = two_versions
+    with TestClient(create_app(no_polling)) as client:
+        recommender: Recommender = client.app.state.recommender  # type: ignore[attr-defined]
+        assert [p.parent.name for p in loads] == [new]
+        assert recommender.refresh_model() is False, "unchanged registry: nothing to do"
+        assert len(loads) == 1
+        _activate_elsewhere(engine, old)
+        assert recommender.refresh_model() is True
+        assert recommender.version == old and [p.parent.name for p in loads] == [new, old]
+
+
+def test_a_serving_model_is_an_immutable_snapshot(
+    seeded: Settings, trained: TrainingOutcome
+) -> None:
+    """Answers are cached beside the model, not in it: a loaded version never changes."""
+    with TestClient(create_app(seeded)) as client:
+        for _ in range(2):  # a miss, then a cached answer
+            assert client.get("/users/1/recommendations").json()["strategy"] == "autoencoder"
+        recommender: Recommender = client.app.state.recommender  # type: ignore[attr-defined]
+        models = recommender.models
+        model = models.model_for(recommender.version, models.generation)
+    assert model is not None and model.version == trained.version
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.version = "other"  # type: ignore[misc]
+    assert set(vars(model)) == {f.name for f in dataclasses.fields(model)}, "no lazy state"
+    assert not any(isinstance(v, dict | list | set) for v in vars(model).values())

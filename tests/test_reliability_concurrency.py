@@ -116,7 +116,7 @@ def test_batches_and_an_import_beside_single_writes_lose_nothing(
     lock = threading.Lock()
 
     def importer() -> None:
-        report = import_movielens(engine, folder, progress=False)
+        report = import_movielens(engine, folder)
         assert report.layout
 
     def batch_poster(items: list[dict[str, Any]]) -> Callable[[], None]:

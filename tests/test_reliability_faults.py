@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.main import create_app
-from app.ml.artifacts import list_artifacts
+from app.ml.artifacts import ArtifactStore
 from app.models import ModelVersion
 from app.services.training import TrainingOutcome
 from tests.factories import TINY_TRAINING, WEAK_TRAINING, seed_synthetic
@@ -94,7 +94,7 @@ def test_kill_9_mid_training_fails_the_job_and_leaves_serving_untouched(
 
 
 def test_a_writer_killed_mid_save_never_exposes_a_partial_artifact(tmp_path: Path) -> None:
-    """save_artifact writes a hidden temp file and renames it: kill -9 before the rename."""
+    """The store writes a hidden temp file and renames it: kill -9 before the rename."""
     script = textwrap.dedent(
         f"""
         import sys, time, torch
@@ -104,19 +104,18 @@ def test_a_writer_killed_mid_save_never_exposes_a_partial_artifact(tmp_path: Pat
         from app.ml.hybrid import BiasTerms, Blend, HybridModel
         from app.ml.model import StackedAutoencoder, config_from
 
-        def slow_save(payload, handle):
-            handle.write(b"PK\\x03\\x04 half of a zip")
-            handle.flush()
-            print("writing", flush=True)
+        def slow_fsync(fd):
+            print("writing", flush=True)  # the bytes are in the temp file, not yet renamed
             time.sleep(60)
 
-        artifacts.torch.save = slow_save
+        artifacts.os.fsync = slow_fsync
         config = config_from("fast", hidden=[4])
         ids = IdMap(np.arange(1, 6))
         net = StackedAutoencoder(5, config)
         bias = BiasTerms(3.0, np.zeros(5, np.float32), 5.0)
         model = HybridModel(config, net, net, None, bias, Blend(), np.zeros(5), (1.0, 5.0))
-        artifacts.save_artifact({str(tmp_path)!r}, "v-killed", model, ids, {{}}, "fp", {{}})
+        store = artifacts.ArtifactStore({str(tmp_path)!r})
+        store.save(model, ids, artifacts.ArtifactMeta("v-killed"))
         """
     )
     proc = subprocess.Popen(
@@ -127,9 +126,10 @@ def test_a_writer_killed_mid_save_never_exposes_a_partial_artifact(tmp_path: Pat
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(30)
-    assert not (tmp_path / "v-killed.pt").exists()
-    assert list_artifacts(tmp_path) == []  # the leftover temp file is hidden, never loaded
-    assert any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+    store = ArtifactStore(tmp_path)
+    assert not store.path("v-killed").exists()  # the one path a reader ever opens
+    leftovers = list(store.folder("v-killed").iterdir())
+    assert leftovers and all(p.name.startswith(".") and p.name.endswith(".tmp") for p in leftovers)
 
 
 def _damage_file(path: Path, how: str) -> None:

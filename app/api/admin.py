@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Request, status
+from fastapi import APIRouter, Body, Path, status
 
-from app.api.deps import AdminDep, SessionDep, SettingsDep
-from app.db import transaction
+from app.api.deps import (
+    AdminDep,
+    ModelVersionId,
+    RecommenderDep,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+)
 from app.schemas import NO_NUL, JobOut, JobQueuedOut, ModelVersionOut, RetrainIn
-from app.services import jobs, registry
+from app.services import activation, jobs, registry
 
 router = APIRouter(
     prefix="/admin",
@@ -42,22 +48,21 @@ def get_job(
     _admin: AdminDep,
     session: SessionDep,
     job_id: Annotated[str, Path(max_length=64, pattern=NO_NUL)],
-) -> dict[str, Any]:
-    return jobs.describe(jobs.get_job(session, job_id))
+) -> JobOut:
+    return JobOut.model_validate(jobs.get_job(session, job_id))
 
 
 @router.get("/models", response_model=list[ModelVersionOut])
-def list_models(_admin: AdminDep, session: SessionDep) -> list[dict[str, Any]]:
-    return [registry.describe(row) for row in registry.list_versions(session)]
+def list_models(_admin: AdminDep, session: SessionDep) -> list[ModelVersionOut]:
+    return [ModelVersionOut.model_validate(row) for row in registry.list_versions(session)]
 
 
 @router.post("/models/{version}/activate", response_model=ModelVersionOut, responses={404: {}})
 def activate_model(
     _admin: AdminDep,
-    request: Request,
-    version: Annotated[str, Path(max_length=64, pattern=NO_NUL)],
-) -> dict[str, Any]:
-    with transaction(request.app.state.session_factory) as session:
-        described = registry.describe(registry.activate(session, version))
-    request.app.state.recommender.refresh_model()  # preload; others load on demand
-    return described
+    sessions: SessionFactoryDep,
+    recommender: RecommenderDep,
+    version: ModelVersionId,
+) -> ModelVersionOut:
+    row = activation.activate_and_preload(sessions, recommender, version)
+    return ModelVersionOut.model_validate(row)

@@ -1,5 +1,8 @@
-"""Typed dependencies: one transaction per request, settings, the admin guard, and the
-query checks (unknown parameters, unknown genres)."""
+"""Typed dependencies: one transaction per request, settings, the recommender, the admin
+guard, the path types, and the query checks (unknown parameters, unknown genres).
+
+Routes take these as parameters; this module is the only one that reads `app.state`.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +10,35 @@ import secrets
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Query, Request, status
+from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.models import MovieGenre
-from app.schemas import NO_NUL
+from app.schemas import MAX_ID, NO_NUL
+from app.services.recommender import Recommender
 
 
 def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
+
+
+def get_engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def get_session_factory(request: Request) -> sessionmaker[Session]:
+    return request.app.state.session_factory
+
+
+async def get_recommender(request: Request) -> Recommender:
+    """Async, like every dependency of the recommendation routes: no thread hop."""
+    return request.app.state.recommender
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -31,6 +48,10 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
+# For a use case that commits before it acts (activation, then the model preload).
+SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
+RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
 # scope="function": commit before the response is sent. With FastAPI's default ("request")
 # the commit ran after a 201 had gone out, so a commit that failed (database gone, a
 # constraint) was acknowledged to the client as stored.
@@ -57,6 +78,10 @@ def require_admin(
 
 
 AdminDep = Annotated[None, Depends(require_admin)]
+
+UserId = Annotated[int, Path(gt=0, le=MAX_ID)]
+MovieId = Annotated[int, Path(gt=0, le=MAX_ID)]
+ModelVersionId = Annotated[str, Path(max_length=64, pattern=NO_NUL)]
 
 
 def _query_names(dependant: Dependant) -> frozenset[str]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Path, Query, status
+from fastapi import APIRouter, Body, Query, status
 from pydantic import Field
 
-from app.api.deps import AdminDep, KnownGenre, SessionDep
+from app.api.deps import AdminDep, KnownGenre, MovieId, SessionDep
 from app.schemas import MAX_ID, NO_NUL, MovieIn, MovieOut, MoviesPage
 from app.services import movies as service
 
@@ -28,7 +28,7 @@ def list_movies(
 
 
 @router.get("/movies/{movie_id}", response_model=MovieOut, responses={404: {}})
-def get_movie(movie_id: Annotated[int, Path(gt=0, le=MAX_ID)], session: SessionDep) -> MovieOut:
+def get_movie(movie_id: MovieId, session: SessionDep) -> MovieOut:
     return service.get_movie(session, movie_id)
 
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Query, Response, status
 
-from app.api.deps import SessionDep, SettingsDep
+from app.api.deps import MovieId, SessionDep, SettingsDep, UserId
 from app.schemas import MAX_ID, RatingBatchIn, RatingBatchOut, RatingIn, RatingOut, UserRatingsPage
 from app.services import ratings as service
 
 router = APIRouter(tags=["ratings"])
-UserId = Annotated[int, Path(gt=0, le=MAX_ID)]
-MovieId = Annotated[int, Path(gt=0, le=MAX_ID)]
 
 
 @router.post(

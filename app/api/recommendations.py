@@ -6,22 +6,17 @@ response body: no pydantic re-validation, no stdlib encoder (both showed in prof
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 
-from app.schemas import MAX_ID, PositiveId, PredictionsOut, RecommendationsOut
-from app.services.recommender import Recommender, observe_stage
+from app.api.deps import RecommenderDep, UserId
+from app.schemas import PositiveId, PredictionsOut, RecommendationsOut
+from app.services.recommender import observe_stage
 
 router = APIRouter(tags=["recommendations"])
-UserId = Annotated[int, Path(gt=0, le=MAX_ID)]
-
-
-def _recommender(request: Request) -> Recommender:
-    return request.app.state.recommender
 
 
 def _json(answer: dict[str, Any]) -> Response:
@@ -31,7 +26,7 @@ def _json(answer: dict[str, Any]) -> Response:
 
 @router.get("/users/{user_id}/recommendations", response_model=RecommendationsOut)
 async def recommendations(
-    request: Request,
+    recommender: RecommenderDep,
     user_id: UserId,
     n: Annotated[int, Query(ge=1, le=100)] = 10,
     genre: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
@@ -39,7 +34,7 @@ async def recommendations(
     # Inference runs on the recommender's own small executor, off the event loop: a few
     # threads that keep busy beat dozens of threadpool threads fighting over the GIL. The
     # batcher lets requests that arrive together share one forward pass.
-    answer = await _recommender(request).batcher().recommend(user_id, n, genre)
+    answer = await recommender.recommendations(user_id, n, genre)
     started = time.perf_counter()
     response = _json(answer)
     observe_stage("json", time.perf_counter() - started)
@@ -52,13 +47,10 @@ async def recommendations(
     responses={404: {"description": "unknown movie"}, 503: {"description": "no model yet"}},
 )
 async def predictions(
-    request: Request,
+    recommender: RecommenderDep,
     user_id: UserId,
     movie_id: Annotated[list[PositiveId], Query(min_length=1, max_length=100)],
 ) -> Response:
     # The same executor as recommendations: a fold-in is a fold-in, whichever route asks.
-    recommender = _recommender(request)
-    answer = await asyncio.get_running_loop().run_in_executor(
-        recommender.executor, recommender.predict, user_id, movie_id
-    )
+    answer = await recommender.predictions(user_id, movie_id)
     return _json(answer)

@@ -1,18 +1,22 @@
 """Model artifacts: one self-describing file per trained model version.
 
 An artifact holds the weights plus everything needed to serve and audit them (config, the
-movie id map, rating scale, training-data fingerprint and size, metrics, library
-versions). It is written to a temporary name in the target directory and moved into place
-with ``os.replace``, so a reader never sees a half-written file. Loading uses
+movie id map, training-data fingerprint and size, metrics, library versions; the rating
+scale travels once, as a buffer of the network). `ArtifactStore` is the one place that
+knows where an artifact lives (``<model_dir>/<version>/<version>.pt``); every file is
+written to a temporary name beside its target and moved into place with ``os.replace``
+(`write_atomically`), so a reader never sees a half-written file. Loading uses
 ``torch.load(weights_only=True)``: no pickled code is ever executed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import platform
 import secrets
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -98,48 +102,93 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def artifact_path(directory: Path, version: str) -> Path:
-    return Path(directory) / f"{version}{SUFFIX}"
+def write_atomically(path: Path, data: bytes) -> Path:
+    """Write a hidden temp file beside ``path``, fsync it, rename: all or nothing.
 
-
-def save_artifact(
-    directory: Path,
-    version: str,
-    model: HybridModel,
-    movies: IdMap,
-    metrics: dict,
-    data_fingerprint: str,
-    data_size: dict,
-) -> Path:
-    """Atomically write ``<directory>/<version>.pt`` and return its path."""
-    if len(movies) != model.n_movies:
-        raise ValueError(f"movie map has {len(movies)} ids, the model {model.n_movies} outputs")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "version": version,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        **_model_payload(model),
-        "movie_ids": torch.from_numpy(np.array(movies.ids, dtype=np.int64)),
-        "metrics": _plain(metrics),
-        "data_fingerprint": str(data_fingerprint),
-        "data_size": _plain(data_size),
-        "libraries": library_versions(),
-    }
-    final = artifact_path(directory, version)
-    fd, tmp = tempfile.mkstemp(prefix=f".{version}.", suffix=".tmp", dir=directory)
+    A writer killed mid-way leaves only the hidden ``.<name>.*.tmp`` file, which no
+    reader looks for.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, final)
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return final
+    return path
+
+
+@dataclass(frozen=True)
+class ArtifactMeta:
+    """What an artifact records about its model besides the weights."""
+
+    version: str
+    data_fingerprint: str = ""
+    data_size: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SavedArtifact:
+    """An artifact as written: where it lies and its bytes (which the registry stores)."""
+
+    path: Path
+    payload: bytes
+
+
+def encode_artifact(model: HybridModel, movies: IdMap, meta: ArtifactMeta) -> bytes:
+    """The artifact file's bytes: weights, id map and metadata in one torch archive."""
+    if len(movies) != model.n_movies:
+        raise ValueError(f"movie map has {len(movies)} ids, the model {model.n_movies} outputs")
+    if tuple(model.rating_scale) != tuple(float(v) for v in model.rank_net.rating_scale):
+        raise ValueError("the model's rating scale differs from its network's (the one saved)")
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "version": meta.version,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **_model_payload(model),
+        "movie_ids": torch.from_numpy(np.array(movies.ids, dtype=np.int64)),
+        "metrics": _plain(meta.metrics),
+        "data_fingerprint": str(meta.data_fingerprint),
+        "data_size": _plain(meta.data_size),
+        "libraries": library_versions(),
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+class ArtifactStore:
+    """The artifacts under one MODEL_DIR: ``<model_dir>/<version>/<version>.pt``.
+
+    The version's folder also holds its training report; pruning a version removes both.
+    """
+
+    def __init__(self, model_dir: Path) -> None:
+        self.root = Path(model_dir)
+
+    def folder(self, version: str) -> Path:
+        return self.root / version
+
+    def path(self, version: str) -> Path:
+        return self.folder(version) / f"{version}{SUFFIX}"
+
+    def write(self, version: str, payload: bytes) -> Path:
+        """Put already-encoded bytes (say, fetched from the registry) in place."""
+        return write_atomically(self.path(version), payload)
+
+    def save(self, model: HybridModel, movies: IdMap, meta: ArtifactMeta) -> SavedArtifact:
+        payload = encode_artifact(model, movies, meta)
+        return SavedArtifact(self.write(meta.version, payload), payload)
+
+    def prune(self, version: str) -> None:
+        shutil.rmtree(self.folder(version), ignore_errors=True)
 
 
 def _state(net: StackedAutoencoder) -> dict[str, torch.Tensor]:
@@ -151,7 +200,6 @@ def _model_payload(model: HybridModel) -> dict[str, Any]:
     path = model.item_path
     return {
         "config": _plain(model.config.model_dump()),
-        "rating_scale": [float(model.rating_scale[0]), float(model.rating_scale[1])],
         "rank_state": _state(model.rank_net),
         "rate_state": None if model.rate_net is model.rank_net else _state(model.rate_net),
         "item_path": None
@@ -189,7 +237,7 @@ def _read(path: Path) -> dict[str, Any]:
             f"{path} has format version {payload.get('format_version')}, "
             f"this code reads version {FORMAT_VERSION}: train a new model (saerec train)"
         )
-    missing = {"version", "rank_state", "config", "movie_ids", "rating_scale"} - set(payload)
+    missing = {"version", "rank_state", "config", "movie_ids"} - set(payload)
     if missing:
         raise ArtifactError(f"{path} lacks {sorted(missing)}")
     return payload
@@ -246,7 +294,8 @@ def _model_from(payload: dict[str, Any], config: ModelConfig, n_movies: int) -> 
     popularity = payload["log_popularity"].numpy()
     if movie_bias.shape != (n_movies,) or popularity.shape != (n_movies,):
         raise ValueError("bias or popularity vectors do not match the movie map")
-    scale = tuple(float(v) for v in payload["rating_scale"])
+    # the scale is a buffer of the network (set from the data or the config at training)
+    low, high = (float(v) for v in rank_net.rating_scale)
     return HybridModel(
         config,
         rank_net,
@@ -255,25 +304,19 @@ def _model_from(payload: dict[str, Any], config: ModelConfig, n_movies: int) -> 
         BiasTerms(float(bias["mean"]), movie_bias, float(bias["user_reg"])),
         Blend(**payload["blend"]),
         popularity,
-        (scale[0], scale[1]),
+        (low, high),
     )
-
-
-def list_artifacts(directory: Path) -> list[Path]:
-    """Artifact files in ``directory``, oldest version first (temp files excluded)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    return sorted(p for p in directory.glob(f"*{SUFFIX}") if not p.name.startswith("."))
 
 
 __all__ = [
     "ArtifactError",
+    "ArtifactMeta",
+    "ArtifactStore",
     "LoadedModel",
-    "artifact_path",
+    "SavedArtifact",
     "data_fingerprint",
-    "list_artifacts",
+    "encode_artifact",
     "load_artifact",
     "new_version_id",
-    "save_artifact",
+    "write_atomically",
 ]

@@ -3,26 +3,15 @@ learning-curve PNG (matplotlib's Agg backend, so it works on a headless server).
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from app.ml.artifacts import write_atomically
 from app.ml.train import EpochReport
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _clean(value: Any) -> Any:
@@ -43,7 +32,7 @@ def write_metrics_json(
     artifact = Path(artifact)
     path = artifact.with_name(f"{artifact.stem}.metrics.json")
     body = {"metrics": metrics, "history": [h.as_dict() for h in history]}
-    _atomic_write(path, json.dumps(_clean(body), indent=2, sort_keys=True).encode())
+    write_atomically(path, json.dumps(_clean(body), indent=2, sort_keys=True).encode())
     return path
 
 
@@ -76,14 +65,12 @@ def write_learning_curve(artifact: Path, history: Sequence[EpochReport]) -> Path
         ax.set_title(title)
         ax.set_xlabel("epoch")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    image = io.BytesIO()
     try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
+        fig.savefig(image, format="png", dpi=100)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
+    write_atomically(path, image.getvalue())
     return path
 
 

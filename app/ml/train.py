@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -61,7 +61,6 @@ class TrainResult:
     best_epoch: int
     metrics: dict[str, float]
     seconds: float
-    selection: dict[str, object] = field(default_factory=dict)
 
     @property
     def rating_scale(self) -> tuple[float, float]:
@@ -367,7 +366,7 @@ def train_model(
     )
     if model.item_path is not None:
         metrics["item_lambda"] = model.item_path.lam
-    return TrainResult(model, nets.history, nets.rank_epoch, metrics, seconds, choice)
+    return TrainResult(model, nets.history, nets.rank_epoch, metrics, seconds)
 
 
 def make_validation(train: RatingMatrix, valid: RatingMatrix, config: ModelConfig) -> Validation:

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -28,6 +28,10 @@ from app.db import create_session_factory, transaction, updated
 from app.models import JOB_STATUSES, OPEN_JOB_STATUSES, TrainingJob, utcnow
 from app.observability import get_logger
 from app.services.errors import ConflictError, InvalidInputError, NotFoundError
+
+if TYPE_CHECKING:  # torch stays out of the API process until a model is needed
+    from app.ml.model import ModelConfig
+    from app.ml.train import EpochReport
 
 log = get_logger("saerec.jobs")
 HEARTBEAT_SECONDS = 5.0
@@ -46,7 +50,11 @@ def open_job(session: Session) -> TrainingJob | None:
 
 
 def enqueue(session: Session, settings: Settings, overrides: dict[str, Any]) -> TrainingJob:
-    """Validate the overrides now (422 beats a job that fails later), then queue one job."""
+    """Resolve the overrides now (422 beats a job that fails later) and queue the result.
+
+    The job stores the resolved config, so it trains what this process's TRAIN_PRESET
+    meant, not whatever the job process's settings say.
+    """
     from app.services.training import resolve_config
 
     try:
@@ -57,7 +65,12 @@ def enqueue(session: Session, settings: Settings, overrides: dict[str, Any]) -> 
     existing = open_job(session)
     if existing is not None:
         raise _conflict(existing)
-    job = TrainingJob(id=str(uuid.uuid4()), overrides=overrides, epochs=config.epochs)
+    job = TrainingJob(
+        id=str(uuid.uuid4()),
+        overrides=overrides,
+        config=config.model_dump(mode="json"),
+        epochs=config.epochs,
+    )
     try:
         with session.begin_nested():
             session.add(job)
@@ -89,26 +102,6 @@ def get_job(session: Session, job_id: str) -> TrainingJob:
     if job is None:
         raise NotFoundError(f"training job {job_id!r} does not exist")
     return job
-
-
-def describe(job: TrainingJob) -> dict[str, Any]:
-    def iso(value: datetime | None) -> str | None:
-        return value.isoformat() if value else None
-
-    return {
-        "job_id": job.id,
-        "status": job.status,
-        "progress": round(job.progress, 4),
-        "epoch": job.epoch,
-        "epochs": job.epochs,
-        "metrics": job.metrics,
-        "model_version": job.model_version,
-        "error": job.error,
-        "overrides": job.overrides,
-        "created_at": iso(job.created_at),
-        "started_at": iso(job.started_at),
-        "finished_at": iso(job.finished_at),
-    }
 
 
 def claim_next(factory: sessionmaker[Session], worker: str) -> str | None:
@@ -191,7 +184,7 @@ def recover_stale_jobs(factory: sessionmaker[Session]) -> list[str]:
 # -- running one job (inside the job process) -------------------------------------------------
 def run_job(settings: Settings, engine: Engine, job_id: str) -> None:
     """Train for a claimed job, reporting each epoch; any error ends the job as failed."""
-    from app.services.training import resolve_config, train_and_register
+    from app.services.training import train_and_register
 
     factory = create_session_factory(engine)
     update_job(factory, job_id, worker=f"{_host()}:{os.getpid()}", heartbeat_at=utcnow())
@@ -200,8 +193,7 @@ def run_job(settings: Settings, engine: Engine, job_id: str) -> None:
     beat.start()
     try:
         with factory() as session:
-            overrides = get_job(session, job_id).overrides
-        config = resolve_config(settings, overrides)
+            config = job_config(settings, get_job(session, job_id))
         outcome = train_and_register(
             settings,
             engine,
@@ -227,10 +219,20 @@ def run_job(settings: Settings, engine: Engine, job_id: str) -> None:
         stop.set()
 
 
-def _epoch_reporter(factory: sessionmaker[Session], job_id: str) -> Callable[[Any], None]:
+def job_config(settings: Settings, job: TrainingJob) -> ModelConfig:
+    """The config resolved when the job was queued (re-resolved only for older rows)."""
+    from app.ml.model import ModelConfig
+    from app.services.training import resolve_config
+
+    if job.config is None:  # queued before revision 0004
+        return resolve_config(settings, job.overrides)
+    return ModelConfig.model_validate(job.config)
+
+
+def _epoch_reporter(factory: sessionmaker[Session], job_id: str) -> Callable[[EpochReport], None]:
     """Each epoch's figures and progress onto the job row."""
 
-    def on_epoch(report: Any) -> None:
+    def on_epoch(report: EpochReport) -> None:
         update_job(
             factory,
             job_id,
@@ -262,9 +264,9 @@ def _trial_reporter(
     return on_trial
 
 
-def _epoch_metrics(report: Any) -> dict[str, Any]:
-    data = report.as_dict() if hasattr(report, "as_dict") else dict(vars(report))
-    return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in data.items()}
+def _epoch_metrics(report: EpochReport) -> dict[str, Any]:
+    """The report's figures, rounded for the job row and the dashboard."""
+    return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in report.as_dict().items()}
 
 
 def _heartbeat(factory: sessionmaker[Session], job_id: str, stop: threading.Event) -> None:

@@ -1,4 +1,4 @@
-"""Bulk import of the GroupLens MovieLens data sets, and their download.
+"""Bulk import of the GroupLens MovieLens data sets (their download: downloads.py).
 
 The import streams the ratings file in blocks (never the whole file in memory), validates
 each block with numpy, and hands the good rows to the fastest bulk path of the backend:
@@ -20,10 +20,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import os
 import re
-import sys
-import tempfile
 import time
 import warnings
 import zipfile
@@ -32,18 +29,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol
-from urllib.parse import urlsplit
 
-import httpx
 import numpy as np
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.dialects import postgresql, sqlite
-from tqdm import tqdm
 
 from app.models import Movie, MovieGenre
 
-GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens"
-DATASETS = ("ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-latest", "ml-latest-small")
+# What a long read reports: (what is being read, bytes so far, bytes in all if known). The
+# caller draws it (the CLI's bar); a service never writes to the terminal itself.
+Progress = Callable[[str, int, int | None], None]
 STANDARD_100K_GENRES = (
     "unknown",
     "Action",
@@ -78,10 +73,6 @@ _YEAR_RE = re.compile(r"\((\d{4})(?:\s*[-\u2013]\s*(?:\d{4})?\s*)?\)$")
 
 class MovieLensFormatError(ValueError):
     """The path holds no MovieLens layout we know, or the layout is incomplete."""
-
-
-class DownloadError(RuntimeError):
-    """The archive could not be fetched; the message says how to get it by hand."""
 
 
 @dataclass
@@ -336,7 +327,8 @@ LAYOUTS = (
 )
 
 
-def _looked_for() -> str:
+def looked_for() -> str:
+    """The files each layout needs, for messages that say what was searched for."""
     return "; ".join(f"{lay.ratings_file} + {lay.movies_file} ({lay.covers})" for lay in LAYOUTS)
 
 
@@ -355,12 +347,12 @@ def _layout_of(source: _Source) -> _Layout | None:
 
 def _no_layout(path: Path) -> MovieLensFormatError:
     return MovieLensFormatError(
-        f"no MovieLens data found in {path}; looked for {_looked_for()}, "
+        f"no MovieLens data found in {path}; looked for {looked_for()}, "
         "at the top or inside one folder"
     )
 
 
-def _zip_prefixes(names: list[str]) -> list[str]:
+def zip_prefixes(names: list[str]) -> list[str]:
     """Folders inside the archive (top first) that hold a ratings file."""
     markers = {layout.ratings_file for layout in LAYOUTS}
     prefixes = set()
@@ -382,7 +374,7 @@ def _open_source(path: Path) -> Iterator[tuple[_Source, _Layout]]:
     if not zipfile.is_zipfile(path):
         raise MovieLensFormatError(f"{path} is neither a folder nor a .zip archive")
     with zipfile.ZipFile(path) as archive:
-        for prefix in _zip_prefixes(archive.namelist()):
+        for prefix in zip_prefixes(archive.namelist()):
             source = _ZipSource(archive, path, prefix)
             layout = _layout_of(source)
             if layout is not None:
@@ -412,11 +404,11 @@ def _folder_source(path: Path) -> tuple[_Source, _Layout]:
 # --------------------------------------------------------------------------- parsing
 
 
-def _line_blocks(handle: IO[bytes], progress: tqdm) -> Iterator[bytes]:
+def _line_blocks(handle: IO[bytes], on_read: Callable[[int], None]) -> Iterator[bytes]:
     """Blocks of whole lines; the tail after the last newline is still yielded at the end."""
     rest = b""
     while chunk := handle.read(BLOCK_BYTES):
-        progress.update(len(chunk))
+        on_read(len(chunk))
         data = rest + chunk
         cut = data.rfind(b"\n") + 1
         if cut:
@@ -692,20 +684,15 @@ def _import_ratings(
     known: np.ndarray,
     report: ImportReport,
     skipped: Counter[str],
-    progress: bool,
+    on_progress: Progress | None,
 ) -> None:
     """Stream, validate and stage the ratings file block by block, then insert in one go."""
     valid = 0
-    bar = tqdm(
-        total=source.size(layout.ratings_file),
-        unit="B",
-        unit_scale=True,
-        desc=f"ratings {layout.ratings_file}",
-        file=sys.stderr,
-        disable=not progress,
+    on_read = byte_counter(
+        f"ratings {layout.ratings_file}", source.size(layout.ratings_file), on_progress
     )
-    with bar, source.open(layout.ratings_file) as handle, _ratings_writer(conn) as writer:
-        for number, raw_block in enumerate(_line_blocks(handle, bar)):
+    with source.open(layout.ratings_file) as handle, _ratings_writer(conn) as writer:
+        for number, raw_block in enumerate(_line_blocks(handle, on_read)):
             block = _drop_header(raw_block) if number == 0 else raw_block
             if not block:
                 continue
@@ -722,11 +709,28 @@ def _import_ratings(
     report.ratings_existing = distinct - added
 
 
-def import_movielens(engine: Engine, path: Path, progress: bool = True) -> ImportReport:
+def byte_counter(
+    label: str, total: int | None, on_progress: Progress | None
+) -> Callable[[int], None]:
+    """Adds up the bytes read and hands the running total to ``on_progress``."""
+    done = 0
+
+    def on_read(amount: int) -> None:
+        nonlocal done
+        done += amount
+        if on_progress is not None:
+            on_progress(label, done, total)
+
+    return on_read
+
+
+def import_movielens(
+    engine: Engine, path: Path, on_progress: Progress | None = None
+) -> ImportReport:
     """Load a MovieLens folder or .zip into movies, movie_genres and ratings, idempotently.
 
     One transaction for the whole run: either the catalog and its ratings land together,
-    or nothing does.
+    or nothing does. ``on_progress`` hears how far the ratings file has been read.
     """
     started = time.perf_counter()
     skipped: Counter[str] = Counter()
@@ -737,82 +741,7 @@ def import_movielens(engine: Engine, path: Path, progress: bool = True) -> Impor
         report.movies_seen += skipped["movies.duplicate_id"]
         with engine.begin() as conn:
             known = _import_movies(conn, catalog, report)
-            _import_ratings(conn, source, layout, known, report, skipped, progress)
+            _import_ratings(conn, source, layout, known, report, skipped, on_progress)
     report.skipped = {reason: n for reason, n in sorted(skipped.items()) if n}
     report.seconds = time.perf_counter() - started
     return report
-
-
-# --------------------------------------------------------------------------- download
-
-
-def _zip_data_folder(archive: Path, dest_dir: Path) -> Path:
-    """Unzip next to the archive and return the folder that holds the data files."""
-    with zipfile.ZipFile(archive) as zipped:
-        prefixes = _zip_prefixes(zipped.namelist())
-        if not prefixes:
-            raise DownloadError(f"{archive} holds no MovieLens data ({_looked_for()})")
-        zipped.extractall(dest_dir)
-    return dest_dir / prefixes[0].rstrip("/") if prefixes[0] else dest_dir
-
-
-_BY_HAND = "download {url} by hand and run `saerec import-movielens PATH` on it"
-
-
-def _fetch(url: str, target: IO[bytes], timeout: float, progress: bool) -> None:
-    """Stream the body to target; any failure becomes a DownloadError with the way out."""
-    hint = _BY_HAND.format(url=url)
-    try:
-        with httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as response:
-            if response.status_code != 200:
-                raise DownloadError(f"{url} answered HTTP {response.status_code}; {hint}")
-            total = int(response.headers.get("content-length", 0)) or None
-            with tqdm(
-                total=total,
-                unit="B",
-                unit_scale=True,
-                desc=url.rsplit("/", 1)[-1],
-                file=sys.stderr,
-                disable=not progress,
-            ) as bar:
-                for chunk in response.iter_bytes(1 << 20):
-                    target.write(chunk)
-                    bar.update(len(chunk))
-    except httpx.HTTPError as exc:
-        host = urlsplit(url).netloc
-        raise DownloadError(f"cannot reach {host}: {exc!r}; {hint}") from exc
-
-
-def download_movielens(
-    name: str,
-    dest_dir: Path,
-    base_url: str = GROUPLENS_URL,
-    timeout: float = 30.0,
-    progress: bool = True,
-) -> Path:
-    """Fetch `{base_url}/{name}.zip`, unzip it into dest_dir and return the data folder.
-
-    The archive streams to a temp file that is renamed only when complete, so an
-    interrupted download never passes for a good one. base_url exists for mirrors and
-    for tests, which point it at localhost.
-    """
-    if name not in DATASETS:
-        raise ValueError(
-            f"unknown MovieLens data set {name!r}; choose one of {', '.join(DATASETS)}"
-        )
-    dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    url = f"{base_url.rstrip('/')}/{name}.zip"
-    archive = dest_dir / f"{name}.zip"
-    handle, name_part = tempfile.mkstemp(dir=dest_dir, prefix=f".{name}.", suffix=".part")
-    part = Path(name_part)
-    try:
-        with os.fdopen(handle, "wb") as target:
-            _fetch(url, target, timeout, progress)
-        part.replace(archive)
-    finally:
-        part.unlink(missing_ok=True)
-    try:
-        return _zip_data_folder(archive, dest_dir)
-    except zipfile.BadZipFile as exc:
-        raise DownloadError(f"{url} did not return a valid zip archive: {exc}") from exc

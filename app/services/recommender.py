@@ -6,6 +6,11 @@ when this process has not yet (one load at a time per process; the others wait f
 So once an activation has committed, no later request to any process sees the old model.
 Loaded models are immutable snapshots kept in a small cache, which makes a rollback to a
 recent version instant. The popular list is swapped by one reference assignment.
+
+Four collaborators, composed by `Recommender` (which also owns the inference executor):
+`ModelLifecycle` (which version is served: load, keep, swap), `UserReader` (the per-user
+read), `Popularity` (the fallback list) and the ranking functions (`rank_batch`,
+`predicted_items`); answers are cached in `AnswerCache`, outside the immutable models.
 """
 
 from __future__ import annotations
@@ -16,9 +21,9 @@ import gc
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +32,7 @@ import torch
 from prometheus_client import Summary
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import create_session_factory
 from app.ml.artifacts import ArtifactError, LoadedModel, load_artifact
@@ -140,36 +145,32 @@ def load_catalog(session: Session, movie_ids: np.ndarray) -> Catalog:
     return Catalog(np.asarray(movie_ids, dtype=np.int64), titles, genres, masks)
 
 
-@dataclass(frozen=True)
+def _column_table(ids: np.ndarray) -> np.ndarray | None:
+    """Model column by movie id (-1: unknown): one gather instead of a bisection per
+    request. None when ids are too sparse for a table (then `IdMap.index_of`)."""
+    if ids.size == 0 or int(ids[-1]) > max(64 * ids.size, 1 << 20):
+        return None
+    table = np.full(int(ids[-1]) + 2, -1, dtype=np.int64)  # the last slot: any id above
+    table[ids] = np.arange(ids.size)
+    return table
+
+
+@dataclass(frozen=True, eq=False)
 class ServingModel:
+    """One loaded version, immutable: everything a request needs is built before it serves
+    (the answers it gives are cached by `AnswerCache`, which may mutate)."""
+
     version: str
     loaded: LoadedModel
     catalog: Catalog
     scorer: FoldInScorer
-    # Answers by exact input (the user's ratings as read, n, genre). The same ratings give
-    # the same answer from the same model, so a repeat skips the forward pass but never a
-    # fresh read: a new rating changes the key. Per version, so a swap starts empty.
-    answers: dict[tuple, list[dict[str, Any]]] = field(default_factory=dict)
+    column_of: np.ndarray | None
 
-    cache_size: int = 20_000
-
-    def remember(self, key: tuple, items: list[dict[str, Any]]) -> None:
-        if self.cache_size <= 0:
-            return
-        if len(self.answers) >= self.cache_size:
-            self.answers.clear()  # crude but O(1) and safe under concurrent readers
-        self.answers[key] = items
-
-    @cached_property
-    def column_of(self) -> np.ndarray | None:
-        """Model column by movie id (-1: unknown): one gather instead of a bisection per
-        request. None when ids are too sparse for a table (then `IdMap.index_of`)."""
-        ids = self.loaded.movies.ids
-        if ids.size == 0 or int(ids[-1]) > max(64 * ids.size, 1 << 20):
-            return None
-        table = np.full(int(ids[-1]) + 2, -1, dtype=np.int64)  # the last slot: any id above
-        table[ids] = np.arange(ids.size)
-        return table
+    @classmethod
+    def build(cls, version: str, loaded: LoadedModel, catalog: Catalog) -> ServingModel:
+        model = cls(version, loaded, catalog, loaded.model.scorer, _column_table(loaded.movies.ids))
+        _ = model.scorer.item_table  # built now, not by the first requests
+        return model
 
     def columns(self, movie_ids: np.ndarray) -> np.ndarray:
         table = self.column_of
@@ -195,6 +196,29 @@ class ServingModel:
         """The user's state and the model columns they rated; None if the model knows none."""
         known = self.known(movie_ids, ratings)
         return None if known is None else (self.scorer.encode(*known), known[0])
+
+
+class AnswerCache:
+    """Answers by exact input: (version, the user's ratings as read, n, genre).
+
+    The same ratings give the same answer from the same model, so a repeat skips the
+    forward pass but never a fresh read: a new rating changes the key, and so does a swap
+    to another version.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._answers: dict[tuple, list[dict[str, Any]]] = {}
+
+    def get(self, key: tuple) -> list[dict[str, Any]] | None:
+        return self._answers.get(key)
+
+    def remember(self, key: tuple, items: list[dict[str, Any]]) -> None:
+        if self._size <= 0:
+            return
+        if len(self._answers) >= self._size:
+            self._answers.clear()  # crude but O(1) and safe under concurrent readers
+        self._answers[key] = items
 
 
 @dataclass(frozen=True)
@@ -277,6 +301,9 @@ class LoadFailure:
     message: str
 
 
+AnswerMany = Callable[[list[Request]], list[dict[str, Any] | Exception]]
+
+
 class Batcher:
     """Gathers the recommendation requests of one event loop into batches for the executor.
 
@@ -286,11 +313,14 @@ class Batcher:
     running batch share the next one's forward pass.
     """
 
-    def __init__(self, recommender: Recommender, max_batch: int = 32) -> None:
-        self._recommender = recommender
+    def __init__(
+        self, executor: Executor, answer_many: AnswerMany, slots: int, max_batch: int = 32
+    ) -> None:
+        self._executor = executor
+        self._answer_many = answer_many
         self._loop = asyncio.get_running_loop()
         self._max_batch = max_batch
-        self._slots = recommender.threads  # batches in flight: one per executor thread
+        self._slots = slots  # batches in flight: one per executor thread
         self._waiting: list[tuple[Request, asyncio.Future]] = []
 
     @property
@@ -309,9 +339,7 @@ class Batcher:
             del self._waiting[: self._max_batch]
             self._slots -= 1
             done = self._loop.run_in_executor(
-                self._recommender.executor,
-                self._recommender.recommend_many,
-                [request for request, _ in batch],
+                self._executor, self._answer_many, [request for request, _ in batch]
             )
             done.add_done_callback(functools.partial(self._finish, batch))
 
@@ -331,70 +359,57 @@ class Batcher:
         self._launch()
 
 
-class Recommender:
-    """One per process: holds the serving models and popular list, answers requests."""
+class ModelLifecycle:
+    """Which version this process serves: loads it (one load at a time), keeps the recent
+    ones for an instant rollback, and swaps the current one by one reference assignment."""
 
     def __init__(
         self,
-        engine: Engine,
+        sessions: sessionmaker[Session],
         model_dir: Path,
-        prior_count: float = 20.0,
-        threads: int = 2,
-        answer_cache_size: int = 20_000,
         cached_versions: int = 3,
         retry_seconds: float = 30.0,
     ) -> None:
-        self._answer_cache_size = answer_cache_size
-        self.threads = threads
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="recommend")
-        self._batcher: Batcher | None = None
+        self._sessions = sessions
         self._model_dir = model_dir
-        self._engine = engine
-        self._user_ratings_sql = USER_RATINGS_SQL[engine.dialect.name]
-        self._sessions = create_session_factory(engine)
-        self._prior_count = prior_count
         self._model: ServingModel | None = None  # the newest active version seen, loaded
         self._generation = 0  # bumped on every change of _model
         self._recent: OrderedDict[str, ServingModel] = OrderedDict()
         self._cached_versions = max(1, cached_versions)
         self._retry_seconds = retry_seconds
-        self._popular: PopularList | None = None
         self._load_lock = threading.Lock()  # single flight: one model load at a time
         self._swap_lock = threading.Lock()  # never held across I/O
-        self.model_error: str | None = None
+        self.error: str | None = None
         self._failed: dict[str, LoadFailure] = {}  # by version
 
     @property
-    def model(self) -> ServingModel | None:
-        return self._model
-
-    def batcher(self) -> Batcher:
-        """The batcher of the running event loop (one loop per process in production)."""
-        batcher = self._batcher
-        if batcher is None or batcher.loop is not asyncio.get_running_loop():
-            batcher = self._batcher = Batcher(self)
-        return batcher
+    def generation(self) -> int:
+        """The switch count: read before a request's read (see `model_for`)."""
+        return self._generation
 
     @property
     def version(self) -> str | None:
         model = self._model
         return model.version if model else None
 
-    # -- following the registry -----------------------------------------------------------
-    def refresh_model(self) -> bool:
+    def refresh(self) -> bool:
         """Load the registry's active version if it differs from ours; True on a swap.
 
         Requests already follow the registry on their own; this poll only preloads, so a
-        quiet process has the new model ready before its next request asks for it.
+        quiet process has the new model ready before its next request asks for it. The
+        cheap active-version id is checked first: an unchanged registry costs one query.
         """
         generation = self._generation
         with self._sessions() as session:
             wanted = registry.active_version_id(session)
+        if wanted == self.version:
+            self.error = None  # e.g. rolled back to the model we serve
+            return False
         before = self._model
-        self._model_for(wanted, generation)
+        self.model_for(wanted, generation)
         return self._model is not before
 
-    def _model_for(self, wanted: str | None, generation: int) -> ServingModel | None:
+    def model_for(self, wanted: str | None, generation: int) -> ServingModel | None:
         """The model that answers a read which saw `wanted` as active.
 
         Always that version when it loads (the read is the request's snapshot of the
@@ -404,12 +419,12 @@ class Recommender:
         """
         current = self._model
         if wanted == (current.version if current else None):
-            self.model_error = None  # e.g. rolled back to the model we serve
+            self.error = None  # e.g. rolled back to the model we serve
             return current
         model = self._cached_or_loaded(wanted) if wanted is not None else None
         if wanted is not None and model is None:
             failure = self._failed.get(wanted)
-            self.model_error = failure.message if failure else self.model_error
+            self.error = failure.message if failure else self.error
             return self._model  # cannot load it: keep answering with what we have
         with self._swap_lock:
             if self._generation == generation:
@@ -448,9 +463,7 @@ class Recommender:
         except Exception as exc:  # a broken artifact, a pruned row, the database away
             self._load_failed(version, path, exc)
             return None
-        scorer = loaded.model.scorer
-        model = ServingModel(version, loaded, catalog, scorer, cache_size=self._answer_cache_size)
-        _ = scorer.item_table, model.column_of  # built now, not by the first requests
+        model = ServingModel.build(version, loaded, catalog)
         # Everything alive now (modules, the model, the catalog) lives as long as the process
         # serves: out of the collector's sight, a full collection no longer walks it. Those
         # walks (~0.1 s with the GIL held) were the p99 of every route, /healthz included.
@@ -468,7 +481,7 @@ class Recommender:
         message = f"active model {version} cannot be loaded: {kind}{exc}"
         mtime = _mtime(path) if path else None
         self._failed[version] = LoadFailure(path, mtime, time.monotonic(), message)
-        self.model_error = message
+        self.error = message
         MODEL_LOADS.labels("failed").inc()
         log.error("model_load_failed", version=version, error=f"{type(exc).__name__}: {exc}")
 
@@ -479,7 +492,7 @@ class Recommender:
             return
         self._model = model
         self._generation += 1
-        self.model_error = None
+        self.error = None
         if model is not None:  # the current model stays cached, whatever the traffic
             self._recent[model.version] = model
             self._recent.move_to_end(model.version)
@@ -491,30 +504,22 @@ class Recommender:
             "model_swapped", old=old.version if old else None, new=model.version if model else None
         )
 
-    def refresh_popular(self) -> None:
-        with self._sessions() as session:
-            self._popular = build_popular_list(session, self._prior_count)
 
-    def popular(self) -> PopularList:
-        if self._popular is None:  # only when the build at start-up failed (database away)
-            self.refresh_popular()
-        assert self._popular is not None
-        return self._popular
+class UserReader:
+    """The hot-path read: a user's current ratings and the active version, one round trip."""
 
-    # -- answering ------------------------------------------------------------------------
-    def read_user(self, user_id: int) -> UserRead:
-        """The user's current ratings and the active version, in one round trip."""
-        generation = self._generation  # before the read: see _model_for
-        row = self._user_ratings_row(user_id)
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._sql = USER_RATINGS_SQL[engine.dialect.name]
+
+    def read(self, user_id: int, generation: int) -> UserRead:
+        """`generation`: the model switch count taken before this read (see `model_for`)."""
+        row = self._row(user_id)
         if row is None:
             return UserRead(None, None, generation)
         return UserRead(tuple(row[:-1]), row[-1], generation)
 
-    def user_ratings(self, user_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """The user's current ratings as (movie ids, ratings)."""
-        return self.read_user(user_id).ratings()
-
-    def _user_ratings_row(self, user_id: int) -> tuple | None:
+    def _row(self, user_id: int) -> tuple | None:
         """The user's current ratings: one indexed lookup on the primary key's prefix.
 
         The hot path of every request, so it uses a pooled DBAPI connection directly:
@@ -529,19 +534,121 @@ class Recommender:
         cursor = None
         try:
             cursor = raw.cursor()
-            cursor.execute(self._user_ratings_sql, (user_id,))
+            cursor.execute(self._sql, (user_id,))
             row = cursor.fetchone()
         except dialect.loaded_dbapi.Error as exc:
             if dialect.is_disconnect(exc, raw.dbapi_connection, cursor):
                 raw.invalidate(exc)
             raise DBAPIError.instance(
-                self._user_ratings_sql, (user_id,), exc, dialect.loaded_dbapi.Error
+                self._sql, (user_id,), exc, dialect.loaded_dbapi.Error
             ) from exc
         finally:
             if cursor is not None:
                 cursor.close()
             raw.close()  # back to the pool (rolled back on return)
         return row
+
+
+class Popularity:
+    """The popular fallback: built at start-up and on a timer, swapped by one assignment."""
+
+    def __init__(self, sessions: sessionmaker[Session], prior_count: float) -> None:
+        self._sessions = sessions
+        self._prior_count = prior_count
+        self._popular: PopularList | None = None
+
+    def refresh(self) -> None:
+        with self._sessions() as session:
+            self._popular = build_popular_list(session, self._prior_count)
+
+    def current(self) -> PopularList:
+        if self._popular is None:  # only when the build at start-up failed (database away)
+            self.refresh()
+        assert self._popular is not None
+        return self._popular
+
+    def items(self, rated: np.ndarray, n: int, genre: str | None) -> list[dict[str, Any]]:
+        """The n most popular movies the user has not rated (in the genre, if given)."""
+        popular = self.current()
+        allowed = ~np.isin(popular.catalog.movie_ids, rated)
+        mask = popular.catalog.mask_for(genre)
+        if mask is not None:
+            allowed &= mask
+        top = np.flatnonzero(allowed)[:n]  # already sorted by score
+        return [popular.catalog.item(i, popular.scores[i]) for i in top]
+
+
+class Recommender:
+    """One per process: answers requests by composing the served model (`ModelLifecycle`),
+    the user's read (`UserReader`), the popular fallback (`Popularity`), the answer cache
+    and the ranking functions below. Owns the inference executor, behind async methods."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        model_dir: Path,
+        prior_count: float = 20.0,
+        threads: int = 2,
+        answer_cache_size: int = 20_000,
+        cached_versions: int = 3,
+        retry_seconds: float = 30.0,
+    ) -> None:
+        self._threads = threads
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="recommend")
+        self._batcher: Batcher | None = None
+        self._sessions = create_session_factory(engine)
+        self.models = ModelLifecycle(self._sessions, model_dir, cached_versions, retry_seconds)
+        self.reader = UserReader(engine)
+        self.popularity = Popularity(self._sessions, prior_count)
+        self.answers = AnswerCache(answer_cache_size)
+
+    # -- the async face: inference runs on the executor, never on the event loop ----------
+    async def recommendations(self, user_id: int, n: int, genre: str | None) -> dict[str, Any]:
+        """Requests that arrive together share one forward pass (see `Batcher`)."""
+        return await self._loop_batcher().recommend(user_id, n, genre)
+
+    async def predictions(self, user_id: int, movie_ids: list[int]) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.predict, user_id, movie_ids)
+
+    def shutdown(self) -> None:
+        """Stop the executor: queued work is dropped, running work is not waited for."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _loop_batcher(self) -> Batcher:
+        """The batcher of the running event loop (one loop per process in production)."""
+        batcher = self._batcher
+        if batcher is None or batcher.loop is not asyncio.get_running_loop():
+            batcher = self._batcher = Batcher(self._executor, self.recommend_many, self._threads)
+        return batcher
+
+    # -- following the registry and the ratings -------------------------------------------
+    @property
+    def version(self) -> str | None:
+        return self.models.version
+
+    @property
+    def model_error(self) -> str | None:
+        return self.models.error
+
+    def refresh_model(self) -> bool:
+        """Preload the registry's active version (see `ModelLifecycle.refresh`)."""
+        return self.models.refresh()
+
+    def refresh_popular(self) -> None:
+        self.popularity.refresh()
+
+    def popular(self) -> PopularList:
+        return self.popularity.current()
+
+    # -- answering ------------------------------------------------------------------------
+    def read_user(self, user_id: int) -> UserRead:
+        """The user's current ratings and the active version, in one round trip."""
+        return self.reader.read(user_id, self.models.generation)  # generation: before the read
+
+    def user_ratings(self, user_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """The user's current ratings as (movie ids, ratings)."""
+        return self.read_user(user_id).ratings()
 
     def recommend(self, user_id: int, n: int, genre: str | None) -> dict[str, Any]:
         answer = self.recommend_many([(user_id, n, genre)])[0]
@@ -570,8 +677,8 @@ class Recommender:
             answers.append(answer)
         read_at = time.perf_counter()
         for model, group in _by_model(pending):
-            for job, items in zip(group, self._model_items(model, group, read_at), strict=True):
-                model.remember(job.key, items)
+            for job, items in zip(group, rank_batch(model, group, read_at), strict=True):
+                self.answers.remember(job.key, items)
                 answers[job.index] = _answer(job.user_id, model.version, "autoencoder", items)
         if pending:
             observe_stage("db_read", (read_at - started) / len(requests), len(pending))
@@ -587,81 +694,29 @@ class Recommender:
         """Read one user; answer from the cache or the popular list, or queue a fold-in
         (the placeholder answer is replaced once the batch has run)."""
         read = self.read_user(user_id)  # always read: fold-in sees every new rating
-        model = self._model_for(read.version, read.generation)  # one snapshot per request
-        key = (read.key, n, genre)
-        if model is not None and (cached := model.answers.get(key)) is not None:
+        model = self.models.model_for(read.version, read.generation)  # one per request
+        key = (model.version if model else None, read.key, n, genre)
+        if model is not None and (cached := self.answers.get(key)) is not None:
             return _answer(user_id, model.version, "autoencoder", cached)
         movie_ids, ratings = read.ratings()
         known = model.known(movie_ids, ratings) if model is not None and len(movie_ids) else None
         if model is not None and known is not None:
             pending.append(_Pending(index, user_id, n, genre, key, model, *known))
             return {}
-        items = self._popular_items(movie_ids, n, genre)
+        items = self.popularity.items(movie_ids, n, genre)
         return _answer(user_id, model.version if model else None, "popular", items)
-
-    def _model_items(
-        self, model: ServingModel, jobs: list[_Pending], since: float
-    ) -> list[list[dict[str, Any]]]:
-        """The top n of each encoded user; each stage's time is observed (see STAGES),
-        shared out among the batch's answers."""
-        states = model.scorer.encode_many([j.cols for j in jobs], [j.ratings for j in jobs])
-        scores = model.scorer.scores_many(states)  # a fresh array: ours to overwrite
-        folded = time.perf_counter()
-        for row, job in zip(scores, jobs, strict=True):
-            _exclude(row, job.cols, model.catalog.mask_for(job.genre))
-        filtered = time.perf_counter()
-        tops = _top_many(scores, [job.n for job in jobs])
-        predicted = [model.scorer.ratings(st, top) for st, top in zip(states, tops, strict=True)]
-        ranked = time.perf_counter()
-        item = model.catalog.item
-        answers = [
-            [
-                item(i, s, predicted_rating=round(p, 4))
-                for i, s, p in zip(top.tolist(), row[top].tolist(), rated.tolist(), strict=True)
-            ]
-            for row, top, rated in zip(scores, tops, predicted, strict=True)
-        ]
-        done = time.perf_counter()
-        size = len(jobs)
-        observe_stage("fold_in", (folded - since) / size, size)
-        observe_stage("filtering", (filtered - folded) / size, size)
-        observe_stage("ranking", (ranked - filtered) / size, size)
-        observe_stage("items", (done - ranked) / size, size)
-        return answers
-
-    def _popular_items(self, rated: np.ndarray, n: int, genre: str | None) -> list[dict[str, Any]]:
-        popular = self.popular()
-        allowed = ~np.isin(popular.catalog.movie_ids, rated)
-        mask = popular.catalog.mask_for(genre)
-        if mask is not None:
-            allowed &= mask
-        top = np.flatnonzero(allowed)[:n]  # already sorted by score
-        return [popular.catalog.item(i, popular.scores[i]) for i in top]
 
     def predict(self, user_id: int, movie_ids: list[int]) -> dict[str, Any]:
         """Predicted ratings by the version active at the read (same rule as recommend)."""
         read = self.read_user(user_id)
-        model = self._model_for(read.version, read.generation)
+        model = self.models.model_for(read.version, read.generation)
         if model is None:
             raise UnavailableError(
                 self.model_error or "no model is trained yet; POST /admin/retrain"
             )
         wanted = list(dict.fromkeys(movie_ids))
         self._check_movies_exist(wanted)
-        ids, values = read.ratings()
-        cols = model.loaded.movies.index_of(np.array(wanted, dtype=np.int64))
-        encoded = model.encode(ids, values)
-        state = encoded[0] if encoded else model.scorer.encode(np.zeros(0), np.zeros(0))
-        predicted = model.scorer.ratings(state, np.where(cols >= 0, cols, 0))
-        fallback = float(model.loaded.model.bias.mean)
-        items = [
-            {
-                "movie_id": m,
-                "predicted_rating": round(float(p) if c >= 0 else fallback, 4),
-                "known_to_model": bool(c >= 0),
-            }
-            for m, c, p in zip(wanted, cols, predicted, strict=True)
-        ]
+        items = predicted_items(model, *read.ratings(), wanted)
         return {"user_id": user_id, "model_version": model.version, "items": items}
 
     def _check_movies_exist(self, movie_ids: list[int]) -> None:
@@ -670,6 +725,57 @@ class Recommender:
         missing = [m for m in movie_ids if m not in existing]
         if missing:
             raise NotFoundError({"message": "unknown movie ids", "movie_ids": missing})
+
+
+# -- ranking: pure functions of a model and the users' ratings ----------------------------
+def rank_batch(
+    model: ServingModel, jobs: list[_Pending], since: float
+) -> list[list[dict[str, Any]]]:
+    """The top n of each encoded user; each stage's time is observed (see STAGES),
+    shared out among the batch's answers."""
+    states = model.scorer.encode_many([j.cols for j in jobs], [j.ratings for j in jobs])
+    scores = model.scorer.scores_many(states)  # a fresh array: ours to overwrite
+    folded = time.perf_counter()
+    for row, job in zip(scores, jobs, strict=True):
+        _exclude(row, job.cols, model.catalog.mask_for(job.genre))
+    filtered = time.perf_counter()
+    tops = _top_many(scores, [job.n for job in jobs])
+    predicted = [model.scorer.ratings(st, top) for st, top in zip(states, tops, strict=True)]
+    ranked = time.perf_counter()
+    item = model.catalog.item
+    answers = [
+        [
+            item(i, s, predicted_rating=round(p, 4))
+            for i, s, p in zip(top.tolist(), row[top].tolist(), rated.tolist(), strict=True)
+        ]
+        for row, top, rated in zip(scores, tops, predicted, strict=True)
+    ]
+    done = time.perf_counter()
+    size = len(jobs)
+    observe_stage("fold_in", (folded - since) / size, size)
+    observe_stage("filtering", (filtered - folded) / size, size)
+    observe_stage("ranking", (ranked - filtered) / size, size)
+    observe_stage("items", (done - ranked) / size, size)
+    return answers
+
+
+def predicted_items(
+    model: ServingModel, ids: np.ndarray, values: np.ndarray, wanted: list[int]
+) -> list[dict[str, Any]]:
+    """The model's rating for each wanted movie; the mean bias for movies it does not know."""
+    cols = model.loaded.movies.index_of(np.array(wanted, dtype=np.int64))
+    encoded = model.encode(ids, values)
+    state = encoded[0] if encoded else model.scorer.encode(np.zeros(0), np.zeros(0))
+    predicted = model.scorer.ratings(state, np.where(cols >= 0, cols, 0))
+    fallback = float(model.loaded.model.bias.mean)
+    return [
+        {
+            "movie_id": m,
+            "predicted_rating": round(float(p) if c >= 0 else fallback, 4),
+            "known_to_model": bool(c >= 0),
+        }
+        for m, c, p in zip(wanted, cols, predicted, strict=True)
+    ]
 
 
 def _mtime(path: str) -> float | None:

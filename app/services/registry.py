@@ -3,41 +3,31 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from app.ml.artifacts import ArtifactMeta, ArtifactStore, SavedArtifact
 from app.models import ModelVersion, utcnow
 from app.services.errors import NotFoundError
 
 
 def register_version(
-    session: Session,
-    *,
-    version: str,
-    config: dict[str, Any],
-    metrics: dict[str, Any],
-    data_size: dict[str, Any],
-    data_fingerprint: str,
-    artifact_path: Path,
+    session: Session, meta: ArtifactMeta, config: dict[str, Any], saved: SavedArtifact
 ) -> ModelVersion:
-    payload = Path(artifact_path).read_bytes()
+    """An inactive row holding the artifact's bytes as they were written (no re-read)."""
     row = ModelVersion(
-        version=version,
+        version=meta.version,
         config=config,
-        metrics=metrics,
-        data_size=data_size,
-        data_fingerprint=data_fingerprint,
-        artifact_path=str(artifact_path),
-        artifact=payload,
-        artifact_sha256=hashlib.sha256(payload).hexdigest(),
-        artifact_bytes=len(payload),
+        metrics=meta.metrics,
+        data_size=meta.data_size,
+        data_fingerprint=meta.data_fingerprint,
+        artifact_path=str(saved.path),
+        artifact=saved.payload,
+        artifact_sha256=hashlib.sha256(saved.payload).hexdigest(),
+        artifact_bytes=len(saved.payload),
         is_active=False,
     )
     session.add(row)
@@ -95,7 +85,8 @@ def local_artifact(session: Session, row: ModelVersion, model_dir: Path) -> Path
     registered = Path(row.artifact_path)
     if row.artifact_sha256 is None:
         return registered  # registered before artifacts were stored: trust the file
-    cached = Path(model_dir) / row.version / registered.name
+    store = ArtifactStore(model_dir)
+    cached = store.path(row.version)
     for candidate in (registered, cached):
         if _sha256_of(candidate) == row.artifact_sha256:
             return candidate
@@ -104,12 +95,7 @@ def local_artifact(session: Session, row: ModelVersion, model_dir: Path) -> Path
     )
     if payload is None or hashlib.sha256(payload).hexdigest() != row.artifact_sha256:
         return registered  # nothing trustworthy to fetch: loading will say what is wrong
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=f".{row.version}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(payload)
-    os.replace(tmp, cached)
-    return cached
+    return store.write(row.version, payload)
 
 
 def list_versions(session: Session) -> list[ModelVersion]:
@@ -120,34 +106,12 @@ def list_versions(session: Session) -> list[ModelVersion]:
     )
 
 
-def prune_versions(session: Session, keep: int) -> list[str]:
-    """Drop the oldest inactive versions beyond `keep` (rows and artifact folders)."""
+def prune_versions(session: Session, store: ArtifactStore, keep: int) -> list[str]:
+    """Drop the oldest inactive versions beyond `keep` (rows and their artifact folders)."""
     rows = list_versions(session)
     inactive = [r for r in rows if not r.is_active]
     doomed = inactive[max(0, keep - 1) :] if any(r.is_active for r in rows) else inactive[keep:]
     for row in doomed:
-        artifact = Path(row.artifact_path)
-        folder = artifact.parent if artifact.parent.name == row.version else None
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
-        else:
-            artifact.unlink(missing_ok=True)
+        store.prune(row.version)
         session.delete(row)
     return [r.version for r in doomed]
-
-
-def describe(row: ModelVersion) -> dict[str, Any]:
-    def iso(value: datetime | None) -> str | None:
-        return value.isoformat() if value else None
-
-    return {
-        "version": row.version,
-        "created_at": iso(row.created_at),
-        "activated_at": iso(row.activated_at),
-        "active": row.is_active,
-        "metrics": row.metrics,
-        "config": row.config,
-        "data_size": row.data_size,
-        "data_fingerprint": row.data_fingerprint,
-        "artifact_path": row.artifact_path,
-    }

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from app.ml.data import IdMap, RatingChunk, RatingMatrix, build_rating_matrix, h
 from app.ml.distributed import DistributedContext
 from app.ml.hybrid import HybridModel
 from app.ml.model import ModelConfig, config_from
-from app.ml.train import EpochReport, make_validation, train_model
+from app.ml.train import EpochReport, TrainResult, make_validation, train_model
 from app.ml.tuning import TrialCallback, search
 from app.models import ModelVersion, Rating
 from app.observability import get_logger
@@ -69,9 +70,26 @@ def load_rating_matrix(engine: Engine) -> RatingMatrix:
 
 
 def resolve_config(settings: Settings, overrides: dict[str, Any] | None = None) -> ModelConfig:
+    """The preset (the request's, else TRAIN_PRESET) with the overrides applied.
+
+    Resolved once, where the request is made: a job stores the result, so the process
+    that trains it never resolves again against its own settings.
+    """
     overrides = dict(overrides or {})
     preset = overrides.pop("preset", None) or settings.train_preset
     return config_from(preset, **overrides)
+
+
+@dataclass
+class TrainedModel:
+    """The train step's result, all the publish step needs."""
+
+    result: TrainResult
+    config: ModelConfig  # what was trained: the search's winner when there was a search
+    matrix: RatingMatrix
+    validation: Validation  # the held-out split, for the quality gate
+    metrics: dict[str, Any]
+    started: float  # perf_counter at the start, for the outcome's seconds
 
 
 def train_and_register(
@@ -82,51 +100,72 @@ def train_and_register(
     on_trial: TrialCallback | None = None,
     budget_seconds: float | None = None,
 ) -> TrainingOutcome | None:
-    """Train on everything in the database, save a versioned artifact, gate and activate.
+    """Train on everything in the database, then publish: save, register, gate, activate.
+
+    Under torchrun (`saerec train --distributed`) every rank trains on its shard of the
+    users and only rank 0 publishes and returns an outcome; the others return None.
+    """
+    trained = train(settings, engine, config, on_epoch, on_trial, budget_seconds)
+    if not DistributedContext.current().is_main:
+        return None
+    return publish(settings, engine, trained)
+
+
+def train(
+    settings: Settings,
+    engine: Engine,
+    config: ModelConfig,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    on_trial: TrialCallback | None = None,
+    budget_seconds: float | None = None,
+) -> TrainedModel:
+    """Fit a model on the database's ratings; nothing is saved or registered.
 
     With a budget (``TRAIN_BUDGET_SECONDS`` or ``budget_seconds``) the configuration is
-    searched first and the best trial is the one saved. Under torchrun (`saerec train
-    --distributed`) every rank trains on its shard of the users and only rank 0 returns an
-    outcome; the others return None.
+    searched first and the best trial is the one returned.
     """
     started = time.perf_counter()
     matrix = load_rating_matrix(engine)
-    train, valid = holdout_split(matrix, config.validation_fraction, config.seed)
+    train_part, valid = holdout_split(matrix, config.validation_fraction, config.seed)
     log.info("training_started", users=matrix.shape[0], movies=matrix.shape[1], nnz=matrix.nnz)
     budget = settings.train_budget_seconds if budget_seconds is None else budget_seconds
     search_report: dict[str, Any] | None = None
     if budget > 0 and not DistributedContext.current().active:
         found = search(
-            train, valid, config, budget, on_trial, settings.device, settings.torch_threads
+            train_part, valid, config, budget, on_trial, settings.device, settings.torch_threads
         )
         result, config, search_report = found.result, found.config, found.report()
     else:
         result = train_model(
-            train, valid, config, on_epoch, device=settings.device, threads=settings.torch_threads
+            train_part,
+            valid,
+            config,
+            on_epoch,
+            device=settings.device,
+            threads=settings.torch_threads,
         )
-    if not DistributedContext.current().is_main:
-        return None  # under torchrun, rank 0 alone evaluates, saves and registers
-    version = artifacts.new_version_id()
-    data_size = {"users": matrix.shape[0], "movies": matrix.shape[1], "ratings": matrix.nnz}
-    fingerprint = artifacts.data_fingerprint(matrix)
     metrics: dict[str, Any] = {k: _plain(v) for k, v in result.metrics.items()}
     if search_report is not None:
         metrics["search"] = _plain(search_report)
-    path = artifacts.save_artifact(
-        settings.model_dir / version,
-        version,
-        result.model,
-        matrix.movies,
-        metrics,
-        fingerprint,
-        data_size,
+    validation = make_validation(train_part, valid, config)
+    return TrainedModel(result, config, matrix, validation, metrics, started)
+
+
+def publish(settings: Settings, engine: Engine, trained: TrainedModel) -> TrainingOutcome:
+    """Save the artifact and its report, register it, and activate it if it passes the gate."""
+    matrix = trained.matrix
+    meta = artifacts.ArtifactMeta(
+        version=artifacts.new_version_id(),
+        data_fingerprint=artifacts.data_fingerprint(matrix),
+        data_size={"users": matrix.shape[0], "movies": matrix.shape[1], "ratings": matrix.nnz},
+        metrics=trained.metrics,
     )
-    report_paths = _write_report(path, result, metrics)
-    validation = Candidate(result.model, matrix.movies, make_validation(train, valid, config))
-    outcome = _register_and_gate(
-        settings, engine, version, config, metrics, data_size, fingerprint, path, validation
-    )
-    outcome.seconds = time.perf_counter() - started
+    store = artifacts.ArtifactStore(settings.model_dir)
+    saved = store.save(trained.result.model, matrix.movies, meta)
+    report_paths = _write_report(saved.path, trained.result, meta.metrics)
+    candidate = Candidate(trained.result.model, matrix.movies, trained.validation)
+    outcome = _register_and_gate(settings, engine, store, meta, trained.config, saved, candidate)
+    outcome.seconds = time.perf_counter() - trained.started
     outcome.report_paths = report_paths
     return outcome
 
@@ -141,7 +180,7 @@ def _plain(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def _write_report(path: Any, result: Any, metrics: dict[str, Any]) -> dict[str, str]:
+def _write_report(path: Path, result: TrainResult, metrics: dict[str, Any]) -> dict[str, str]:
     from app.ml import report
 
     try:
@@ -210,34 +249,28 @@ def _compare(
 def _register_and_gate(
     settings: Settings,
     engine: Engine,
-    version: str,
+    store: artifacts.ArtifactStore,
+    meta: artifacts.ArtifactMeta,
     config: ModelConfig,
-    metrics: dict[str, Any],
-    data_size: dict[str, int],
-    fingerprint: str,
-    path: Any,
+    saved: artifacts.SavedArtifact,
     candidate: Candidate,
 ) -> TrainingOutcome:
+    """One transaction: the gate's verdict, the new row, its activation, the pruning."""
     with transaction(create_session_factory(engine)) as session:
         verdict = quality_gate(session, settings, candidate, registry.active_version(session))
-        metrics["quality_gate"] = verdict
-        registry.register_version(
-            session,
-            version=version,
-            config=config.model_dump(mode="json"),
-            metrics=metrics,
-            data_size=data_size,
-            data_fingerprint=fingerprint,
-            artifact_path=path,
-        )
+        # the verdict goes on the row (the artifact was written before the gate ran)
+        meta = replace(meta, metrics={**meta.metrics, "quality_gate": verdict})
+        registry.register_version(session, meta, config.model_dump(mode="json"), saved)
         if verdict["passed"]:
-            registry.activate(session, version)
-        pruned = registry.prune_versions(session, settings.keep_model_versions)
+            registry.activate(session, meta.version)
+        pruned = registry.prune_versions(session, store, settings.keep_model_versions)
     log.info(
         "model_registered",
-        version=version,
+        version=meta.version,
         activated=verdict["passed"],
         gate=verdict["reason"],
         pruned=pruned,
     )
-    return TrainingOutcome(version, metrics, verdict["passed"], verdict["reason"], 0.0, data_size)
+    return TrainingOutcome(
+        meta.version, meta.metrics, verdict["passed"], verdict["reason"], 0.0, meta.data_size
+    )

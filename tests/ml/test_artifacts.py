@@ -12,10 +12,12 @@ import torch
 
 from app.ml.artifacts import (
     ArtifactError,
+    ArtifactMeta,
+    ArtifactStore,
     data_fingerprint,
     load_artifact,
     new_version_id,
-    save_artifact,
+    write_atomically,
 )
 from app.ml.data import holdout_split
 from app.ml.model import StackedAutoencoder
@@ -24,16 +26,14 @@ from app.ml.model import StackedAutoencoder
 @pytest.fixture()
 def saved(tmp_path: Path, synthetic, trained):
     version = new_version_id()
-    path = save_artifact(
-        tmp_path,
+    meta = ArtifactMeta(
         version,
-        trained.model,
-        synthetic.movies,
-        {"valid_rmse": 0.9},
         data_fingerprint(synthetic),
         {"users": synthetic.shape[0], "ratings": synthetic.nnz},
+        {"valid_rmse": 0.9},
     )
-    return path, trained.model, version
+    saved = ArtifactStore(tmp_path).save(trained.model, synthetic.movies, meta)
+    return saved.path, trained.model, version
 
 
 def test_round_trip_identical_predictions(saved, synthetic) -> None:
@@ -58,7 +58,7 @@ def test_separate_rating_snapshot_round_trips(tmp_path: Path, synthetic, trained
     with torch.no_grad():
         other.rate_out.bias.add_(0.25)
     split = replace(model, rate_net=other.eval(), blend=replace(model.blend, rating_weight=1.0))
-    path = save_artifact(tmp_path, "v1", split, synthetic.movies, {}, "x", {})
+    path = ArtifactStore(tmp_path).save(split, synthetic.movies, ArtifactMeta("v1")).path
     loaded = load_artifact(path).model
     assert loaded.rate_net is not loaded.rank_net
     rows = synthetic.matrix[:5]
@@ -66,9 +66,38 @@ def test_separate_rating_snapshot_round_trips(tmp_path: Path, synthetic, trained
     assert not np.allclose(model.with_blend(split.blend).predict(rows)[1], loaded.predict(rows)[1])
 
 
-def test_atomic_write_leaves_no_temp_file(saved) -> None:
-    path, _, _ = saved
-    assert [p.name for p in path.parent.iterdir()] == [path.name]
+def test_store_layout_bytes_and_prune(saved, tmp_path: Path) -> None:
+    """One folder per version holding <version>.pt; the bytes returned are the file's."""
+    path, model, version = saved
+    store = ArtifactStore(tmp_path)
+    assert path == store.path(version) == tmp_path / version / f"{version}.pt"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
+    copy = ArtifactStore(tmp_path / "replica").write(version, path.read_bytes())
+    assert load_artifact(copy).version == version
+    store.prune(version)
+    assert not store.folder(version).exists() and copy.exists()
+
+
+def test_saved_bytes_are_the_file(tmp_path: Path, synthetic, trained) -> None:
+    saved = ArtifactStore(tmp_path).save(trained.model, synthetic.movies, ArtifactMeta("v1"))
+    assert saved.path.read_bytes() == saved.payload
+
+
+def test_rating_scale_is_stored_once(saved) -> None:
+    """The network's buffer carries it; the payload has no second copy to disagree."""
+    path, model, _ = saved
+    payload = torch.load(path, weights_only=True)
+    assert "rating_scale" not in payload
+    assert tuple(payload["rank_state"]["rating_scale"].tolist()) == model.rating_scale
+    assert load_artifact(path).rating_scale == model.rating_scale
+
+
+def test_write_atomically_replaces_whole_files(tmp_path: Path) -> None:
+    target = tmp_path / "deep" / "file.bin"
+    write_atomically(target, b"first")
+    write_atomically(target, b"second")
+    assert target.read_bytes() == b"second"
+    assert [p.name for p in target.parent.iterdir()] == ["file.bin"]
 
 
 def test_missing_truncated_corrupted(saved, tmp_path: Path) -> None:
@@ -87,7 +116,8 @@ def test_missing_truncated_corrupted(saved, tmp_path: Path) -> None:
 
 
 def test_mismatched_artifact(tmp_path: Path, synthetic, trained) -> None:
-    path = save_artifact(tmp_path, "v1", trained.model, synthetic.movies, {}, "x", {})
+    store = ArtifactStore(tmp_path)
+    path = store.save(trained.model, synthetic.movies, ArtifactMeta("v1")).path
     payload = torch.load(path, weights_only=True)
     payload["config"]["hidden"] = [9]  # weights no longer fit the config
     torch.save(payload, tmp_path / "shape.pt")
@@ -103,10 +133,9 @@ def test_mismatched_artifact(tmp_path: Path, synthetic, trained) -> None:
     with pytest.raises(ArtifactError, match="config"):
         load_artifact(tmp_path / "config.pt")
     with pytest.raises(ValueError, match="movie map"):
-        save_artifact(
-            tmp_path, "v2", trained.model, type(synthetic.movies)(synthetic.movies.ids[:3]),
-            {}, "x", {},
-        )  # fmt: skip
+        store.save(
+            trained.model, type(synthetic.movies)(synthetic.movies.ids[:3]), ArtifactMeta("v2")
+        )
 
 
 def test_version_and_fingerprint(synthetic) -> None:
