@@ -18,6 +18,7 @@ from app.services.downloads import DATASETS
 
 if TYPE_CHECKING:  # torch loads only for the commands that train or evaluate
     from app.ml.model import ModelConfig
+    from app.ml.train import EpochReport
 
 log = get_logger("saerec.cli")
 
@@ -233,20 +234,32 @@ class _LazyBar:
             self.bar.close()
 
 
-def _epoch_bar(total: int, enabled: bool) -> tuple[_LazyBar, Callable[[object], None]]:
+def _epoch_bar(total: int, enabled: bool) -> tuple[_LazyBar, Callable[[EpochReport], None]]:
     lazy = _LazyBar(total=total, desc="training", unit="epoch", disable=not enabled)
 
-    def on_epoch(report: object) -> None:
+    def on_epoch(report: EpochReport) -> None:
         bar = lazy.get()
-        bar.total = getattr(report, "epochs", total)
+        bar.total = report.epochs
         bar.set_postfix(
-            loss=f"{getattr(report, 'train_loss', float('nan')):.4f}",
-            rmse=f"{getattr(report, 'valid_rmse', float('nan')):.4f}",
-            ndcg=f"{getattr(report, 'valid_ndcg', float('nan')):.4f}",
+            loss=f"{report.train_loss:.4f}",
+            rmse=f"{report.valid_rmse:.4f}",
+            ndcg=f"{report.valid_ndcg:.4f}",
         )
         bar.update(1)
 
     return lazy, on_epoch
+
+
+def _say_how_training_ended(metrics: dict[str, Any], epochs: int) -> None:
+    """The bar stops short when early stopping ends training: say so, and which epochs won."""
+    run = metrics.get("epochs_run")
+    if isinstance(run, int) and run < epochs:
+        click.echo(
+            f"early stopping after {run} of {epochs} epochs: neither head improved for the "
+            f"last epochs; kept epoch {metrics.get('rank_epoch')} for ranking, "
+            f"{metrics.get('rate_epoch')} for ratings",
+            err=True,
+        )
 
 
 def _trial_bar(budget: float, enabled: bool) -> tuple[_LazyBar, Callable[[dict], None]]:
@@ -355,6 +368,8 @@ def train(
             ddp.shutdown()
     if outcome is None:
         return  # a non-zero rank: rank 0 reports
+    if progress and not budget:
+        _say_how_training_ended(outcome.metrics, config.epochs)
     click.echo(
         json.dumps(
             {

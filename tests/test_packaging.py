@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from app.cli import cli
+from app.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -188,3 +189,28 @@ def test_train_on_an_empty_database_shows_its_error_without_a_bar(tmp_path: Path
     assert result.returncode == 1
     assert "training needs ratings" in result.stderr
     assert "%" not in result.stderr and "training:" not in result.stderr
+
+
+def test_train_says_when_early_stopping_ended_it(tmp_path: Path) -> None:
+    """The bar stops short of its total; the command says why, not just '38/60 63 %'."""
+    from app.db import create_db_engine, upgrade_schema
+    from tests.factories import seed_synthetic
+
+    url = f"sqlite:///{tmp_path / 'seeded.db'}"
+    engine = create_db_engine(Settings(database_url=url, _env_file=None))
+    upgrade_schema(engine)
+    seed_synthetic(engine)
+    engine.dispose()
+    env = {**os.environ, "DATABASE_URL": url, "MODEL_DIR": str(tmp_path / "models")}
+    env["TRAIN_BUDGET_SECONDS"] = "0"
+    command = [sys.executable, "-m", "app.cli", "train", "--preset", "fast", "--epochs", "200"]
+    result = subprocess.run(
+        [*command, "--set", "patience=1", "--set", "hidden=[8]"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "early stopping after" in result.stderr and "of 200 epochs" in result.stderr
