@@ -45,9 +45,16 @@ class Settings(BaseSettings):
     max_query_bytes: int = Field(default=8 * 1024, ge=256)
     cors_origins: list[str] = Field(default_factory=list)
 
+    # Three thread settings, for three different pools:
     torch_threads: int | None = Field(default=None, ge=1)
+    """torch/BLAS threads of a *training* process (None = torch's default, the core count);
+    1 is faster when training shares the cores with an API process."""
     serve_torch_threads: int = Field(default=1, ge=1)
+    """torch/BLAS threads *inside one inference* in an API process: requests already run in
+    parallel on the serve threads, so more only oversubscribes the cores."""
     serve_threads: int = Field(default=2, ge=1, le=64)
+    """inference threads per API process (the executor recommendations run on, off the
+    event loop): how many answers are computed at once."""
     answer_cache_size: int = Field(default=20_000, ge=0)
     device: str | None = None
     train_preset: str = "default"

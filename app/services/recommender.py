@@ -367,8 +367,8 @@ class ModelLifecycle:
         self,
         sessions: sessionmaker[Session],
         model_dir: Path,
-        cached_versions: int = 3,
-        retry_seconds: float = 30.0,
+        cached_versions: int,
+        retry_seconds: float,
     ) -> None:
         self._sessions = sessions
         self._model_dir = model_dir
@@ -587,12 +587,13 @@ class Recommender:
         self,
         engine: Engine,
         model_dir: Path,
-        prior_count: float = 20.0,
-        threads: int = 2,
-        answer_cache_size: int = 20_000,
-        cached_versions: int = 3,
-        retry_seconds: float = 30.0,
+        prior_count: float,
+        threads: int,
+        answer_cache_size: int,
+        cached_versions: int,
+        retry_seconds: float,
     ) -> None:
+        """Every figure comes from Settings (app/config.py), the one home of defaults."""
         self._threads = threads
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="recommend")
         self._batcher: Batcher | None = None
