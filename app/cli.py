@@ -407,7 +407,7 @@ def train(
     "--dataset",
     type=click.Path(exists=True, path_type=Path),
     help="any MovieLens folder or .zip the importer reads (ml-100k, ml-1m, ml-10m, "
-    "ml-latest, ml-20m, ml-25m): EVALUATION.md's per-user holdout, seed 7, 20 %",
+    "ml-latest, ml-20m, ml-25m): docs/evaluation.md's per-user holdout, seed 7, 20 %",
 )
 @_PRESET
 @_SET
@@ -434,7 +434,7 @@ def evaluate(
     baselines: bool,
     as_json: bool,
 ) -> None:
-    """Offline metrics (EVALUATION.md protocol) of a model config and the baselines."""
+    """Offline metrics (docs/evaluation.md protocol) of a model config and the baselines."""
     from app.ml.datasets import DatasetFormatError
     from app.ml.evaluate import evaluate_holdout, evaluate_split, evaluate_splits, format_table
 

@@ -1,7 +1,7 @@
 """Accuracy benchmark: the model against its baselines on several data sets, one JSON.
 
 Tuned on u1 alone, a model can look good and fail on the next data set, so every change is
-judged here on all of them (EVALUATION.md's protocol each time):
+judged here on all of them (docs/evaluation.md's protocol each time):
 
 - ``ml-100k``: the canonical u1..u5 splits (means; ``--quick``: u1 only);
 - ``ml-1m-half``: the per-user holdout (seed 7, 20 %);

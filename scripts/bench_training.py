@@ -3,7 +3,7 @@
 1. The seed notebook's per-user loop (bugs kept: first row eaten as a header, dense
    users x movies tensor, no zero_grad, RMSprop with weight_decay 0.5) for a few epochs on
    u1.base, seconds per epoch, against our minibatch trainer on the same data.
-2. The default preset trained to convergence on u1 with the EVALUATION.md table.
+2. The default preset trained to convergence on u1 with the docs/evaluation.md table.
 3. Synthetic data shaped like ml-1m and ml-10m (generated sparse, never dense): seconds
    per epoch and peak RSS, each size in its own subprocess so each is measured alone.
 

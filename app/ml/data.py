@@ -231,7 +231,7 @@ def per_user_holdout(
     seed: int = HOLDOUT_SEED,
     fraction: float = HOLDOUT_FRACTION,
 ) -> tuple[RatingChunk, RatingChunk]:
-    """EVALUATION.md's per-user holdout, exactly, so figures match across machines and runs.
+    """docs/evaluation.md's per-user holdout, exactly, so figures match across machines and runs.
 
     Rows are sorted by (user, movie, timestamp) stably, then one ``default_rng(seed)``
     draw per row (in that order) ranks each user's rows; the first

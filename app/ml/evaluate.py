@@ -1,9 +1,9 @@
-"""The one evaluation protocol (EVALUATION.md) applied to the model and the baselines.
+"""The one evaluation protocol (docs/evaluation.md) applied to the model and the baselines.
 
 Training and early stopping only ever see the ``.base`` file (validation is carved out of
 it); the ``.test`` file is used once, for the final figures. The movie axis is the union of
 the ids in both files, i.e. the catalog, as it is when serving. Any other data set gets
-EVALUATION.md's per-user holdout (``evaluate_holdout``), with the data set's catalog as
+docs/evaluation.md's per-user holdout (``evaluate_holdout``), with the data set's catalog as
 the movie axis. Baselines include EASE with its lambda tuned on the same validation split
 the model early-stops on, so the model is compared with EASE at its best.
 """
@@ -178,7 +178,7 @@ def evaluate_split(
 
 
 def holdout_baselines() -> dict[str, Callable[[], Baseline]]:
-    """EVALUATION.md's per-user-holdout baselines: as for u1, but bias shrinkage 10 on both."""
+    """docs/evaluation.md's per-user-holdout baselines: as for u1, but bias shrinkage 10 on both."""
     makers = dict(BASELINES)
     makers[BIAS_ROW] = lambda: Bias(reg_movie=10.0, reg_user=10.0)
     return makers
@@ -194,7 +194,7 @@ def evaluate_holdout(
     device: str | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """EVALUATION.md's per-user holdout of any data set (a MovieLens path or loaded ratings).
+    """docs/evaluation.md's per-user holdout of any data set (a MovieLens path or loaded ratings).
 
     The movie axis is the data set's catalog, so coverage is over the whole catalog.
     """
@@ -276,7 +276,7 @@ def _label(name: str, row: dict[str, Any]) -> str:
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """Markdown table in EVALUATION.md's layout (one split, or the means over splits)."""
+    """Markdown table in docs/evaluation.md's layout (one split, or the means over splits)."""
     lines = [
         f"{results.get('split', '')}".strip(),
         "| model | " + " | ".join(title for title, _ in COLUMNS) + " |",

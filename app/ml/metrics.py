@@ -1,4 +1,4 @@
-"""Accuracy metrics, exactly as /work/shared/EVALUATION.md defines them.
+"""Accuracy metrics, exactly as docs/evaluation.md defines them.
 
 Rating accuracy: RMSE and MAE pooled over every test rating, predictions clamped to the
 rating scale, ratings the model cannot score get the training mean (and are counted).
@@ -148,7 +148,7 @@ def evaluate_scorer(
     batch_size: int = 1024,
     threshold: float = RELEVANT_THRESHOLD,
 ) -> dict[str, float]:
-    """Evaluate a scorer on (train matrix, test ratings) with the EVALUATION.md protocol.
+    """Evaluate a scorer on (train matrix, test ratings) with the docs/evaluation.md protocol.
 
     The scorer sees each test user's training row (fold-in). Test ratings the model cannot
     score (user without training ratings, movie outside the movie map) get the training

@@ -1,4 +1,4 @@
-"""EVALUATION.md's per-user holdout, the DB-free MovieLens reader and `evaluate --dataset`."""
+"""docs/evaluation.md's per-user holdout, the DB-free MovieLens reader and `evaluate --dataset`."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_small_users_stay_in_train_and_counts_per_user_are_exact() -> None:
 
 
 def test_split_follows_the_documented_ordering_rule() -> None:
-    """A plain per-user loop over EVALUATION.md's wording picks exactly the same rows."""
+    """A plain per-user loop over docs/evaluation.md's wording picks exactly the same rows."""
     users, movies, ratings, stamps = _ratings()
     order = sorted(range(users.size), key=lambda i: (users[i], movies[i], stamps[i]))
     draws = np.random.default_rng(7).random(users.size)
@@ -274,7 +274,7 @@ def _ml_1m_half() -> Path:
 
 
 def test_ml_1m_half_reproduces_the_reference_split_and_baselines() -> None:
-    """EVALUATION.md: train 390,011 / test 97,504, 2,991 users, bias 0.908, popularity 0.174."""
+    """docs/evaluation.md: train 390,011 / test 97,504, 2,991 users, bias 0.908, pop 0.174."""
     data: Ratings = read_movielens(_ml_1m_half())
     assert len(data) == 487_515 and data.catalog.size == 3_883
     train, test = per_user_holdout(data.users, data.movies, data.ratings, data.timestamps)
