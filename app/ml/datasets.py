@@ -1,12 +1,13 @@
 """Read any MovieLens layout the importer reads, without a database, for offline evaluation.
 
-app/services/movielens.py parses the same files but imports SQLAlchemy and writes to the
-database; app/ml must stay free of SQL, so this is a small reader with the importer's
-rules: a folder (or a folder holding one data folder) or a .zip (with or without a top
-folder); ml-100k ``u.data`` + ``u.item``, ml-1m/10m ``ratings.dat`` + ``movies.dat``
-(``::``), ml-latest/20m/25m ``ratings.csv`` + ``movies.csv`` (header). Like the import,
-ratings need integer ids, a half-star rating in [0.5, 5] and a movie in the catalog; a
-repeated (user, movie) pair keeps its first row. What is dropped is counted in ``skipped``.
+The importer (app/services/movielens.py) writes to the database, which app/ml must not;
+it parses and validates rating lines with this module's functions, so the two read the
+same rows the same way. Input: a folder (or a folder holding one data folder) or a .zip
+(with or without a top folder); ml-100k ``u.data`` + ``u.item``, ml-1m/10m
+``ratings.dat`` + ``movies.dat`` (``::``), ml-latest/20m/25m ``ratings.csv`` +
+``movies.csv`` (header). Ratings need integer ids, a half-star rating in [0.5, 5] and a
+movie in the catalog; a repeated (user, movie) pair keeps its first row. What is dropped
+is counted in ``skipped``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import io
 import warnings
 import zipfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -179,10 +180,15 @@ def _catalog(source: _Source, layout: Layout) -> np.ndarray:
     return np.unique(np.array(ids, dtype=np.int64))
 
 
-def _blocks(handle: IO[bytes]) -> Iterator[bytes]:
-    """Blocks of whole lines (bounded memory on ml-25m)."""
+def line_blocks(
+    handle: IO[bytes], block_bytes: int = BLOCK_BYTES, on_read: Callable[[int], None] | None = None
+) -> Iterator[bytes]:
+    """Blocks of whole lines (bounded memory on ml-25m); the tail after the last newline is
+    yielded at the end. ``on_read`` hears each chunk's size (progress bars)."""
     rest = b""
-    while chunk := handle.read(BLOCK_BYTES):
+    while chunk := handle.read(block_bytes):
+        if on_read is not None:
+            on_read(len(chunk))
         data = rest + chunk
         cut = data.rfind(b"\n") + 1
         rest, data = data[cut:], data[:cut]
@@ -192,15 +198,28 @@ def _blocks(handle: IO[bytes]) -> Iterator[bytes]:
         yield rest
 
 
-def _parse_block(block: bytes, sep: bytes, skipped: Counter[str]) -> np.ndarray:
-    """(n, 4) float64 rows; a block with a bad line is parsed line by line, bad ones counted."""
+def drop_header(block: bytes) -> bytes:
+    """ratings.csv starts with `userId,...` (maybe after a BOM): drop that line."""
+    block = block.removeprefix(b"\xef\xbb\xbf")
+    if block[:6].lower() == b"userid":
+        newline = block.find(b"\n")
+        return b"" if newline < 0 else block[newline + 1 :]
+    return block
+
+
+def parse_block(
+    block: bytes, sep: bytes, skipped: Counter[str], count_blank_lines: bool
+) -> np.ndarray:
+    """(n, 4) float64 rows of (user, movie, rating, timestamp). A clean block is parsed
+    whole by numpy; one with a bad line (or, when counted, a blank one) line by line,
+    each bad line counted in ``skipped``."""
     block = block.replace(b"\r", b"")
-    fast = _parse_fast(block, sep)
-    return fast if fast is not None else _parse_slow(block, sep, skipped)
+    fast = _parse_fast(block, sep, blank_lines_ok=not count_blank_lines)
+    return fast if fast is not None else _parse_slow(block, sep, skipped, count_blank_lines)
 
 
-def _parse_fast(block: bytes, sep: bytes) -> np.ndarray | None:
-    """Whole-block numpy parse when every non-blank line has exactly four numbers."""
+def _parse_fast(block: bytes, sep: bytes, blank_lines_ok: bool) -> np.ndarray | None:
+    """Whole-block numpy parse when every line has exactly four numbers; None otherwise."""
     if len(sep) > 1:
         if _ONE_BYTE_SEP in block:
             return None
@@ -211,6 +230,8 @@ def _parse_fast(block: bytes, sep: bytes) -> np.ndarray | None:
         ends = np.append(ends, len(block))
     starts = np.concatenate(([0], ends[:-1] + 1))
     filled = ends > starts
+    if not blank_lines_ok and not filled.all():
+        return None
     seps = np.flatnonzero(buffer == sep[0])
     per_line = np.searchsorted(seps, ends) - np.searchsorted(seps, starts)
     if not np.all(per_line[filled] == 3):
@@ -226,43 +247,31 @@ def _parse_fast(block: bytes, sep: bytes) -> np.ndarray | None:
     return values.reshape(-1, 4)
 
 
-def _parse_slow(block: bytes, sep: bytes, skipped: Counter[str]) -> np.ndarray:
-    rows: list[list[float]] = []
-    for line in block.split(b"\n"):
+def _parse_slow(
+    block: bytes, sep: bytes, skipped: Counter[str], count_blank_lines: bool
+) -> np.ndarray:
+    lines = block.split(b"\n")
+    if block.endswith(b"\n"):
+        lines.pop()
+    rows: list[tuple[float, float, float, float]] = []
+    for line in lines:
         if not line.strip():
+            if count_blank_lines:
+                skipped["ratings.empty_line"] += 1
             continue
         fields = line.split(sep)
         try:
             if len(fields) != 4:
                 raise ValueError(line)
-            rows.append([float(f) for f in fields])
+            rows.append((float(fields[0]), float(fields[1]), float(fields[2]), float(fields[3])))
         except ValueError:
             skipped["ratings.malformed"] += 1
     return np.array(rows, dtype=np.float64).reshape(-1, 4)
 
 
-def _read_rows(source: _Source, layout: Layout, skipped: Counter[str]) -> np.ndarray:
-    """Every parseable rating line as (user, movie, rating, timestamp) float64 rows."""
-    parts = []
-    with source.open(layout.ratings_file) as handle:
-        for number, block in enumerate(_blocks(handle)):
-            if number == 0 and layout.name == "ml-latest":
-                block = _drop_header(block)
-            parts.append(_parse_block(block, layout.ratings_sep, skipped))
-    return np.concatenate(parts) if parts else np.zeros((0, 4))
-
-
-def _drop_header(block: bytes) -> bytes:
-    """ratings.csv starts with `userId,...` (maybe after a BOM): drop that line."""
-    block = block.removeprefix(b"\xef\xbb\xbf")
-    if block[:6].lower() == b"userid":
-        newline = block.find(b"\n")
-        return b"" if newline < 0 else block[newline + 1 :]
-    return block
-
-
-def _valid_rows(values: np.ndarray, catalog: np.ndarray, skipped: Counter[str]) -> np.ndarray:
-    """Mask of rows the importer would keep: integer ids, half stars, a catalog movie."""
+def valid_ratings(values: np.ndarray, catalog: np.ndarray, skipped: Counter[str]) -> np.ndarray:
+    """Mask of rows to keep: integer ids and timestamp, a half-star rating in [0.5, 5] and a
+    movie of ``catalog`` (sorted ids); what is dropped is counted by reason."""
     user, movie, rating, stamp = values.T
     with np.errstate(invalid="ignore"):
         ids = np.isfinite(values).all(axis=1)
@@ -273,9 +282,22 @@ def _valid_rows(values: np.ndarray, catalog: np.ndarray, skipped: Counter[str]) 
     skipped["ratings.malformed"] += int((~ids).sum())
     skipped["ratings.bad_rating"] += int((ids & ~good).sum())
     keep = ids & good
-    known = np.isin(np.where(keep, movie, 0).astype(np.int64), catalog)
-    skipped["ratings.unknown_movie"] += int((keep & ~known).sum())
-    return keep & known
+    movie_ids = np.where(keep, movie, 0).astype(np.int64)
+    slot = np.minimum(np.searchsorted(catalog, movie_ids), max(len(catalog) - 1, 0))
+    in_catalog = catalog[slot] == movie_ids if len(catalog) else np.zeros_like(keep)
+    skipped["ratings.unknown_movie"] += int((keep & ~in_catalog).sum())
+    return keep & in_catalog
+
+
+def _read_rows(source: _Source, layout: Layout, skipped: Counter[str]) -> np.ndarray:
+    """Every parseable rating line as (user, movie, rating, timestamp) float64 rows."""
+    parts = []
+    with source.open(layout.ratings_file) as handle:
+        for number, block in enumerate(line_blocks(handle)):
+            if number == 0 and layout.name == "ml-latest":
+                block = drop_header(block)
+            parts.append(parse_block(block, layout.ratings_sep, skipped, count_blank_lines=False))
+    return np.concatenate(parts) if parts else np.zeros((0, 4))
 
 
 def _first_of_pairs(users: np.ndarray, movies: np.ndarray) -> np.ndarray:
@@ -303,7 +325,7 @@ def _read(source: _Source, layout: Layout, name: str) -> Ratings:
     skipped: Counter[str] = Counter()
     catalog = _catalog(source, layout)
     values = _read_rows(source, layout, skipped)
-    values = values[_valid_rows(values, catalog, skipped)]
+    values = values[valid_ratings(values, catalog, skipped)]
     users, movies = values[:, 0].astype(np.int64), values[:, 1].astype(np.int64)
     first = _first_of_pairs(users, movies)
     skipped["ratings.duplicate"] += int(users.size - first.size)

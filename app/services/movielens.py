@@ -22,7 +22,6 @@ import csv
 import io
 import re
 import time
-import warnings
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -34,6 +33,7 @@ import numpy as np
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from app.ml.datasets import ID_LIMIT, drop_header, line_blocks, parse_block, valid_ratings
 from app.models import Movie, MovieGenre
 
 # What a long read reports: (what is being read, bytes so far, bytes in all if known). The
@@ -66,8 +66,6 @@ GENRE_MAX = 64
 YEAR_MIN, YEAR_MAX = 1800, 3000
 BLOCK_BYTES = 2 * 1024 * 1024  # about 100k rating lines: bounded memory, few round trips
 MOVIE_BATCH = 5_000
-ID_LIMIT = 2**53  # ids arrive as float64; above this they would lose precision
-_FIELD_SEP = b"\x1f"  # one-byte stand-in for the two-byte "::" of the .dat files
 _YEAR_RE = re.compile(r"\((\d{4})(?:\s*[-\u2013]\s*(?:\d{4})?\s*)?\)$")
 
 
@@ -404,77 +402,6 @@ def _folder_source(path: Path) -> tuple[_Source, _Layout]:
 # --------------------------------------------------------------------------- parsing
 
 
-def _line_blocks(handle: IO[bytes], on_read: Callable[[int], None]) -> Iterator[bytes]:
-    """Blocks of whole lines; the tail after the last newline is still yielded at the end."""
-    rest = b""
-    while chunk := handle.read(BLOCK_BYTES):
-        on_read(len(chunk))
-        data = rest + chunk
-        cut = data.rfind(b"\n") + 1
-        if cut:
-            rest = data[cut:]
-            yield data[:cut]
-        else:
-            rest = data
-    if rest:
-        yield rest
-
-
-def _drop_header(block: bytes) -> bytes:
-    """ratings.csv starts with `userId,...`; drop that line (and a BOM), keep data lines."""
-    block = block.removeprefix(b"\xef\xbb\xbf")
-    if block[:6].lower() == b"userid":
-        newline = block.find(b"\n")
-        return b"" if newline < 0 else block[newline + 1 :]
-    return block
-
-
-def _parse_fast(block: bytes, sep: bytes) -> np.ndarray | None:
-    """Whole-block parse for the usual clean case; None sends the block to the slow path."""
-    if len(sep) > 1:
-        if _FIELD_SEP in block:
-            return None
-        block, sep = block.replace(sep, _FIELD_SEP), _FIELD_SEP
-    buffer = np.frombuffer(block, dtype=np.uint8)
-    ends = np.flatnonzero(buffer == ord("\n"))
-    if not block.endswith(b"\n"):
-        ends = np.append(ends, len(block))
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    seps = np.flatnonzero(buffer == sep[0])
-    per_line = np.searchsorted(seps, ends) - np.searchsorted(seps, starts)
-    if not np.all(per_line == 3):
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            values = np.fromstring(block.replace(sep, b" "), dtype=np.float64, sep=" ")
-    except (ValueError, DeprecationWarning):
-        return None
-    if values.size != 4 * len(ends):
-        return None
-    return values.reshape(-1, 4)
-
-
-def _parse_slow(block: bytes, sep: bytes, skipped: Counter[str]) -> np.ndarray:
-    """Line by line, for blocks with a bad line somewhere: each bad line is counted."""
-    lines = block.split(b"\n")
-    if block.endswith(b"\n"):
-        lines.pop()
-    rows: list[tuple[float, float, float, float]] = []
-    for line in lines:
-        if not line.strip():
-            skipped["ratings.empty_line"] += 1
-            continue
-        fields = line.split(sep)
-        try:
-            if len(fields) != 4:
-                raise ValueError
-            rows.append((float(fields[0]), float(fields[1]), float(fields[2]), float(fields[3])))
-        except ValueError:
-            skipped["ratings.malformed"] += 1
-    return np.array(rows, dtype=np.float64).reshape(-1, 4)
-
-
 def _count_lines(block: bytes) -> int:
     """Lines in a block, the last one counted even without its newline."""
     return block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
@@ -490,27 +417,9 @@ class _Batch:
 
 def _validate(values: np.ndarray, known: np.ndarray, skipped: Counter[str]) -> _Batch:
     """Keep rows with integer ids and timestamp, a half-star rating and a known movie."""
-    user, movie, rating, stamp = values.T
-    with np.errstate(invalid="ignore"):
-        ids = np.isfinite(values).all(axis=1)
-        for column, low in ((user, 1), (movie, 1), (stamp, 0)):
-            ids &= (column == np.floor(column)) & (column >= low) & (column < ID_LIMIT)
-        halves = rating * 2
-        good_rating = (halves == np.round(halves)) & (halves >= 1) & (halves <= 10)
-    skipped["ratings.malformed"] += int((~ids).sum())
-    skipped["ratings.bad_rating"] += int((ids & ~good_rating).sum())
-    keep = ids & good_rating
-    movie_ids = np.where(keep, movie, 0).astype(np.int64)
-    slot = np.minimum(np.searchsorted(known, movie_ids), max(len(known) - 1, 0))
-    in_catalog = known[slot] == movie_ids if len(known) else np.zeros_like(keep)
-    skipped["ratings.unknown_movie"] += int((keep & ~in_catalog).sum())
-    keep &= in_catalog
-    return _Batch(
-        user[keep].astype(np.int64),
-        movie_ids[keep],
-        rating[keep],
-        stamp[keep].astype(np.int64),
-    )
+    keep = valid_ratings(values, known, skipped)
+    user, movie, rating, stamp = values[keep].T
+    return _Batch(user.astype(np.int64), movie.astype(np.int64), rating, stamp.astype(np.int64))
 
 
 # --------------------------------------------------------------------------- writers
@@ -692,14 +601,12 @@ def _import_ratings(
         f"ratings {layout.ratings_file}", source.size(layout.ratings_file), on_progress
     )
     with source.open(layout.ratings_file) as handle, _ratings_writer(conn) as writer:
-        for number, raw_block in enumerate(_line_blocks(handle, on_read)):
-            block = _drop_header(raw_block) if number == 0 else raw_block
+        for number, raw_block in enumerate(line_blocks(handle, BLOCK_BYTES, on_read)):
+            block = drop_header(raw_block) if number == 0 else raw_block
             if not block:
                 continue
             report.ratings_seen += _count_lines(block)
-            values = _parse_fast(block, layout.ratings_sep)
-            if values is None:
-                values = _parse_slow(block, layout.ratings_sep, skipped)
+            values = parse_block(block, layout.ratings_sep, skipped, count_blank_lines=True)
             batch = _validate(values, known, skipped)
             valid += len(batch.user)
             writer.write(batch)
