@@ -11,7 +11,7 @@ and then chooses on validation how to mix them:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -91,16 +91,7 @@ class HybridModel:
         return self.scorer.score_rows(rows)
 
     def with_blend(self, blend: Blend) -> HybridModel:
-        return HybridModel(
-            self.config,
-            self.rank_net,
-            self.rate_net,
-            self.item_path,
-            self.bias,
-            blend,
-            self.log_popularity,
-            self.rating_scale,
-        )
+        return replace(self, blend=blend)
 
 
 def log_popularity(train: sp.csr_matrix) -> np.ndarray:

@@ -11,6 +11,7 @@ data set we have (ml-100k u1, ml-1m-half, a sparse ml-100k subsample):
   costs ``max_movies²`` while fitting and ``max_movies * neighbors`` floats to serve.
 
 Scoring is ``indicator(row) @ W``: linear in the user's ratings times ``neighbors``.
+(Serving reads the same weights through app/ml/serving.py's precomputed ``ItemTable``.)
 """
 
 from __future__ import annotations
@@ -37,12 +38,6 @@ class ItemToItem:
         indicator = sp.csr_matrix(rows, dtype=np.float32, copy=True)
         indicator.data[:] = 1.0
         return np.asarray((indicator @ self.weights).toarray(), dtype=np.float32)
-
-    def score_user(self, cols: np.ndarray) -> np.ndarray:
-        """Scores for one user who rated movie indices ``cols`` (the fold-in hot path)."""
-        picked = self.weights[np.asarray(cols, dtype=np.int64)]
-        summed = np.bincount(picked.indices, picked.data, minlength=self.weights.shape[1])
-        return summed.astype(np.float32)
 
 
 def lambda_candidates(train: sp.csr_matrix) -> list[float]:

@@ -236,7 +236,8 @@ class ItemTable:
         self.weights[rows, slot] = csr.data
 
     def score(self, cols: Array) -> Array:
-        """``ItemToItem.score_user``: the summed weight rows of the rated movies ``cols``."""
+        """The item path's scores (``ItemToItem.score_rows`` of one user): the summed weight
+        rows of the rated movies ``cols``."""
         if self.dense is not None:
             return self.dense.take(cols, axis=0).sum(axis=0)
         targets = self.targets.take(cols, axis=0).ravel()

@@ -8,6 +8,7 @@ import scipy.sparse as sp
 import torch
 
 from app.ml.hybrid import BiasTerms, Blend, HybridModel
+from app.ml.item_path import ItemToItem
 from app.ml.model import StackedAutoencoder, config_from
 from app.ml.serving import ItemTable, zscore, zscore_one
 
@@ -105,7 +106,7 @@ def test_the_serving_item_table_scores_as_the_item_path(
     trained, synthetic, monkeypatch: pytest.MonkeyPatch, dense_max_bytes: int
 ) -> None:
     """Both layouts of the precomputed table (dense rows, padded neighbours) give
-    `ItemToItem.score_user`, for users of every size, the empty one included."""
+    `ItemToItem.score_rows`, for users of every size, the empty one included."""
     monkeypatch.setattr(ItemTable, "DENSE_MAX_BYTES", dense_max_bytes)
     path = trained.model.item_path
     table = ItemTable(path.weights)
@@ -115,11 +116,17 @@ def test_the_serving_item_table_scores_as_the_item_path(
         cols = np.sort(rng.choice(synthetic.shape[1], size=rated, replace=False))
         got = table.score(cols)
         assert got.dtype == np.float32 and got.shape == (synthetic.shape[1],)
-        np.testing.assert_allclose(got, path.score_user(cols), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got, _path_scores(path, [cols])[0], rtol=1e-5, atol=1e-5)
     users = [np.sort(rng.choice(synthetic.shape[1], size=k, replace=False)) for k in (3, 1, 30)]
-    np.testing.assert_allclose(
-        table.score_many(users), np.stack([path.score_user(c) for c in users]), atol=1e-5
-    )
+    np.testing.assert_allclose(table.score_many(users), _path_scores(path, users), atol=1e-5)
+
+
+def _path_scores(path: ItemToItem, users: list[np.ndarray]) -> np.ndarray:
+    """The item path's own batch scores for users who rated movie indices ``users[i]``."""
+    rows = np.repeat(np.arange(len(users)), [c.size for c in users])
+    cols = np.concatenate(users) if users else np.zeros(0, np.int64)
+    shape = (len(users), path.n_movies)
+    return path.score_rows(sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=shape))
 
 
 def test_one_user_z_score_is_the_batch_z_score() -> None:
