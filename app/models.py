@@ -35,6 +35,10 @@ RATING_VALUES = tuple(step / 2 for step in range(1, 11))  # 0.5, 1.0, ... 5.0
 RATING_CHECK = "rating IN (" + ", ".join(f"{v:.1f}" for v in RATING_VALUES) + ")"
 
 
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -45,6 +49,8 @@ class Movie(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     title: Mapped[str] = mapped_column(String(500))
     year: Mapped[int | None] = mapped_column(Integer)
+    # Withdrawn, unlicensed or unreleased: kept with its ratings, never recommended.
+    hidden: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     genres: Mapped[list[MovieGenre]] = relationship(
         back_populates="movie",
         cascade="all, delete-orphan",
@@ -71,6 +77,29 @@ class MovieGenre(Base):
     __table_args__ = (Index("ix_movie_genres_genre", "genre", "movie_id"),)
 
 
+# Every recommendation request reads the hidden ids: a partial index keeps that read the
+# size of the hidden set, not of the catalog.
+Index(
+    "ix_movies_hidden",
+    Movie.id,
+    sqlite_where=text("hidden = 1"),
+    postgresql_where=text("hidden"),
+)
+
+
+class Dismissal(Base):
+    """"Not interested": a movie one user never wants recommended. Not a rating: it does not
+    feed the model. Keyed like ratings, so the per-request read is the same index prefix."""
+
+    __tablename__ = "dismissals"
+
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    movie_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("movies.id", ondelete="CASCADE"), primary_key=True
+    )
+    dismissed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Rating(Base):
     """One user's stars for one movie; (user_id, movie_id) is the key, so writes upsert."""
 
@@ -89,11 +118,8 @@ class Rating(Base):
     )
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 JOB_STATUSES = ("queued", "running", "succeeded", "failed")
+JOB_TRIGGERS = ("admin", "schedule")
 OPEN_JOB_STATUSES = ("queued", "running")
 _OPEN_JOB = "status IN ('queued', 'running')"
 
@@ -138,6 +164,10 @@ class TrainingJob(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     queue: Mapped[str] = mapped_column(String(32), default="default")
+    # who asked: "admin" (POST /admin/retrain, `saerec` commands) or "schedule"
+    trigger: Mapped[str] = mapped_column(
+        String(16), default="admin", server_default=text("'admin'")
+    )
     status: Mapped[str] = mapped_column(String(16), default="queued")
     overrides: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # the model config resolved from the overrides when queued (null: queued before 0004)
@@ -158,6 +188,7 @@ class TrainingJob(Base):
         CheckConstraint(
             "status IN ('queued', 'running', 'succeeded', 'failed')", name="known_status"
         ),
+        CheckConstraint("\"trigger\" IN ('admin', 'schedule')", name="known_trigger"),
         # One open (queued or running) job per queue, enforced by the database itself.
         Index(
             "uq_training_jobs_single_open",
