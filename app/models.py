@@ -88,7 +88,7 @@ Index(
 
 
 class Dismissal(Base):
-    """"Not interested": a movie one user never wants recommended. Not a rating: it does not
+    """A "not interested": a movie one user never wants recommended. Not a rating: it does not
     feed the model. Keyed like ratings, so the per-request read is the same index prefix."""
 
     __tablename__ = "dismissals"
