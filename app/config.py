@@ -69,6 +69,17 @@ class Settings(BaseSettings):
     popular_refresh_seconds: float = Field(default=30.0, gt=0)
     popular_prior_count: float = Field(default=20.0, ge=0)
     run_worker_in_api: bool = True
+    # Scheduled retraining (app/services/schedule.py), done by whichever processes launch
+    # jobs (RUN_WORKER_IN_API, `saerec worker`); both unset = only admins queue retrains.
+    retrain_interval_seconds: float | None = Field(default=None, gt=0)
+    """a retrain is due this long after the newest job (any trigger) was queued; with no job
+    yet, this long after the launcher first saw ratings."""
+    retrain_min_new_ratings: int | None = Field(default=None, ge=1)
+    """a retrain is due once the rating count exceeds the newest model version's training
+    data (data_size["ratings"]) by this many; with no model, the count itself. With both
+    set, a retrain is due only when both hold: the interval is the least time between
+    retrains. Never while a job is open, nor within 10 minutes of the end of a job that
+    failed or activated nothing; checked at most once a minute (README, Retraining)."""
     # Serving: recently loaded model versions kept per process (a rollback to one is
     # instant), and how soon a version that failed to load is tried again.
     model_cache_versions: int = Field(default=3, ge=1, le=20)

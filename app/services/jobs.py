@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -49,11 +49,17 @@ def open_job(session: Session) -> TrainingJob | None:
     )
 
 
-def enqueue(session: Session, settings: Settings, overrides: dict[str, Any]) -> TrainingJob:
+def enqueue(
+    session: Session,
+    settings: Settings,
+    overrides: dict[str, Any],
+    trigger: Literal["admin", "schedule"] = "admin",
+) -> TrainingJob:
     """Resolve the overrides now (422 beats a job that fails later) and queue the result.
 
     The job stores the resolved config, so it trains what this process's TRAIN_PRESET
-    meant, not whatever the job process's settings say.
+    meant, not whatever the job process's settings say. `trigger` records who asked
+    ("admin" or "schedule"); ConflictError while another job is open.
     """
     from app.services.training import resolve_config
 
@@ -67,6 +73,7 @@ def enqueue(session: Session, settings: Settings, overrides: dict[str, Any]) -> 
         raise _conflict(existing)
     job = TrainingJob(
         id=str(uuid.uuid4()),
+        trigger=trigger,
         overrides=overrides,
         config=config.model_dump(mode="json"),
         epochs=config.epochs,
@@ -282,12 +289,17 @@ class JobLauncher:
     """Polls for queued jobs and runs each in a child process, watching how it ends.
 
     Runs inside each API process by default (so the embedded setup needs nothing more)
-    and in `saerec worker`. Training never runs in the API process itself.
+    and in `saerec worker`. Training never runs in the API process itself. Each poll also
+    queues a retrain when the RETRAIN_* schedule says one is due, so exactly the processes
+    that launch jobs schedule them.
     """
 
     def __init__(self, settings: Settings, engine: Engine, poll_seconds: float = 1.0) -> None:
+        from app.services.schedule import RetrainSchedule  # it builds on this module's queue
+
         self._settings = settings
         self._factory = create_session_factory(engine)
+        self.schedule = RetrainSchedule(settings)
         self._poll = poll_seconds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -320,7 +332,9 @@ class JobLauncher:
                 self._stop.wait(self._poll * 5)
 
     def run_once(self) -> bool:
-        """Claim and run one job to its end; False when the queue was empty."""
+        """Queue a retrain if one is due, then claim and run one job to its end; False when
+        the queue was empty."""
+        self._check_schedule()
         job_id = claim_next(self._factory, f"{_host()}:{os.getpid()}")
         if job_id is None:
             recover_stale_jobs(self._factory)
@@ -336,6 +350,13 @@ class JobLauncher:
             fail_job(self._factory, job_id, _exit_reason(code))
         log.info("job_finished", job_id=job_id, exit_code=code)
         return True
+
+    def _check_schedule(self) -> None:
+        """A failed check (the database is down) must not keep queued jobs from running."""
+        try:
+            self.schedule.poll(self._factory)
+        except Exception as exc:
+            log.warning("schedule_check_failed", error=f"{type(exc).__name__}: {exc}")
 
     def _wait(self, child: subprocess.Popen[bytes]) -> int:
         while True:

@@ -1,0 +1,190 @@
+"""Scheduled retraining: the job launchers queue a retrain themselves when one is due.
+
+RETRAIN_INTERVAL_SECONDS and RETRAIN_MIN_NEW_RATINGS say when (app/config.py, README).
+Every launcher (API processes with RUN_WORKER_IN_API, `saerec worker`) checks on its
+poll; the index that allows one open job keeps racing launchers to a single job, and
+the loser's conflict only means "not due any more".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from prometheus_client import Counter
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.db import transaction
+from app.models import ModelVersion, Rating, TrainingJob, utcnow
+from app.observability import get_logger
+from app.services.errors import ConflictError
+from app.services.jobs import enqueue, open_job
+from app.services.ratings import EXACT_COUNT_BELOW
+
+log = get_logger("saerec.schedule")
+SCHEDULED_RETRAINS = Counter(
+    "saerec_scheduled_retrains_total", "Retraining jobs queued by the RETRAIN_* schedule"
+)
+MAX_CHECK_SECONDS = 60.0
+# after a job that failed or whose model the gate refused, the next scheduled one waits
+# this long from its end: a broken or unhelpful retrain must not run back to back
+BACKOFF_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class Due:
+    """Why a retrain is due: the log line and the tests read it."""
+
+    reason: str  # "interval", "new_ratings" or "interval+new_ratings"
+    new_ratings: int | None  # None when the ratings were not counted (interval only)
+
+
+class RetrainSchedule:
+    """Decides, from the database alone, whether a retrain is due, and queues it.
+
+    The interval is measured from the newest job's created_at (any trigger, any status),
+    so every process agrees; with no job yet, from the first check that saw ratings.
+    New ratings are the rating count minus the count the newest model version was
+    trained on (data_size["ratings"]; a version the gate refused counts too, since
+    retraining on the same data would be refused again).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        check_seconds: float | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.interval = settings.retrain_interval_seconds
+        self.min_new = settings.retrain_min_new_ratings
+        # counting a 25M-row table each second would be a steady load: check at most
+        # once a minute (more often only for a shorter interval)
+        self.check_seconds = (
+            check_seconds
+            if check_seconds is not None
+            else min(self.interval or MAX_CHECK_SECONDS, MAX_CHECK_SECONDS)
+        )
+        self._clock = clock
+        self._first_seen: datetime | None = None  # the clock's start while no job exists
+        self._last_check: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.interval is not None or self.min_new is not None
+
+    def poll(self, factory: sessionmaker[Session]) -> str | None:
+        """The launcher's call on every poll: at most one check per check_seconds.
+
+        Returns the id of the job it queued, if any.
+        """
+        if not self.enabled:
+            return None
+        now = time.monotonic()
+        if self._last_check is not None and now - self._last_check < self.check_seconds:
+            return None
+        self._last_check = now
+        try:
+            with transaction(factory) as session:
+                queued = self.enqueue_if_due(session)
+                if queued is None:
+                    return None
+                job, due = queued
+                job_id = job.id
+        except ConflictError:  # another process queued one between our check and insert
+            return None
+        SCHEDULED_RETRAINS.inc()
+        log.info("retrain_scheduled", job_id=job_id, reason=due.reason, new_ratings=due.new_ratings)
+        return job_id
+
+    def enqueue_if_due(self, session: Session) -> tuple[TrainingJob, Due] | None:
+        """Queue a scheduled job (TRAIN_PRESET, no overrides) in `session` when one is due."""
+        due = self.due(session)
+        if due is None:
+            return None
+        return enqueue(session, self.settings, {}, trigger="schedule"), due
+
+    def due(self, session: Session) -> Due | None:
+        """Why a retrain is due now, or None; never while a job is queued or running."""
+        if not self.enabled or open_job(session) is not None:
+            return None
+        now = self._clock()
+        last = _newest_job(session)
+        if last is not None and _backing_off(last, now):
+            return None
+        if self.interval is not None and not self._interval_passed(session, last, now):
+            return None
+        if self.min_new is None:
+            return Due("interval", None)
+        new = count_ratings_cheaply(session) - _trained_on(session)
+        if new < self.min_new:
+            return None
+        return Due("new_ratings" if self.interval is None else "interval+new_ratings", new)
+
+    def _interval_passed(self, session: Session, last: TrainingJob | None, now: datetime) -> bool:
+        if last is not None:
+            since = _aware(last.created_at)
+        else:  # never a job: start the clock at the first check that sees ratings
+            if self._first_seen is None:
+                if not _has_ratings(session):
+                    return False
+                self._first_seen = now
+            since = self._first_seen
+        assert self.interval is not None
+        return (now - since).total_seconds() >= self.interval
+
+
+def count_ratings_cheaply(session: Session) -> int:
+    """Exact below a million ratings; above that, PostgreSQL's live-row statistic.
+
+    The statistic follows each committed insert and delete (reltuples waits for the next
+    ANALYZE), so growth shows within seconds without a COUNT(*) over 25M rows; after a
+    VACUUM or ANALYZE it is their estimate, close to but not exactly the true count.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        live = session.scalar(
+            text("SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = 'ratings'::regclass")
+        )
+        if live is not None and live >= EXACT_COUNT_BELOW:
+            return int(live)
+    return _exact_count(session)
+
+
+def _exact_count(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Rating)) or 0
+
+
+def _newest_job(session: Session) -> TrainingJob | None:
+    return session.scalar(
+        select(TrainingJob).order_by(TrainingJob.created_at.desc(), TrainingJob.id).limit(1)
+    )
+
+
+def _backing_off(job: TrainingJob, now: datetime) -> bool:
+    """True within BACKOFF_SECONDS of the end of a job that failed or activated nothing."""
+    unproductive = job.status == "failed" or (job.metrics or {}).get("activated") is False
+    if not unproductive:
+        return False
+    ended = _aware(job.finished_at or job.created_at)
+    return (now - ended).total_seconds() < BACKOFF_SECONDS
+
+
+def _trained_on(session: Session) -> int:
+    """Ratings the newest model version was trained on; 0 without a model."""
+    size = session.scalar(
+        select(ModelVersion.data_size).order_by(ModelVersion.created_at.desc()).limit(1)
+    )
+    return int((size or {}).get("ratings", 0))
+
+
+def _has_ratings(session: Session) -> bool:
+    return session.scalar(select(Rating.user_id).limit(1)) is not None
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite returns naive datetimes; every stored one is UTC (models.utcnow)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
