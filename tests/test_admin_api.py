@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -34,6 +34,8 @@ def seeded(settings: Settings, engine: Engine) -> Settings:
     [
         ("post", "/admin/retrain"),
         ("get", "/admin/jobs/abc"),
+        ("get", "/admin/jobs"),
+        ("get", "/admin/stats"),
         ("get", "/admin/models"),
         ("post", "/admin/models/v1/activate"),
     ],
@@ -254,3 +256,84 @@ def test_only_one_active_version_even_when_forced(seeded: Settings, engine: Engi
     with Session(engine) as session:
         active = [v.version for v in session.query(ModelVersion).filter_by(is_active=True)]
     assert active == [other.version]
+
+
+def test_jobs_are_listed_newest_first(
+    seeded: Settings, engine: Engine, admin_headers: dict
+) -> None:
+    """GET /admin/jobs: the dashboard's list of recent jobs, whatever their status."""
+    quiet = seeded.model_copy(update={"run_worker_in_api": False})
+    factory = create_session_factory(engine)
+    ids: list[str] = []
+    for n in range(3):
+        with transaction(factory) as session:
+            ids.append(jobs.enqueue(session, quiet, {"epochs": n + 1}).id)
+        jobs.fail_job(factory, ids[-1], "made room for the next one")
+    start = utcnow()
+    with transaction(factory) as session:  # distinct times, whatever the clock's resolution
+        for n, job_id in enumerate(ids):
+            at = start + timedelta(seconds=n)
+            session.execute(
+                update(TrainingJob).where(TrainingJob.id == job_id).values(created_at=at)
+            )
+    with TestClient(create_app(quiet)) as client:
+        listed = client.get("/admin/jobs", headers=admin_headers)
+        assert listed.status_code == 200
+        assert [job["job_id"] for job in listed.json()] == ids[::-1]
+        newest = listed.json()[0]
+        assert newest["status"] == "failed" and newest["epochs"] == 3
+        assert newest["error"] == "made room for the next one"
+        two = client.get("/admin/jobs", params={"limit": 2}, headers=admin_headers)
+        assert [job["job_id"] for job in two.json()] == ids[:0:-1]
+        for bad in ("0", "101", "x"):
+            answer = client.get("/admin/jobs", params={"limit": bad}, headers=admin_headers)
+            assert answer.status_code == 422, bad
+
+
+def test_stats_count_the_data_and_the_requests(seeded: Settings, admin_headers: dict) -> None:
+    """GET /admin/stats: table counts, and request figures from this process's registry."""
+    quiet = seeded.model_copy(update={"run_worker_in_api": False})
+
+    def served(stats: dict, template: str) -> int:
+        routes = stats["requests"]["routes"]
+        return next((r["requests"] for r in routes if r["route"] == template), 0)
+
+    with TestClient(create_app(quiet)) as client:
+        before = client.get("/admin/stats", headers=admin_headers).json()
+        for _ in range(3):
+            assert client.get("/users/1/ratings").status_code == 200
+        assert client.get("/users/0/ratings").status_code == 422
+        after = client.get("/admin/stats", headers=admin_headers).json()
+    assert (after["ratings"], after["users"], after["movies"]) == (480, 60, 40)
+    assert after["counts_estimated"] is False
+    assert after["active_version"] is None and after["served_version"] is None
+    assert after["jobs"] == {"queued": 0, "running": 0, "succeeded": 0, "failed": 0}
+    requests, earlier = after["requests"], before["requests"]
+    assert requests["scope"] == "process"
+    assert (
+        served(after, "/users/{user_id}/ratings") - served(before, "/users/{user_id}/ratings") == 4
+    )
+    assert requests["total"] - earlier["total"] == 5  # the four, and the first stats call
+    assert requests["client_errors"] - earlier["client_errors"] == 1
+    assert requests["mean_ms"] > 0
+    assert 0 < requests["p50_ms"] <= requests["p95_ms"] <= requests["p99_ms"]
+    counts = [r["requests"] for r in requests["routes"]]
+    assert counts == sorted(counts, reverse=True)
+
+
+def test_each_version_keeps_its_learning_curve(
+    seeded: Settings, engine: Engine, admin_headers: dict
+) -> None:
+    """The registry row holds each epoch's figures: the dashboard draws them from there."""
+    outcome = train_tiny(seeded, engine)
+    assert "history" not in outcome.metrics  # `saerec train` prints the summary only
+    quiet = seeded.model_copy(update={"run_worker_in_api": False})
+    with TestClient(create_app(quiet)) as client:
+        (model,) = client.get("/admin/models", headers=admin_headers).json()
+    metrics = model["metrics"]
+    history = metrics["history"]
+    assert [epoch["epoch"] for epoch in history] == list(range(1, metrics["epochs_run"] + 1))
+    for epoch in history:
+        assert set(epoch) == {"epoch", "train_loss", "valid_ndcg", "valid_rmse", "valid_mae"}
+        assert all(isinstance(epoch[k], float) for k in ("train_loss", "valid_ndcg", "valid_rmse"))
+        assert 0 <= epoch["valid_ndcg"] <= 1 and epoch["valid_rmse"] > 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, status
+from fastapi import APIRouter, Body, Path, Query, status
 
 from app.api.deps import (
     AdminDep,
@@ -14,8 +14,15 @@ from app.api.deps import (
     SessionFactoryDep,
     SettingsDep,
 )
-from app.schemas import NO_NUL, JobOut, JobQueuedOut, ModelVersionOut, RetrainIn
-from app.services import activation, jobs, registry
+from app.schemas import (
+    NO_NUL,
+    JobOut,
+    JobQueuedOut,
+    ModelVersionOut,
+    RetrainIn,
+    ServiceStatsOut,
+)
+from app.services import activation, dashboard, jobs, registry
 
 router = APIRouter(
     prefix="/admin",
@@ -41,6 +48,23 @@ def retrain(
     overrides: dict[str, Any] = body.model_dump(exclude_unset=True) if body is not None else {}
     job = jobs.enqueue(session, settings, overrides)
     return JobQueuedOut(job_id=job.id, status=job.status)
+
+
+@router.get("/jobs", response_model=list[JobOut])
+def list_jobs(
+    _admin: AdminDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100, description="how many, newest first")] = 20,
+) -> list[JobOut]:
+    return [JobOut.model_validate(job) for job in dashboard.recent_jobs(session, limit)]
+
+
+@router.get("/stats", response_model=ServiceStatsOut)
+def service_stats(
+    _admin: AdminDep, session: SessionDep, recommender: RecommenderDep
+) -> ServiceStatsOut:
+    """Counts and request figures for the dashboard: cheap, so it may be polled."""
+    return dashboard.service_stats(session, recommender.version)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses={404: {}})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -164,7 +164,10 @@ def publish(settings: Settings, engine: Engine, trained: TrainedModel) -> Traini
     saved = store.save(trained.result.model, matrix.movies, meta)
     report_paths = _write_report(saved.path, trained.result, meta.metrics)
     candidate = Candidate(trained.result.model, matrix.movies, trained.validation)
-    outcome = _register_and_gate(settings, engine, store, meta, trained.config, saved, candidate)
+    history = epoch_history(trained.result.history)
+    outcome = _register_and_gate(
+        settings, engine, store, meta, trained.config, saved, candidate, history
+    )
     outcome.seconds = time.perf_counter() - trained.started
     outcome.report_paths = report_paths
     return outcome
@@ -178,6 +181,22 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     value = value.item() if isinstance(value, np.generic) else value
     return None if isinstance(value, float) and math.isnan(value) else value
+
+
+HISTORY_FIELDS = ("epoch", "train_loss", "valid_ndcg", "valid_rmse", "valid_mae")
+
+
+def epoch_history(history: Sequence[EpochReport]) -> list[dict[str, Any]]:
+    """Each epoch's training loss and validation figures, rounded, for the registry row.
+
+    The report files beside the artifact hold the same curve, but on the disk of the host
+    that trained; the row is what every API process (and the admin dashboard) can read.
+    """
+    return [_plain({k: _rounded(getattr(report, k)) for k in HISTORY_FIELDS}) for report in history]
+
+
+def _rounded(value: Any) -> Any:
+    return round(value, 5) if isinstance(value, float) else value
 
 
 def _write_report(path: Path, result: TrainResult, metrics: dict[str, Any]) -> dict[str, str]:
@@ -254,13 +273,19 @@ def _register_and_gate(
     config: ModelConfig,
     saved: artifacts.SavedArtifact,
     candidate: Candidate,
+    history: list[dict[str, Any]] | None = None,
 ) -> TrainingOutcome:
-    """One transaction: the gate's verdict, the new row, its activation, the pruning."""
+    """One transaction: the gate's verdict, the new row, its activation, the pruning.
+
+    The per-epoch history goes on the row only: the outcome (printed by `saerec train`,
+    copied onto the job) keeps the summary figures.
+    """
     with transaction(create_session_factory(engine)) as session:
         verdict = quality_gate(session, settings, candidate, registry.active_version(session))
         # the verdict goes on the row (the artifact was written before the gate ran)
         meta = replace(meta, metrics={**meta.metrics, "quality_gate": verdict})
-        registry.register_version(session, meta, config.model_dump(mode="json"), saved)
+        row_meta = replace(meta, metrics={**meta.metrics, "history": history or []})
+        registry.register_version(session, row_meta, config.model_dump(mode="json"), saved)
         if verdict["passed"]:
             registry.activate(session, meta.version)
         pruned = registry.prune_versions(session, store, settings.keep_model_versions)
