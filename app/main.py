@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from threadpoolctl import threadpool_limits
 
-from app.api import admin, movies, ops, ratings, recommendations
+from app.api import admin, dashboard, dismissals, movies, ops, ratings, recommendations
 from app.api.deps import reject_unknown_query
 from app.api.limits import RequestLimitsMiddleware
 from app.config import Settings, get_settings
@@ -93,7 +93,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": errors}, status_code=422)
 
 
-ROUTERS = (ratings, movies, recommendations, admin, ops)
+ROUTERS = (ratings, dismissals, movies, recommendations, admin, ops, dashboard)
 
 
 def _allowed_methods(request: Request) -> str:

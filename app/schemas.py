@@ -136,11 +136,22 @@ class MovieOut(BaseModel):
     genres: list[str]
     rating_count: int
     rating_mean: float | None
+    hidden: bool = Field(
+        description="never recommended; left out of GET /movies unless include_hidden=true"
+    )
 
 
 class MoviesPage(BaseModel):
     total: int
     items: list[MovieOut]
+
+
+class MovieHiddenIn(StrictBody):
+    hidden: StrictBool  # true or false, as the schema says; lax pydantic also takes "no", 1
+
+
+class DismissalIn(StrictBody):
+    movie_id: BodyId
 
 
 class HealthOut(BaseModel):
@@ -155,6 +166,14 @@ class ReadinessOut(BaseModel):
     pid: int | None = Field(default=None, description="the answering process (several workers)")
 
 
+class BecauseItem(BaseModel):
+    """One of the user's own ratings that raised a recommended movie's score."""
+
+    movie_id: int
+    title: str
+    rating: float
+
+
 class RecommendationItem(BaseModel):
     movie_id: int
     title: str
@@ -163,6 +182,12 @@ class RecommendationItem(BaseModel):
     predicted_rating: float | None = Field(
         default=None, description="the model's predicted stars (autoencoder strategy only)"
     )
+    because: list[BecauseItem] | None = Field(
+        default=None,
+        description="only with explain=true: up to 3 of the user's ratings that raised this "
+        "movie's score most, largest first, as the served model computes it (removing one "
+        "lowers the score); empty for the popular strategy",
+    )
 
 
 class RecommendationsOut(BaseModel):
@@ -170,6 +195,26 @@ class RecommendationsOut(BaseModel):
     model_version: str | None
     strategy: Literal["autoencoder", "popular"]
     items: list[RecommendationItem]
+
+
+class SimilarItem(BaseModel):
+    movie_id: int
+    title: str
+    genres: list[str]
+    score: float = Field(
+        description="similarity in the model's item representations (autoencoder, -1..1) "
+        "or the damped mean rating (popular)"
+    )
+
+
+class SimilarMoviesOut(BaseModel):
+    movie_id: int
+    model_version: str | None
+    strategy: Literal["autoencoder", "popular"] = Field(
+        description="popular: no model yet, or the model does not know this movie (then the "
+        "popular movies within its genres)"
+    )
+    items: list[SimilarItem]
 
 
 class PredictionItem(BaseModel):
@@ -306,6 +351,9 @@ class JobOut(BaseModel):
 
     job_id: str = Field(validation_alias="id")
     status: Literal["queued", "running", "succeeded", "failed"]
+    trigger: Literal["admin", "schedule"] = Field(
+        description="who queued the job: an admin (POST /admin/retrain) or the retrain schedule"
+    )
     progress: Annotated[float, AfterValidator(lambda value: round(value, 4))]
     epoch: int
     epochs: int
@@ -318,6 +366,24 @@ class JobOut(BaseModel):
     finished_at: Timestamp | None
 
 
+class DismissalOut(BaseModel):
+    user_id: int
+    movie_id: int
+    title: str
+    dismissed_at: Timestamp
+
+
+class DismissalItem(BaseModel):
+    movie_id: int
+    title: str
+    dismissed_at: Timestamp
+
+
+class UserDismissalsOut(BaseModel):
+    user_id: int
+    items: list[DismissalItem] = Field(description="newest first")
+
+
 class ModelVersionOut(BaseModel):
     """A model_versions row as the API shows it (never the artifact bytes)."""
 
@@ -327,8 +393,55 @@ class ModelVersionOut(BaseModel):
     created_at: Timestamp | None
     activated_at: Timestamp | None
     active: bool = Field(validation_alias="is_active")
-    metrics: dict[str, Any]
+    metrics: dict[str, Any] = Field(
+        description="validation figures, the quality gate's verdict, and `history`: one "
+        "{epoch, train_loss, valid_ndcg, valid_rmse, valid_mae} per epoch trained (absent "
+        "on versions registered before it was recorded)"
+    )
     config: dict[str, Any]
     data_size: dict[str, Any]
     data_fingerprint: str
     artifact_path: str
+
+
+class RouteStatsOut(BaseModel):
+    method: str
+    route: str = Field(description="the route template, e.g. /users/{user_id}/ratings")
+    requests: int
+    errors: int = Field(description="answers with a 5xx status")
+    mean_ms: float | None
+    p95_ms: float | None = Field(description="estimated from the latency histogram's buckets")
+
+
+class RequestStatsOut(BaseModel):
+    """HTTP figures since the process started, read from its Prometheus registry."""
+
+    scope: Literal["process", "all workers"] = Field(
+        description="this process's requests, or every worker's under `serve --workers N`"
+    )
+    total: int
+    client_errors: int = Field(description="answers with a 4xx status")
+    errors: int = Field(description="answers with a 5xx status")
+    mean_ms: float | None
+    p50_ms: float | None = Field(description="estimated from the latency histogram's buckets")
+    p95_ms: float | None
+    p99_ms: float | None
+    routes: list[RouteStatsOut] = Field(description="each route template asked, busiest first")
+
+
+class ServiceStatsOut(BaseModel):
+    """What the admin dashboard shows about the service as a whole."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    ratings: int
+    users: int = Field(description="distinct users with at least one rating")
+    movies: int = Field(description="catalog entries, hidden ones included")
+    counts_estimated: bool = Field(
+        description="true when PostgreSQL's planner statistics stood in for COUNT on a "
+        "ratings table of a million rows or more"
+    )
+    active_version: str | None = Field(description="the model version the registry serves")
+    served_version: str | None = Field(description="the version this process has loaded")
+    jobs: dict[str, int] = Field(description="training jobs by status")
+    requests: RequestStatsOut

@@ -11,7 +11,8 @@ whether the issue's targets hold, and where the server's time went per answered
 request (the `saerec_recommend_stage_seconds` summary scraped from /metrics before and
 after: DB read, fold-in, filtering, ranking, items, JSON). Then, on the last server, it
 drives recommendations while a retrain job runs and its model is swapped in, counting
-every non-200 answer. Prints JSON.
+every non-200 answer. With the answer cache off it also prices `explain=true` and
+`/movies/{id}/similar` one request at a time against a plain recommendation. Prints JSON.
 
     .venv/bin/python scripts/bench_serving.py [--catalog synthetic] [--answer-cache 0]
         [--seconds 15] [--no-swap]
@@ -26,6 +27,7 @@ import os
 import random
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +44,7 @@ TOKEN = "bench-admin-token-0123456789abcdef"
 STAGE_METRIC = "saerec_recommend_stage_seconds"
 # The issue's targets, uncached: (min ratio to /healthz, max p99 ms) by catalog.
 TARGETS = {"ml-100k": (0.7, 20.0), "synthetic": (0.5, 25.0)}
+EXPLAIN_MAX_EXTRA_MS = 2.0  # issue 11: explain=true costs at most +2 ms at p50
 SYNTHETIC_GENRES = (
     "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
     "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
@@ -315,6 +318,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--tool", choices=["auto", "wrk", "httpx"], default="auto")
     parser.add_argument(
+        "--feature-rounds", type=int, default=400, help="requests per explain/similar figure"
+    )
+    parser.add_argument(
         "--answer-cache",
         default="0,20000",
         help="comma list of ANSWER_CACHE_SIZE values, one server each (0 = every request "
@@ -410,6 +416,8 @@ def measure(
         "stages": stage_breakdown(before, after),
     }
     if cache == 0:
+        n_movies = args.movies if args.catalog == "synthetic" else 1682
+        result["feature_costs"] = feature_costs(base, max_user, n_movies, args.feature_rounds)
         min_ratio, max_p99 = TARGETS[args.catalog]
         result["targets"] = {
             "min_ratio": min_ratio,
@@ -418,6 +426,50 @@ def measure(
             "p99_met": recs["p99_ms"] <= max_p99,
         }
     return result
+
+
+def _timed_get(client: httpx.Client, url: str) -> float:
+    started = time.perf_counter()
+    response = client.get(url)
+    elapsed = time.perf_counter() - started
+    if response.status_code != 200:
+        raise RuntimeError(f"{url}: {response.status_code} {response.text[:200]}")
+    return elapsed
+
+
+def feature_costs(base: str, max_user: int, n_movies: int, rounds: int) -> dict[str, Any]:
+    """What `explain=true` and `/movies/{id}/similar` cost, one request at a time (no
+    queueing in the figures), interleaved with their baseline so drift hits both alike:
+    the same user with and without `explain`, and a plain recommendation beside each
+    similar-movies request. Run with the answer cache off, so every answer is computed."""
+    rng = random.Random(7)
+    times: dict[str, list[float]] = {"plain": [], "explain": [], "similar": [], "paired": []}
+    with httpx.Client(base_url=base, timeout=30) as client:
+        for _ in range(rounds):
+            user = rng.randint(1, max_user)
+            url = f"/users/{user}/recommendations?n=10"
+            order = [("plain", url), ("explain", url + "&explain=true")]
+            rng.shuffle(order)
+            for name, path in order:
+                times[name].append(_timed_get(client, path))
+            times["similar"].append(
+                _timed_get(client, f"/movies/{rng.randint(1, n_movies)}/similar?n=10")
+            )
+            times["paired"].append(_timed_get(client, url))
+
+    def p50(name: str) -> float:
+        return round(statistics.median(times[name]) * 1e3, 3)
+
+    explain_extra = round(p50("explain") - p50("plain"), 3)
+    return {
+        "rounds": rounds,
+        "recommendations_p50_ms": p50("plain"),
+        "explain_p50_ms": p50("explain"),
+        "explain_extra_p50_ms": explain_extra,
+        "explain_target_met": explain_extra <= EXPLAIN_MAX_EXTRA_MS,
+        "similar_p50_ms": p50("similar"),
+        "similar_to_recommendations_p50": round(p50("similar") / p50("paired"), 3),
+    }
 
 
 def swap_under_load(

@@ -104,7 +104,7 @@ class WriteLog:
             for item in body["ratings"]:
                 key = (int(item["user_id"]), int(item["movie_id"]))
                 self.ratings.append(("set", key, float(item["rating"]), item.get("timestamp")))
-        elif method == "DELETE" and status == 204:
+        elif method == "DELETE" and "/ratings/" in template and status == 204:
             params = case.path_parameters
             key = (int(params["user_id"]), int(params["movie_id"]))
             self.ratings.append(("delete", key, None, None))

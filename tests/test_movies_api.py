@@ -52,6 +52,7 @@ def test_movie_details_include_rating_statistics(api: TestClient) -> None:
         "genres": ["Action", "Adventure", "Romance", "Sci-Fi", "War"],
         "rating_count": 3,
         "rating_mean": 4.5,
+        "hidden": False,
     }
     unrated = api.get("/movies/3").json()
     assert unrated["rating_count"] == 0 and unrated["rating_mean"] is None
@@ -131,7 +132,7 @@ def test_unknown_query_parameter_is_422_naming_it(api: TestClient, query: dict) 
     assert response.status_code == 422
     unknown = {err["loc"][1] for err in response.json()["detail"]}
     assert unknown == set(query) - {"q"}
-    assert "genre, limit, offset, q" in response.json()["detail"][0]["msg"]
+    assert "genre, include_hidden, limit, offset, q" in response.json()["detail"][0]["msg"]
 
 
 def test_unknown_query_parameter_is_422_on_other_routes_too(api: TestClient) -> None:

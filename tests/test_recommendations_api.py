@@ -22,7 +22,7 @@ from app.ml.artifacts import load_artifact
 from app.ml.model import config_from
 from app.models import ModelVersion
 from app.services import recommender as recommender_module
-from app.services.recommender import Recommender, build_popular_list
+from app.services.recommender import Recommender, RecommendRequest, build_popular_list
 from app.services.training import TrainingOutcome, train_and_register
 from tests.factories import LENIENT_GATE, TINY_TRAINING, seed_synthetic
 from tests.reliability_helpers import run_together
@@ -285,7 +285,7 @@ def test_concurrent_requests_share_one_load_and_a_rollback_loads_nothing(
         answers: list[dict] = []
 
         def ask(user_id: int) -> Callable[[], None]:
-            return lambda: answers.append(recommender.recommend(user_id, 5, None))
+            return lambda: answers.append(recommender.recommend(RecommendRequest(user_id, 5)))
 
         run_together([ask(user_id) for user_id in range(1, 9)])
         assert {a["model_version"] for a in answers} == {old} and len(answers) == 8
@@ -420,10 +420,16 @@ def test_a_batch_answers_as_each_request_alone(seeded: Settings, trained: Traini
     """Requests that share a batch (concurrent traffic) get the answers they get alone:
     model, popular fallback and genre filter mixed, in order."""
     uncached = seeded.model_copy(update={"answer_cache_size": 0})
-    requests = [(1, 5, None), (999, 3, None), (2, 4, "Comedy"), (3, 7, None), (1, 2, None)]
+    requests = [
+        RecommendRequest(1, 5),
+        RecommendRequest(999, 3),
+        RecommendRequest(2, 4, ("Comedy",)),
+        RecommendRequest(3, 7, exclude=(5,)),
+        RecommendRequest(1, 2, explain=True),
+    ]
     with TestClient(create_app(uncached)) as client:
         recommender: Recommender = client.app.state.recommender
-        alone = [recommender.recommend(*request) for request in requests]
+        alone = [recommender.recommend(request) for request in requests]
         together = recommender.recommend_many(requests)
     assert [a["strategy"] for a in alone] == [t["strategy"] for t in together]
     assert alone[1]["strategy"] == "popular" and alone[0]["strategy"] == "autoencoder"

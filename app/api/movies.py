@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Query, status
 from pydantic import Field
 
 from app.api.deps import AdminDep, KnownGenre, MovieId, SessionDep
-from app.schemas import MAX_ID, NO_NUL, MovieIn, MovieOut, MoviesPage
+from app.schemas import MAX_ID, NO_NUL, MovieHiddenIn, MovieIn, MovieOut, MoviesPage
 from app.services import movies as service
 
 router = APIRouter(tags=["movies"])
@@ -23,8 +23,9 @@ def list_movies(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    include_hidden: Annotated[bool, Query(description="also list hidden movies")] = False,
 ) -> MoviesPage:
-    return service.search_movies(session, q, genre, limit, offset)
+    return service.search_movies(session, q, genre, limit, offset, include_hidden)
 
 
 @router.get("/movies/{movie_id}", response_model=MovieOut, responses={404: {}})
@@ -48,3 +49,20 @@ def create_movies(
     if isinstance(body, list):
         return service.create_movies(session, body)
     return service.create_movies(session, [body])[0]
+
+
+@router.patch(
+    "/admin/movies/{movie_id}",
+    response_model=MovieOut,
+    tags=["admin"],
+    responses={
+        401: {"description": "missing or bad token"},
+        404: {"description": "unknown movie"},
+        503: {"description": "admin off"},
+    },
+)
+def set_movie_hidden(
+    _admin: AdminDep, movie_id: MovieId, body: MovieHiddenIn, session: SessionDep
+) -> MovieOut:
+    """Hide (withdrawn, unlicensed, unreleased) or show again; its ratings are kept."""
+    return service.set_hidden(session, movie_id, body.hidden)

@@ -11,10 +11,17 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Query, Response
+from pydantic import Field
 
-from app.api.deps import RecommenderDep, UserId
-from app.schemas import PositiveId, PredictionsOut, RecommendationsOut
-from app.services.recommender import observe_stage
+from app.api.deps import MovieId, RecommenderDep, UserId
+from app.schemas import (
+    NO_NUL,
+    PositiveId,
+    PredictionsOut,
+    RecommendationsOut,
+    SimilarMoviesOut,
+)
+from app.services.recommender import RecommendRequest, observe_stage
 
 router = APIRouter(tags=["recommendations"])
 
@@ -24,21 +31,55 @@ def _json(answer: dict[str, Any]) -> Response:
     return Response(orjson.dumps(answer), media_type="application/json")
 
 
+Genres = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)]] | None,
+    Query(max_length=20, description="repeatable: movies in any of these genres"),
+]
+
+
 @router.get("/users/{user_id}/recommendations", response_model=RecommendationsOut)
 async def recommendations(
     recommender: RecommenderDep,
     user_id: UserId,
     n: Annotated[int, Query(ge=1, le=100)] = 10,
-    genre: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    genre: Genres = None,
+    exclude: Annotated[
+        list[PositiveId] | None,
+        Query(max_length=100, description="repeatable: movie ids not to list this time"),
+    ] = None,
+    explain: Annotated[
+        bool, Query(description="add each item's `because`: the ratings that raised it")
+    ] = False,
 ) -> Response:
     # Inference runs on the recommender's own small executor, off the event loop: a few
     # threads that keep busy beat dozens of threadpool threads fighting over the GIL. The
     # batcher lets requests that arrive together share one forward pass.
-    answer = await recommender.recommendations(user_id, n, genre)
+    request = RecommendRequest(user_id, n, _unique(genre or []), _unique(exclude or []), explain)
+    answer = await recommender.recommendations(request)
     started = time.perf_counter()
     response = _json(answer)
     observe_stage("json", time.perf_counter() - started)
     return response
+
+
+@router.get(
+    "/movies/{movie_id}/similar",
+    response_model=SimilarMoviesOut,
+    responses={404: {"description": "unknown movie"}},
+)
+async def similar_movies(
+    recommender: RecommenderDep,
+    movie_id: MovieId,
+    n: Annotated[int, Query(ge=1, le=100)] = 10,
+    genre: Genres = None,
+) -> Response:
+    answer = await recommender.similar_movies(movie_id, n, _unique(genre or []))
+    return _json(answer)
+
+
+def _unique(values: list[Any]) -> tuple[Any, ...]:
+    """Sorted and deduplicated: the same filter asked twice is the same answer key."""
+    return tuple(sorted(set(values)))
 
 
 @router.get(

@@ -23,6 +23,7 @@ import scipy.sparse as sp
 import torch
 
 if TYPE_CHECKING:
+    from app.ml.explain import Explainer, ItemSimilarity
     from app.ml.hybrid import Blend, HybridModel
     from app.ml.model import StackedAutoencoder
 
@@ -67,6 +68,7 @@ class NetWeights:
         self.residual = config.rating_head == "residual"
         self.user_bias_reg = config.user_bias_reg
         self.n_movies = net.n_movies
+        self.activation_name = config.activation
         self.activation = ACTIVATIONS[config.activation]
         self.first_t = np.ascontiguousarray(_np(net.layers[0].weight).T)  # in_dim x hidden
         self.first_bias = _np(net.layers[0].bias)
@@ -298,6 +300,20 @@ class FoldInScorer:
         if self.item_path is None or self.blend.item_weight <= 0:
             return None
         return ItemTable(self.item_path.weights)
+
+    @cached_property
+    def explainer(self) -> Explainer:
+        """Leave-one-out reasons for a recommendation (`app.ml.explain`)."""
+        from app.ml.explain import Explainer
+
+        return Explainer(self)
+
+    @cached_property
+    def similarity(self) -> ItemSimilarity:
+        """Movies alike by the model's item representations (`app.ml.explain`)."""
+        from app.ml.explain import ItemSimilarity
+
+        return ItemSimilarity(self)
 
     # -- one user (serving) ------------------------------------------------------------
     def encode(self, cols: Array, values: Array) -> UserState:

@@ -1,13 +1,14 @@
-"""Catalog use cases: search, details with rating statistics, admin creation."""
+"""Catalog use cases: search, details with rating statistics, admin creation and hiding."""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
 
-from sqlalchemy import Select, exists, func, select
+from sqlalchemy import Select, exists, func, select, update
 from sqlalchemy.orm import Session
 
+from app.db import updated
 from app.models import Movie, MovieGenre, Rating
 from app.schemas import MovieIn, MovieOut, MoviesPage
 from app.services.errors import ConflictError, NotFoundError
@@ -17,7 +18,11 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _filtered(query: Select, title_part: str | None, genre: str | None) -> Select:
+def _filtered(
+    query: Select, title_part: str | None, genre: str | None, include_hidden: bool
+) -> Select:
+    if not include_hidden:
+        query = query.where(Movie.hidden.is_(False))
     if title_part:
         pattern = f"%{_escape_like(title_part.lower())}%"
         query = query.where(func.lower(Movie.title).like(pattern, escape="\\"))
@@ -50,15 +55,26 @@ def _to_out(movie: Movie, stats: dict[int, tuple[int, float]]) -> MovieOut:
         genres=movie.genre_names,
         rating_count=count,
         rating_mean=round(mean, 4) if mean is not None else None,
+        hidden=movie.hidden,
     )
 
 
 def search_movies(
-    session: Session, title_part: str | None, genre: str | None, limit: int, offset: int
+    session: Session,
+    title_part: str | None,
+    genre: str | None,
+    limit: int,
+    offset: int,
+    include_hidden: bool = False,
 ) -> MoviesPage:
-    total = session.scalar(_filtered(select(func.count(Movie.id)), title_part, genre)) or 0
+    """Hidden movies are left out of the page and of its total unless asked for."""
+    count = select(func.count(Movie.id))
+    total = session.scalar(_filtered(count, title_part, genre, include_hidden)) or 0
     movies = session.scalars(
-        _filtered(select(Movie), title_part, genre).order_by(Movie.id).limit(limit).offset(offset)
+        _filtered(select(Movie), title_part, genre, include_hidden)
+        .order_by(Movie.id)
+        .limit(limit)
+        .offset(offset)
     ).all()
     stats = _rating_stats(session, [m.id for m in movies])
     return MoviesPage(total=total, items=[_to_out(m, stats) for m in movies])
@@ -69,6 +85,13 @@ def get_movie(session: Session, movie_id: int) -> MovieOut:
     if movie is None:
         raise NotFoundError(f"movie {movie_id} does not exist")
     return _to_out(movie, _rating_stats(session, [movie_id]))
+
+
+def set_hidden(session: Session, movie_id: int, hidden: bool) -> MovieOut:
+    """An UPDATE, not load-and-assign: the 404 and the write are one statement."""
+    if not updated(session, update(Movie).where(Movie.id == movie_id).values(hidden=hidden)):
+        raise NotFoundError(f"movie {movie_id} does not exist")
+    return get_movie(session, movie_id)
 
 
 def create_movies(session: Session, movies: Sequence[MovieIn]) -> list[MovieOut]:

@@ -9,8 +9,10 @@ recent version instant. The popular list is swapped by one reference assignment.
 
 Four collaborators, composed by `Recommender` (which also owns the inference executor):
 `ModelLifecycle` (which version is served: load, keep, swap), `UserReader` (the per-user
-read), `Popularity` (the fallback list) and the ranking functions (`rank_batch`,
-`predicted_items`); answers are cached in `AnswerCache`, outside the immutable models.
+read: ratings, dismissals, hidden movies, active version), `Popularity` (the fallback list)
+and the ranking functions (`rank_batch`, `predicted_items`); every list that recommends
+(model, popular, similar movies) passes through one `Filters`; answers are cached in
+`AnswerCache`, outside the immutable models.
 """
 
 from __future__ import annotations
@@ -44,21 +46,34 @@ from app.services.errors import NotFoundError, UnavailableError
 
 log = get_logger("saerec.recommender")
 # One aggregated row instead of one row per rating: the driver then crosses the GIL once,
-# not once per rating, which is what throttled the executor threads under load. The last
-# column is the registry's active version, read in the same statement (same snapshot).
+# not once per rating, which is what throttled the executor threads under load. The same
+# statement (one snapshot) reads the user's dismissals, the hidden movies (a partial index:
+# the size of the hidden set) and, last, the registry's active version: everything that
+# decides the answer, in one round trip, so a movie hidden a moment ago is already out.
 # Ratings travel as integer half stars (1..10, exact: a CHECK allows only half stars):
 # SQLite formats integers far faster than floats (the read took ~40 % less time) and numpy
 # parses each comma list in one call. Both aggregates walk the same rows in one order.
 # (Not one packed integer per rating: movie ids go up to 2**63 - 1, which would overflow.)
-USER_RATINGS_SQL = {
+USER_STATE_SQL = {
     "sqlite": "SELECT group_concat(movie_id), group_concat(CAST(rating * 2 AS INTEGER)),"
+    " (SELECT group_concat(movie_id) FROM dismissals WHERE user_id = ?),"
+    " (SELECT group_concat(id) FROM movies WHERE hidden = 1),"
     " (SELECT version FROM model_versions WHERE is_active = 1)"
     " FROM ratings WHERE user_id = ?",
     "postgresql": "SELECT array_agg(movie_id), array_agg(CAST(rating * 2 AS INTEGER)),"
+    " (SELECT array_agg(movie_id) FROM dismissals WHERE user_id = %s),"
+    " (SELECT array_agg(id) FROM movies WHERE hidden),"
     " (SELECT version FROM model_versions WHERE is_active)"
     " FROM ratings WHERE user_id = %s",
 }
-NO_RATINGS = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+HIDDEN_AND_ACTIVE_SQL = {
+    "sqlite": "SELECT (SELECT group_concat(id) FROM movies WHERE hidden = 1),"
+    " (SELECT version FROM model_versions WHERE is_active = 1)",
+    "postgresql": "SELECT (SELECT array_agg(id) FROM movies WHERE hidden),"
+    " (SELECT version FROM model_versions WHERE is_active)",
+}
+NO_IDS = np.zeros(0, dtype=np.int64)
+NO_RATINGS = (NO_IDS, np.zeros(0, dtype=np.float32))
 # Where an uncached answer's time goes (the benchmark prints it): a Summary is a count and
 # a sum per stage, about a microsecond per observation. "json" is observed by the route.
 RECOMMEND_STAGE = Summary(
@@ -78,9 +93,18 @@ def observe_stage(stage: str, seconds: float, times: int = 1) -> None:
 
 def _row_key(row: tuple | None) -> object:
     """A hashable form of the aggregated row (strings on SQLite, lists on PostgreSQL)."""
-    if row is None or row[0] is None or isinstance(row[0], str):
+    if row is None:
         return row
-    return tuple(row[0]), tuple(row[1])
+    return tuple(tuple(column) if isinstance(column, list) else column for column in row)
+
+
+def _parse_ids(column: str | list[int] | None) -> np.ndarray:
+    """Movie ids from an aggregate column of either dialect (None: no row matched)."""
+    if column is None:
+        return NO_IDS
+    if isinstance(column, str):
+        return np.fromstring(column, dtype=np.int64, sep=",")
+    return np.asarray(column, dtype=np.int64)
 
 
 def _parse_user_ratings(row: tuple | None) -> tuple[np.ndarray, np.ndarray]:
@@ -106,10 +130,15 @@ class Catalog:
     genres: list[list[str]]
     genre_masks: dict[str, np.ndarray]
 
-    def mask_for(self, genre: str | None) -> np.ndarray | None:
-        if genre is None:
+    def mask_for(self, genres: tuple[str, ...]) -> np.ndarray | None:
+        """Movies in any of ``genres`` (None: no genre filter; an unknown genre: none)."""
+        if not genres:
             return None
-        return self.genre_masks.get(genre.lower(), np.zeros(len(self.movie_ids), dtype=bool))
+        masks = [self.genre_masks.get(genre.lower()) for genre in genres]
+        found = [mask for mask in masks if mask is not None]
+        if not found:
+            return np.zeros(len(self.movie_ids), dtype=bool)
+        return found[0] if len(found) == 1 else np.logical_or.reduce(found)
 
     def item(self, index: int, score: float, **extra: Any) -> dict[str, Any]:
         return {
@@ -250,7 +279,52 @@ def build_popular_list(session: Session, prior_count: float) -> PopularList:
     return PopularList(load_catalog(session, ids[order]), scores[order].astype(np.float32))
 
 
-Request = tuple[int, int, str | None]  # user id, n, genre
+@dataclass(frozen=True)
+class RecommendRequest:
+    """What a recommendation request asks for; hashable, so it is part of the answer key."""
+
+    user_id: int
+    n: int = 10
+    genres: tuple[str, ...] = ()
+    """any of these genres (none: every genre)"""
+    exclude: tuple[int, ...] = ()
+    """movie ids the caller does not want listed this time"""
+    explain: bool = False
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The one filter pipeline of every list that recommends (model, popular, similar):
+    never a rated, excluded, dismissed or hidden movie, only the asked genres."""
+
+    blocked: np.ndarray  # movie ids: excluded, dismissed, hidden (rated ones come apart)
+    genres: tuple[str, ...]
+
+    @classmethod
+    def of(cls, genres: tuple[str, ...], *blocked: np.ndarray | tuple[int, ...]) -> Filters:
+        ids = [np.asarray(b, dtype=np.int64) for b in blocked if len(b)]
+        return cls(np.concatenate(ids) if ids else NO_IDS, genres)
+
+    def apply(self, scores: np.ndarray, model: ServingModel, rated_cols: np.ndarray) -> None:
+        """Set -inf (never listed) on a model's score row: the rated columns, the blocked
+        movies the model knows, non-finite scores, movies outside the genres. One sum
+        checks finiteness; the full scan runs only if it fails."""
+        if not np.isfinite(scores.sum()):  # a diverged model must not break the JSON
+            scores[~np.isfinite(scores)] = -np.inf
+        scores[rated_cols] = -np.inf
+        if self.blocked.size:
+            cols = model.columns(self.blocked)
+            scores[cols[cols >= 0]] = -np.inf
+        allowed = model.catalog.mask_for(self.genres)
+        if allowed is not None:
+            scores[~allowed] = -np.inf
+
+    def allowed(self, catalog: Catalog, rated: np.ndarray) -> np.ndarray:
+        """The same rule as a mask over a catalog of movie ids (the popular list)."""
+        blocked = np.concatenate([rated, self.blocked]) if self.blocked.size else rated
+        allowed = ~np.isin(catalog.movie_ids, blocked)
+        mask = catalog.mask_for(self.genres)
+        return allowed if mask is None else allowed & mask
 
 
 @dataclass(frozen=True)
@@ -258,9 +332,8 @@ class _Pending:
     """A request waiting for its batch's forward pass."""
 
     index: int
-    user_id: int
-    n: int
-    genre: str | None
+    request: RecommendRequest
+    filters: Filters
     key: tuple
     model: ServingModel
     cols: np.ndarray
@@ -277,7 +350,8 @@ def _by_model(pending: list[_Pending]) -> list[tuple[ServingModel, list[_Pending
 
 @dataclass(frozen=True)
 class UserRead:
-    """One round trip's answer: the user's ratings (raw row) and the active version."""
+    """One round trip's answer: the user's ratings, dismissals and the hidden movies (raw
+    columns) and the active version."""
 
     row: tuple | None
     version: str | None
@@ -290,6 +364,12 @@ class UserRead:
     def ratings(self) -> tuple[np.ndarray, np.ndarray]:
         return _parse_user_ratings(self.row)
 
+    def dismissed(self) -> np.ndarray:
+        return _parse_ids(self.row[2]) if self.row else NO_IDS
+
+    def hidden(self) -> np.ndarray:
+        return _parse_ids(self.row[3]) if self.row else NO_IDS
+
 
 @dataclass(frozen=True)
 class LoadFailure:
@@ -301,7 +381,7 @@ class LoadFailure:
     message: str
 
 
-AnswerMany = Callable[[list[Request]], list[dict[str, Any] | Exception]]
+AnswerMany = Callable[[list[RecommendRequest]], list[dict[str, Any] | Exception]]
 
 
 class Batcher:
@@ -321,15 +401,15 @@ class Batcher:
         self._loop = asyncio.get_running_loop()
         self._max_batch = max_batch
         self._slots = slots  # batches in flight: one per executor thread
-        self._waiting: list[tuple[Request, asyncio.Future]] = []
+        self._waiting: list[tuple[RecommendRequest, asyncio.Future]] = []
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         return self._loop
 
-    async def recommend(self, user_id: int, n: int, genre: str | None) -> dict[str, Any]:
+    async def recommend(self, request: RecommendRequest) -> dict[str, Any]:
         future = self._loop.create_future()
-        self._waiting.append(((user_id, n, genre), future))
+        self._waiting.append((request, future))
         self._launch()
         return await future
 
@@ -343,7 +423,9 @@ class Batcher:
             )
             done.add_done_callback(functools.partial(self._finish, batch))
 
-    def _finish(self, batch: list[tuple[Request, asyncio.Future]], done: asyncio.Future) -> None:
+    def _finish(
+        self, batch: list[tuple[RecommendRequest, asyncio.Future]], done: asyncio.Future
+    ) -> None:
         self._slots += 1
         try:
             answers = done.result()
@@ -506,20 +588,28 @@ class ModelLifecycle:
 
 
 class UserReader:
-    """The hot-path read: a user's current ratings and the active version, one round trip."""
+    """The hot-path read: a user's current ratings, dismissals, the hidden movies and the
+    active version, one round trip."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._sql = USER_RATINGS_SQL[engine.dialect.name]
+        self._sql = USER_STATE_SQL[engine.dialect.name]
+        self._catalog_sql = HIDDEN_AND_ACTIVE_SQL[engine.dialect.name]
 
     def read(self, user_id: int, generation: int) -> UserRead:
         """`generation`: the model switch count taken before this read (see `model_for`)."""
-        row = self._row(user_id)
+        row = self._row(self._sql, (user_id, user_id))
         if row is None:
             return UserRead(None, None, generation)
         return UserRead(tuple(row[:-1]), row[-1], generation)
 
-    def _row(self, user_id: int) -> tuple | None:
+    def read_catalog_state(self, generation: int) -> UserRead:
+        """The hidden movies and the active version only (lists about a movie, no user)."""
+        row = self._row(self._catalog_sql, ())
+        hidden = row[0] if row else None
+        return UserRead((None, None, None, hidden), row[-1] if row else None, generation)
+
+    def _row(self, sql: str, params: tuple[int, ...]) -> tuple | None:
         """The user's current ratings: one indexed lookup on the primary key's prefix.
 
         The hot path of every request, so it uses a pooled DBAPI connection directly:
@@ -534,14 +624,12 @@ class UserReader:
         cursor = None
         try:
             cursor = raw.cursor()
-            cursor.execute(self._sql, (user_id,))
+            cursor.execute(sql, params)
             row = cursor.fetchone()
         except dialect.loaded_dbapi.Error as exc:
             if dialect.is_disconnect(exc, raw.dbapi_connection, cursor):
                 raw.invalidate(exc)
-            raise DBAPIError.instance(
-                self._sql, (user_id,), exc, dialect.loaded_dbapi.Error
-            ) from exc
+            raise DBAPIError.instance(sql, params, exc, dialect.loaded_dbapi.Error) from exc
         finally:
             if cursor is not None:
                 cursor.close()
@@ -567,14 +655,10 @@ class Popularity:
         assert self._popular is not None
         return self._popular
 
-    def items(self, rated: np.ndarray, n: int, genre: str | None) -> list[dict[str, Any]]:
-        """The n most popular movies the user has not rated (in the genre, if given)."""
+    def items(self, rated: np.ndarray, n: int, filters: Filters) -> list[dict[str, Any]]:
+        """The n most popular movies the filters allow (the user's rated ones left out)."""
         popular = self.current()
-        allowed = ~np.isin(popular.catalog.movie_ids, rated)
-        mask = popular.catalog.mask_for(genre)
-        if mask is not None:
-            allowed &= mask
-        top = np.flatnonzero(allowed)[:n]  # already sorted by score
+        top = np.flatnonzero(filters.allowed(popular.catalog, rated))[:n]  # sorted by score
         return [popular.catalog.item(i, popular.scores[i]) for i in top]
 
 
@@ -604,9 +688,15 @@ class Recommender:
         self.answers = AnswerCache(answer_cache_size)
 
     # -- the async face: inference runs on the executor, never on the event loop ----------
-    async def recommendations(self, user_id: int, n: int, genre: str | None) -> dict[str, Any]:
+    async def recommendations(self, request: RecommendRequest) -> dict[str, Any]:
         """Requests that arrive together share one forward pass (see `Batcher`)."""
-        return await self._loop_batcher().recommend(user_id, n, genre)
+        return await self._loop_batcher().recommend(request)
+
+    async def similar_movies(
+        self, movie_id: int, n: int, genres: tuple[str, ...]
+    ) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.similar, movie_id, n, genres)
 
     async def predictions(self, user_id: int, movie_ids: list[int]) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -651,15 +741,15 @@ class Recommender:
         """The user's current ratings as (movie ids, ratings)."""
         return self.read_user(user_id).ratings()
 
-    def recommend(self, user_id: int, n: int, genre: str | None) -> dict[str, Any]:
-        answer = self.recommend_many([(user_id, n, genre)])[0]
+    def recommend(self, request: RecommendRequest) -> dict[str, Any]:
+        answer = self.recommend_many([request])[0]
         if isinstance(answer, BaseException):
             raise answer
         return answer
 
-    def recommend_many(self, requests: list[Request]) -> list[dict[str, Any] | Exception]:
-        """Answers for (user id, n, genre) requests, in order; a request that failed gets
-        its exception instead, so one bad read does not fail the others.
+    def recommend_many(self, requests: list[RecommendRequest]) -> list[dict[str, Any] | Exception]:
+        """Answers for the requests, in order; a request that failed gets its exception
+        instead, so one bad read does not fail the others.
 
         Each request reads its own ratings and active version (read your writes holds per
         request, as for one); the forward passes of the cache misses then run as one batch
@@ -669,10 +759,10 @@ class Recommender:
         started = time.perf_counter()
         answers: list[dict[str, Any] | Exception] = []
         pending: list[_Pending] = []
-        for index, (user_id, n, genre) in enumerate(requests):
+        for index, request in enumerate(requests):
             answer: dict[str, Any] | Exception
             try:
-                answer = self._start(user_id, n, genre, index, pending)
+                answer = self._start(request, index, pending)
             except Exception as exc:  # e.g. the database away: this request's 503
                 answer = exc
             answers.append(answer)
@@ -680,7 +770,9 @@ class Recommender:
         for model, group in _by_model(pending):
             for job, items in zip(group, rank_batch(model, group, read_at), strict=True):
                 self.answers.remember(job.key, items)
-                answers[job.index] = _answer(job.user_id, model.version, "autoencoder", items)
+                answers[job.index] = _answer(
+                    job.request.user_id, model.version, "autoencoder", items
+                )
         if pending:
             observe_stage("db_read", (read_at - started) / len(requests), len(pending))
         elapsed = time.perf_counter() - started
@@ -690,22 +782,57 @@ class Recommender:
         return answers
 
     def _start(
-        self, user_id: int, n: int, genre: str | None, index: int, pending: list[_Pending]
+        self, request: RecommendRequest, index: int, pending: list[_Pending]
     ) -> dict[str, Any]:
         """Read one user; answer from the cache or the popular list, or queue a fold-in
-        (the placeholder answer is replaced once the batch has run)."""
+        (the placeholder answer is replaced once the batch has run).
+
+        The answer key is everything the answer depends on: the version, the row as read
+        (ratings, dismissals, hidden movies) and the request itself (n, genres, exclude,
+        explain), so a new dismissal or a movie hidden a moment ago is a new key.
+        """
+        user_id = request.user_id
         read = self.read_user(user_id)  # always read: fold-in sees every new rating
         model = self.models.model_for(read.version, read.generation)  # one per request
-        key = (model.version if model else None, read.key, n, genre)
+        key = (model.version if model else None, read.key, request)
         if model is not None and (cached := self.answers.get(key)) is not None:
             return _answer(user_id, model.version, "autoencoder", cached)
         movie_ids, ratings = read.ratings()
+        filters = Filters.of(request.genres, request.exclude, read.dismissed(), read.hidden())
         known = model.known(movie_ids, ratings) if model is not None and len(movie_ids) else None
         if model is not None and known is not None:
-            pending.append(_Pending(index, user_id, n, genre, key, model, *known))
+            pending.append(_Pending(index, request, filters, key, model, *known))
             return {}
-        items = self.popularity.items(movie_ids, n, genre)
+        items = self.popularity.items(movie_ids, request.n, filters)
+        if request.explain:  # nothing of the user's raised a popular movie's score
+            items = [{**item, "because": []} for item in items]
         return _answer(user_id, model.version if model else None, "popular", items)
+
+    def similar(self, movie_id: int, n: int, genres: tuple[str, ...]) -> dict[str, Any]:
+        """The movies the served model finds most alike (never the movie itself, never a
+        hidden one, only the asked genres); for a movie the model does not know, the
+        popular movies within its own genres. 404 for an unknown movie."""
+        movie_genres = self._movie_genres(movie_id)
+        read = self.reader.read_catalog_state(self.models.generation)
+        model = self.models.model_for(read.version, read.generation)
+        filters = Filters.of(genres, (movie_id,), read.hidden())
+        col = int(model.columns(np.array([movie_id]))[0]) if model is not None else -1
+        if model is None or col < 0:
+            within = filters if genres else Filters(filters.blocked, tuple(movie_genres))
+            items = self.popularity.items(NO_IDS, n, within)
+            return _similar_answer(movie_id, model, "popular", items)
+        scores = model.scorer.similarity.scores(col)
+        filters.apply(scores, model, np.array([col]))
+        top = _top_many(scores[None, :], [n])[0]
+        items = [model.catalog.item(i, scores[i]) for i in top.tolist()]
+        return _similar_answer(movie_id, model, "autoencoder", items)
+
+    def _movie_genres(self, movie_id: int) -> list[str]:
+        with self._sessions() as session:
+            movie = session.get(Movie, movie_id)
+            if movie is None:
+                raise NotFoundError(f"movie {movie_id} not found")
+            return movie.genre_names
 
     def predict(self, user_id: int, movie_ids: list[int]) -> dict[str, Any]:
         """Predicted ratings by the version active at the read (same rule as recommend)."""
@@ -728,6 +855,13 @@ class Recommender:
             raise NotFoundError({"message": "unknown movie ids", "movie_ids": missing})
 
 
+def _similar_answer(
+    movie_id: int, model: ServingModel | None, strategy: str, items: list[dict[str, Any]]
+) -> dict[str, Any]:
+    version = model.version if model else None
+    return {"movie_id": movie_id, "model_version": version, "strategy": strategy, "items": items}
+
+
 # -- ranking: pure functions of a model and the users' ratings ----------------------------
 def rank_batch(
     model: ServingModel, jobs: list[_Pending], since: float
@@ -738,9 +872,9 @@ def rank_batch(
     scores = model.scorer.scores_many(states)  # a fresh array: ours to overwrite
     folded = time.perf_counter()
     for row, job in zip(scores, jobs, strict=True):
-        _exclude(row, job.cols, model.catalog.mask_for(job.genre))
+        job.filters.apply(row, model, job.cols)
     filtered = time.perf_counter()
-    tops = _top_many(scores, [job.n for job in jobs])
+    tops = _top_many(scores, [job.request.n for job in jobs])
     predicted = [model.scorer.ratings(st, top) for st, top in zip(states, tops, strict=True)]
     ranked = time.perf_counter()
     item = model.catalog.item
@@ -751,6 +885,9 @@ def rank_batch(
         ]
         for row, top, rated in zip(scores, tops, predicted, strict=True)
     ]
+    for job, state, top, items in zip(jobs, states, tops, answers, strict=True):
+        if job.request.explain:
+            _add_reasons(model, job, state, top, items)
     done = time.perf_counter()
     size = len(jobs)
     observe_stage("fold_in", (folded - since) / size, size)
@@ -758,6 +895,28 @@ def rank_batch(
     observe_stage("ranking", (ranked - filtered) / size, size)
     observe_stage("items", (done - ranked) / size, size)
     return answers
+
+
+def _add_reasons(
+    model: ServingModel,
+    job: _Pending,
+    state: UserState,
+    top: np.ndarray,
+    items: list[dict[str, Any]],
+) -> None:
+    """Each item's "because": the user's ratings that raised its score most (exactly, by
+    leaving each out; see `app.ml.explain`)."""
+    reasons = model.scorer.explainer.because(state, job.ratings, top)
+    titles, ids = model.catalog.titles, model.catalog.movie_ids
+    for item, positions in zip(items, reasons, strict=True):
+        item["because"] = [
+            {
+                "movie_id": int(ids[job.cols[p]]),
+                "title": titles[job.cols[p]],
+                "rating": float(job.ratings[p]),
+            }
+            for p in positions.tolist()
+        ]
 
 
 def predicted_items(
@@ -784,16 +943,6 @@ def _mtime(path: str) -> float | None:
         return Path(path).stat().st_mtime
     except OSError:
         return None
-
-
-def _exclude(scores: np.ndarray, rated: np.ndarray, allowed: np.ndarray | None) -> None:
-    """Set -inf (never recommended) on rated movies, non-finite scores and, given a genre
-    mask, movies outside it. One sum checks finiteness; the full scan runs only if it fails."""
-    if not np.isfinite(scores.sum()):  # a diverged model must not break the JSON
-        scores[~np.isfinite(scores)] = -np.inf
-    scores[rated] = -np.inf
-    if allowed is not None:
-        scores[~allowed] = -np.inf
 
 
 def _top_many(scores: np.ndarray, ns: list[int]) -> list[np.ndarray]:

@@ -1,0 +1,253 @@
+"""Why the served model recommends a movie, and which movies it finds alike.
+
+`Explainer` answers "which of my ratings raised this item's score most" exactly: for every
+rated movie it computes the item's served ranking score with that one rating left out
+(leave-one-out), so a "because" movie is one whose removal really lowers the score. Doing
+that by re-running the forward pass once per rated movie would cost a full catalog pass per
+rating; instead the blend is taken apart:
+
+* the first layer is linear in the user's features, so each leave-one-out pre-activation is
+  the full one minus that movie's weight rows, with the 1/sqrt(n) scale and the folded-in
+  user bias recomputed exactly (k x hidden work);
+* the per-user z-score over the whole catalog needs only the mean and the mean square of
+  the logits, which are a linear and a quadratic form of the hidden code: precomputed once
+  per model as a hidden x hidden Gram matrix, so no variant touches the catalog;
+* the item path is a sum of weight rows, so leaving one out subtracts that row; its mean
+  and mean square follow from the row sums, the row sums of squares and one dot product;
+* the popularity penalty is the same with and without the rating, so it cancels.
+
+Only the logits of the recommended movies themselves are computed per variant.
+
+`ItemSimilarity` ranks movies by the cosine of the model's own item representations: the
+movie's row in the encoder's first layer (how rating it moves a user's code) and in the
+ranking head (which codes score it high), each normalised, averaged.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from app.ml.serving import SELU_ALPHA, SELU_SCALE
+
+if TYPE_CHECKING:
+    from app.ml.serving import FoldInScorer, ItemTable, NetWeights, UserState
+
+Array = np.ndarray
+EPS = 1e-6  # as in `zscore`
+
+
+class _LogitStats:
+    """Ranking logits ``h @ weight_t + bias`` over the catalog, summarised for any code h."""
+
+    def __init__(self, net: NetWeights) -> None:
+        if net.rank is not None:
+            weight_t, bias = net.rank
+        else:  # the rating head ranks (no user bias: a constant per user cancels)
+            weight_t = np.ascontiguousarray(net.rate_w.T)
+            bias = net.rate_b + (net.base if net.residual else 0.0)
+        w = weight_t.astype(np.float64)
+        b = np.asarray(bias, dtype=np.float64)
+        n = w.shape[1]
+        self.weight_t = weight_t
+        self.bias = np.asarray(bias, dtype=np.float32)
+        self.mean_w = w.mean(axis=1).astype(np.float32)
+        self.mean_b = float(b.mean())
+        # mean square of the logits = [h, 1] @ second @ [h, 1]: the Gram matrix of the
+        # weights, bordered by their products with the bias (one matrix product per call)
+        second = np.empty((w.shape[0] + 1, w.shape[0] + 1))
+        second[:-1, :-1] = (w @ w.T) / n
+        second[:-1, -1] = second[-1, :-1] = (w @ b) / n
+        second[-1, -1] = (b * b).mean()
+        self.second = second.astype(np.float32)
+
+    def moments(self, h: Array) -> tuple[Array, Array]:
+        """Mean and standard deviation over the catalog of each row's logits."""
+        mean = (h @ self.mean_w).astype(np.float64) + self.mean_b
+        bordered = np.empty((h.shape[0], h.shape[1] + 1), dtype=np.float32)
+        bordered[:, :-1], bordered[:, -1] = h, 1.0
+        square = np.einsum("ij,ij->i", bordered @ self.second, bordered, dtype=np.float64)
+        return mean, np.sqrt(np.maximum(square - mean * mean, 0.0))
+
+    def zscores(self, hidden: Array, cols: Array) -> Array:
+        """z-scored logits of movies ``cols`` for each row of ``hidden`` (rows x cols)."""
+        mean, std = self.moments(hidden)
+        logits = (hidden @ self.weight_t[:, cols] + self.bias[cols]).astype(np.float64)
+        return (logits - mean[:, None]) / (std[:, None] + EPS)
+
+
+def _leave_one_out_inputs(net: NetWeights, cols: Array, values: Array) -> Array:
+    """First-layer pre-activations (bias not added): row 0 with every rating, row 1 + j
+    without rating j; exact, features rescaled and user bias refolded per row."""
+    n = cols.size
+    first = net.first_t
+    rows = first.take(cols, axis=0)  # k x hidden
+    full_scale, loo_scale = np.float32(max(n, 1) ** -0.5), np.float32(max(n - 1, 1) ** -0.5)
+    if net.inputs == "ratings":
+        weighted = rows * values[:, None]
+        total = weighted.sum(axis=0)
+        return np.vstack([total, total - weighted])
+    if net.inputs == "implicit":
+        total = rows.sum(axis=0)
+        return np.vstack([full_scale * total, loo_scale * (total - rows)])
+    # indicator + bias-centred ratings (see `NetWeights.features`)
+    centred_rows = first.take(cols + net.n_movies, axis=0)
+    resid = values - net.base.take(cols)
+    indicator, weighted, plain = rows.sum(axis=0), resid @ centred_rows, centred_rows.sum(0)
+    resid_sum = float(resid.sum(dtype=np.float64))
+    full_bias = np.float32(resid_sum / (n + net.user_bias_reg))
+    loo_bias = ((resid_sum - resid) / (n - 1 + net.user_bias_reg)).astype(np.float32)
+    full = indicator + weighted - full_bias * plain
+    loo = (
+        (indicator - rows)
+        + (weighted - resid[:, None] * centred_rows)
+        - loo_bias[:, None] * (plain - centred_rows)
+    )
+    return np.vstack([full_scale * full, loo_scale * loo])
+
+
+def _slope(name: str, x: Array) -> Array:
+    """The activation's derivative at ``x`` (for the first-order pre-selection)."""
+    if name == "sigmoid":
+        s = 0.5 * (np.tanh(0.5 * x) + 1.0)
+        return s * (1.0 - s)
+    if name == "tanh":
+        return 1.0 - np.tanh(x) ** 2
+    if name == "relu":
+        return (x > 0).astype(np.float32)
+    return SELU_SCALE * np.where(x > 0, 1.0, SELU_ALPHA * np.exp(np.minimum(x, 0)))
+
+
+class _ItemPathStats:
+    """The item path's scores (summed weight rows) with one row left out, z-scored."""
+
+    def __init__(self, table: ItemTable) -> None:
+        self.table = table
+        rows = table.dense if table.dense is not None else table.weights
+        self.row_sum = rows.sum(axis=1, dtype=np.float64)
+        self.row_square = np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
+
+    def weights_to(self, cols: Array, targets: Array) -> Array:
+        """Each rated movie's weight towards each target (k x targets)."""
+        table = self.table
+        if table.dense is not None:
+            return table.dense[np.ix_(cols, targets)]
+        neighbours = table.targets.take(cols, axis=0)
+        weights = table.weights.take(cols, axis=0)
+        hits = neighbours[:, :, None] == targets[None, None, :]  # k x width x targets
+        return np.einsum("kw,kwt->kt", weights, hits)
+
+    def _dots(self, cols: Array, total: Array) -> Array:
+        """Each rated movie's weight row dotted with the summed scores ``total``."""
+        table = self.table
+        if table.dense is not None:
+            return table.dense.take(cols, axis=0) @ total
+        weights = table.weights.take(cols, axis=0)
+        return (weights * total[table.targets.take(cols, axis=0)]).sum(axis=1)
+
+    def zscores(self, total: Array, cols: Array, targets: Array) -> Array:
+        """Row 0 with every rating (summed scores ``total``), row 1 + j without rated movie
+        ``cols[j]``: 1 + len(cols) x targets."""
+        at_targets, dots = self.weights_to(cols, targets), self._dots(cols, total)
+        full_sum = float(total.sum(dtype=np.float64))
+        full_square = float(np.dot(total.astype(np.float64), total))
+        sums = np.concatenate([[full_sum], full_sum - self.row_sum[cols]])
+        squares = np.concatenate([[full_square], full_square - 2 * dots + self.row_square[cols]])
+        mean = sums / total.size
+        std = np.sqrt(np.maximum(squares / total.size - mean * mean, 0.0))
+        scores = np.vstack([total[targets], total[targets][None, :] - at_targets])
+        return (scores - mean[:, None]) / (std[:, None] + EPS)
+
+
+class Explainer:
+    """Exact leave-one-out score drops of the served ranking score (see the module doc).
+
+    A user with many ratings would cost a leave-one-out code per rating; past
+    ``EXACT_UP_TO`` ratings (and for one-hidden-layer networks, the default), a first-order
+    estimate proposes each target's ``CANDIDATES`` likeliest reasons and only those are
+    computed exactly: every movie named still provably raised the score.
+    """
+
+    EXACT_UP_TO = 24
+    CANDIDATES = 4
+
+    def __init__(self, scorer: FoldInScorer) -> None:
+        self.net = scorer.rank_net
+        self.logits = _LogitStats(scorer.rank_net)
+        table = scorer.item_table
+        self.item_weight = float(scorer.blend.item_weight) if table is not None else 0.0
+        self.item_path = _ItemPathStats(table) if table is not None else None
+
+    def score_drops(self, state: UserState, values: Array, targets: Array) -> tuple[Array, Array]:
+        """(positions into ``state.cols``, drops): for each rated movie considered, how
+        much it raises the served score of each target (score with every rating minus
+        score without it; rows follow the positions, columns the targets)."""
+        cols = np.asarray(state.cols, dtype=np.int64)
+        targets = np.asarray(targets, dtype=np.int64)
+        inputs = _leave_one_out_inputs(self.net, cols, np.asarray(values, dtype=np.float32))
+        item_path = self.item_path if self.item_weight > 0 else None
+        total = item_path.table.score(cols) if item_path is not None else None
+        left_out = np.arange(cols.size)
+        if cols.size > self.EXACT_UP_TO and not self.net.deeper:
+            left_out = self._candidates(inputs, cols, targets, total)
+            inputs = inputs[np.concatenate([[0], left_out + 1])]
+        codes = self.net.hidden(inputs)
+        scores = (1.0 - self.item_weight) * self.logits.zscores(codes, targets)
+        if item_path is not None and total is not None:
+            scores += self.item_weight * item_path.zscores(total, cols[left_out], targets)
+        return left_out, scores[0][None, :] - scores[1:]
+
+    def _candidates(self, inputs: Array, cols: Array, targets: Array, total: Array | None) -> Array:
+        """Positions of the ratings a first-order estimate ranks among each target's top
+        ``CANDIDATES`` (the z-score's mean and scale held at the full code's)."""
+        full = inputs[0] + self.net.first_bias
+        slope = _slope(self.net.activation_name, full).astype(np.float32)
+        code = self.net.activation(full)[None, :].astype(np.float32)
+        _, std = self.logits.moments(code)
+        estimate = ((inputs[0] - inputs[1:]) * slope) @ self.logits.weight_t[:, targets]
+        estimate *= (1.0 - self.item_weight) / (std[0] + EPS)
+        if self.item_path is not None and total is not None:
+            item_std = float(total.std()) + EPS
+            estimate += (self.item_weight / item_std) * self.item_path.weights_to(cols, targets)
+        best = np.argsort(-estimate, axis=0, kind="stable")[: self.CANDIDATES]
+        return np.unique(best)
+
+    def because(
+        self, state: UserState, values: Array, targets: Array, limit: int = 3
+    ) -> list[Array]:
+        """Per target, the positions (into ``state.cols``) of up to ``limit`` ratings that
+        raised its score, largest rise first; a rating that lowered it is never named."""
+        left_out, drops = self.score_drops(state, values, targets)
+        order = np.argsort(-drops, axis=0, kind="stable")[:limit]  # left_out is ascending
+        raised = np.take_along_axis(drops, order, axis=0) > 0
+        return [left_out[o[r]] for o, r in zip(order.T, raised.T, strict=True)]
+
+
+class ItemSimilarity:
+    """Cosine similarity of the model's item representations (see the module doc).
+
+    Only inverse norms are kept: the weights stay the scorer's, so a 60k-movie model pays
+    a few hundred kilobytes here, not another copy of its layers.
+    """
+
+    def __init__(self, scorer: FoldInScorer) -> None:
+        net = scorer.rank_net
+        self.n_movies = scorer.n_movies
+        self.inputs = net.first_t[: self.n_movies]  # indicator (or rating) rows
+        self.outputs_t = net.rank[0] if net.rank is not None else np.ascontiguousarray(net.rate_w.T)
+        self.inputs_scale = _inverse_norms(self.inputs)
+        self.outputs_scale = _inverse_norms(self.outputs_t.T)
+
+    def scores(self, col: int) -> Array:
+        """Similarity of every movie to movie ``col`` (itself included), in [-1, 1]."""
+        by_input = self.inputs @ self.inputs[col]
+        by_input *= self.inputs_scale * self.inputs_scale[col]
+        by_output = self.outputs_t[:, col] @ self.outputs_t
+        by_output *= self.outputs_scale * self.outputs_scale[col]
+        return (by_input + by_output) * np.float32(0.5)
+
+
+def _inverse_norms(rows: Array) -> Array:
+    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64))
+    return (1.0 / np.maximum(norms, 1e-12)).astype(np.float32)
