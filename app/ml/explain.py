@@ -98,13 +98,13 @@ def _leave_one_out_inputs(net: NetWeights, cols: Array, values: Array) -> Array:
     resid_sum = float(resid.sum(dtype=np.float64))
     full_bias = np.float32(resid_sum / (n + net.user_bias_reg))
     loo_bias = ((resid_sum - resid) / (n - 1 + net.user_bias_reg)).astype(np.float32)
-    full = indicator + weighted - full_bias * plain
-    loo = (
-        (indicator - rows)
-        + (weighted - resid[:, None] * centred_rows)
-        - loo_bias[:, None] * (plain - centred_rows)
-    )
-    return np.vstack([full_scale * full, loo_scale * loo])
+    out = np.empty((n + 1, rows.shape[1]), dtype=np.float32)
+    out[0] = full_scale * (indicator + weighted - full_bias * plain)
+    loo = out[1:]  # built in place: a few k x hidden passes, no temporaries but one
+    np.subtract(indicator + weighted - plain * loo_bias[:, None], rows, out=loo)
+    loo += centred_rows * (loo_bias - resid)[:, None]
+    loo *= loo_scale
+    return out
 
 
 def _slope(name: str, x: Array) -> Array:
@@ -133,10 +133,14 @@ class _ItemPathStats:
         table = self.table
         if table.dense is not None:
             return table.dense[np.ix_(cols, targets)]
-        neighbours = table.targets.take(cols, axis=0)
-        weights = table.weights.take(cols, axis=0)
-        hits = neighbours[:, :, None] == targets[None, None, :]  # k x width x targets
-        return np.einsum("kw,kwt->kt", weights, hits)
+        slot = np.full(self.table.n_movies, -1, dtype=np.int64)  # target -> its column
+        slot[targets] = np.arange(targets.size)
+        found = slot[table.targets.take(cols, axis=0)]  # k x width, -1 where no target
+        rows, width = np.nonzero(found >= 0)
+        flat = rows * targets.size + found[rows, width]
+        weights = table.weights.take(cols, axis=0)[rows, width]
+        counts = np.bincount(flat, weights, minlength=cols.size * targets.size)
+        return counts.reshape(cols.size, targets.size).astype(np.float32)
 
     def _dots(self, cols: Array, total: Array) -> Array:
         """Each rated movie's weight row dotted with the summed scores ``total``."""
