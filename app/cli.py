@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from sqlalchemy import Engine
 
-from app.config import Settings, get_settings
+from app.config import DatabaseSettings, Settings, get_settings
 from app.db import create_db_engine, upgrade_schema
 from app.observability import configure_logging, get_logger
 from app.services.downloads import DATASETS
@@ -32,9 +32,9 @@ def _settings() -> Settings:
     return settings
 
 
-def _migrated_engine(settings: Settings) -> Engine:
-    engine = create_db_engine(settings)
-    if settings.auto_migrate:
+def _migrated_engine(db: DatabaseSettings) -> Engine:
+    engine = create_db_engine(db)
+    if db.auto_migrate:
         upgrade_schema(engine)
     return engine
 
@@ -61,8 +61,7 @@ def cli() -> None:
 @cli.command()
 def migrate() -> None:
     """Bring the database to the current schema (alembic upgrade head)."""
-    settings = _settings()
-    engine = create_db_engine(settings)
+    engine = create_db_engine(_settings().db)
     upgrade_schema(engine)
     engine.dispose()
     click.echo("database schema is up to date")
@@ -109,8 +108,7 @@ def import_movielens_command(path: Path, progress: bool) -> None:
     """Load a MovieLens folder or .zip (ml-100k, ml-1m, ml-10m, ml-latest, ml-20m, ml-25m)."""
     from app.services.movielens import MovieLensFormatError, import_movielens
 
-    settings = _settings()
-    engine = _migrated_engine(settings)
+    engine = _migrated_engine(_settings().db)
     try:
         with _ByteBar(progress) as bar:
             report = import_movielens(engine, path, on_progress=bar)
@@ -166,12 +164,13 @@ def serve(host: str, port: int, workers: int) -> None:
     import uvicorn
 
     settings = _settings()
-    _migrated_engine(settings).dispose()
+    _migrated_engine(settings.db).dispose()
     metrics_dir = None
     if workers > 1:
-        if settings.metrics_dir is not None:
-            settings.metrics_dir.mkdir(parents=True, exist_ok=True)
-        metrics_dir = tempfile.mkdtemp(prefix="saerec-metrics-", dir=settings.metrics_dir)
+        parent = settings.serving.metrics_dir
+        if parent is not None:
+            parent.mkdir(parents=True, exist_ok=True)
+        metrics_dir = tempfile.mkdtemp(prefix="saerec-metrics-", dir=parent)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by each worker at start
     try:
         uvicorn.run(
@@ -209,7 +208,7 @@ def _model_config(preset: str | None, pairs: tuple[str, ...], epochs: int | None
     if epochs is not None:
         overrides["epochs"] = epochs
     try:
-        return config_from(preset or _settings().train_preset, **overrides)
+        return config_from(preset or _settings().training.preset, **overrides)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -337,26 +336,31 @@ def train(
     config = _model_config(preset, pairs, epochs)
     if distributed:
         try:
-            ctx = ddp.init_from_environment(settings.device)
+            ctx = ddp.init_from_environment(settings.training.device)
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from None
-        engine = _migrated_engine(settings) if ctx.is_main else create_db_engine(settings)
+        engine = _migrated_engine(settings.db) if ctx.is_main else create_db_engine(settings.db)
         ddp.barrier()  # the schema is current before any rank reads
         progress = progress and ctx.is_main
     else:
-        engine = _migrated_engine(settings)
+        engine = _migrated_engine(settings.db)
     if if_no_active_model:
         with create_session_factory(engine)() as session:
             active = registry.active_version_id(session)
         if active:
             click.echo(f"model {active} is already active; not training")
             return
-    budget = settings.train_budget_seconds if budget is None else budget
+    budget = settings.training.budget_seconds if budget is None else budget
     bar, on_epoch = _epoch_bar(config.epochs, progress and not budget)
     trials, on_trial = _trial_bar(budget, progress and bool(budget))
     try:
         outcome = train_and_register(
-            settings, engine, config, on_epoch=on_epoch, on_trial=on_trial, budget_seconds=budget
+            settings.training,
+            engine,
+            config,
+            on_epoch=on_epoch,
+            on_trial=on_trial,
+            budget_seconds=budget,
         )
     except NotEnoughDataError as exc:
         raise click.ClickException(str(exc)) from None
@@ -466,8 +470,10 @@ def worker(poll: float) -> None:
     from app.services.jobs import JobLauncher
 
     settings = _settings()
-    engine = _migrated_engine(settings)
-    launcher = JobLauncher(settings, engine, poll_seconds=poll)
+    engine = _migrated_engine(settings.db)
+    launcher = JobLauncher(
+        settings.training, engine, child_env=settings.as_env(), poll_seconds=poll
+    )
     signal.signal(signal.SIGTERM, lambda *_: launcher.stop(timeout=0))
     click.echo("worker waiting for training jobs", err=True)
     launcher.run_forever()
@@ -480,9 +486,9 @@ def run_job_command(job_id: str) -> None:
     from app.services.jobs import run_job
 
     settings = _settings()
-    engine = create_db_engine(settings)
+    engine = create_db_engine(settings.db)
     try:
-        run_job(settings, engine, job_id)
+        run_job(settings.training, engine, job_id)
     finally:
         engine.dispose()
 

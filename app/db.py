@@ -11,7 +11,7 @@ from sqlalchemy import CursorResult, Engine, Executable, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.config import Settings
+from app.config import DatabaseSettings
 
 
 def _ensure_sqlite_directory(url: str) -> None:
@@ -30,19 +30,21 @@ def _enable_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_db_engine(settings: Settings) -> Engine:
-    if settings.is_sqlite:
-        _ensure_sqlite_directory(settings.database_url)
+def create_db_engine(db: DatabaseSettings) -> Engine:
+    """The engine for DATABASE_URL (`Settings.db`): SQLite with its pragmas, or a
+    PostgreSQL pool of DB_POOL_SIZE."""
+    if db.is_sqlite:
+        _ensure_sqlite_directory(db.url)
         engine = create_engine(
-            settings.database_url,
+            db.url,
             connect_args={"check_same_thread": False, "timeout": 10},
         )
         event.listen(engine, "connect", _enable_sqlite_pragmas)
         return engine
     return create_engine(
-        settings.database_url,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_pool_size,
+        db.url,
+        pool_size=db.pool_size,
+        max_overflow=db.pool_size,
         pool_pre_ping=True,
         pool_timeout=10,
         connect_args={"connect_timeout": 5},

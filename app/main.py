@@ -172,34 +172,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Requests already run in parallel: BLAS threads per request only oversubscribe
         # the cores (numpy's OpenBLAS spinning beside torch's pool halved throughput).
-        torch.set_num_threads(settings.serve_torch_threads)
-        threadpool_limits(settings.serve_torch_threads)
-        engine = create_db_engine(settings)
+        serving = settings.serving
+        torch.set_num_threads(serving.torch_threads)
+        threadpool_limits(serving.torch_threads)
+        engine = create_db_engine(settings.db)
         app.state.engine = engine
         app.state.session_factory = create_session_factory(engine)
-        recommender = Recommender(
-            engine,
-            settings.model_dir,
-            settings.popular_prior_count,
-            threads=settings.serve_threads,
-            answer_cache_size=settings.answer_cache_size,
-            cached_versions=settings.model_cache_versions,
-            retry_seconds=settings.model_retry_seconds,
-        )
+        recommender = Recommender(engine, serving)
         app.state.recommender = recommender
         # Both before the first request: no request pays for loading or for the popular list.
         _try(recommender.refresh_model, "initial_model_load")
         _try(recommender.refresh_popular, "initial_popular_build")
-        launcher = JobLauncher(settings, engine) if settings.run_worker_in_api else None
+        training = settings.training
+        launcher = (
+            JobLauncher(training, engine, child_env=settings.as_env())
+            if training.run_worker_in_api
+            else None
+        )
         app.state.launcher = launcher
         if launcher is not None:
             launcher.start()
         tasks = [
             # Requests follow the registry themselves (read your writes); this poll only
             # preloads a newly activated version while the process is idle.
-            asyncio.create_task(_every(settings.model_poll_seconds, recommender.refresh_model)),
+            asyncio.create_task(_every(serving.model_poll_seconds, recommender.refresh_model)),
             asyncio.create_task(
-                _every(settings.popular_refresh_seconds, recommender.refresh_popular)
+                _every(serving.popular_refresh_seconds, recommender.refresh_popular)
             ),
         ]
         log.info(

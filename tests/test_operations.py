@@ -69,7 +69,12 @@ def test_job_launcher_survives_a_database_outage_at_start(tmp_path) -> None:
         model_dir=tmp_path,
         _env_file=None,
     )
-    launcher = JobLauncher(settings, create_db_engine(settings), poll_seconds=0.05)
+    launcher = JobLauncher(
+        settings.training,
+        create_db_engine(settings.db),
+        child_env=settings.as_env(),
+        poll_seconds=0.05,
+    )
     launcher.start()
     import time
 

@@ -44,7 +44,7 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, int
     else:
         url = request.getfixturevalue("postgres_url")
         _truncate_all(url)
-    engine = create_db_engine(Settings(database_url=url, _env_file=None))
+    engine = create_db_engine(Settings(database_url=url, _env_file=None).db)
     seed_synthetic(engine)
     engine.dispose()
     return url, workers

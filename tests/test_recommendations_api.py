@@ -30,7 +30,7 @@ from tests.reliability_helpers import run_together
 
 def train_tiny(settings: Settings, engine: Engine, **overrides: object) -> TrainingOutcome:
     config = config_from("fast", **{**TINY_TRAINING, **overrides})
-    outcome = train_and_register(settings, engine, config)
+    outcome = train_and_register(settings.training, engine, config)
     assert outcome is not None  # None only under torchrun
     return outcome
 

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -23,7 +23,7 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.config import Settings
+from app.config import TrainingSettings
 from app.db import create_session_factory, transaction, updated
 from app.models import JOB_STATUSES, OPEN_JOB_STATUSES, TrainingJob, utcnow
 from app.observability import get_logger
@@ -51,7 +51,7 @@ def open_job(session: Session) -> TrainingJob | None:
 
 def enqueue(
     session: Session,
-    settings: Settings,
+    training: TrainingSettings,
     overrides: dict[str, Any],
     trigger: Literal["admin", "schedule"] = "admin",
 ) -> TrainingJob:
@@ -64,7 +64,7 @@ def enqueue(
     from app.services.training import resolve_config
 
     try:
-        config = resolve_config(settings, overrides)
+        config = resolve_config(training, overrides)
     except ValueError as exc:  # FastAPI's 422 shape, as the OpenAPI schema declares
         error = {"loc": ["body"], "msg": str(exc), "type": "value_error"}
         raise InvalidInputError([error]) from None
@@ -189,7 +189,7 @@ def recover_stale_jobs(factory: sessionmaker[Session]) -> list[str]:
 
 
 # -- running one job (inside the job process) -------------------------------------------------
-def run_job(settings: Settings, engine: Engine, job_id: str) -> None:
+def run_job(training: TrainingSettings, engine: Engine, job_id: str) -> None:
     """Train for a claimed job, reporting each epoch; any error ends the job as failed."""
     from app.services.training import train_and_register
 
@@ -200,13 +200,13 @@ def run_job(settings: Settings, engine: Engine, job_id: str) -> None:
     beat.start()
     try:
         with factory() as session:
-            config = job_config(settings, get_job(session, job_id))
+            config = job_config(training, get_job(session, job_id))
         outcome = train_and_register(
-            settings,
+            training,
             engine,
             config,
             on_epoch=_epoch_reporter(factory, job_id),
-            on_trial=_trial_reporter(factory, job_id, settings.train_budget_seconds),
+            on_trial=_trial_reporter(factory, job_id, training.budget_seconds),
         )
         assert outcome is not None  # jobs never run under torchrun
         metrics = {**outcome.metrics, "activated": outcome.activated}
@@ -226,13 +226,13 @@ def run_job(settings: Settings, engine: Engine, job_id: str) -> None:
         stop.set()
 
 
-def job_config(settings: Settings, job: TrainingJob) -> ModelConfig:
+def job_config(training: TrainingSettings, job: TrainingJob) -> ModelConfig:
     """The config resolved when the job was queued (re-resolved only for older rows)."""
     from app.ml.model import ModelConfig
     from app.services.training import resolve_config
 
     if job.config is None:  # queued before revision 0004
-        return resolve_config(settings, job.overrides)
+        return resolve_config(training, job.overrides)
     return ModelConfig.model_validate(job.config)
 
 
@@ -292,14 +292,24 @@ class JobLauncher:
     and in `saerec worker`. Training never runs in the API process itself. Each poll also
     queues a retrain when the RETRAIN_* schedule says one is due, so exactly the processes
     that launch jobs schedule them.
+
+    `child_env` is the whole configuration as environment variables (`Settings.as_env()`):
+    the job process reads its database, training and logging settings from it.
     """
 
-    def __init__(self, settings: Settings, engine: Engine, poll_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        training: TrainingSettings,
+        engine: Engine,
+        *,
+        child_env: Mapping[str, str],
+        poll_seconds: float = 1.0,
+    ) -> None:
         from app.services.schedule import RetrainSchedule  # it builds on this module's queue
 
-        self._settings = settings
+        self._child_env = dict(child_env)
         self._factory = create_session_factory(engine)
-        self.schedule = RetrainSchedule(settings)
+        self.schedule = RetrainSchedule(training)
         self._poll = poll_seconds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -342,7 +352,7 @@ class JobLauncher:
         log.info("job_started", job_id=job_id)
         self.child = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "run-job", job_id],
-            env={**os.environ, **self._settings.as_env()},
+            env={**os.environ, **self._child_env},
         )
         code = self._wait(self.child)
         self.child = None

@@ -36,6 +36,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.config import ServingSettings
 from app.db import create_session_factory
 from app.ml.artifacts import ArtifactError, LoadedModel, load_artifact
 from app.ml.serving import FoldInScorer, UserState
@@ -667,25 +668,22 @@ class Recommender:
     the user's read (`UserReader`), the popular fallback (`Popularity`), the answer cache
     and the ranking functions below. Owns the inference executor, behind async methods."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        model_dir: Path,
-        prior_count: float,
-        threads: int,
-        answer_cache_size: int,
-        cached_versions: int,
-        retry_seconds: float,
-    ) -> None:
-        """Every figure comes from Settings (app/config.py), the one home of defaults."""
-        self._threads = threads
+    def __init__(self, engine: Engine, serving: ServingSettings) -> None:
+        """Every figure comes from `Settings.serving` (app/config.py, the one home of
+        defaults)."""
+        threads = self._threads = serving.threads
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="recommend")
         self._batcher: Batcher | None = None
         self._sessions = create_session_factory(engine)
-        self.models = ModelLifecycle(self._sessions, model_dir, cached_versions, retry_seconds)
+        self.models = ModelLifecycle(
+            self._sessions,
+            serving.model_dir,
+            serving.model_cache_versions,
+            serving.model_retry_seconds,
+        )
         self.reader = UserReader(engine)
-        self.popularity = Popularity(self._sessions, prior_count)
-        self.answers = AnswerCache(answer_cache_size)
+        self.popularity = Popularity(self._sessions, serving.popular_prior_count)
+        self.answers = AnswerCache(serving.answer_cache_size)
 
     # -- the async face: inference runs on the executor, never on the event loop ----------
     async def recommendations(self, request: RecommendRequest) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from prometheus_client import Counter
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.config import Settings
+from app.config import TrainingSettings
 from app.db import transaction
 from app.models import ModelVersion, Rating, TrainingJob, utcnow
 from app.observability import get_logger
@@ -55,13 +55,13 @@ class RetrainSchedule:
 
     def __init__(
         self,
-        settings: Settings,
+        training: TrainingSettings,
         check_seconds: float | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        self.settings = settings
-        self.interval = settings.retrain_interval_seconds
-        self.min_new = settings.retrain_min_new_ratings
+        self.training = training
+        self.interval = training.retrain_interval_seconds
+        self.min_new = training.retrain_min_new_ratings
         # counting a 25M-row table each second would be a steady load: check at most
         # once a minute (more often only for a shorter interval)
         self.check_seconds = (
@@ -106,7 +106,7 @@ class RetrainSchedule:
         due = self.due(session)
         if due is None:
             return None
-        return enqueue(session, self.settings, {}, trigger="schedule"), due
+        return enqueue(session, self.training, {}, trigger="schedule"), due
 
     def due(self, session: Session) -> Due | None:
         """Why a retrain is due now, or None; never while a job is queued or running."""

@@ -13,7 +13,7 @@ import numpy as np
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from app.config import Settings
+from app.config import TrainingSettings
 from app.db import create_session_factory, transaction
 from app.ml import artifacts
 from app.ml.blend import Validation, validation_figures
@@ -69,14 +69,16 @@ def load_rating_matrix(engine: Engine) -> RatingMatrix:
     return matrix
 
 
-def resolve_config(settings: Settings, overrides: dict[str, Any] | None = None) -> ModelConfig:
+def resolve_config(
+    training: TrainingSettings, overrides: dict[str, Any] | None = None
+) -> ModelConfig:
     """The preset (the request's, else TRAIN_PRESET) with the overrides applied.
 
     Resolved once, where the request is made: a job stores the result, so the process
     that trains it never resolves again against its own settings.
     """
     overrides = dict(overrides or {})
-    preset = overrides.pop("preset", None) or settings.train_preset
+    preset = overrides.pop("preset", None) or training.preset
     return config_from(preset, **overrides)
 
 
@@ -93,7 +95,7 @@ class TrainedModel:
 
 
 def train_and_register(
-    settings: Settings,
+    training: TrainingSettings,
     engine: Engine,
     config: ModelConfig,
     on_epoch: Callable[[EpochReport], None] | None = None,
@@ -105,14 +107,14 @@ def train_and_register(
     Under torchrun (`saerec train --distributed`) every rank trains on its shard of the
     users and only rank 0 publishes and returns an outcome; the others return None.
     """
-    trained = train(settings, engine, config, on_epoch, on_trial, budget_seconds)
+    trained = train(training, engine, config, on_epoch, on_trial, budget_seconds)
     if not DistributedContext.current().is_main:
         return None
-    return publish(settings, engine, trained)
+    return publish(training, engine, trained)
 
 
 def train(
-    settings: Settings,
+    training: TrainingSettings,
     engine: Engine,
     config: ModelConfig,
     on_epoch: Callable[[EpochReport], None] | None = None,
@@ -128,11 +130,11 @@ def train(
     matrix = load_rating_matrix(engine)
     train_part, valid = holdout_split(matrix, config.validation_fraction, config.seed)
     log.info("training_started", users=matrix.shape[0], movies=matrix.shape[1], nnz=matrix.nnz)
-    budget = settings.train_budget_seconds if budget_seconds is None else budget_seconds
+    budget = training.budget_seconds if budget_seconds is None else budget_seconds
     search_report: dict[str, Any] | None = None
     if budget > 0 and not DistributedContext.current().active:
         found = search(
-            train_part, valid, config, budget, on_trial, settings.device, settings.torch_threads
+            train_part, valid, config, budget, on_trial, training.device, training.torch_threads
         )
         result, config, search_report = found.result, found.config, found.report()
     else:
@@ -141,8 +143,8 @@ def train(
             valid,
             config,
             on_epoch,
-            device=settings.device,
-            threads=settings.torch_threads,
+            device=training.device,
+            threads=training.torch_threads,
         )
     metrics: dict[str, Any] = {k: _plain(v) for k, v in result.metrics.items()}
     if search_report is not None:
@@ -151,7 +153,7 @@ def train(
     return TrainedModel(result, config, matrix, validation, metrics, started)
 
 
-def publish(settings: Settings, engine: Engine, trained: TrainedModel) -> TrainingOutcome:
+def publish(training: TrainingSettings, engine: Engine, trained: TrainedModel) -> TrainingOutcome:
     """Save the artifact and its report, register it, and activate it if it passes the gate."""
     matrix = trained.matrix
     meta = artifacts.ArtifactMeta(
@@ -160,13 +162,13 @@ def publish(settings: Settings, engine: Engine, trained: TrainedModel) -> Traini
         data_size={"users": matrix.shape[0], "movies": matrix.shape[1], "ratings": matrix.nnz},
         metrics=trained.metrics,
     )
-    store = artifacts.ArtifactStore(settings.model_dir)
+    store = artifacts.ArtifactStore(training.model_dir)
     saved = store.save(trained.result.model, matrix.movies, meta)
     report_paths = _write_report(saved.path, trained.result, meta.metrics)
     candidate = Candidate(trained.result.model, matrix.movies, trained.validation)
     history = epoch_history(trained.result.history)
     outcome = _register_and_gate(
-        settings, engine, store, meta, trained.config, saved, candidate, history
+        training, engine, store, meta, trained.config, saved, candidate, history
     )
     outcome.seconds = time.perf_counter() - trained.started
     outcome.report_paths = report_paths
@@ -220,7 +222,10 @@ class Candidate:
 
 
 def quality_gate(
-    session: Session, settings: Settings, candidate: Candidate, incumbent: ModelVersion | None
+    session: Session,
+    training: TrainingSettings,
+    candidate: Candidate,
+    incumbent: ModelVersion | None,
 ) -> dict[str, Any]:
     """Score the candidate and the active model on the candidate's validation split.
 
@@ -235,7 +240,7 @@ def quality_gate(
         return {**verdict, "passed": True, "reason": "no active model to compare with"}
     try:
         loaded = artifacts.load_artifact(
-            registry.local_artifact(session, incumbent, settings.model_dir)
+            registry.local_artifact(session, incumbent, training.model_dir)
         )
     except artifacts.ArtifactError as exc:
         return {**verdict, "passed": True, "reason": f"the active model cannot load: {exc}"}
@@ -243,7 +248,7 @@ def quality_gate(
         loaded.model, candidate.validation.remapped(candidate.movies, loaded.movies)
     )
     verdict["active"] = {"version": incumbent.version, **_figures(theirs)}
-    return {**verdict, **_compare(mine, theirs, settings)}
+    return {**verdict, **_compare(mine, theirs, training)}
 
 
 def _figures(figures: dict[str, float]) -> dict[str, float]:
@@ -251,10 +256,10 @@ def _figures(figures: dict[str, float]) -> dict[str, float]:
 
 
 def _compare(
-    mine: dict[str, float], theirs: dict[str, float], settings: Settings
+    mine: dict[str, float], theirs: dict[str, float], training: TrainingSettings
 ) -> dict[str, Any]:
-    ndcg_floor = theirs.get("ndcg@10", 0.0) * (1.0 - settings.quality_gate_ndcg_margin)
-    rmse_ceiling = theirs.get("rmse", np.inf) + settings.quality_gate_margin
+    ndcg_floor = theirs.get("ndcg@10", 0.0) * (1.0 - training.gate_ndcg_margin)
+    rmse_ceiling = theirs.get("rmse", np.inf) + training.gate_rmse_margin
     problems = []
     if mine.get("ndcg@10", 0.0) < ndcg_floor:
         problems.append(f"NDCG@10 {mine.get('ndcg@10', 0.0):.4f} < {ndcg_floor:.4f}")
@@ -266,7 +271,7 @@ def _compare(
 
 
 def _register_and_gate(
-    settings: Settings,
+    training: TrainingSettings,
     engine: Engine,
     store: artifacts.ArtifactStore,
     meta: artifacts.ArtifactMeta,
@@ -281,14 +286,14 @@ def _register_and_gate(
     copied onto the job) keeps the summary figures.
     """
     with transaction(create_session_factory(engine)) as session:
-        verdict = quality_gate(session, settings, candidate, registry.active_version(session))
+        verdict = quality_gate(session, training, candidate, registry.active_version(session))
         # the verdict goes on the row (the artifact was written before the gate ran)
         meta = replace(meta, metrics={**meta.metrics, "quality_gate": verdict})
         row_meta = replace(meta, metrics={**meta.metrics, "history": history or []})
         registry.register_version(session, row_meta, config.model_dump(mode="json"), saved)
         if verdict["passed"]:
             registry.activate(session, meta.version)
-        pruned = registry.prune_versions(session, store, settings.keep_model_versions)
+        pruned = registry.prune_versions(session, store, training.keep_versions)
     log.info(
         "model_registered",
         version=meta.version,
