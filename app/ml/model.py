@@ -222,6 +222,44 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+class InputLayer(nn.Module):
+    """The first layer, stored input-major (``weight_t``: in_features x out_features).
+
+    The sparse training forward gathers the rows of the rated movies straight from this
+    parameter. With ``nn.Linear``'s out x in layout it needed a transposed copy of the whole
+    layer every batch (and its transpose again in the backward): at a 59k-movie catalog that
+    was ~0.45 s of a ~0.57 s first-layer step. It reads and saves as ``nn.Linear`` does
+    (``weight`` is out x in, a view), so artifacts and state dicts are unchanged.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight_t = nn.Parameter(torch.empty(in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """``nn.Linear``'s view of the weights (out x in), no copy."""
+        return self.weight_t.t()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x, self.weight_t)
+
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        weight = self.weight if keep_vars else self.weight.detach()
+        destination[prefix + "weight"] = weight
+        destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+
+    def _load_from_state_dict(
+        self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        weight = state_dict.pop(prefix + "weight", None)
+        if weight is not None:
+            state_dict[prefix + "weight_t"] = weight.t()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
 class StackedAutoencoder(nn.Module):
     """Encoder layers ``hidden`` (e.g. 20-10-20) followed by a ranking and a rating head."""
 
@@ -234,7 +272,10 @@ class StackedAutoencoder(nn.Module):
         self.config = config
         in_dim = 2 * n_movies if config.inputs == "both" else n_movies
         sizes = (in_dim, *config.hidden)
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:], strict=False))
+        self.layers = nn.ModuleList(
+            [InputLayer(sizes[0], sizes[1])]
+            + [nn.Linear(a, b) for a, b in zip(sizes[1:], sizes[2:], strict=False)]
+        )
         self.activation = _ACTIVATIONS[config.activation]()
         self.hidden_dropout = nn.Dropout(config.dropout)
         self.rank_out = nn.Linear(sizes[-1], n_movies) if config.ranking_head else None
@@ -247,9 +288,9 @@ class StackedAutoencoder(nn.Module):
             nn.init.zeros_(layer.bias)
 
     @property
-    def first_layer(self) -> nn.Linear:
+    def first_layer(self) -> InputLayer:
         """The input layer (the one that sees the sparse rating features)."""
-        return cast(nn.Linear, self.layers[0])
+        return cast(InputLayer, self.layers[0])
 
     def set_statistics(
         self, global_mean: float, movie_bias: np.ndarray, rating_scale: tuple[float, float]
@@ -320,7 +361,7 @@ class StackedAutoencoder(nn.Module):
         offsets = torch.searchsorted(rows, torch.arange(batch.size, device=rows.device))
         h = F.embedding_bag(
             bag_cols,
-            first.weight.t().contiguous(),
+            first.weight_t,
             offsets * per_rating,
             per_sample_weights=bag_values,
             mode="sum",
@@ -401,14 +442,14 @@ def _bias_of(layer: nn.Linear, cols: torch.Tensor) -> torch.Tensor:
 SPARSE_MIN_WIDTH = 64
 
 
-def sparse_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+def sparse_linear(layer: InputLayer, x: torch.Tensor) -> torch.Tensor:
     """layer(x) for a mostly-zero input (rating vectors are ~1-5 % dense): sparse matmul
     skips the zeros in the forward pass and in the weight gradient."""
     if x.requires_grad or x.device.type != "cpu" or x.shape[0] == 0:
         return layer(x)
     if layer.out_features < SPARSE_MIN_WIDTH:  # narrow layers: converting costs more
         return layer(x)
-    return torch.sparse.mm(x.to_sparse(), layer.weight.t()) + layer.bias
+    return torch.sparse.mm(x.to_sparse(), layer.weight_t) + layer.bias
 
 
 def dense_rows(rows: sp.csr_matrix, device: torch.device | str = "cpu") -> torch.Tensor:
