@@ -236,6 +236,9 @@ def _parse_fast(block: bytes, sep: bytes, blank_lines_ok: bool) -> np.ndarray | 
     per_line = np.searchsorted(seps, ends) - np.searchsorted(seps, starts)
     if not np.all(per_line[filled] == 3):
         return None
+    digits = _parse_digits(buffer, starts[filled], ends[filled], seps.reshape(-1, 3))
+    if digits is not None:
+        return digits
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         try:
@@ -245,6 +248,61 @@ def _parse_fast(block: bytes, sep: bytes, blank_lines_ok: bool) -> np.ndarray | 
     if values.size != 4 * int(filled.sum()):
         return None
     return values.reshape(-1, 4)
+
+
+def _field_digits(buffer: np.ndarray, begin: np.ndarray, end: np.ndarray) -> np.ndarray | None:
+    """The unsigned integers in buffer[begin:end] per row (int64), or None if a field is
+    empty, holds anything but ASCII digits, or has more than 18 of them."""
+    length = end - begin
+    if not len(length):
+        return np.zeros(0, dtype=np.int64)
+    width = int(length.max())
+    if int(length.min()) < 1 or width > 18:
+        return None
+    # right-aligned windows of `width` bytes; places before the field count as '0'
+    offsets = np.arange(-width, 0)
+    window = buffer[np.maximum(end[:, None] + offsets, 0)].astype(np.int64) - ord("0")
+    window[offsets[None, :] < -length[:, None]] = 0
+    if ((window < 0) | (window > 9)).any():
+        return None
+    return window @ (10 ** np.arange(width - 1, -1, -1, dtype=np.int64))
+
+
+def _parse_digits(
+    buffer: np.ndarray, starts: np.ndarray, ends: np.ndarray, seps: np.ndarray
+) -> np.ndarray | None:
+    """The common case without any float parsing: three unsigned integer fields and a
+    rating of the form `4`, `4.5` or `4.50` (at most 3 decimals). Returns exactly what
+    `np.fromstring` would (an integer is exact; a rating is one correctly rounded
+    division); None for any other text, which the general parser then reads."""
+    user = _field_digits(buffer, starts, seps[:, 0])
+    movie = _field_digits(buffer, seps[:, 0] + 1, seps[:, 1])
+    stamp = _field_digits(buffer, seps[:, 2] + 1, ends)
+    if user is None or movie is None or stamp is None:
+        return None
+    begin, end = seps[:, 1] + 1, seps[:, 2]
+    if len(begin) and int((end - begin).max()) > 6:
+        return None
+    dot = end.copy()  # the '.' of each rating, or its end when it has none
+    for place in range(1, 6):
+        at = np.minimum(begin + place, len(buffer) - 1)
+        dot = np.where((begin + place < end) & (buffer[at] == ord(".")) & (dot == end), at, dot)
+    decimals = np.where(dot < end, end - dot - 1, 0)
+    has = dot < end
+    if len(decimals) and (int(decimals.max()) > 3 or (has & (decimals == 0)).any()):
+        return None
+    whole = _field_digits(buffer, begin, dot)
+    fraction = np.zeros(len(begin), dtype=np.int64)
+    if has.any():
+        digits = _field_digits(buffer, dot[has] + 1, end[has])
+        if digits is None:
+            return None
+        fraction[has] = digits
+    if whole is None:
+        return None
+    scale = 10**decimals
+    rating = (whole * scale + fraction) / scale
+    return np.stack([user, movie, rating, stamp], axis=1).astype(np.float64)
 
 
 def _parse_slow(

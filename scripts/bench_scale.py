@@ -1,0 +1,217 @@
+"""Time `saerec import-movielens` on the synthetic ml-25m, on fresh SQLite and PostgreSQL.
+
+Usage: .venv/bin/python scripts/bench_scale.py [--scale 0.02] [--data DIR] [--seed 25]
+           [--pg-url URL] [--skip-sqlite] [--skip-postgres] [--no-compare] [--no-second]
+
+The data set is written by scripts/generate_ml25m.py (full ml-25m shape by default, 25M
+ratings; `--scale 0.02` for the 1/50 set) into --data, default /tmp/saerec-ml25m-SCALE-SEED,
+and reused when already there. For each backend a fresh database is made (a temp file; a
+randomly named PostgreSQL database on --pg-url, dropped afterwards) and migrated, untimed.
+Then the whole command runs as a subprocess, timed from start to exit, peak RSS from the
+kernel's rusage: `first` into the empty database (the bulk path), `second` the same data
+again (must add nothing), and, unless --no-compare, `incremental`: the first import on
+another fresh database with the bulk path switched off (BULK_EXISTING_MAX = -1), i.e. the
+row-by-row path every import took before; `bulk_speedup` is its time over `first`'s.
+Prints one JSON object; exit status 1 if a run failed or added the wrong number of rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+CLI = "from app.cli import main; main()"
+INCREMENTAL = "import app.services.movielens as m; m.BULK_EXISTING_MAX = -1; " + CLI
+SUMMARY = re.compile(r"ratings: (\d+) added, (\d+) already present, (\d+) read")
+
+
+def dataset(folder: Path, scale: float, seed: int) -> dict[str, Any]:
+    """Generate into `folder` unless a finished set (its figures file) is already there."""
+    figures_file = folder / "figures.json"
+    if figures_file.is_file():
+        return {**json.loads(figures_file.read_text()), "generated_now": False}
+    started = time.perf_counter()
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "generate_ml25m.py"),
+            "--out",
+            str(folder),
+            "--scale",
+            str(scale),
+            "--seed",
+            str(seed),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    figures = json.loads(run.stdout)
+    figures["wall_seconds"] = round(time.perf_counter() - started, 1)
+    figures_file.write_text(json.dumps(figures))
+    return {**figures, "generated_now": True}
+
+
+def saerec(database_url: str, code: str, *args: str) -> dict[str, Any]:
+    """Run the CLI in a child process: wall seconds, peak RSS, exit status, output."""
+    env = {**os.environ, "DATABASE_URL": database_url}
+    with tempfile.TemporaryFile() as output:
+        started = time.perf_counter()
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            cwd=REPO,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - started
+        child.returncode = os.waitstatus_to_exitcode(status)
+        output.seek(0)
+        text = output.read().decode("utf-8", errors="replace")
+    return {
+        "seconds": round(seconds, 2),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),  # KiB on Linux
+        "exit": child.returncode,
+        "output": text,
+    }
+
+
+def timed_import(database_url: str, folder: Path, code: str = CLI) -> dict[str, Any]:
+    run = saerec(database_url, code, "import-movielens", str(folder), "--no-progress")
+    found = SUMMARY.search(run["output"])
+    result = {"seconds": run["seconds"], "peak_rss_mib": run["peak_rss_mib"]}
+    if run["exit"] != 0 or not found:
+        return {**result, "error": run["output"][-2000:]}
+    added, existing, read = (int(n) for n in found.groups())
+    return {
+        **result,
+        "ratings_per_second": round(read / run["seconds"]),
+        "added": added,
+        "already_present": existing,
+        "read": read,
+    }
+
+
+def migrate(database_url: str) -> None:
+    run = saerec(database_url, CLI, "migrate")
+    if run["exit"] != 0:
+        raise RuntimeError(f"migrate failed:\n{run['output']}")
+
+
+def bench_backend(
+    new_database: Any, folder: Path, expected: int, compare: bool, second: bool
+) -> dict[str, Any]:
+    """first (empty database), second (same data again), incremental (bulk path off)."""
+    result: dict[str, Any] = {}
+    with new_database() as url:
+        migrate(url)
+        result["first"] = timed_import(url, folder)
+        if second:
+            result["second"] = timed_import(url, folder)
+    if compare:
+        with new_database() as url:
+            migrate(url)
+            result["incremental"] = timed_import(url, folder, INCREMENTAL)
+        bulk, slow = result["first"].get("seconds"), result["incremental"].get("seconds")
+        if bulk and slow and "error" not in result["incremental"]:
+            result["bulk_speedup"] = round(slow / bulk, 2)
+    result["ok"] = (
+        result["first"].get("added") == expected
+        and result.get("second", {"added": 0}).get("added") == 0
+        and result.get("incremental", {"added": expected}).get("added") == expected
+    )
+    return result
+
+
+class SqliteDatabase:
+    def __init__(self) -> None:
+        self.folder = tempfile.TemporaryDirectory(prefix="saerec-bench-scale-")
+
+    def __enter__(self) -> str:
+        return f"sqlite:///{Path(self.folder.name) / 'bench.db'}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.folder.cleanup()
+
+
+class PostgresDatabase:
+    """A throwaway database on the server: never touches real data, always starts empty."""
+
+    def __init__(self, server_url: str) -> None:
+        from sqlalchemy import create_engine
+        from sqlalchemy.engine import make_url
+
+        self.admin = make_url(server_url)
+        self.name = f"saerec_bench_{uuid.uuid4().hex[:10]}"
+        self.server = create_engine(self.admin, isolation_level="AUTOCOMMIT")
+
+    def _sql(self, statement: str) -> None:
+        from sqlalchemy import text
+
+        with self.server.connect() as conn:
+            conn.execute(text(statement))
+
+    def __enter__(self) -> str:
+        self._sql(f'CREATE DATABASE "{self.name}"')
+        return self.admin.set(database=self.name).render_as_string(hide_password=False)
+
+    def __exit__(self, *exc: object) -> None:
+        self._sql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        self.server.dispose()
+
+
+def run_backend(bench: Any, *args: Any) -> dict[str, Any]:
+    """One backend failing (say, no PostgreSQL server) must not hide the other's numbers."""
+    try:
+        return bench(*args)
+    except Exception as exc:  # reported in the JSON, not swallowed
+        return {"error": f"{type(exc).__name__}: {exc}", "ok": False}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="of ml-25m's shape")
+    parser.add_argument("--seed", type=int, default=25)
+    parser.add_argument("--data", type=Path, default=None, help="folder for the data set")
+    parser.add_argument("--pg-url", default=DEFAULT_PG_URL, help="server to create the db on")
+    parser.add_argument("--skip-sqlite", action="store_true")
+    parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--no-compare", action="store_true", help="skip the incremental run")
+    parser.add_argument("--no-second", action="store_true", help="skip the second import")
+    args = parser.parse_args(argv)
+    folder = args.data or Path(tempfile.gettempdir()) / f"saerec-ml25m-{args.scale}-{args.seed}"
+
+    results: dict[str, Any] = {
+        "host": {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()},
+        "dataset": dataset(folder, args.scale, args.seed),
+    }
+    expected = results["dataset"]["ratings"]
+    compare, second = not args.no_compare, not args.no_second
+    if not args.skip_sqlite:
+        results["sqlite"] = run_backend(
+            bench_backend, SqliteDatabase, folder, expected, compare, second
+        )
+    if not args.skip_postgres:
+        results["postgresql"] = run_backend(
+            bench_backend, lambda: PostgresDatabase(args.pg_url), folder, expected, compare, second
+        )
+    results["host"]["load_average_at_end"] = os.getloadavg()
+    print(json.dumps(results, indent=2))
+    failed = [r for key, r in results.items() if key in ("sqlite", "postgresql") and not r["ok"]]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
