@@ -24,9 +24,10 @@ from app.main import create_app
 from app.models import ModelVersion, TrainingJob, utcnow
 from app.observability import configure_logging, get_logger
 from app.services import jobs, schedule
+from app.services import ratings as ratings_service
 from app.services.jobs import JobLauncher
-from app.services.ratings import upsert_ratings_batch
-from app.services.schedule import RetrainSchedule, count_ratings_cheaply
+from app.services.ratings import count_ratings, upsert_ratings_batch
+from app.services.schedule import RetrainSchedule
 from app.services.training import resolve_config
 from tests.factories import LENIENT_GATE, seed_synthetic
 from tests.reliability_helpers import wait_for
@@ -322,15 +323,15 @@ def test_the_schedule_is_cheap_to_count(
 ) -> None:
     """On PostgreSQL a big table is not counted row by row: its live-row statistic is read."""
     with factory() as session:
-        assert count_ratings_cheaply(session) == SEEDED_RATINGS
+        assert count_ratings(session) == SEEDED_RATINGS
     if database_url.startswith("sqlite"):
         return  # SQLite has no such statistic; its tables are small
-    monkeypatch.setattr(schedule, "EXACT_COUNT_BELOW", 1)  # as if the table were huge
-    monkeypatch.setattr(schedule, "_exact_count", lambda _session: -1)  # never COUNT(*)
+    monkeypatch.setattr(ratings_service, "EXACT_COUNT_BELOW", 1)  # as if the table were huge
+    monkeypatch.setattr(ratings_service, "_exact_count", lambda _session: -1)  # never COUNT(*)
 
     def counted() -> bool:
         with factory() as session:
-            return count_ratings_cheaply(session) == SEEDED_RATINGS
+            return count_ratings(session) == SEEDED_RATINGS
 
     wait_for(counted, timeout=30)  # the statistic follows commits within seconds
 

@@ -48,7 +48,7 @@ def service_stats(session: Session, served_version: str | None) -> ServiceStatsO
 
 
 def _is_estimate(session: Session, ratings: int) -> bool:
-    """count_ratings answers the planner's estimate from a million rows on PostgreSQL."""
+    """count_ratings answers PostgreSQL's live-row statistic from a million rows."""
     return session.get_bind().dialect.name == "postgresql" and ratings >= EXACT_COUNT_BELOW
 
 

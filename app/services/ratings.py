@@ -134,15 +134,21 @@ EXACT_COUNT_BELOW = 1_000_000
 
 
 def count_ratings(session: Session) -> int:
-    """Exact for small tables; on a large PostgreSQL table, the planner's estimate.
+    """Exact below a million ratings; above that, PostgreSQL's live-row statistic.
 
-    /metrics is scraped every few seconds and COUNT(*) over 20M rows takes seconds, while
-    the statistics that autovacuum keeps are close enough for a gauge.
+    /metrics is scraped every few seconds and the retraining schedule polls too, while
+    COUNT(*) over 20M rows takes seconds. The statistic follows each committed insert and
+    delete (reltuples waits for the next ANALYZE), so growth shows within seconds; after a
+    VACUUM or ANALYZE it is their estimate, close to but not exactly the true count.
     """
     if session.get_bind().dialect.name == "postgresql":
-        estimate = session.scalar(
-            text("SELECT reltuples::bigint FROM pg_class WHERE oid = 'ratings'::regclass")
+        live = session.scalar(
+            text("SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = 'ratings'::regclass")
         )
-        if estimate is not None and estimate >= EXACT_COUNT_BELOW:
-            return int(estimate)
+        if live is not None and live >= EXACT_COUNT_BELOW:
+            return int(live)
+    return _exact_count(session)
+
+
+def _exact_count(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(Rating)) or 0

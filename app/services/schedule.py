@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from prometheus_client import Counter
-from sqlalchemy import func, select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import TrainingSettings
@@ -23,7 +23,7 @@ from app.models import ModelVersion, Rating, TrainingJob, utcnow
 from app.observability import get_logger
 from app.services.errors import ConflictError
 from app.services.jobs import enqueue, open_job
-from app.services.ratings import EXACT_COUNT_BELOW
+from app.services.ratings import count_ratings
 
 log = get_logger("saerec.schedule")
 SCHEDULED_RETRAINS = Counter(
@@ -120,7 +120,7 @@ class RetrainSchedule:
             return None
         if self.min_new is None:
             return Due("interval", None)
-        new = count_ratings_cheaply(session) - _trained_on(session)
+        new = count_ratings(session) - _trained_on(session)
         if new < self.min_new:
             return None
         return Due("new_ratings" if self.interval is None else "interval+new_ratings", new)
@@ -136,26 +136,6 @@ class RetrainSchedule:
             since = self._first_seen
         assert self.interval is not None
         return (now - since).total_seconds() >= self.interval
-
-
-def count_ratings_cheaply(session: Session) -> int:
-    """Exact below a million ratings; above that, PostgreSQL's live-row statistic.
-
-    The statistic follows each committed insert and delete (reltuples waits for the next
-    ANALYZE), so growth shows within seconds without a COUNT(*) over 25M rows; after a
-    VACUUM or ANALYZE it is their estimate, close to but not exactly the true count.
-    """
-    if session.get_bind().dialect.name == "postgresql":
-        live = session.scalar(
-            text("SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = 'ratings'::regclass")
-        )
-        if live is not None and live >= EXACT_COUNT_BELOW:
-            return int(live)
-    return _exact_count(session)
-
-
-def _exact_count(session: Session) -> int:
-    return session.scalar(select(func.count()).select_from(Rating)) or 0
 
 
 def _newest_job(session: Session) -> TrainingJob | None:
