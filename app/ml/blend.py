@@ -17,7 +17,7 @@ import scipy.sparse as sp
 
 from app.ml.data import IdMap
 from app.ml.hybrid import Blend, HybridModel
-from app.ml.item_path import ItemToItem, fit_item_to_item, lambda_candidates
+from app.ml.item_path import CoOccurrence, ItemToItem, fit_item_to_item, lambda_candidates
 from app.ml.metrics import RankingAccumulator
 from app.ml.model import ModelConfig
 
@@ -97,10 +97,11 @@ def choose_item_path(
 ) -> tuple[ItemToItem, dict[float, float]]:
     """Fit the path for each candidate ridge strength; keep the best on validation NDCG."""
     lams = [config.item_lambda] if config.item_lambda else lambda_candidates(train)
+    co = CoOccurrence.of(train, config.relevant_threshold, config.item_max_movies)
     best: tuple[float, ItemToItem] | None = None
     tried: dict[float, float] = {}
     for lam in lams:
-        path = _fit(train, config, lam)
+        path = fit_item_to_item(co, lam, config.item_liked_weight, config.item_neighbors)
         figures = validation.new_figures()
         for rows, truth in validation.batches():
             figures.ranking.add(path.score_rows(rows), rows, truth)
@@ -110,17 +111,6 @@ def choose_item_path(
             best = (ndcg, path)
     assert best is not None
     return best[1], tried
-
-
-def _fit(train: sp.csr_matrix, config: ModelConfig, lam: float) -> ItemToItem:
-    return fit_item_to_item(
-        train,
-        lam,
-        config.item_liked_weight,
-        config.relevant_threshold,
-        config.item_max_movies,
-        config.item_neighbors,
-    )
 
 
 def candidate_blends(model: HybridModel) -> tuple[list[Blend], list[float]]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.linalg import lapack
 
 
 @dataclass(frozen=True)
@@ -52,41 +53,83 @@ def lambda_candidates(train: sp.csr_matrix) -> list[float]:
     return [round(centre * f, 1) for f in (0.5, 1.0, 2.0)]
 
 
+@dataclass(frozen=True)
+class CoOccurrence:
+    """What the closed form takes from the ratings whatever the ridge strength, over the
+    kept (most-rated) movies: ``X'X`` and ``X'L`` (X the rated indicator, L the liked one).
+
+    Computed once for all the lambdas tried: at 10M ratings each sparse product takes
+    ~20 s. float32 throughout: the ridge keeps the Gram matrix well conditioned, and half
+    the memory is what lets thousands of movies fit beside training.
+    """
+
+    kept: np.ndarray
+    n_movies: int
+    gram: np.ndarray
+    co_liked: np.ndarray
+
+    @classmethod
+    def of(cls, train: sp.csr_matrix, threshold: float, max_movies: int) -> CoOccurrence:
+        counts = np.bincount(train.indices, minlength=train.shape[1])
+        kept = _most_rated(counts, max_movies)
+        sub = sp.csr_matrix(train[:, kept], dtype=np.float32)
+        liked = (sub >= threshold).astype(np.float32).tocsc()
+        x_t = sub.T.tocsr()  # movies x users; its transpose is X in CSC, no copy
+        del sub
+        x_t.data[:] = 1.0
+        gram = _dense_product(x_t, x_t.T)
+        return cls(kept, train.shape[1], gram, _dense_product(x_t, liked))
+
+
+def _dense_product(left: sp.csr_matrix, right: sp.csc_matrix, block: int = 1024) -> np.ndarray:
+    """``(left @ right).toarray()`` a block of columns at a time: the sparse product of a
+    whole 8,000-movie Gram matrix holds ~770 MB of indices before it is made dense."""
+    out = np.empty((left.shape[0], right.shape[1]), dtype=np.float32)
+    for start in range(0, right.shape[1], block):
+        out[:, start : start + block] = (left @ right[:, start : start + block]).toarray()
+    return out
+
+
 def fit_item_to_item(
-    train: sp.csr_matrix,
-    lam: float,
-    liked_weight: float,
-    threshold: float,
-    max_movies: int,
-    neighbors: int,
+    co: CoOccurrence, lam: float, liked_weight: float, neighbors: int
 ) -> ItemToItem:
     """Closed-form ridge regression of ``X + c * liked`` on ``X``, diagonal forced to zero."""
-    n_movies = train.shape[1]
-    counts = np.bincount(train.indices, minlength=n_movies)
-    kept = _most_rated(counts, max_movies)
-    sub = sp.csr_matrix(train[:, kept], dtype=np.float32)
-    x = sub.copy()
-    x.data[:] = 1.0
-    liked = (sub >= threshold).astype(np.float32)
-    # float32 throughout: the ridge keeps the Gram matrix well conditioned, and half the
-    # memory is what lets thousands of movies fit beside training
-    gram = (x.T @ x).toarray()
-    gram[np.diag_indices_from(gram)] += lam
-    inverse = np.linalg.inv(gram)  # P
-    del gram
+    inverse = _ridge_inverse(co.gram, lam)  # P = (X'X + lam I)^-1
     # B = P X'(X + cL) = I - lam P + c P X'L; then the Lagrange correction -P diag(mu)
-    # (mu_j = B_jj / P_jj) makes every diagonal entry exactly 0, as EASE requires
-    co_liked = (x.T @ liked).toarray()
-    co_liked *= liked_weight
-    b = inverse @ co_liked
-    del co_liked
-    b -= lam * inverse
+    # (mu_j = B_jj / P_jj) makes every diagonal entry exactly 0, as EASE requires. With
+    # Q = -lam P (scaled in place: no third n x n array), P diag(mu) = Q diag(B_jj / Q_jj).
+    b = inverse @ co.co_liked
+    b *= liked_weight
+    scaled = inverse
+    scaled *= -lam
+    b += scaled
     b[np.diag_indices_from(b)] += 1.0
-    np.multiply(inverse, (np.diag(b) / np.diag(inverse))[None, :], out=inverse)
-    b -= inverse
-    del inverse
+    np.multiply(scaled, (np.diag(b) / np.diag(scaled))[None, :], out=scaled)
+    b -= scaled
+    del inverse, scaled
     np.fill_diagonal(b, 0.0)
-    return ItemToItem(_pruned(b, kept, n_movies, neighbors), float(lam))
+    return ItemToItem(_pruned(b, co.kept, co.n_movies, neighbors), float(lam))
+
+
+def _ridge_inverse(gram: np.ndarray, lam: float, block: int = 1024) -> np.ndarray:
+    """``(gram + lam I)^-1`` by Cholesky (the matrix is symmetric positive definite):
+    ~5x faster than a general inverse at 8,000 movies, computed in one copy of ``gram``."""
+    a = gram.copy()
+    a[np.diag_indices_from(a)] += lam
+    # LAPACK is column-major: the transpose of a symmetric C-ordered matrix is itself
+    factor, info = lapack.spotrf(a.T, lower=0, overwrite_a=1, clean=0)
+    if info == 0:
+        factor, info = lapack.spotri(factor, lower=0, overwrite_c=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"ridge Gram matrix is not positive definite ({info})")
+    inverse = np.ascontiguousarray(factor.T)  # lower triangle valid; a view of ``a``
+    for start in range(0, inverse.shape[0], block):  # mirror it into the upper one
+        stop = start + block
+        inverse[:start, start:stop] = inverse[start:stop, :start].T
+        diagonal = inverse[start:stop, start:stop]
+        upper = np.triu_indices(diagonal.shape[0], 1)
+        diagonal[upper] = diagonal.T[upper]
+    return inverse
 
 
 def _most_rated(counts: np.ndarray, max_movies: int) -> np.ndarray:
@@ -97,13 +140,20 @@ def _most_rated(counts: np.ndarray, max_movies: int) -> np.ndarray:
     return np.sort(top)
 
 
-def _pruned(b: np.ndarray, kept: np.ndarray, n_movies: int, neighbors: int) -> sp.csr_matrix:
-    """Keep each source row's ``neighbors`` largest |weights|, placed on the full catalog."""
+def _pruned(
+    b: np.ndarray, kept: np.ndarray, n_movies: int, neighbors: int, block: int = 1024
+) -> sp.csr_matrix:
+    """Keep each source row's ``neighbors`` largest |weights|, placed on the full catalog
+    (a block of rows at a time: the whole argpartition would hold n² int64 indices)."""
     k = min(neighbors, b.shape[1])
-    if k < b.shape[1]:
-        top = np.argpartition(-np.abs(b), k - 1, axis=1)[:, :k]
-    else:
-        top = np.broadcast_to(np.arange(b.shape[1]), b.shape)
+    tops = []
+    for start in range(0, b.shape[0], block):
+        rows = b[start : start + block]
+        if k < b.shape[1]:
+            tops.append(np.argpartition(-np.abs(rows), k - 1, axis=1)[:, :k])
+        else:
+            tops.append(np.broadcast_to(np.arange(b.shape[1]), rows.shape))
+    top = np.concatenate(tops) if tops else np.zeros((0, k), dtype=np.int64)
     rows = np.repeat(kept, top.shape[1])
     cols = kept[top].reshape(-1)
     values = np.take_along_axis(b, top, axis=1).reshape(-1)

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
+from app.ml.sparse_ops import RatingPattern, encode, rated_dot
+
 Activation = Literal["sigmoid", "tanh", "relu", "selu"]
 
 
@@ -78,7 +80,12 @@ class ModelConfig(BaseModel):
     lr: float = Field(3e-3, gt=0.0)
     """learning rate."""
     batch_size: int = Field(128, ge=1)
-    """users per minibatch."""
+    """users per minibatch (at least; see epoch_steps)."""
+    epoch_steps: int = Field(128, ge=1)
+    """most optimizer steps in an epoch: with more than batch_size x this many users,
+    minibatches grow to users / epoch_steps. A step's fixed cost (Adam over every weight)
+    grows with the catalog; bigger batches on big data keep an epoch's cost following
+    the ratings (ml-100k and ml-1m-half keep batch_size)."""
     epochs: int = Field(60, ge=1)
     """maximum number of epochs."""
     patience: int = Field(4, ge=1)
@@ -338,10 +345,10 @@ class StackedAutoencoder(nn.Module):
     ) -> SparseOutput:
         """The same network as ``forward``, computed only where the batch has ratings.
 
-        The rating head runs at the rated cells alone. The ranking head's softmax runs over
-        the whole catalog, or, given ``negatives`` (sampled movie indices) and ``log_q``
-        (log of their sampling probability times the sample size), over each user's rated
-        movies plus the corrected negatives, so the cost follows the ratings.
+        The rating head runs on the batch's rated movies alone. The ranking head's softmax
+        runs over the whole catalog, or, given ``negatives`` (sampled movie indices) and
+        ``log_q`` (log of their sampling probability times the sample size), over each
+        user's rated movies plus the corrected negatives, so the cost follows the ratings.
         """
         rows, cols, values = batch.rows, batch.cols, batch.values
         visible = torch.ones_like(values, dtype=torch.bool)
@@ -352,50 +359,43 @@ class StackedAutoencoder(nn.Module):
         base = self.global_mean + self.movie_bias[cols]
         sums = values.new_zeros(batch.size).index_add_(0, rows, (values - base) * vis)
         user_bias = sums / (n + self.config.user_bias_reg)
+        pattern = RatingPattern.of(rows, cols, batch.size)
+        features = self._sparse_features(batch, vis, n, (base + user_bias[rows]).detach())
+        blocks = [pattern.movies + j * self.n_movies for j in range(features.shape[1])]
         first = self.first_layer
-        bag_cols, bag_values, per_rating = self._sparse_features(
-            batch, vis, n, (base + user_bias[rows]).detach()
-        )
-        # an embedding bag per user over the first layer's transposed weight: the sparse
-        # product without building a sparse tensor, and a fast backward
-        offsets = torch.searchsorted(rows, torch.arange(batch.size, device=rows.device))
-        h = F.embedding_bag(
-            bag_cols,
-            first.weight_t,
-            offsets * per_rating,
-            per_sample_weights=bag_values,
-            mode="sum",
-        )
+        h = encode(pattern, features, F.embedding(torch.cat(blocks), first.weight_t))
         h = h + first.bias
         hidden = []
         for i, layer in enumerate(self.layers):
             h = layer(h) if i else h
             h = self.hidden_dropout(self.activation(h))
             hidden.append(h)
-        picked = F.embedding(rows, h)
-        ratings = (picked * _rows_of(self.rate_out, cols)).sum(1) + _bias_of(self.rate_out, cols)
+        rate_rows = F.embedding(pattern.movies, self.rate_out.weight)
+        ratings = rated_dot(pattern, h, rate_rows) + self.rate_out.bias[cols]
         if self.config.rating_head == "residual":
             ratings = ratings + base + user_bias[rows]
         log_probs = None
         if self.rank_out is not None:
-            log_probs = self._log_probs(h, picked, rows, cols, negatives, log_q)
+            log_probs = self._log_probs(h, pattern, negatives, log_q)
         return SparseOutput(log_probs, ratings, visible, tuple(hidden))
 
     def _log_probs(
         self,
         h: torch.Tensor,
-        picked: torch.Tensor,
-        rows: torch.Tensor,
-        cols: torch.Tensor,
+        pattern: RatingPattern,
         negatives: torch.Tensor | None,
         log_q: torch.Tensor | None,
     ) -> torch.Tensor:
+        """Log-probabilities of the rated cells: exact, or over rated + sampled movies."""
         assert self.rank_out is not None
         weight, bias = self.rank_out.weight, self.rank_out.bias
+        rows, cols = pattern.rows, pattern.cols
         if negatives is None or log_q is None:
-            return torch.log_softmax(h @ weight.t() + bias, dim=1)[rows, cols]
-        rated = (picked * _rows_of(self.rank_out, cols)).sum(1) + _bias_of(self.rank_out, cols)
-        sampled = h @ weight[negatives].t() + bias[negatives] - log_q
+            return torch.log_softmax(torch.addmm(bias, h, weight.t()), dim=1)[rows, cols]
+        picked = F.embedding(torch.cat([pattern.movies, negatives]), weight)
+        rated_rows, sampled_rows = picked.split([pattern.n_slots, negatives.numel()])
+        rated = rated_dot(pattern, h, rated_rows) + bias[cols]
+        sampled = torch.addmm(bias[negatives] - log_q, h, sampled_rows.t())
         top = sampled.max(dim=1).values.detach()
         top = top.scatter_reduce(0, rows, rated.detach(), reduce="amax")
         total = torch.exp(sampled - top[:, None]).sum(1)
@@ -404,19 +404,16 @@ class StackedAutoencoder(nn.Module):
 
     def _sparse_features(
         self, batch: SparseBatch, vis: torch.Tensor, n: torch.Tensor, baseline: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """The encoder input of ``_features`` as (columns, values, entries per rating),
-        grouped by user in the batch's row order (what an embedding bag reads)."""
-        rows, cols, values = batch.rows, batch.cols, batch.values
+    ) -> torch.Tensor:
+        """The encoder input of ``_features`` at the rated cells: ratings x input blocks
+        (one column per block of the first layer's rows, see ``sparse_ops.encode``)."""
+        values = batch.values
         if self.config.inputs == "ratings":
-            return cols, values * vis, 1
-        norm = n.clamp(min=1.0).rsqrt()[rows]
-        implicit = vis * norm
+            return (values * vis)[:, None]
+        implicit = vis * n.clamp(min=1.0).rsqrt()[batch.rows]
         if self.config.inputs == "implicit":
-            return cols, implicit, 1
-        centred = (values - baseline) * vis * norm
-        both_cols = torch.stack([cols, cols + self.n_movies], dim=1).reshape(-1)
-        return both_cols, torch.stack([implicit, centred], dim=1).reshape(-1), 2
+            return implicit[:, None]
+        return torch.stack([implicit, (values - baseline) * implicit], dim=1)
 
     def _features(
         self, x: torch.Tensor, vis: torch.Tensor, n: torch.Tensor, baseline: torch.Tensor
@@ -428,15 +425,6 @@ class StackedAutoencoder(nn.Module):
         if self.config.inputs == "implicit":
             return implicit
         return torch.cat([implicit, (x - baseline) * vis * norm], dim=1)
-
-
-def _rows_of(layer: nn.Linear, cols: torch.Tensor) -> torch.Tensor:
-    """Output weight rows of movies ``cols`` (an embedding lookup: cheap backward)."""
-    return F.embedding(cols, layer.weight)
-
-
-def _bias_of(layer: nn.Linear, cols: torch.Tensor) -> torch.Tensor:
-    return F.embedding(cols, layer.bias.unsqueeze(1)).squeeze(1)
 
 
 SPARSE_MIN_WIDTH = 64

@@ -171,6 +171,11 @@ def batch_loss(
     return loss, rank_value, rate_value
 
 
+def users_per_batch(config: ModelConfig, n_users: int) -> int:
+    """batch_size, or more users so that an epoch takes at most epoch_steps steps."""
+    return max(config.batch_size, -(-n_users // config.epoch_steps))
+
+
 def train_epoch(
     model: torch.nn.Module,
     matrix: sp.csr_matrix,
@@ -186,8 +191,9 @@ def train_epoch(
     order = rng.permutation(users)
     totals = np.zeros(3)
     batches = 0
-    for start in range(0, order.size, config.batch_size):
-        batch = SparseBatch.from_csr(matrix[order[start : start + config.batch_size]], device)
+    size = users_per_batch(config, order.size)
+    for start in range(0, order.size, size):
+        batch = SparseBatch.from_csr(matrix[order[start : start + size]], device)
         loss, rank, rate = batch_loss(model, batch, config, sampler)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

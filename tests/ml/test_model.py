@@ -102,3 +102,41 @@ def test_sparse_training_forward_equals_the_dense_one(synthetic) -> None:
         torch.testing.assert_close(sparse.ratings, dense.ratings[r, c], atol=1e-5, rtol=1e-5)
         expected = torch.log_softmax(dense.scores, dim=1)[r, c]
         torch.testing.assert_close(sparse.log_probs, expected, atol=1e-5, rtol=1e-5)
+
+
+def _gradients(net: StackedAutoencoder, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    net.zero_grad(set_to_none=True)
+    loss.backward()
+    return {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
+
+
+def test_sparse_training_gradients_equal_the_dense_ones(synthetic) -> None:
+    """The sparse products (app/ml/sparse_ops.py) have hand-written backwards: each
+    parameter's gradient must match autograd's through the dense network, for the exact
+    softmax and for the sampled one (rated movies + corrected negatives)."""
+    from app.ml.model import SparseBatch
+
+    torch.manual_seed(0)
+    net = StackedAutoencoder(synthetic.shape[1], config_from("fast")).eval()
+    rows = synthetic.matrix[:23]
+    batch = SparseBatch.from_csr(rows)
+    r, c = batch.rows, batch.cols
+    weights = torch.rand(r.numel())  # any loss that weighs every rated cell differently
+    negatives = torch.randint(0, synthetic.shape[1], (40,))
+    log_q = torch.log(torch.rand(40) + 0.5)
+    for sampled in (False, True):
+        out = net(batch, negatives, log_q) if sampled else net(batch)
+        got = _gradients(net, (weights * (out.ratings + out.log_probs)).sum())
+        dense = net(torch.from_numpy(rows.toarray()))
+        if sampled:
+            rated = dense.scores[r, c]
+            others = dense.scores[:, negatives] - log_q
+            per_user = torch.cat([others, torch.full_like(dense.scores, -torch.inf)], dim=1)
+            per_user = per_user.index_put((r, c + negatives.numel()), rated)
+            log_probs = rated - torch.logsumexp(per_user, dim=1)[r]
+        else:
+            log_probs = torch.log_softmax(dense.scores, dim=1)[r, c]
+        want = _gradients(net, (weights * (dense.ratings[r, c] + log_probs)).sum())
+        assert got.keys() == want.keys()
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], atol=2e-5, rtol=1e-4, msg=name)
