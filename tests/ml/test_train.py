@@ -91,3 +91,21 @@ def test_validation_user_sample_is_fixed(synthetic) -> None:
     np.testing.assert_array_equal(a, validation_users(valid.matrix, config))
     everyone = validation_users(valid.matrix, config_from("fast", max_valid_users=0))
     assert everyone.size == np.count_nonzero(np.diff(valid.matrix.indptr))
+
+
+def test_an_epoch_takes_at_most_epoch_steps_steps(synthetic) -> None:
+    """Big data gets bigger batches (a step's fixed cost grows with the catalog); data with
+    at most batch_size x epoch_steps users keeps batch_size, whatever its size."""
+    from app.ml.train import build_model, make_optimizer, seed_everything, train_epoch
+
+    users = np.flatnonzero(np.diff(synthetic.matrix.indptr))
+    assert users.size > 30
+    for epoch_steps, batch_size, expected_steps in ((3, 8, 3), (1_000, 8, -(-users.size // 8))):
+        config = config_from("fast", batch_size=batch_size, epoch_steps=epoch_steps)
+        model = build_model(synthetic.shape[1], synthetic.matrix, config, (1.0, 5.0))
+        optimizer = make_optimizer(model, config)
+        steps: list[int] = []
+        optimizer.register_step_post_hook(lambda *_, taken=steps: taken.append(1))
+        rng = seed_everything(0)
+        train_epoch(model, synthetic.matrix, users, optimizer, config, rng, torch.device("cpu"))
+        assert len(steps) == expected_steps, (epoch_steps, batch_size)
