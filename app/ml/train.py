@@ -28,7 +28,7 @@ from app.ml.model import (
     SparseOutput,
     StackedAutoencoder,
     kl_sparsity,
-    predict,
+    model_device,
 )
 
 
@@ -213,6 +213,28 @@ def validation_users(valid: sp.csr_matrix, config: ModelConfig) -> np.ndarray:
     return users
 
 
+def validation_scores(
+    model: StackedAutoencoder, rows: sp.csr_matrix, cells: sp.csr_matrix
+) -> tuple[np.ndarray, np.ndarray]:
+    """``predict``'s scores for ``rows`` and its clamped ratings at ``cells`` (in COO order),
+    through the sparse encoder: no dense rating rows in or out."""
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    coo = cells.tocoo()
+    lo, hi = (float(v) for v in model.rating_scale)
+    try:
+        with torch.inference_mode():
+            scores, ratings = model.score_cells(
+                SparseBatch.from_csr(rows, device),
+                torch.from_numpy(coo.row.astype(np.int64)).to(device),
+                torch.from_numpy(coo.col.astype(np.int64)).to(device),
+            )
+    finally:
+        model.train(was_training)
+    return scores.float().cpu().numpy(), ratings.clamp(lo, hi).float().cpu().numpy()
+
+
 def validate(
     model: StackedAutoencoder,
     train: sp.csr_matrix,
@@ -229,11 +251,10 @@ def validate(
     for start in range(0, users.size, batch_size):
         batch = users[start : start + batch_size]
         rows, vrows = train[batch], valid[batch]
-        scores, ratings = predict(model, rows, batch_size)
+        scores, ratings = validation_scores(model, rows, vrows)
         acc.add(scores, rows, vrows)
-        coo = vrows.tocoo()
-        preds.append(ratings[coo.row, coo.col])
-        truths.append(coo.data)
+        preds.append(ratings)
+        truths.append(vrows.tocoo().data)
     out = rating_metrics(np.concatenate(preds), np.concatenate(truths))
     ranking = acc.result()
     out["ndcg@10"] = ranking["ndcg@10"] if acc.users else math.nan

@@ -140,3 +140,20 @@ def test_sparse_training_gradients_equal_the_dense_ones(synthetic) -> None:
         assert got.keys() == want.keys()
         for name in want:
             torch.testing.assert_close(got[name], want[name], atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_validation_scores_equal_predict(synthetic) -> None:
+    """Validation scores through the sparse encoder: the same numbers as ``predict``
+    (dense rows in and out), ratings read at the held-out cells, clamped alike."""
+    from app.ml.train import validation_scores
+
+    torch.manual_seed(0)
+    rows, cells = synthetic.matrix[:40], synthetic.matrix[40:80]
+    for preset, overrides in (("fast", {}), ("seed", {}), ("fast", {"rating_head": "direct"})):
+        net = StackedAutoencoder(synthetic.shape[1], config_from(preset, **overrides)).train()
+        scores, ratings = validation_scores(net, rows, cells)
+        assert net.training  # restored
+        want_scores, want_ratings = predict(net, rows)
+        coo = cells.tocoo()
+        np.testing.assert_allclose(scores, want_scores, atol=2e-5, rtol=1e-5)
+        np.testing.assert_allclose(ratings, want_ratings[coo.row, coo.col], atol=2e-5, rtol=1e-5)
