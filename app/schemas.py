@@ -284,7 +284,6 @@ RatingScale = Annotated[
 # A job's epochs go into an INTEGER column: the bound is the CLI's, well inside it.
 MAX_EPOCHS = 100_000
 _API_TYPES: dict[str, Any] = {
-    "hidden": tuple[Annotated[int, Field(ge=1)], ...],
     "epochs": Annotated[int, Field(le=MAX_EPOCHS)],
     "rating_scale": RatingScale | None,
 }

@@ -202,6 +202,7 @@ def _model_payload(model: HybridModel) -> dict[str, Any]:
         "config": _plain(model.config.model_dump()),
         "rank_state": _state(model.rank_net),
         "rate_state": None if model.rate_net is model.rank_net else _state(model.rate_net),
+        "rate_config": _plain(model.rate_net.config.model_dump()),
         "item_path": None
         if path is None
         else {
@@ -280,7 +281,8 @@ def _net(state: dict[str, torch.Tensor], config: ModelConfig, n_movies: int) -> 
 def _model_from(payload: dict[str, Any], config: ModelConfig, n_movies: int) -> HybridModel:
     rank_net = _net(payload["rank_state"], config, n_movies)
     rate_state = payload["rate_state"]
-    rate_net = rank_net if rate_state is None else _net(rate_state, config, n_movies)
+    rate_config = ModelConfig(**payload.get("rate_config", payload["config"]))
+    rate_net = rank_net if rate_state is None else _net(rate_state, rate_config, n_movies)
     item = payload["item_path"]
     item_path = None
     if item is not None:

@@ -23,7 +23,9 @@ from app.ml.model import ModelConfig
 
 ITEM_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 POPULARITY_PENALTIES = (0.0, 0.1, 0.2, 0.3, 0.4)
-RATING_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
+RATING_WEIGHTS = tuple(round(0.05 * i, 2) for i in range(21))
+"""shares tried for each rating network (pairs summing to at most 1: 231 blends, each
+two numbers fitted on thousands of validation ratings)."""
 COVERAGE_TOLERANCE = 0.015
 """Among ranking blends within this share of the best validation NDCG@10, the one that
 covers most of the catalog wins: differences that small are noise on a 10 % validation
@@ -113,8 +115,9 @@ def choose_item_path(
     return best[1], tried
 
 
-def candidate_blends(model: HybridModel) -> tuple[list[Blend], list[float]]:
-    """Ranking blends and rating weights to try; a field fixed in the config is not tried."""
+def candidate_blends(model: HybridModel) -> tuple[list[Blend], list[tuple[float, float]]]:
+    """Ranking blends and rating shares (rating network, joint network's rating head) to
+    try; a field fixed in the config is not tried."""
     config = model.config
     has_item = model.item_path is not None
     weights = [config.item_weight] if config.item_weight is not None else ITEM_WEIGHTS
@@ -126,38 +129,47 @@ def candidate_blends(model: HybridModel) -> tuple[list[Blend], list[float]]:
         else POPULARITY_PENALTIES
     )
     ranking = [Blend(w, p) for w, p in itertools.product(weights, penalties)]
-    rating = [config.rating_blend] if config.rating_blend is not None else list(RATING_WEIGHTS)
+    shares = [config.rating_blend] if config.rating_blend is not None else list(RATING_WEIGHTS)
+    joint_shares = list(RATING_WEIGHTS) if _has_joint_head(model) else [0.0]
+    if config.rating_blend is not None:
+        joint_shares = [0.0]  # a fixed share of the rating network is the whole blend
+    rating = [(a, b) for a, b in itertools.product(shares, joint_shares) if a + b <= 1.0 + 1e-9]
     return ranking, rating
 
 
+def _has_joint_head(model: HybridModel) -> bool:
+    """Whether the ranking network's rating head is a part of its own (another network)."""
+    return model.rate_net is not model.rank_net
+
+
 def choose_blend(model: HybridModel, validation: Validation) -> tuple[Blend, dict[str, object]]:
-    """The best ranking blend (NDCG, then coverage) and rating weight (RMSE) on validation."""
+    """The best ranking blend (NDCG, then coverage) and rating shares (RMSE) on validation."""
     ranking, allowed = candidate_blends(model)
-    rating = sorted({*allowed, 0.0, 1.0})  # the two ends are always reported
+    rating = sorted({*allowed, (0.0, 0.0), (1.0, 0.0)})  # bias and network always reported
     rank_figures = [validation.new_figures() for _ in ranking]
     rate_figures = [validation.new_figures() for _ in rating]
     popularity = validation.new_figures()
     scorer = model.scorer
     for rows, truth in validation.batches():
-        parts = scorer.components(rows)
+        deep, item = scorer.ranking_parts(rows)
         for blend, figures in zip(ranking, rank_figures, strict=True):
-            scores = scorer.blend_scores(parts.deep_scores, parts.item_scores, blend)
-            figures.ranking.add(scores, rows, truth)
+            figures.ranking.add(scorer.blend_scores(deep, item, blend), rows, truth)
         coo = truth.tocoo()
-        deep, bias = parts.deep_ratings[coo.row, coo.col], parts.bias_ratings[coo.row, coo.col]
-        for weight, figures in zip(rating, rate_figures, strict=True):
-            figures.add_ratings(scorer.blend_ratings(deep, bias, weight), coo.data)
+        parts = scorer.rating_parts(rows, (coo.row, coo.col))
+        for (a, b), figures in zip(rating, rate_figures, strict=True):
+            blend = Blend(rating_weight=a, joint_rating_weight=b)
+            figures.add_ratings(scorer.blend_ratings(parts, blend), coo.data)
         counts = np.broadcast_to(model.log_popularity, (rows.shape[0], validation.n_movies))
         popularity.ranking.add(counts, rows, truth)
     rank_results = [f.result() for f in rank_figures]
     rate_results = [f.result() for f in rate_figures]
     best_rank = _pick_ranking(rank_results)
     best_rate = min(
-        (i for i, weight in enumerate(rating) if weight in allowed),
+        (i for i, shares in enumerate(rating) if shares in allowed),
         key=lambda i: rate_results[i].get("rmse", math.inf),
     )
     chosen = Blend(
-        ranking[best_rank].item_weight, ranking[best_rank].popularity_penalty, rating[best_rate]
+        ranking[best_rank].item_weight, ranking[best_rank].popularity_penalty, *rating[best_rate]
     )
     report: dict[str, object] = {
         "ranking": [
@@ -170,8 +182,8 @@ def choose_blend(model: HybridModel, validation: Validation) -> tuple[Blend, dic
             for b, r in zip(ranking, rank_results, strict=True)
         ],
         "rating": [
-            {"rating_weight": a, "rmse": r.get("rmse")}
-            for a, r in zip(rating, rate_results, strict=True)
+            {"rating_weight": a, "joint_rating_weight": b, "rmse": r.get("rmse")}
+            for (a, b), r in zip(rating, rate_results, strict=True)
         ],
         "figures": {
             **rank_results[best_rank],
@@ -179,8 +191,8 @@ def choose_blend(model: HybridModel, validation: Validation) -> tuple[Blend, dic
             "mae": rate_results[best_rate].get("mae", math.nan),
         },
         "popularity_ndcg@10": popularity.result().get("ndcg@10", math.nan),
-        "bias_rmse": _figure(rating, rate_results, 0.0),
-        "deep_rmse": _figure(rating, rate_results, 1.0),
+        "bias_rmse": _figure(rating, rate_results, (0.0, 0.0)),
+        "deep_rmse": _figure(rating, rate_results, (1.0, 0.0)),
     }
     return chosen, report
 
@@ -192,7 +204,9 @@ def _pick_ranking(results: list[dict[str, float]]) -> int:
     return max(close, key=lambda i: (results[i].get("coverage@10", 0.0), ndcg[i]))
 
 
-def _figure(weights: list[float], results: list[dict[str, float]], weight: float) -> float:
+def _figure(
+    weights: list[tuple[float, float]], results: list[dict[str, float]], weight: tuple[float, float]
+) -> float:
     for w, r in zip(weights, results, strict=True):
         if w == weight:
             return r.get("rmse", math.nan)

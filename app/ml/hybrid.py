@@ -5,8 +5,9 @@ NDCG@10, rating by RMSE), fits the linear item-to-item path on the same training
 and then chooses on validation how to mix them:
 
 * ranking = (1 - w) * z(deep scores) + w * z(item path) - p * log(1 + popularity);
-* rating = a * deep rating head + (1 - a) * bias terms, so ``a = 0`` is the bias model and
-  the served rating is never worse on validation than the bias model it is built on.
+* rating = a * rating network + b * the ranking network's own rating head
+  + (1 - a - b) * bias terms, so ``a = b = 0`` is the bias model and the served rating is
+  never worse on validation than the bias model it is built on.
 """
 
 from __future__ import annotations
@@ -62,12 +63,16 @@ class Blend:
     popularity_penalty: float = 0.0
     """subtracted per unit of log(1 + rating count): spreads recommendations past the head."""
     rating_weight: float = 1.0
-    """share of the deep rating head against the bias terms, 0..1."""
+    """share of the rating network's prediction, 0..1."""
+    joint_rating_weight: float = 0.0
+    """share of the ranking network's own rating head, 0..1 - rating_weight; the rest is
+    the bias terms. The two networks err differently: together they beat either."""
 
 
 @dataclass
 class HybridModel:
-    """Everything the scorer needs; ``rate_net`` is ``rank_net`` when one epoch won both."""
+    """Everything the scorer needs. ``rate_net`` serves ratings: the rating-only network, or
+    the joint network's best rating epoch (``rank_net`` itself when one epoch won both)."""
 
     config: ModelConfig
     rank_net: StackedAutoencoder

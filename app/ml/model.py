@@ -16,7 +16,7 @@ predict ratings and movies they cannot see, which is exactly the serving task.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, cast
+from typing import Annotated, Any, Literal, NamedTuple, cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -28,6 +28,8 @@ from torch import nn
 from app.ml.sparse_ops import RatingPattern, encode, rated_dot
 
 Activation = Literal["sigmoid", "tanh", "relu", "selu"]
+LayerSizes = tuple[Annotated[int, Field(ge=1)], ...]
+"""hidden layer sizes, input side first; each at least 1 (the retrain API's schema says so)."""
 
 
 class ModelConfig(BaseModel):
@@ -36,7 +38,7 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     # architecture
-    hidden: tuple[int, ...] = Field((400,), min_length=1)
+    hidden: LayerSizes = Field((400,), min_length=1)
     """hidden layer sizes, input side first (e.g. 20, 10, 20 for the seed's stack; a size
     above the number of movies makes an overcomplete layer)."""
     activation: Activation = "tanh"
@@ -124,12 +126,26 @@ class ModelConfig(BaseModel):
     popularity_penalty: float | None = Field(None, ge=0.0)
     """ranking penalty per unit of log(1 + rating count); None = chosen on validation."""
     rating_blend: float | None = Field(None, ge=0.0, le=1.0)
-    """share of the deep rating head against the bias terms; None = chosen on validation."""
+    """share of the rating network against the bias terms; None = chosen on validation."""
+    # the rating network (app/ml/train.py: train_rating_network)
+    rating_network: bool = True
+    """train a second, rating-only network (no ranking head) for the served ratings. The
+    ranking loss pulls the shared encoder towards which movies a user rates: on ml-100k u1
+    a rating-only network predicts test ratings at RMSE 0.916 against the joint head's
+    0.924, for about a third of the joint network's training time. The joint network's
+    rating head stays a part of the rating blend."""
+    refit: bool = True
+    """once validation has chosen epochs and blend, fit the rating network and the bias
+    terms again on all the ratings, validation included (the ranking parts are kept)."""
+    rating_hidden: LayerSizes = Field((200,), min_length=1)
+    """hidden layer sizes of the rating network."""
+    rating_lr: float = Field(1e-3, gt=0.0)
+    """learning rate of the rating network (its other settings are the joint network's).
+    Slower than ``lr``: validation RMSE 0.9014 vs 0.9029 on u1, 0.8649 vs 0.8672 on
+    ml-1m-half, 0.9321 vs 0.9342 on sparse-100k, for ~1.6x its training time."""
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
-        if any(h < 1 for h in self.hidden):
-            raise ValueError("hidden layer sizes must be >= 1")
         if self.rating_scale is not None and self.rating_scale[0] >= self.rating_scale[1]:
             raise ValueError("rating_scale must be (min, max) with min < max")
         return self
@@ -159,10 +175,26 @@ PRESETS: dict[str, ModelConfig] = {
         item_path=False,
         popularity_penalty=0.0,
         rating_blend=1.0,
+        rating_network=False,
     ),
     # tiny and quick, for tests and smoke runs
     "fast": ModelConfig(hidden=(64,), batch_size=64, epochs=15, patience=4, lr=3e-3),
 }
+
+
+def rating_network_config(config: ModelConfig) -> ModelConfig:
+    """The rating network's settings: ``config`` with the rating head alone to train."""
+    return config.model_copy(
+        update={
+            "hidden": config.rating_hidden,
+            "lr": config.rating_lr,
+            "ranking_head": False,
+            "ranking_weight": 0.0,
+            "rating_weight": 1.0,
+            "item_path": False,
+            "rating_network": False,
+        }
+    )
 
 
 def config_from(preset: str = "default", **overrides: object) -> ModelConfig:

@@ -1,8 +1,9 @@
 """Inference: the one forward pass that evaluation, /predictions and /recommendations share.
 
-A trained model (`app.ml.hybrid.HybridModel`) has up to four parts: the deep autoencoder's
-ranking snapshot, its rating snapshot (each kept at its own best validation epoch), the
-linear item-to-item path and the bias terms the rating head is built on. `FoldInScorer`
+A trained model (`app.ml.hybrid.HybridModel`) has up to four parts: the joint autoencoder
+at its best ranking epoch, the network serving ratings (a rating-only network, or the
+joint one at its best rating epoch), the linear item-to-item path and the bias terms the
+rating heads are built on. `FoldInScorer`
 turns a user's current ratings into scores and predicted ratings from numpy copies of
 those parts, for one user (the request hot path: the first layer gathers only the weight
 rows of the rated movies, the rating head runs only for the movies asked for) or for a
@@ -184,6 +185,23 @@ class NetWeights:
             out = out + base + user_bias[:, None]
         return out
 
+    def cell_ratings(self, h: Array, user_bias: Array, rows: Array, cols: Array) -> Array:
+        """`ratings` at cells (row of ``h``, movie) only: no users x catalog array."""
+        out = np.einsum("ij,ij->i", h[rows], self.rate_w[cols]) + self.rate_b[cols]
+        if self.residual:
+            out = out + self.base[cols] + user_bias[rows]
+        return out.astype(np.float32, copy=False)
+
+
+class RatingParts(NamedTuple):
+    """Each rating part, unclamped, at the same cells: the rating network's prediction, the
+    joint network's rating head (None when the same network serves both) and the bias
+    terms."""
+
+    rate: Array
+    joint: Array | None
+    bias: Array
+
 
 class Components(NamedTuple):
     """Each part's output for a batch of users, before blending (B x n_movies each); the
@@ -191,8 +209,7 @@ class Components(NamedTuple):
 
     deep_scores: Array
     item_scores: Array | None
-    deep_ratings: Array
-    bias_ratings: Array
+    ratings: RatingParts
 
 
 def zscore(a: Array) -> Array:
@@ -273,7 +290,8 @@ class UserState:
 
     rank_hidden: Array
     rate_hidden: Array
-    deep_user_bias: float
+    rank_user_bias: float
+    rate_user_bias: float
     bias_user_bias: float
     cols: Array
 
@@ -320,11 +338,11 @@ class FoldInScorer:
         """State for ratings ``values`` of movie indices ``cols`` (unique, valid)."""
         idx = np.asarray(cols, dtype=np.int64)
         vals = np.asarray(values, dtype=np.float32)
-        rank_h, deep_bias = self.rank_net.encode_user(idx, vals)
-        rate_h = (
-            rank_h if self.rate_net is self.rank_net else self.rate_net.encode_user(idx, vals)[0]
-        )
-        return UserState(rank_h, rate_h, deep_bias, self.bias.user_bias(idx, vals), idx)
+        rank_h, rank_bias = self.rank_net.encode_user(idx, vals)
+        rate_h, rate_bias = rank_h, rank_bias
+        if self.rate_net is not self.rank_net:
+            rate_h, rate_bias = self.rate_net.encode_user(idx, vals)
+        return UserState(rank_h, rate_h, rank_bias, rate_bias, self.bias.user_bias(idx, vals), idx)
 
     def encode_many(self, cols: list[Array], values: list[Array]) -> list[UserState]:
         """`encode` for several users at once, through the batch path (`encode_rows`): a
@@ -336,11 +354,20 @@ class FoldInScorer:
         idx = np.concatenate(cols).astype(np.int64, copy=False)
         vals = np.concatenate(values).astype(np.float32, copy=False)
         csr = sp.csr_matrix((vals, idx, indptr), shape=(len(cols), self.n_movies))
-        rank_h, deep_bias = self.rank_net.encode_batch(csr)
-        rate_h = rank_h if self.rate_net is self.rank_net else self.rate_net.encode_batch(csr)[0]
+        rank_h, rank_bias = self.rank_net.encode_batch(csr)
+        rate_h, rate_bias = rank_h, rank_bias
+        if self.rate_net is not self.rank_net:
+            rate_h, rate_bias = self.rate_net.encode_batch(csr)
         bias = self.bias.user_biases(csr)
         return [
-            UserState(rank_h[i], rate_h[i], float(deep_bias[i]), float(bias[i]), cols[i])
+            UserState(
+                rank_h[i],
+                rate_h[i],
+                float(rank_bias[i]),
+                float(rate_bias[i]),
+                float(bias[i]),
+                cols[i],
+            )  # fmt: skip
             for i in range(len(cols))
         ]
 
@@ -373,24 +400,52 @@ class FoldInScorer:
     def ratings(self, state: UserState, cols: Array) -> Array:
         """Predicted ratings, clamped to the rating scale, for movie indices ``cols`` only."""
         idx = np.asarray(cols, dtype=np.int64)
-        deep_bias = np.array([state.deep_user_bias], dtype=np.float32)
-        deep = self.rate_net.ratings(state.rate_hidden[None, :], deep_bias, idx)[0]
-        bias = self.bias.predict(state.bias_user_bias, idx)
-        return self.blend_ratings(deep, bias, self.blend.rating_weight)
+        one = np.zeros(idx.size, dtype=np.int64)
+        rate = self.rate_net.cell_ratings(
+            state.rate_hidden[None, :], np.array([state.rate_user_bias], np.float32), one, idx
+        )
+        joint = None
+        if self.blend.joint_rating_weight and self.rate_net is not self.rank_net:
+            joint = self.rank_net.cell_ratings(
+                state.rank_hidden[None, :], np.array([state.rank_user_bias], np.float32), one, idx
+            )
+        parts = RatingParts(rate, joint, self.bias.predict(state.bias_user_bias, idx))
+        return self.blend_ratings(parts, self.blend)
 
     # -- a batch of users (evaluation) -----------------------------------------------------
     def components(self, rows: sp.csr_matrix) -> Components:
+        """Every part over the whole catalog for a batch of users (evaluation)."""
         csr = sp.csr_matrix(rows, dtype=np.float32)
-        rank_h, deep_bias = self.rank_net.encode_rows(csr)
-        rate_h = rank_h if self.rate_net is self.rank_net else self.rate_net.encode_rows(csr)[0]
+        deep, item = self.ranking_parts(csr)
+        return Components(deep, item, self.rating_parts(csr))
+
+    def ranking_parts(self, rows: sp.csr_matrix) -> tuple[Array, Array | None]:
+        """The standardised deep and item-path scores (B x n_movies each)."""
+        csr = sp.csr_matrix(rows, dtype=np.float32)
+        rank_h, _ = self.rank_net.encode_rows(csr)
         item = zscore(self.item_path.score_rows(csr)) if self.item_path is not None else None
-        bias = self.bias.user_biases(csr)
-        return Components(
-            zscore(self.rank_net.logits(rank_h)),
-            item,
-            self.rate_net.ratings(rate_h, deep_bias, None),
-            self.bias.mean + self.bias.movie_bias[None, :] + bias[:, None],
-        )
+        return zscore(self.rank_net.logits(rank_h)), item
+
+    def rating_parts(
+        self, rows: sp.csr_matrix, cells: tuple[Array, Array] | None = None
+    ) -> RatingParts:
+        """Each rating part at ``cells`` (row of ``rows``, movie index), or over the whole
+        catalog (B x n_movies) when None. Each network folds in its own user bias."""
+        csr = sp.csr_matrix(rows, dtype=np.float32)
+        user_bias = self.bias.user_biases(csr)
+        nets = [self.rate_net] if self.rate_net is self.rank_net else [self.rate_net, self.rank_net]
+        outputs: list[Array] = []
+        for net in nets:
+            h, net_bias = net.encode_rows(csr)
+            if cells is None:
+                outputs.append(net.ratings(h, net_bias, None))
+            else:
+                outputs.append(net.cell_ratings(h, net_bias, *cells))
+        if cells is None:
+            bias = self.bias.mean + self.bias.movie_bias[None, :] + user_bias[:, None]
+        else:
+            bias = self.bias.mean + self.bias.movie_bias[cells[1]] + user_bias[cells[0]]
+        return RatingParts(outputs[0], outputs[1] if len(outputs) > 1 else None, bias)
 
     def score_rows(self, rows: sp.csr_matrix) -> tuple[Array, Array]:
         """(scores, clamped ratings) for each row of current ratings: a metrics Scorer."""
@@ -399,7 +454,7 @@ class FoldInScorer:
     def combine(self, parts: Components, blend: Blend) -> tuple[Array, Array]:
         """Blend precomputed parts with ``blend`` (training tries several on one pass)."""
         scores = self.blend_scores(parts.deep_scores, parts.item_scores, blend)
-        ratings = self.blend_ratings(parts.deep_ratings, parts.bias_ratings, blend.rating_weight)
+        ratings = self.blend_ratings(parts.ratings, blend)
         return scores, ratings
 
     # -- the blend, shared by both paths -----------------------------------------------------
@@ -413,8 +468,10 @@ class FoldInScorer:
             mixed -= blend.popularity_penalty * self.popularity
         return mixed.astype(np.float32, copy=False)
 
-    def blend_ratings(self, deep: Array, bias: Array, weight: float) -> Array:
-        """``weight`` of the deep rating head, the rest bias terms, clamped to the scale."""
-        mixed = weight * deep + (1.0 - weight) * bias
+    def blend_ratings(self, parts: RatingParts, blend: Blend) -> Array:
+        """The blend's shares of the two networks, the rest bias terms, clamped to the scale."""
+        mixed = blend.rating_weight * parts.rate + (1.0 - blend.rating_weight) * parts.bias
+        if parts.joint is not None and blend.joint_rating_weight:
+            mixed += blend.joint_rating_weight * (parts.joint - parts.bias)
         low, high = self.scale  # maximum/minimum: np.clip's wrapper costs more than the clamp
         return np.minimum(np.maximum(mixed, low), high).astype(np.float32, copy=False)

@@ -20,11 +20,14 @@ import optuna
 
 from app.ml.data import RatingMatrix
 from app.ml.model import ModelConfig
-from app.ml.train import EpochReport, TrainResult, train_model
+from app.ml.train import EpochReport, TrainResult, refit_on_all, train_model
 
 TrialCallback = Callable[[dict[str, Any]], None]
 ASSEMBLY_RESERVE = 0.15
 """Share of the budget kept for what follows the first trial's epochs (item path, blend)."""
+REFIT_RESERVE = 0.1
+"""Share of the budget kept for refitting the winner on all ratings (`refit_on_all`,
+about a fifth of an untuned training on ml-100k); skipped if the trials overran it."""
 
 
 class BudgetSpent(optuna.TrialPruned):
@@ -92,6 +95,7 @@ def search(
     trial is ``base`` itself."""
     started = time.monotonic()
     deadline = started + budget_seconds
+    trials_end = deadline - REFIT_RESERVE * budget_seconds  # the winner's refit comes after
     sampler = optuna.samplers.TPESampler(seed=base.seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=4)
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
@@ -110,11 +114,12 @@ def search(
                 train,
                 valid,
                 config,
-                _pruning(trial, deadline, first),
+                _pruning(trial, trials_end, first),
                 device,
                 threads,
                 # the first trial is the fallback: cut short at the deadline, never lost
-                deadline=deadline - ASSEMBLY_RESERVE * budget_seconds if first else None,
+                deadline=trials_end - ASSEMBLY_RESERVE * budget_seconds if first else None,
+                refit=False,  # only the winner is refitted
             )
         except optuna.TrialPruned as exc:
             record.update(state="stopped" if isinstance(exc, BudgetSpent) else "pruned")
@@ -135,11 +140,12 @@ def search(
     study.optimize(
         objective,
         n_trials=max_trials,
-        timeout=max(budget_seconds, 0.001),
+        timeout=max(trials_end - time.monotonic(), 0.001),
         catch=(),
-        callbacks=[_stop_at(deadline)],
+        callbacks=[_stop_at(trials_end)],
     )
-    return SearchResult(best["result"], best["config"], trials, time.monotonic() - started)
+    winner = refit_on_all(best["result"], train, valid, best["config"], device, deadline)
+    return SearchResult(winner, best["config"], trials, time.monotonic() - started)
 
 
 def _pruning(trial: optuna.Trial, deadline: float, first: bool) -> Callable[[EpochReport], None]:

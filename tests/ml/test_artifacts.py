@@ -44,6 +44,8 @@ def test_round_trip_identical_predictions(saved, synthetic) -> None:
     assert not loaded.model.rank_net.training and loaded.config == model.config
     assert loaded.model.blend == model.blend and loaded.model.item_path is not None
     assert set(loaded.libraries) == {"torch", "numpy", "python"}
+    assert model.rate_net.rank_out is None  # the rating network, with its own shape
+    assert loaded.model.rate_net.config == model.rate_net.config != model.config
     a = model.predict(synthetic.matrix[:20])
     b = loaded.model.predict(synthetic.matrix[:20])
     np.testing.assert_array_equal(a[0], b[0])
@@ -64,6 +66,22 @@ def test_separate_rating_snapshot_round_trips(tmp_path: Path, synthetic, trained
     rows = synthetic.matrix[:5]
     np.testing.assert_array_equal(split.predict(rows)[1], loaded.predict(rows)[1])
     assert not np.allclose(model.with_blend(split.blend).predict(rows)[1], loaded.predict(rows)[1])
+
+
+def test_an_artifact_without_a_rating_network_config_still_loads(
+    tmp_path: Path, synthetic, trained
+) -> None:
+    """Artifacts written before the rating network carried one config for both snapshots."""
+    model = trained.model
+    snapshot = replace(
+        model, rate_net=model.rank_net, blend=replace(model.blend, rating_weight=1.0)
+    )
+    path = ArtifactStore(tmp_path).save(snapshot, synthetic.movies, ArtifactMeta("v1")).path
+    payload = torch.load(path, weights_only=True)
+    del payload["rate_config"]
+    torch.save(payload, path)
+    loaded = load_artifact(path).model
+    assert loaded.rate_net is loaded.rank_net and loaded.rank_net.config == model.config
 
 
 def test_store_layout_bytes_and_prune(saved, tmp_path: Path) -> None:

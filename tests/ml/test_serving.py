@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -9,7 +11,7 @@ import torch
 
 from app.ml.hybrid import BiasTerms, Blend, HybridModel
 from app.ml.item_path import ItemToItem
-from app.ml.model import StackedAutoencoder, config_from
+from app.ml.model import StackedAutoencoder, config_from, rating_network_config
 from app.ml.serving import ItemTable, zscore, zscore_one
 
 N_MOVIES = 50
@@ -101,6 +103,33 @@ def test_rating_blend_zero_is_exactly_the_bias_terms() -> None:
     np.testing.assert_allclose(model.scorer.ratings(state, every), expected, atol=1e-6)
 
 
+def test_the_rating_network_and_the_joint_head_fold_in_from_their_own_forward() -> None:
+    """Served ratings blend the rating network's training forward, the joint network's
+    rating head (each folding in its user bias from its own movie biases) and the bias
+    terms, for one user and for a batch alike."""
+    rank = _net()
+    torch.manual_seed(1)
+    rate = StackedAutoencoder(N_MOVIES, rating_network_config(rank.config))
+    with torch.no_grad():
+        rate.global_mean.fill_(3.6)
+        rate.movie_bias.copy_(torch.linspace(0.6, -0.6, N_MOVIES))
+    blend = Blend(rating_weight=0.5, joint_rating_weight=0.3)
+    model = replace(_hybrid(rank, blend), rate_net=rate.eval())
+    scorer = model.scorer
+    cols, values = _random_user(np.random.default_rng(4), 12)
+    row = np.zeros((1, N_MOVIES), dtype=np.float32)
+    row[0, cols] = values
+    with torch.inference_mode():
+        rated, joint = (net(torch.from_numpy(row)).ratings[0].numpy() for net in (rate, rank))
+    bias = model.bias.predict(model.bias.user_bias(cols, values), np.arange(N_MOVIES))
+    expected = np.clip(0.5 * rated + 0.3 * joint + 0.2 * bias, 1.0, 5.0)
+    state = scorer.encode(cols, values)
+    np.testing.assert_allclose(scorer.ratings(state, np.arange(N_MOVIES)), expected, atol=1e-5)
+    batch = scorer.score_rows(sp.csr_matrix(row))[1][0]
+    np.testing.assert_allclose(batch, expected, atol=1e-5)
+    assert not np.allclose(rated, joint, atol=0.05)  # the two networks really differ
+
+
 @pytest.mark.parametrize("dense_max_bytes", [ItemTable.DENSE_MAX_BYTES, 0])
 def test_the_serving_item_table_scores_as_the_item_path(
     trained, synthetic, monkeypatch: pytest.MonkeyPatch, dense_max_bytes: int
@@ -161,6 +190,7 @@ def test_a_batch_of_users_encodes_as_each_user_alone(trained, synthetic) -> None
         want = scorer.encode(c, v)
         np.testing.assert_allclose(got.rank_hidden, want.rank_hidden, atol=1e-5)
         np.testing.assert_allclose(got.rate_hidden, want.rate_hidden, atol=1e-5)
-        assert got.deep_user_bias == pytest.approx(want.deep_user_bias, abs=1e-5)
+        assert got.rank_user_bias == pytest.approx(want.rank_user_bias, abs=1e-5)
+        assert got.rate_user_bias == pytest.approx(want.rate_user_bias, abs=1e-5)
         assert got.bias_user_bias == pytest.approx(want.bias_user_bias, abs=1e-5)
         np.testing.assert_array_equal(got.cols, c)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from app.ml.baselines import EASE, Bias, Popularity
 from app.ml.data import holdout_split
+from app.ml.hybrid import BiasTerms
 from app.ml.metrics import evaluate_scorer
-from app.ml.model import config_from
+from app.ml.model import config_from, rating_network_config
 from app.ml.train import EpochReport, train_model, validate
 
 
@@ -45,9 +47,10 @@ def test_training_is_reproducible(synthetic) -> None:
 
 
 def test_each_head_keeps_its_own_best_epoch(synthetic) -> None:
-    """The ranking snapshot is the best-NDCG epoch, the rating snapshot the best-RMSE one."""
+    """The joint network's ranking snapshot is its best-NDCG epoch, its rating snapshot the
+    best-RMSE one (which serves ratings when there is no rating network)."""
     train, valid = holdout_split(synthetic, 0.1, seed=0)
-    config = config_from("fast", epochs=12, patience=12, lr=0.02, seed=3)
+    config = config_from("fast", epochs=12, patience=12, lr=0.02, seed=3, rating_network=False)
     result = train_model(train, valid, config, threads=1)
     history = result.history
     rank_best = max(history, key=lambda r: r.valid_ndcg)
@@ -66,6 +69,55 @@ def test_each_head_keeps_its_own_best_epoch(synthetic) -> None:
     assert len(short.history) <= last_gain + 2
 
 
+def test_a_rating_only_network_serves_ratings(synthetic) -> None:
+    """By default a second network, without a ranking head, is trained for ratings and kept
+    at its best validation RMSE; the served blend of it, the joint network's rating head and
+    the bias terms is never worse on validation than the rating network or the bias alone."""
+    train, valid = holdout_split(synthetic, 0.1, seed=0)
+    config = config_from("fast", epochs=10, patience=3, seed=3, refit=False)
+    result = train_model(train, valid, config, threads=1)
+    model, metrics = result.model, result.metrics
+    assert model.rank_net.rank_out is not None
+    assert model.rate_net.rank_out is None and model.rate_net.config.hidden == (200,)
+    assert metrics["rating_network_epochs"] >= metrics["rating_network_epoch"] >= 1
+    alone = validate(model.rate_net, train.matrix, valid.matrix, rating_network_config(config))
+    assert metrics["valid_deep_rmse"] == pytest.approx(alone["rmse"], abs=1e-4)
+    assert metrics["valid_rmse"] <= min(metrics["valid_deep_rmse"], metrics["valid_bias_rmse"])
+    assert 0.0 <= metrics["rating_weight"] + metrics["joint_rating_weight"] <= 1.0 + 1e-9
+    joint_only = config.model_copy(update={"rating_network": False, "refit": False})
+    joint = train_model(train, valid, joint_only, threads=1).model
+    assert joint.rate_net.rank_out is not None  # without it, the joint network's snapshot
+
+
+def test_the_rating_parts_are_refitted_on_every_rating(synthetic) -> None:
+    """Validation picks epochs and blend; the rating network and the bias terms are then
+    fitted again with the validation ratings given back. The ranking parts and the blend
+    stay as validated: the quality gate's NDCG is still on ratings they never saw."""
+    rest, test = holdout_split(synthetic, 0.2, seed=31)
+    train, valid = holdout_split(rest, 0.1, seed=32)
+    config = config_from("fast", epochs=10, patience=3, seed=4)
+    result = train_model(train, valid, config, threads=1)
+    served = result.model
+    validated = train_model(train, valid, config.model_copy(update={"refit": False})).model
+    assert served.blend == validated.blend
+    for a, b in zip(served.rank_net.parameters(), validated.rank_net.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert served.item_path is not None and validated.item_path is not None
+    assert (served.item_path.weights != validated.item_path.weights).nnz == 0
+    np.testing.assert_array_equal(served.log_popularity, validated.log_popularity)
+    refit_config = served.rate_net.config  # the validated one, for the epochs it chose
+    assert refit_config.hidden == validated.rate_net.config.hidden == config.rating_hidden
+    assert refit_config.epochs == result.metrics["rating_network_epoch"]
+    assert not torch.equal(served.rate_net.rate_out.weight, validated.rate_net.rate_out.weight)
+    everyone = BiasTerms.fit(rest, config.movie_bias_reg, config.user_bias_reg)
+    np.testing.assert_allclose(served.bias.movie_bias, everyone.movie_bias, rtol=1e-6)
+    assert result.metrics["refit_seconds"] > 0
+    chunk = test.to_chunk()
+    refitted = evaluate_scorer(served.predict, rest, chunk)["rmse"]
+    as_validated = evaluate_scorer(validated.predict, rest, chunk)["rmse"]
+    assert refitted < as_validated + 0.005, (refitted, as_validated)
+
+
 def test_rating_never_loses_to_its_bias_terms(synthetic) -> None:
     """A deep rating head that learned nothing is blended away, on validation and on test."""
     rest, test = holdout_split(synthetic, 0.2, seed=21)
@@ -74,7 +126,7 @@ def test_rating_never_loses_to_its_bias_terms(synthetic) -> None:
     result = train_model(train, valid, untrained, threads=1)
     metrics = result.metrics
     assert metrics["valid_deep_rmse"] > metrics["valid_bias_rmse"] + 0.5
-    assert metrics["rating_weight"] <= 0.1
+    assert metrics["rating_weight"] + metrics["joint_rating_weight"] <= 0.1
     assert metrics["valid_rmse"] <= metrics["valid_bias_rmse"] + 1e-9
     served = evaluate_scorer(result.model.predict, rest, test.to_chunk())
     bias = evaluate_scorer(Bias(10.0, 5.0).fit(train), rest, test.to_chunk())

@@ -305,6 +305,9 @@
       ["MAE", fixed(m.valid_mae)],
       ["epochs", m.epochs_run ?? "–"],
       ["best epoch", m.rank_epoch !== undefined ? `${m.rank_epoch} ranking / ${m.rate_epoch} rating` : "–"],
+      ["rating network", m.rating_network_epoch !== undefined
+        ? `best epoch ${m.rating_network_epoch} of ${m.rating_network_epochs}${m.refit_seconds !== undefined ? ", refitted on all ratings" : ""}`
+        : "–"],
       ["data", `${number(size.users)} users · ${number(size.movies)} movies · ${number(size.ratings)} ratings`],
     ];
     return h("article", { class: "version" + (v.active ? " is-active" : ""), "data-version": v.version },
