@@ -242,8 +242,13 @@ def scale_worker(name: str, preset: str, threads: int | None, max_users: int | N
                 "generate_seconds": round(generated, 2),
                 "build_seconds": round(built, 2),
                 "epoch_seconds": round(epoch.seconds, 2),
-                # the rest of a 1-epoch train_model: item path, bias terms, blend search
+                # the rating network's epoch, then the rest of a 1-epoch train_model: item
+                # path, bias terms, blend search, the rating parts refitted on all ratings
+                "rating_network_seconds": round(
+                    result.metrics["network_seconds"] - epoch.seconds, 2
+                ),
                 "after_epoch_seconds": round(result.seconds - result.metrics["network_seconds"], 2),
+                "refit_seconds": round(result.metrics.get("refit_seconds", 0.0), 2),
                 "train_loss": epoch.train_loss,
                 "valid_rmse": epoch.valid_rmse,
                 "valid_ndcg@10": epoch.valid_ndcg,
