@@ -14,6 +14,7 @@ from app.config import Settings
 from app.db import create_session_factory, transaction
 from app.main import create_app
 from app.ml.model import config_from
+from app.ml.train import EpochReport
 from app.models import ModelVersion, TrainingJob, utcnow
 from app.services import jobs, registry
 from tests.factories import LENIENT_GATE, TINY_TRAINING, WEAK_TRAINING, seed_synthetic
@@ -195,6 +196,28 @@ def test_rollback_by_activating_an_older_version(
             new.version: False,
         }
         assert client.post("/admin/models/nope/activate", headers=admin_headers).status_code == 404
+
+
+def test_each_epoch_puts_progress_and_an_eta_on_the_job(
+    seeded: Settings, engine: Engine, admin_headers: dict
+) -> None:
+    """The ETA is the remaining epochs at the mean epoch time so far (early stopping may end
+    sooner); the API shows it with the epoch's figures."""
+    factory = create_session_factory(engine)
+    with transaction(factory) as session:
+        job_id = jobs.enqueue(session, seeded.training, {"preset": "fast"}).id
+    report = jobs.epoch_reporter(factory, job_id)
+    report(EpochReport(1, 10, 1.5, 0.95, 0.20, 2.0))
+    report(EpochReport(2, 10, 1.2, 0.93, 0.25, 4.0))
+    with TestClient(create_app(seeded.model_copy(update={"run_worker_in_api": False}))) as client:
+        job = client.get(f"/admin/jobs/{job_id}", headers=admin_headers).json()
+        assert (job["epoch"], job["epochs"], job["progress"]) == (2, 10, 0.2)
+        assert job["metrics"]["eta_seconds"] == 24.0  # 8 epochs left at 3 s
+        assert job["metrics"]["valid_rmse"] == 0.93
+        assert job["metrics"]["valid_mae"] is None  # not measured: null, never NaN
+        report(EpochReport(10, 10, 1.0, 0.9, 0.3, 3.0))
+        job = client.get(f"/admin/jobs/{job_id}", headers=admin_headers).json()
+        assert job["progress"] == 1.0 and job["metrics"]["eta_seconds"] == 0.0
 
 
 def test_stale_running_job_is_failed_on_start(seeded: Settings, engine: Engine) -> None:

@@ -7,6 +7,7 @@ into the row. Any API process (or `saerec worker`) may launch the job; exactly o
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -205,7 +206,7 @@ def run_job(training: TrainingSettings, engine: Engine, job_id: str) -> None:
             training,
             engine,
             config,
-            on_epoch=_epoch_reporter(factory, job_id),
+            on_epoch=epoch_reporter(factory, job_id),
             on_trial=_trial_reporter(factory, job_id, training.budget_seconds),
         )
         assert outcome is not None  # jobs never run under torchrun
@@ -236,21 +237,31 @@ def job_config(training: TrainingSettings, job: TrainingJob) -> ModelConfig:
     return ModelConfig.model_validate(job.config)
 
 
-def _epoch_reporter(factory: sessionmaker[Session], job_id: str) -> Callable[[EpochReport], None]:
-    """Each epoch's figures and progress onto the job row."""
+def epoch_reporter(factory: sessionmaker[Session], job_id: str) -> Callable[[EpochReport], None]:
+    """Each epoch's figures, progress and ETA onto the job row."""
+    seconds: list[float] = []
 
     def on_epoch(report: EpochReport) -> None:
+        seconds.append(report.seconds)
         update_job(
             factory,
             job_id,
             epoch=report.epoch,
             epochs=report.epochs,
             progress=min(1.0, report.epoch / max(1, report.epochs)),
-            metrics=_epoch_metrics(report),
+            metrics={**_epoch_metrics(report), "eta_seconds": epochs_eta(report, seconds)},
             heartbeat_at=utcnow(),
         )
 
     return on_epoch
+
+
+def epochs_eta(report: EpochReport, seconds: list[float]) -> float:
+    """Seconds the remaining epochs take at the mean pace so far: an upper bound, since early
+    stopping may end sooner; what follows the epochs (item path, blend, the rating network,
+    the refit) is not in it."""
+    remaining = max(0, report.epochs - report.epoch)
+    return round(sum(seconds) / max(1, len(seconds)) * remaining, 1)
 
 
 def _trial_reporter(
@@ -272,8 +283,16 @@ def _trial_reporter(
 
 
 def _epoch_metrics(report: EpochReport) -> dict[str, Any]:
-    """The report's figures, rounded for the job row and the dashboard."""
-    return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in report.as_dict().items()}
+    """The report's figures, rounded for the job row and the dashboard; a figure not
+    measured (NaN: no validation split, no ranking head) is null, which JSON columns take
+    (PostgreSQL refuses NaN)."""
+    return {k: _json_number(v) for k, v in report.as_dict().items()}
+
+
+def _json_number(value: Any) -> Any:
+    if not isinstance(value, float):
+        return value
+    return None if math.isnan(value) else round(value, 5)
 
 
 def _heartbeat(factory: sessionmaker[Session], job_id: str, stop: threading.Event) -> None:

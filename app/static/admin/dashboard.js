@@ -475,12 +475,20 @@
         h("span", { class: "badge " + job.status, id: "watch-status", text: job.status }),
         h("span", { id: "watch-percent", text: percent(job.progress) }),
         h("span", { class: "muted", text: `epoch ${job.epoch} of ${job.epochs}` }),
-        h("span", { class: "muted", text: jobFigures(job) })),
+        h("span", { class: "muted", text: jobFigures(job) }),
+        h("span", { class: "muted", id: "watch-eta", text: etaText(job) })),
       progressBar(job),
       outcome);
     box.dataset.job = job.job_id;
     box.dataset.status = job.status;
     box.hidden = false;
+  }
+
+  // The remaining epochs at the mean pace so far (an upper bound: early stopping may end sooner).
+  function etaText(job) {
+    const eta = job.status === "running" && job.metrics ? job.metrics.eta_seconds : null;
+    if (typeof eta !== "number") return "";
+    return eta >= 90 ? `epochs left: at most ~${Math.round(eta / 60)} min` : `epochs left: at most ~${Math.round(eta)} s`;
   }
 
   async function watchJob(jobId) {
