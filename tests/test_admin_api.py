@@ -171,6 +171,8 @@ def test_quality_gate_lets_an_equal_model_in(
     assert again.activated, again.gate
     verdict = again.metrics["quality_gate"]
     assert verdict["candidate"] == {k: verdict["active"][k] for k in ("ndcg@10", "rmse")}
+    # scored as validated: the figures training chose the blend with, never the refit's
+    assert verdict["candidate"]["rmse"] == pytest.approx(again.metrics["valid_rmse"], abs=1e-4)
     assert verdict["active"]["version"] == first.version
     with TestClient(create_app(seeded.model_copy(update={"run_worker_in_api": False}))) as client:
         models = client.get("/admin/models", headers=admin_headers).json()

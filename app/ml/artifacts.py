@@ -29,7 +29,7 @@ import torch
 from pydantic import ValidationError
 
 from app.ml.data import IdMap, RatingMatrix
-from app.ml.hybrid import BiasTerms, Blend, HybridModel
+from app.ml.hybrid import BiasTerms, Blend, HybridModel, ValidatedRating
 from app.ml.item_path import ItemToItem
 from app.ml.model import ModelConfig, StackedAutoencoder
 
@@ -211,14 +211,39 @@ def _model_payload(model: HybridModel) -> dict[str, Any]:
             "data": torch.from_numpy(path.weights.data.astype(np.float32)),
             "lam": path.lam,
         },
-        "bias": {
-            "mean": model.bias.mean,
-            "movie_bias": torch.from_numpy(model.bias.movie_bias.astype(np.float32)),
-            "user_reg": model.bias.user_reg,
+        "bias": _bias(model.bias),
+        "validated": None
+        if model.validated is None
+        else {
+            "rate_state": _state(model.validated.rate_net),
+            "rate_config": _plain(model.validated.rate_net.config.model_dump()),
+            "bias": _bias(model.validated.bias),
         },
         "blend": asdict(model.blend),
         "log_popularity": torch.from_numpy(model.log_popularity.astype(np.float32)),
     }
+
+
+def _bias(bias: BiasTerms) -> dict[str, Any]:
+    return {
+        "mean": bias.mean,
+        "movie_bias": torch.from_numpy(bias.movie_bias.astype(np.float32)),
+        "user_reg": bias.user_reg,
+    }
+
+
+def _bias_from(payload: dict[str, Any], n_movies: int) -> BiasTerms:
+    movie_bias = payload["movie_bias"].numpy()
+    if movie_bias.shape != (n_movies,):
+        raise ValueError("bias vector does not match the movie map")
+    return BiasTerms(float(payload["mean"]), movie_bias, float(payload["user_reg"]))
+
+
+def _validated_from(payload: dict[str, Any] | None, n_movies: int) -> ValidatedRating | None:
+    if payload is None:
+        return None
+    net = _net(payload["rate_state"], ModelConfig(**payload["rate_config"]), n_movies)
+    return ValidatedRating(net, _bias_from(payload["bias"], n_movies))
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -291,11 +316,9 @@ def _model_from(payload: dict[str, Any], config: ModelConfig, n_movies: int) -> 
             shape=(n_movies, n_movies),
         )
         item_path = ItemToItem(weights, float(item["lam"]))
-    bias = payload["bias"]
-    movie_bias = bias["movie_bias"].numpy()
     popularity = payload["log_popularity"].numpy()
-    if movie_bias.shape != (n_movies,) or popularity.shape != (n_movies,):
-        raise ValueError("bias or popularity vectors do not match the movie map")
+    if popularity.shape != (n_movies,):
+        raise ValueError("popularity vector does not match the movie map")
     # the scale is a buffer of the network (set from the data or the config at training)
     low, high = (float(v) for v in rank_net.rating_scale)
     return HybridModel(
@@ -303,10 +326,11 @@ def _model_from(payload: dict[str, Any], config: ModelConfig, n_movies: int) -> 
         rank_net,
         rate_net,
         item_path,
-        BiasTerms(float(bias["mean"]), movie_bias, float(bias["user_reg"])),
+        _bias_from(payload["bias"], n_movies),
         Blend(**payload["blend"]),
         popularity,
         (low, high),
+        _validated_from(payload.get("validated"), n_movies),
     )
 
 

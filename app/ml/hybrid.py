@@ -69,6 +69,15 @@ class Blend:
     the bias terms. The two networks err differently: together they beat either."""
 
 
+@dataclass(frozen=True)
+class ValidatedRating:
+    """The rating parts as validated, before their refit on every rating: what the quality
+    gate scores, since the refitted ones have trained on the validation ratings."""
+
+    rate_net: StackedAutoencoder
+    bias: BiasTerms
+
+
 @dataclass
 class HybridModel:
     """Everything the scorer needs. ``rate_net`` serves ratings: the rating-only network, or
@@ -82,6 +91,8 @@ class HybridModel:
     blend: Blend
     log_popularity: np.ndarray
     rating_scale: tuple[float, float]
+    validated: ValidatedRating | None = None
+    """the rating parts before `app.ml.train.refit_on_all` (None: never refitted)."""
 
     @property
     def n_movies(self) -> int:
@@ -97,6 +108,14 @@ class HybridModel:
 
     def with_blend(self, blend: Blend) -> HybridModel:
         return replace(self, blend=blend)
+
+    def as_validated(self) -> HybridModel:
+        """The model as validated: its rating parts never saw the validation ratings."""
+        if self.validated is None:
+            return self
+        return replace(
+            self, rate_net=self.validated.rate_net, bias=self.validated.bias, validated=None
+        )
 
 
 def log_popularity(train: sp.csr_matrix) -> np.ndarray:

@@ -19,7 +19,7 @@ import torch
 from app.ml.blend import Validation, choose_blend, choose_item_path
 from app.ml.data import RatingMatrix
 from app.ml.distributed import DistributedContext
-from app.ml.hybrid import BiasTerms, Blend, HybridModel, log_popularity
+from app.ml.hybrid import BiasTerms, Blend, HybridModel, ValidatedRating, log_popularity
 from app.ml.item_path import ItemToItem
 from app.ml.metrics import RankingAccumulator, rating_metrics
 from app.ml.model import (
@@ -420,9 +420,10 @@ def refit_on_all(
     Validation keeps a tenth of the ratings out of training; given back, they lower u1's
     test RMSE from 0.913 to 0.910 and sparse-100k's from 0.933 to 0.929. The ranking parts
     (the joint network, most of the training time, and the item path) and the blend stay
-    as validated, so the quality gate's NDCG@10 is still measured on ratings the candidate
-    never trained on. Nothing happens without ``config.refit``, a validation split or time
-    before ``deadline``.
+    as validated, and the validated rating parts travel with the model
+    (`HybridModel.as_validated`), so the quality gate scores ratings neither model trained
+    on. Nothing happens without ``config.refit``, a validation split or time before
+    ``deadline``.
     """
     late = deadline is not None and time.monotonic() >= deadline
     if not config.refit or valid.nnz == 0 or late:
@@ -436,7 +437,8 @@ def refit_on_all(
         nothing = RatingMatrix(sp.csr_matrix(full.shape, dtype=np.float32), full.users, full.movies)
         rate_net = train_network(full, nothing, settings, None, device, deadline).rate_net
     bias = BiasTerms.fit(full, config.movie_bias_reg, config.user_bias_reg)
-    model = replace(result.model, rate_net=rate_net, bias=bias)
+    validated = ValidatedRating(result.model.rate_net, result.model.bias)
+    model = replace(result.model, rate_net=rate_net, bias=bias, validated=validated)
     seconds = time.perf_counter() - started
     metrics = {**result.metrics, "refit_seconds": seconds}
     metrics["train_seconds"] = metrics.get("train_seconds", result.seconds) + seconds

@@ -25,7 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +198,8 @@ class ServingModel:
 
     @classmethod
     def build(cls, version: str, loaded: LoadedModel, catalog: Catalog) -> ServingModel:
+        # the validated rating parts are the quality gate's, never served: not kept in memory
+        loaded = replace(loaded, model=replace(loaded.model, validated=None))
         model = cls(version, loaded, catalog, loaded.model.scorer, _column_table(loaded.movies.ids))
         _ = model.scorer.item_table  # built now, not by the first requests
         return model

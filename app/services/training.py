@@ -221,10 +221,6 @@ class Candidate:
     validation: Validation
 
 
-RMSE_ON = "ratings both rating parts were refitted on: a comparison, not a test figure"
-"""What the verdict's RMSE measures (the honest one is the version's ``valid_rmse``)."""
-
-
 def quality_gate(
     session: Session,
     training: TrainingSettings,
@@ -233,15 +229,15 @@ def quality_gate(
 ) -> dict[str, Any]:
     """Score the candidate and the active model on the candidate's validation split.
 
-    The split was held out of the candidate's ranking parts (their NDCG@10 is honest); the
-    active model may have trained on those ratings, which can only favour it, so the gate
-    errs on the side of keeping what serves. Both models' rating parts were refitted on
-    every rating they had (`app.ml.train.refit_on_all`), so for RMSE both have seen the
-    split. Neither NDCG@10 may drop by more than the relative NDCG margin nor RMSE rise by
-    more than the RMSE margin.
+    The split was held out of the candidate's training. Each model is scored as validated
+    (`HybridModel.as_validated`): its rating parts before their refit on every rating,
+    which included this split. The active model may still have trained on those ratings
+    (its own split differed when the data did), which can only favour it, so the gate errs
+    on the side of keeping what serves. Neither NDCG@10 may drop by more than the relative
+    NDCG margin nor RMSE rise by more than the RMSE margin.
     """
-    mine = validation_figures(candidate.model, candidate.validation)
-    verdict: dict[str, Any] = {"candidate": _figures(mine), "active": None, "rmse_on": RMSE_ON}
+    mine = validation_figures(candidate.model.as_validated(), candidate.validation)
+    verdict: dict[str, Any] = {"candidate": _figures(mine), "active": None}
     if incumbent is None:
         return {**verdict, "passed": True, "reason": "no active model to compare with"}
     try:
@@ -251,7 +247,7 @@ def quality_gate(
     except artifacts.ArtifactError as exc:
         return {**verdict, "passed": True, "reason": f"the active model cannot load: {exc}"}
     theirs = validation_figures(
-        loaded.model, candidate.validation.remapped(candidate.movies, loaded.movies)
+        loaded.model.as_validated(), candidate.validation.remapped(candidate.movies, loaded.movies)
     )
     verdict["active"] = {"version": incumbent.version, **_figures(theirs)}
     return {**verdict, **_compare(mine, theirs, training)}

@@ -50,6 +50,12 @@ def test_round_trip_identical_predictions(saved, synthetic) -> None:
     b = loaded.model.predict(synthetic.matrix[:20])
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
+    assert model.validated is not None and loaded.model.validated is not None
+    gated = model.as_validated().predict(synthetic.matrix[:20])[1]  # the rating parts before
+    np.testing.assert_array_equal(
+        gated, loaded.model.as_validated().predict(synthetic.matrix[:20])[1]
+    )
+    assert not np.allclose(gated, a[1])  # their refit on every rating
 
 
 def test_separate_rating_snapshot_round_trips(tmp_path: Path, synthetic, trained) -> None:
