@@ -2,6 +2,7 @@
 
 Usage: .venv/bin/python scripts/bench_scale.py [--scale 0.02] [--data DIR] [--seed 25]
            [--pg-url URL] [--skip-sqlite] [--skip-postgres] [--no-compare] [--no-second]
+           [--train] [--train-epochs N]
 
 The data set is written by scripts/generate_ml25m.py (full ml-25m shape by default, 25M
 ratings; `--scale 0.02` for the 1/50 set) into --data, default /tmp/saerec-ml25m-SCALE-SEED,
@@ -12,6 +13,13 @@ kernel's rusage: `first` into the empty database (the bulk path), `second` the s
 again (must add nothing), and, unless --no-compare, `incremental`: the first import on
 another fresh database with the bulk path switched off (BULK_EXISTING_MAX = -1), i.e. the
 row-by-row path every import took before; `bulk_speedup` is its time over `first`'s.
+
+With --train, `saerec train` then runs on the first import's database (the default preset
+unless --train-epochs caps the epochs), timed the same way: wall seconds and peak RSS of
+the whole command (ratings streamed from the database, training, artifact, registry),
+epochs run, the networks' seconds, what followed them, the artifact's size, and the
+validation figures against popularity and the bias model (EASE cannot run at this scale:
+its dense item x item matrix alone would need 14 GB at 59,047 movies).
 Prints one JSON object; exit status 1 if a run failed or added the wrong number of rows.
 """
 
@@ -104,6 +112,50 @@ def timed_import(database_url: str, folder: Path, code: str = CLI) -> dict[str, 
     }
 
 
+def timed_train(database_url: str, epochs: int | None) -> dict[str, Any]:
+    """`saerec train` on the imported ratings, in a child process with its own model folder."""
+    with tempfile.TemporaryDirectory(prefix="saerec-bench-train-") as models:
+        os.environ["MODEL_DIR"] = models
+        try:
+            args = ["train", "--no-progress", *(["--epochs", str(epochs)] if epochs else [])]
+            run = saerec(database_url, CLI, *args)
+        finally:
+            os.environ.pop("MODEL_DIR", None)
+        outcome = _last_json(run["output"])
+        result: dict[str, Any] = {"seconds": run["seconds"], "peak_rss_mib": run["peak_rss_mib"]}
+        if run["exit"] != 0 or outcome is None:
+            return {**result, "error": run["output"][-2000:]}
+        sizes = [p.stat().st_size for p in Path(models).rglob("*.pt")]
+    metrics = outcome.get("metrics", {})
+    keys = (
+        "epochs_run", "rank_epoch", "rating_network_epochs", "network_seconds",
+        "train_seconds", "refit_seconds", "valid_ndcg@10", "valid_popularity_ndcg",
+        "valid_rmse", "valid_bias_rmse", "valid_coverage@10",
+    )  # fmt: skip
+    return {
+        **result,
+        **{k: metrics.get(k) for k in keys},
+        "after_network_seconds": _minus(
+            metrics.get("train_seconds"), metrics.get("network_seconds")
+        ),
+        "artifact_mib": round(max(sizes, default=0) / 2**20, 1),
+        "activated": outcome.get("activated"),
+    }
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 2)
+
+
+def _last_json(output: str) -> dict[str, Any] | None:
+    """The CLI's result: the last top-level JSON object it printed (log lines come before)."""
+    start = output.rfind("\n{\n")
+    try:
+        return json.loads(output[start + 1 :] if start >= 0 else output)
+    except json.JSONDecodeError:
+        return None
+
+
 def migrate(database_url: str) -> None:
     run = saerec(database_url, CLI, "migrate")
     if run["exit"] != 0:
@@ -111,15 +163,23 @@ def migrate(database_url: str) -> None:
 
 
 def bench_backend(
-    new_database: Any, folder: Path, expected: int, compare: bool, second: bool
+    new_database: Any,
+    folder: Path,
+    expected: int,
+    compare: bool,
+    second: bool,
+    train: tuple[bool, int | None] = (False, None),
 ) -> dict[str, Any]:
-    """first (empty database), second (same data again), incremental (bulk path off)."""
+    """first (empty database), second (same data again), incremental (bulk path off), and
+    a training run on the first import's ratings when ``train[0]``."""
     result: dict[str, Any] = {}
     with new_database() as url:
         migrate(url)
         result["first"] = timed_import(url, folder)
         if second:
             result["second"] = timed_import(url, folder)
+        if train[0]:
+            result["train"] = timed_train(url, train[1])
     if compare:
         with new_database() as url:
             migrate(url)
@@ -131,6 +191,7 @@ def bench_backend(
         result["first"].get("added") == expected
         and result.get("second", {"added": 0}).get("added") == 0
         and result.get("incremental", {"added": expected}).get("added") == expected
+        and "error" not in result.get("train", {})
     )
     return result
 
@@ -190,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--no-compare", action="store_true", help="skip the incremental run")
     parser.add_argument("--no-second", action="store_true", help="skip the second import")
+    parser.add_argument("--train", action="store_true", help="then saerec train on it")
+    parser.add_argument("--train-epochs", type=int, default=None, help="cap the epochs")
     args = parser.parse_args(argv)
     folder = args.data or Path(tempfile.gettempdir()) / f"saerec-ml25m-{args.scale}-{args.seed}"
 
@@ -199,13 +262,20 @@ def main(argv: list[str] | None = None) -> int:
     }
     expected = results["dataset"]["ratings"]
     compare, second = not args.no_compare, not args.no_second
+    train = (args.train, args.train_epochs)
     if not args.skip_sqlite:
         results["sqlite"] = run_backend(
-            bench_backend, SqliteDatabase, folder, expected, compare, second
+            bench_backend, SqliteDatabase, folder, expected, compare, second, train
         )
     if not args.skip_postgres:
         results["postgresql"] = run_backend(
-            bench_backend, lambda: PostgresDatabase(args.pg_url), folder, expected, compare, second
+            bench_backend,
+            lambda: PostgresDatabase(args.pg_url),
+            folder,
+            expected,
+            compare,
+            second,
+            train,
         )
     results["host"]["load_average_at_end"] = os.getloadavg()
     print(json.dumps(results, indent=2))
