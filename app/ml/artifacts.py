@@ -215,7 +215,10 @@ def _model_payload(model: HybridModel) -> dict[str, Any]:
         "validated": None
         if model.validated is None
         else {
-            "rate_state": _state(model.validated.rate_net),
+            # None when the refit kept the served network (no rating network): no copy
+            "rate_state": None
+            if model.validated.rate_net is model.rate_net
+            else _state(model.validated.rate_net),
             "rate_config": _plain(model.validated.rate_net.config.model_dump()),
             "bias": _bias(model.validated.bias),
         },
@@ -239,10 +242,14 @@ def _bias_from(payload: dict[str, Any], n_movies: int) -> BiasTerms:
     return BiasTerms(float(payload["mean"]), movie_bias, float(payload["user_reg"]))
 
 
-def _validated_from(payload: dict[str, Any] | None, n_movies: int) -> ValidatedRating | None:
+def _validated_from(
+    payload: dict[str, Any] | None, served: StackedAutoencoder, n_movies: int
+) -> ValidatedRating | None:
     if payload is None:
         return None
-    net = _net(payload["rate_state"], ModelConfig(**payload["rate_config"]), n_movies)
+    net = served
+    if payload["rate_state"] is not None:
+        net = _net(payload["rate_state"], ModelConfig(**payload["rate_config"]), n_movies)
     return ValidatedRating(net, _bias_from(payload["bias"], n_movies))
 
 
@@ -330,7 +337,7 @@ def _model_from(payload: dict[str, Any], config: ModelConfig, n_movies: int) -> 
         Blend(**payload["blend"]),
         popularity,
         (low, high),
-        _validated_from(payload.get("validated"), n_movies),
+        _validated_from(payload.get("validated"), rate_net, n_movies),
     )
 
 

@@ -168,3 +168,23 @@ def test_version_and_fingerprint(synthetic) -> None:
     train, _ = holdout_split(synthetic, 0.1, seed=0)
     assert data_fingerprint(synthetic) == data_fingerprint(synthetic)
     assert data_fingerprint(train) != data_fingerprint(synthetic)
+
+
+def test_a_refit_without_a_rating_network_stores_no_second_copy(tmp_path: Path, synthetic) -> None:
+    """Without a rating network the refit changes only the bias terms: the validated rating
+    parts reuse the served network instead of storing it twice."""
+    from app.ml.model import config_from
+    from app.ml.train import train_model
+
+    train, valid = holdout_split(synthetic, 0.1, seed=0)
+    config = config_from("fast", hidden=(16,), epochs=3, seed=2, rating_network=False)
+    model = train_model(train, valid, config, threads=1).model
+    assert model.validated is not None and model.validated.rate_net is model.rate_net
+    path = ArtifactStore(tmp_path).save(model, synthetic.movies, ArtifactMeta("v1")).path
+    assert torch.load(path, weights_only=True)["validated"]["rate_state"] is None
+    loaded = load_artifact(path).model
+    assert loaded.validated is not None and loaded.validated.rate_net is loaded.rate_net
+    rows = synthetic.matrix[:10]
+    np.testing.assert_array_equal(
+        model.as_validated().predict(rows)[1], loaded.as_validated().predict(rows)[1]
+    )
