@@ -31,6 +31,9 @@ COVERAGE_TOLERANCE = 0.015
 covers most of the catalog wins: differences that small are noise on a 10 % validation
 split (its standard error is several per cent), while coverage differs by a third."""
 BATCH_USERS = 1024
+BATCH_CELLS = 2**24
+"""users x catalog cells per validation batch: every part is a dense batch x catalog array
+(64 MB each at this size), so a 59k-movie catalog takes 284 users a batch, not 1,024."""
 
 
 @dataclass
@@ -71,9 +74,9 @@ class Validation:
         self.n_movies = int(self.rows.shape[1])
 
     def batches(self) -> Iterator[tuple[sp.csr_matrix, sp.csr_matrix]]:
-        for start in range(0, self.rows.shape[0], BATCH_USERS):
-            stop = start + BATCH_USERS
-            yield self.rows[start:stop], self.truth[start:stop]
+        size = max(1, min(BATCH_USERS, BATCH_CELLS // max(self.n_movies, 1)))
+        for start in range(0, self.rows.shape[0], size):
+            yield self.rows[start : start + size], self.truth[start : start + size]
 
     def new_figures(self) -> Figures:
         return Figures(RankingAccumulator(self.n_movies, 10, self.threshold))

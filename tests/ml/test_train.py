@@ -168,3 +168,22 @@ def test_an_epoch_takes_at_most_epoch_steps_steps(synthetic) -> None:
         rng = seed_everything(0)
         train_epoch(model, synthetic.matrix, users, optimizer, config, rng, torch.device("cpu"))
         assert len(steps) == expected_steps, (epoch_steps, batch_size)
+
+
+def test_validation_batches_follow_the_catalog_and_leave_the_figures(
+    synthetic, monkeypatch
+) -> None:
+    """Each validation batch is a dense users x catalog array per part, so its users are
+    bounded by BATCH_CELLS / catalog; how users are batched never changes a figure."""
+    from app.ml import blend
+    from app.ml.train import make_validation
+
+    train, valid = holdout_split(synthetic, 0.1, seed=0)
+    config = config_from("fast", epochs=2, seed=1)
+    model = train_model(train, valid, config, threads=1).model
+    validation = make_validation(train, valid, config)
+    whole = blend.validation_figures(model, validation)
+    monkeypatch.setattr(blend, "BATCH_CELLS", 7 * synthetic.shape[1])
+    sizes = [rows.shape[0] for rows, _ in validation.batches()]
+    assert max(sizes) == 7 and sum(sizes) == validation.rows.shape[0]
+    assert blend.validation_figures(model, validation) == pytest.approx(whole, rel=1e-6)
