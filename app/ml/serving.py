@@ -3,11 +3,11 @@
 A trained model (`app.ml.hybrid.HybridModel`) has up to four parts: the joint autoencoder
 at its best ranking epoch, the network serving ratings (a rating-only network, or the
 joint one at its best rating epoch), the linear item-to-item path and the bias terms the
-rating heads are built on. `FoldInScorer`
-turns a user's current ratings into scores and predicted ratings from numpy copies of
-those parts, for one user (the request hot path: the first layer gathers only the weight
-rows of the rated movies, the rating head runs only for the movies asked for) or for a
-batch of users (evaluation), with the same feature and blend functions either way.
+rating heads are built on. `FoldInScorer` turns a user's current ratings into scores and
+predicted ratings from numpy copies of those parts, for one user (the request hot path:
+the first layer gathers only the weight rows of the rated movies, the rating heads run
+only for the movies asked for) or for a batch of users (evaluation), with the same
+feature and blend functions either way.
 The torch forward (`StackedAutoencoder.forward`) is the training-side definition; a test
 pins this pass to it.
 """
@@ -367,7 +367,7 @@ class FoldInScorer:
                 float(rate_bias[i]),
                 float(bias[i]),
                 cols[i],
-            )  # fmt: skip
+            )
             for i in range(len(cols))
         ]
 
