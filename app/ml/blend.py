@@ -74,7 +74,7 @@ class Validation:
         self.n_movies = int(self.rows.shape[1])
 
     def batches(self) -> Iterator[tuple[sp.csr_matrix, sp.csr_matrix]]:
-        size = max(1, min(BATCH_USERS, BATCH_CELLS // max(self.n_movies, 1)))
+        size = batch_users(self.n_movies)
         for start in range(0, self.rows.shape[0], size):
             yield self.rows[start : start + size], self.truth[start : start + size]
 
@@ -86,6 +86,12 @@ class Validation:
         return Validation(
             _remap(self.rows, movies, target), _remap(self.truth, movies, target), self.threshold
         )
+
+
+def batch_users(n_movies: int, most: int = BATCH_USERS) -> int:
+    """Users in a batch scored over the whole catalog: at most ``most``, and at most
+    BATCH_CELLS users x movies."""
+    return max(1, min(most, BATCH_CELLS // max(n_movies, 1)))
 
 
 def _remap(csr: sp.csr_matrix, movies: IdMap, target: IdMap) -> sp.csr_matrix:

@@ -417,7 +417,8 @@ class FoldInScorer:
         """Every part over the whole catalog for a batch of users (evaluation)."""
         csr = sp.csr_matrix(rows, dtype=np.float32)
         deep, item = self.ranking_parts(csr)
-        return Components(deep, item, self.rating_parts(csr))
+        joint = self.blend.joint_rating_weight > 0  # a part the blend gives no share is skipped
+        return Components(deep, item, self.rating_parts(csr, joint=joint))
 
     def ranking_parts(self, rows: sp.csr_matrix) -> tuple[Array, Array | None]:
         """The standardised deep and item-path scores (B x n_movies each)."""
@@ -427,13 +428,16 @@ class FoldInScorer:
         return zscore(self.rank_net.logits(rank_h)), item
 
     def rating_parts(
-        self, rows: sp.csr_matrix, cells: tuple[Array, Array] | None = None
+        self, rows: sp.csr_matrix, cells: tuple[Array, Array] | None = None, joint: bool = True
     ) -> RatingParts:
         """Each rating part at ``cells`` (row of ``rows``, movie index), or over the whole
-        catalog (B x n_movies) when None. Each network folds in its own user bias."""
+        catalog (B x n_movies) when None; the joint network's head only when ``joint``. Each
+        network folds in its own user bias."""
         csr = sp.csr_matrix(rows, dtype=np.float32)
         user_bias = self.bias.user_biases(csr)
-        nets = [self.rate_net] if self.rate_net is self.rank_net else [self.rate_net, self.rank_net]
+        nets = [self.rate_net]
+        if joint and self.rate_net is not self.rank_net:
+            nets.append(self.rank_net)
         outputs: list[Array] = []
         for net in nets:
             h, net_bias = net.encode_rows(csr)

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from app.ml.blend import BATCH_CELLS, Validation, choose_blend, choose_item_path
+from app.ml.blend import Validation, batch_users, choose_blend, choose_item_path
 from app.ml.data import RatingMatrix
 from app.ml.distributed import DistributedContext
 from app.ml.hybrid import BiasTerms, Blend, HybridModel, ValidatedRating, log_popularity
@@ -249,7 +249,7 @@ def validate(
     of them (284 users at 59,047 movies, where 1,024 users' scores and their ranking
     temporaries took ~2 GB at the end of every epoch).
     """
-    batch_size = max(1, min(batch_size, BATCH_CELLS // max(train.shape[1], 1)))
+    batch_size = batch_users(train.shape[1], batch_size)
     users = validation_users(valid, config)
     if users.size == 0:
         return {"rmse": math.nan, "mae": math.nan, "ndcg@10": math.nan}
