@@ -68,7 +68,8 @@ class ServingSettings(_Group):
     """MODEL_DIR: where artifacts are read (and cached, for a remote artifact) from."""
     threads: int = Field(alias="serve_threads")
     """SERVE_THREADS: inference threads per API process (the executor recommendations run
-    on, off the event loop): how many answers are computed at once."""
+    on, off the event loop): how many batches of answers are computed at once. One is the
+    fastest: a second thread only fights the event loop for the GIL."""
     torch_threads: int = Field(alias="serve_torch_threads")
     """SERVE_TORCH_THREADS: torch/BLAS threads *inside one inference*: requests already run
     in parallel on the serve threads, so more only oversubscribes the cores."""
@@ -166,7 +167,7 @@ class Settings(BaseSettings):
     model_dir: Path = Path("./var/models")
 
     # -- serving: ServingSettings (its docstrings say what each one means) -------------
-    serve_threads: int = Field(default=2, ge=1, le=64)
+    serve_threads: int = Field(default=1, ge=1, le=64)
     serve_torch_threads: int = Field(default=1, ge=1)
     answer_cache_size: int = Field(default=20_000, ge=0)
     model_poll_seconds: float = Field(default=2.0, gt=0)

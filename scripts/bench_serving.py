@@ -8,7 +8,7 @@ as a subprocess and drives GET /users/{random}/recommendations and GET /healthz 
 connections for a fixed time each (wrk when installed, else an async httpx generator).
 For each it prints the throughput ratio to /healthz measured in the same run, p50/p99,
 whether the issue's targets hold, and where the server's time went per answered
-request (the `saerec_recommend_stage_seconds` summary scraped from /metrics before and
+request (the `saerec_recommend_stage_*` counters scraped from /metrics before and
 after: DB read, fold-in, filtering, ranking, items, JSON). Then, on the last server, it
 drives recommendations while a retrain job runs and its model is swapped in, counting
 every non-200 answer. With the answer cache off it also prices `explain=true` and
@@ -41,7 +41,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-admin-token-0123456789abcdef"
-STAGE_METRIC = "saerec_recommend_stage_seconds"
+STAGE_METRICS = ("saerec_recommend_stage_seconds", "saerec_recommend_stage_answers")
+BATCH_METRIC = "saerec_recommend_batch_requests"
 # The issue's targets, uncached: (min ratio to /healthz, max p99 ms) by catalog.
 TARGETS = {"ml-100k": (0.7, 20.0), "synthetic": (0.5, 25.0)}
 EXPLAIN_MAX_EXTRA_MS = 2.0  # issue 11: explain=true costs at most +2 ms at p50
@@ -152,15 +153,20 @@ def server_cpu_seconds(pid: int) -> float:
 
 
 def stage_totals(base: str) -> dict[str, tuple[float, float]]:
-    """(seconds, count) per stage of the server's stage summary, as /metrics shows now."""
+    """(seconds, answers) per stage of the server's stage counters, as /metrics shows now,
+    and (requests, batches) under "batch"."""
     totals: dict[str, list[float]] = {}
     text = httpx.get(f"{base}/metrics", timeout=10).text
     for family in text_string_to_metric_families(text):
-        if family.name != STAGE_METRIC:
+        if family.name not in (*STAGE_METRICS, BATCH_METRIC):
             continue
         for sample in family.samples:
-            entry = totals.setdefault(sample.labels["stage"], [0.0, 0.0])
-            entry[0 if sample.name.endswith("_sum") else 1] += sample.value
+            if sample.name.endswith("_created"):
+                continue
+            stage = sample.labels.get("stage", "batch")
+            entry = totals.setdefault(stage, [0.0, 0.0])
+            first = family.name == STAGE_METRICS[0] or sample.name.endswith("_sum")
+            entry[0 if first else 1] += sample.value
     return {stage: (v[0], v[1]) for stage, v in totals.items()}
 
 
@@ -169,8 +175,11 @@ def stage_breakdown(before: dict, after: dict) -> dict[str, Any]:
 
     Wall-clock inside the server, waits for the GIL and the CPU included; "json" counts
     every answer, the other stages only those the model computed (answer cache misses).
+    Also the mean number of requests that shared a batch's read and forward pass.
     """
     means, counts = {}, {}
+    requests, batches = after.pop("batch", (0.0, 0.0))
+    requests0, batches0 = before.pop("batch", (0.0, 0.0))
     for stage, (seconds, count) in after.items():
         s0, c0 = before.get(stage, (0.0, 0.0))
         if count > c0:
@@ -182,6 +191,7 @@ def stage_breakdown(before: dict, after: dict) -> dict[str, Any]:
         "us_per_answer": {stage: round(us, 1) for stage, us in means.items()},
         "share": {stage: round(us / total, 3) for stage, us in means.items()} if total else {},
         "us_total": round(total, 1),
+        "mean_batch_requests": round((requests - requests0) / max(batches - batches0, 1), 2),
     }
 
 

@@ -394,12 +394,12 @@ def test_the_hot_path_read_returns_every_half_star_exactly(
 
 
 def test_uncached_answers_report_time_by_stage(seeded: Settings, trained: TrainingOutcome) -> None:
-    """The benchmark's per-stage breakdown: every stage is observed once per model answer."""
+    """The benchmark's per-stage breakdown: every stage counts each model answer once."""
 
     def counts() -> dict[str, float]:
         return {
             stage: REGISTRY.get_sample_value(
-                "saerec_recommend_stage_seconds_count", {"stage": stage}
+                "saerec_recommend_stage_answers_total", {"stage": stage}
             )
             or 0.0
             for stage in recommender_module.STAGES

@@ -165,7 +165,10 @@ class NetWeights:
         if self.rank is None:
             return self.ratings(h, np.zeros(h.shape[0], np.float32), None)
         weight_t, bias = self.rank
-        return h @ weight_t + bias
+        # torch's GEMM: ~1.5x numpy's for a request batch on a large catalog, GIL released
+        out = torch.mm(torch.from_numpy(np.ascontiguousarray(h)), torch.from_numpy(weight_t))
+        out += torch.from_numpy(bias)
+        return out.numpy()
 
     def logits_one(self, h: Array) -> Array:
         """`logits` for one user's hidden vector (1-D in, a fresh 1-D float32 array out)."""
@@ -259,29 +262,32 @@ class ItemTable:
         rows of the rated movies ``cols``."""
         if self.dense is not None:
             return self.dense.take(cols, axis=0).sum(axis=0)
-        targets = self.targets.take(cols, axis=0).ravel()
-        weights = self.weights.take(cols, axis=0).ravel()
-        return np.bincount(targets, weights, minlength=self.n_movies).astype(np.float32)
+        return self.score_many([cols])[0]
 
     def score_many(self, cols: list[Array]) -> Array:
-        """`score` of several users (B x n_movies) in a few calls for the whole batch."""
-        sizes = np.array([c.size for c in cols], dtype=np.int64)
-        every = np.concatenate(cols).astype(np.int64, copy=False)
+        """`score` of several users (B x n_movies), in torch: its gathers and scatter-adds
+        run without the GIL (numpy's bincount held it) and take 32-bit targets as they are;
+        one scatter-add per user, into that user's row, beat one over the batch with
+        offset targets by half."""
         if self.dense is not None:  # each user's rows summed in place, no copy
+            sizes = np.array([c.size for c in cols], dtype=np.int64)
             offsets = np.zeros(len(cols), dtype=np.int64)
             np.cumsum(sizes[:-1], out=offsets[1:])
+            every = np.concatenate(cols).astype(np.int64, copy=False)
             return torch.nn.functional.embedding_bag(
                 torch.from_numpy(every),
                 torch.from_numpy(self.dense),
                 torch.from_numpy(offsets),
                 mode="sum",
             ).numpy()
-        user = np.repeat(np.arange(len(cols), dtype=np.int64) * self.n_movies, sizes)
-        targets = self.targets.take(every, axis=0) + user[:, None]  # one bincount for all
-        weights = self.weights.take(every, axis=0)
-        size = len(cols) * self.n_movies
-        summed = np.bincount(targets.ravel(), weights.ravel(), minlength=size)
-        return summed.reshape(len(cols), self.n_movies).astype(np.float32)
+        targets, weights = torch.from_numpy(self.targets), torch.from_numpy(self.weights)
+        summed = torch.zeros(len(cols), self.n_movies)
+        for row, user_cols in zip(summed, cols, strict=True):
+            rated = torch.from_numpy(user_cols.astype(np.int64, copy=False))
+            row.index_add_(
+                0, targets.index_select(0, rated).view(-1), weights.index_select(0, rated).view(-1)
+            )
+        return summed.numpy()
 
 
 @dataclass(frozen=True)
@@ -294,6 +300,42 @@ class UserState:
     rate_user_bias: float
     bias_user_bias: float
     cols: Array
+
+
+@dataclass(frozen=True)
+class UserBatch:
+    """Several users' encodings, stacked (row i is user i): the request batches' state."""
+
+    rank_hidden: Array
+    rate_hidden: Array
+    rank_user_bias: Array
+    rate_user_bias: Array
+    bias_user_bias: Array
+    cols: list[Array]
+
+    @classmethod
+    def of(cls, states: list[UserState]) -> UserBatch:
+        return cls(
+            np.stack([s.rank_hidden for s in states]),
+            np.stack([s.rate_hidden for s in states]),
+            np.array([s.rank_user_bias for s in states], np.float32),
+            np.array([s.rate_user_bias for s in states], np.float32),
+            np.array([s.bias_user_bias for s in states], np.float32),
+            [s.cols for s in states],
+        )
+
+    def __len__(self) -> int:
+        return len(self.cols)
+
+    def user(self, i: int) -> UserState:
+        return UserState(
+            self.rank_hidden[i],
+            self.rate_hidden[i],
+            float(self.rank_user_bias[i]),
+            float(self.rate_user_bias[i]),
+            float(self.bias_user_bias[i]),
+            self.cols[i],
+        )
 
 
 class FoldInScorer:
@@ -344,11 +386,11 @@ class FoldInScorer:
             rate_h, rate_bias = self.rate_net.encode_user(idx, vals)
         return UserState(rank_h, rate_h, rank_bias, rate_bias, self.bias.user_bias(idx, vals), idx)
 
-    def encode_many(self, cols: list[Array], values: list[Array]) -> list[UserState]:
-        """`encode` for several users at once, through the batch path (`encode_rows`): a
+    def encode_many(self, cols: list[Array], values: list[Array]) -> UserBatch:
+        """`encode` for several users at once, through the batch path (`encode_batch`): a
         handful of numpy calls per batch instead of a few dozen per user."""
         if len(cols) == 1:
-            return [self.encode(cols[0], values[0])]
+            return UserBatch.of([self.encode(cols[0], values[0])])
         indptr = np.zeros(len(cols) + 1, dtype=np.int64)
         np.cumsum([c.size for c in cols], out=indptr[1:])
         idx = np.concatenate(cols).astype(np.int64, copy=False)
@@ -358,18 +400,7 @@ class FoldInScorer:
         rate_h, rate_bias = rank_h, rank_bias
         if self.rate_net is not self.rank_net:
             rate_h, rate_bias = self.rate_net.encode_batch(csr)
-        bias = self.bias.user_biases(csr)
-        return [
-            UserState(
-                rank_h[i],
-                rate_h[i],
-                float(rank_bias[i]),
-                float(rate_bias[i]),
-                float(bias[i]),
-                cols[i],
-            )
-            for i in range(len(cols))
-        ]
+        return UserBatch(rank_h, rate_h, rank_bias, rate_bias, self.bias.user_biases(csr), cols)
 
     def scores(self, state: UserState) -> Array:
         """Blended ranking scores for every movie (higher = recommend first): `blend_scores`
@@ -385,32 +416,34 @@ class FoldInScorer:
             mixed -= self.penalty
         return mixed
 
-    def scores_many(self, states: list[UserState]) -> Array:
+    def scores_many(self, batch: UserBatch) -> Array:
         """`scores` for several users at once (B x n_movies, a fresh array): one matrix
         product over the catalog and one pass of each blend step for the whole batch."""
-        if len(states) == 1:
-            return self.scores(states[0])[None, :]
-        hidden = np.stack([state.rank_hidden for state in states])
-        deep = zscore(self.rank_net.logits(hidden))
+        if len(batch) == 1:
+            return self.scores(batch.user(0))[None, :]
+        deep = zscore(self.rank_net.logits(batch.rank_hidden))
         item = None
         if self.item_table is not None:
-            item = zscore(self.item_table.score_many([state.cols for state in states]))
+            item = zscore(self.item_table.score_many(batch.cols))
         return self.blend_scores(deep, item, self.blend)
 
     def ratings(self, state: UserState, cols: Array) -> Array:
         """Predicted ratings, clamped to the rating scale, for movie indices ``cols`` only."""
-        idx = np.asarray(cols, dtype=np.int64)
-        one = np.zeros(idx.size, dtype=np.int64)
-        rate = self.rate_net.cell_ratings(
-            state.rate_hidden[None, :], np.array([state.rate_user_bias], np.float32), one, idx
-        )
+        return self.ratings_many(UserBatch.of([state]), [cols])[0]
+
+    def ratings_many(self, batch: UserBatch, cols: list[Array]) -> list[Array]:
+        """`ratings` for several users at once: one cell product per network for the whole
+        batch (each user's own movie indices ``cols``), then the blend."""
+        sizes = [c.size for c in cols]
+        rows = np.repeat(np.arange(len(batch)), sizes)
+        idx = np.concatenate(cols).astype(np.int64, copy=False)
+        rate = self.rate_net.cell_ratings(batch.rate_hidden, batch.rate_user_bias, rows, idx)
         joint = None
         if self.blend.joint_rating_weight and self.rate_net is not self.rank_net:
-            joint = self.rank_net.cell_ratings(
-                state.rank_hidden[None, :], np.array([state.rank_user_bias], np.float32), one, idx
-            )
-        parts = RatingParts(rate, joint, self.bias.predict(state.bias_user_bias, idx))
-        return self.blend_ratings(parts, self.blend)
+            joint = self.rank_net.cell_ratings(batch.rank_hidden, batch.rank_user_bias, rows, idx)
+        bias = self.bias.mean + self.bias.movie_bias[idx] + batch.bias_user_bias[rows]
+        mixed = self.blend_ratings(RatingParts(rate, joint, bias), self.blend)
+        return np.split(mixed, np.cumsum(sizes[:-1]))
 
     # -- a batch of users (evaluation) -----------------------------------------------------
     def components(self, rows: sp.csr_matrix) -> Components:

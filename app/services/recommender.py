@@ -20,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from prometheus_client import Summary
+from prometheus_client import Counter, Summary
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -46,56 +47,69 @@ from app.services import registry
 from app.services.errors import NotFoundError, UnavailableError
 
 log = get_logger("saerec.recommender")
-# One aggregated row instead of one row per rating: the driver then crosses the GIL once,
-# not once per rating, which is what throttled the executor threads under load. The same
-# statement (one snapshot) reads the user's dismissals, the hidden movies (a partial index:
-# the size of the hidden set) and, last, the registry's active version: everything that
-# decides the answer, in one round trip, so a movie hidden a moment ago is already out.
+# The batch's read, one statement (so one snapshot) for all its users: per user one row of
+# their ratings and one of their dismissals, aggregated (the driver then crosses the GIL
+# once per user, not once per rating), and one row with the hidden movies (a partial index:
+# the size of the hidden set) and the registry's active version. Everything that decides
+# the answers, in one round trip: a movie hidden a moment ago is already out, and each
+# answer comes from the version active at its read. One statement text whatever the batch
+# size (a JSON array on SQLite, an array parameter on PostgreSQL), so it is prepared once.
 # Ratings travel as integer half stars (1..10, exact: a CHECK allows only half stars):
 # SQLite formats integers far faster than floats (the read took ~40 % less time) and numpy
-# parses each comma list in one call. Both aggregates walk the same rows in one order.
-# (Not one packed integer per rating: movie ids go up to 2**63 - 1, which would overflow.)
-USER_STATE_SQL = {
-    "sqlite": "SELECT group_concat(movie_id), group_concat(CAST(rating * 2 AS INTEGER)),"
-    " (SELECT group_concat(movie_id) FROM dismissals WHERE user_id = ?),"
-    " (SELECT group_concat(id) FROM movies WHERE hidden = 1),"
-    " (SELECT version FROM model_versions WHERE is_active = 1)"
-    " FROM ratings WHERE user_id = ?",
-    "postgresql": "SELECT array_agg(movie_id), array_agg(CAST(rating * 2 AS INTEGER)),"
-    " (SELECT array_agg(movie_id) FROM dismissals WHERE user_id = %s),"
-    " (SELECT array_agg(id) FROM movies WHERE hidden),"
-    " (SELECT version FROM model_versions WHERE is_active)"
-    " FROM ratings WHERE user_id = %s",
-}
-HIDDEN_AND_ACTIVE_SQL = {
-    "sqlite": "SELECT (SELECT group_concat(id) FROM movies WHERE hidden = 1),"
+# parses each comma list in one call. Both aggregates of a user walk the same rows in one
+# order. (Not one packed integer per rating: movie ids go up to 2**63 - 1.)
+# Row shape: (kind, user_id, movie ids, half stars, active version).
+RATINGS, DISMISSALS = 0, 1  # the row kinds (2: the catalog's row)
+USERS_STATE_SQL = {
+    "sqlite": "SELECT 0, user_id, group_concat(movie_id),"
+    " group_concat(CAST(rating * 2 AS INTEGER)), NULL FROM ratings"
+    " WHERE user_id IN (SELECT value FROM json_each(?)) GROUP BY user_id"
+    " UNION ALL SELECT 1, user_id, group_concat(movie_id), NULL, NULL FROM dismissals"
+    " WHERE user_id IN (SELECT value FROM json_each(?)) GROUP BY user_id"
+    " UNION ALL SELECT 2, NULL, (SELECT group_concat(id) FROM movies WHERE hidden = 1), NULL,"
     " (SELECT version FROM model_versions WHERE is_active = 1)",
-    "postgresql": "SELECT (SELECT array_agg(id) FROM movies WHERE hidden),"
+    "postgresql": "SELECT 0, user_id, array_agg(movie_id),"
+    " array_agg(CAST(rating * 2 AS INTEGER)), NULL FROM ratings"
+    " WHERE user_id = ANY(%s::bigint[]) GROUP BY user_id"
+    " UNION ALL SELECT 1, user_id, array_agg(movie_id), NULL, NULL FROM dismissals"
+    " WHERE user_id = ANY(%s::bigint[]) GROUP BY user_id"
+    " UNION ALL SELECT 2, NULL, (SELECT array_agg(id) FROM movies WHERE hidden), NULL,"
     " (SELECT version FROM model_versions WHERE is_active)",
 }
 NO_IDS = np.zeros(0, dtype=np.int64)
 NO_RATINGS = (NO_IDS, np.zeros(0, dtype=np.float32))
-# Where an uncached answer's time goes (the benchmark prints it): a Summary is a count and
-# a sum per stage, about a microsecond per observation. "json" is observed by the route.
-RECOMMEND_STAGE = Summary(
+# Where an uncached answer's time goes (the benchmark prints it): per stage, the seconds
+# spent and the answers they were spent on, both counted once per batch (an observation
+# per answer cost more than some stages). "json" is counted by the route, per answer.
+RECOMMEND_STAGE_SECONDS = Counter(
     "saerec_recommend_stage_seconds",
-    "Time per stage of a recommendation answered by the model (answer cache misses)",
+    "Seconds spent per stage of recommendations answered by the model (answer cache misses)",
     ["stage"],
 )
+RECOMMEND_STAGE_ANSWERS = Counter(
+    "saerec_recommend_stage_answers", "Answers the stage's seconds were spent on", ["stage"]
+)
 STAGES = ("db_read", "fold_in", "filtering", "ranking", "items", "json")
-_STAGE = {stage: RECOMMEND_STAGE.labels(stage) for stage in STAGES}
+_STAGE = {
+    stage: (RECOMMEND_STAGE_SECONDS.labels(stage), RECOMMEND_STAGE_ANSWERS.labels(stage))
+    for stage in STAGES
+}
+# How many requests share a batch's read and forward pass (see `Batcher`): its mean is
+# what amortises the per-batch cost, and it grows with the load.
+RECOMMEND_BATCH = Summary(
+    "saerec_recommend_batch_requests", "Recommendation requests answered per batch"
+)
 
 
-def observe_stage(stage: str, seconds: float, times: int = 1) -> None:
-    """Record ``seconds`` for each of ``times`` answers (a batch's time shared out)."""
-    for _ in range(times):
-        _STAGE[stage].observe(seconds)
+def observe_stage(stage: str, seconds: float, answers: int = 1) -> None:
+    """Count ``seconds`` spent on ``answers`` answers (a batch's, or one)."""
+    spent, counted = _STAGE[stage]
+    spent.inc(seconds)
+    counted.inc(answers)
 
 
-def _row_key(row: tuple | None) -> object:
+def _row_key(row: tuple) -> object:
     """A hashable form of the aggregated row (strings on SQLite, lists on PostgreSQL)."""
-    if row is None:
-        return row
     return tuple(tuple(column) if isinstance(column, list) else column for column in row)
 
 
@@ -108,9 +122,9 @@ def _parse_ids(column: str | list[int] | None) -> np.ndarray:
     return np.asarray(column, dtype=np.int64)
 
 
-def _parse_user_ratings(row: tuple | None) -> tuple[np.ndarray, np.ndarray]:
-    """(movie ids, ratings) from either dialect's row (see USER_RATINGS_SQL)."""
-    if row is None or row[0] is None:
+def _parse_user_ratings(row: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(movie ids, ratings) from either dialect's row (see USERS_STATE_SQL)."""
+    if row[0] is None:
         return NO_RATINGS
     if isinstance(row[0], str):  # SQLite: comma lists
         ids = np.fromstring(row[0], dtype=np.int64, sep=",")
@@ -141,14 +155,29 @@ class Catalog:
             return np.zeros(len(self.movie_ids), dtype=bool)
         return found[0] if len(found) == 1 else np.logical_or.reduce(found)
 
-    def item(self, index: int, score: float, **extra: Any) -> dict[str, Any]:
-        return {
-            "movie_id": int(self.movie_ids[index]),
-            "title": self.titles[index],
-            "genres": self.genres[index],
-            "score": round(float(score), 6),
-            **extra,
-        }
+    def items(
+        self, indices: np.ndarray, scores: np.ndarray, predicted: np.ndarray | None = None
+    ) -> list[dict[str, Any]]:
+        """The listed movies at catalog ``indices`` with their ``scores`` (and predicted
+        ratings): one conversion per column, then plain Python (the hot path's last step)."""
+        titles, genres = self.titles, self.genres
+        at = indices.tolist()
+        ids = self.movie_ids[indices].tolist()
+        if predicted is None:
+            return [
+                {"movie_id": m, "title": titles[i], "genres": genres[i], "score": round(s, 6)}
+                for i, m, s in zip(at, ids, scores.tolist(), strict=True)
+            ]
+        return [
+            {
+                "movie_id": m,
+                "title": titles[i],
+                "genres": genres[i],
+                "score": round(s, 6),
+                "predicted_rating": round(p, 4),
+            }
+            for i, m, s, p in zip(at, ids, scores.tolist(), predicted.tolist(), strict=True)
+        ]
 
 
 def load_catalog(session: Session, movie_ids: np.ndarray) -> Catalog:
@@ -315,6 +344,10 @@ class Filters:
         if not np.isfinite(scores.sum()):  # a diverged model must not break the JSON
             scores[~np.isfinite(scores)] = -np.inf
         scores[rated_cols] = -np.inf
+        self.apply_asked(scores, model)
+
+    def apply_asked(self, scores: np.ndarray, model: ServingModel) -> None:
+        """The blocked movies and the genres only (`apply` without its first steps)."""
         if self.blocked.size:
             cols = model.columns(self.blocked)
             scores[cols[cols >= 0]] = -np.inf
@@ -353,10 +386,11 @@ def _by_model(pending: list[_Pending]) -> list[tuple[ServingModel, list[_Pending
 
 @dataclass(frozen=True)
 class UserRead:
-    """One round trip's answer: the user's ratings, dismissals and the hidden movies (raw
-    columns) and the active version."""
+    """What a read said about one user: the raw columns of their ratings (movie ids, half
+    stars), their dismissals and the hidden movies (None where there were none), and the
+    active version."""
 
-    row: tuple | None
+    row: tuple
     version: str | None
     generation: int  # the recommender's switch count before the read (see _model_for)
 
@@ -368,10 +402,10 @@ class UserRead:
         return _parse_user_ratings(self.row)
 
     def dismissed(self) -> np.ndarray:
-        return _parse_ids(self.row[2]) if self.row else NO_IDS
+        return _parse_ids(self.row[2])
 
     def hidden(self) -> np.ndarray:
-        return _parse_ids(self.row[3]) if self.row else NO_IDS
+        return _parse_ids(self.row[3])
 
 
 @dataclass(frozen=True)
@@ -477,6 +511,11 @@ class ModelLifecycle:
         model = self._model
         return model.version if model else None
 
+    @property
+    def loaded_versions(self) -> tuple[str, ...]:
+        """The versions held in memory, the served one among them: oldest first."""
+        return tuple(self._recent)
+
     def refresh(self) -> bool:
         """Load the registry's active version if it differs from ours; True on a swap.
 
@@ -493,6 +532,12 @@ class ModelLifecycle:
         before = self._model
         self.model_for(wanted, generation)
         return self._model is not before
+
+    def preload(self, version: str) -> None:
+        """Load `version` among the recent ones without serving it: an activation about to
+        commit, so that the swap needs no load (seconds for a 60,000-movie catalog, during
+        which every request that read the new version would wait)."""
+        self._cached_or_loaded(version)
 
     def model_for(self, wanted: str | None, generation: int) -> ServingModel | None:
         """The model that answers a read which saw `wanted` as active.
@@ -591,29 +636,51 @@ class ModelLifecycle:
 
 
 class UserReader:
-    """The hot-path read: a user's current ratings, dismissals, the hidden movies and the
-    active version, one round trip."""
+    """The hot-path read: the ratings and dismissals of a batch of users, the hidden movies
+    and the active version, in one statement."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._sql = USER_STATE_SQL[engine.dialect.name]
-        self._catalog_sql = HIDDEN_AND_ACTIVE_SQL[engine.dialect.name]
+        self._sql = USERS_STATE_SQL[engine.dialect.name]
+        self._sqlite = engine.dialect.name == "sqlite"
 
-    def read(self, user_id: int, generation: int) -> UserRead:
-        """`generation`: the model switch count taken before this read (see `model_for`)."""
-        row = self._row(self._sql, (user_id, user_id))
-        if row is None:
-            return UserRead(None, None, generation)
-        return UserRead(tuple(row[:-1]), row[-1], generation)
+    def read_many(self, user_ids: Sequence[int], generation: int) -> list[UserRead]:
+        """One `UserRead` per id, in order.
+
+        `generation`: the model switch count taken before this read (see `model_for`).
+        """
+        ratings, dismissed, hidden, version = self._read(user_ids)
+        return [
+            UserRead(
+                (*ratings.get(user, (None, None)), dismissed.get(user), hidden),
+                version,
+                generation,
+            )
+            for user in user_ids
+        ]
 
     def read_catalog_state(self, generation: int) -> UserRead:
         """The hidden movies and the active version only (lists about a movie, no user)."""
-        row = self._row(self._catalog_sql, ())
-        hidden = row[0] if row else None
-        return UserRead((None, None, None, hidden), row[-1] if row else None, generation)
+        _, _, hidden, version = self._read(())
+        return UserRead((None, None, None, hidden), version, generation)
 
-    def _row(self, sql: str, params: tuple[int, ...]) -> tuple | None:
-        """The user's current ratings: one indexed lookup on the primary key's prefix.
+    def _read(self, user_ids: Sequence[int]) -> tuple[dict, dict, Any, str | None]:
+        """(ratings by user, dismissals by user, hidden movies, active version), raw."""
+        wanted: object = json.dumps(list(user_ids)) if self._sqlite else list(user_ids)
+        ratings: dict[int, tuple[Any, Any]] = {}
+        dismissed: dict[int, Any] = {}
+        hidden, version = None, None
+        for kind, user, ids, halves, active in self._rows(self._sql, (wanted, wanted)):
+            if kind == RATINGS:
+                ratings[user] = (ids, halves)
+            elif kind == DISMISSALS:
+                dismissed[user] = ids
+            else:
+                hidden, version = ids, active
+        return ratings, dismissed, hidden, version
+
+    def _rows(self, sql: str, params: tuple[object, ...]) -> list[tuple]:
+        """The statement's rows: indexed lookups on the primary keys' user prefix.
 
         The hot path of every request, so it uses a pooled DBAPI connection directly:
         SQLAlchemy's result machinery cost more than the query itself. Driver errors are
@@ -628,7 +695,7 @@ class UserReader:
         try:
             cursor = raw.cursor()
             cursor.execute(sql, params)
-            row = cursor.fetchone()
+            rows = list(cursor.fetchall())
         except dialect.loaded_dbapi.Error as exc:
             if dialect.is_disconnect(exc, raw.dbapi_connection, cursor):
                 raw.invalidate(exc)
@@ -637,7 +704,7 @@ class UserReader:
             if cursor is not None:
                 cursor.close()
             raw.close()  # back to the pool (rolled back on return)
-        return row
+        return rows
 
 
 class Popularity:
@@ -662,7 +729,7 @@ class Popularity:
         """The n most popular movies the filters allow (the user's rated ones left out)."""
         popular = self.current()
         top = np.flatnonzero(filters.allowed(popular.catalog, rated))[:n]  # sorted by score
-        return [popular.catalog.item(i, popular.scores[i]) for i in top]
+        return popular.catalog.items(top, popular.scores[top])
 
 
 class Recommender:
@@ -726,6 +793,10 @@ class Recommender:
         """Preload the registry's active version (see `ModelLifecycle.refresh`)."""
         return self.models.refresh()
 
+    def preload_model(self, version: str) -> None:
+        """Load `version` without serving it yet (see `ModelLifecycle.preload`)."""
+        self.models.preload(version)
+
     def refresh_popular(self) -> None:
         self.popularity.refresh()
 
@@ -733,9 +804,12 @@ class Recommender:
         return self.popularity.current()
 
     # -- answering ------------------------------------------------------------------------
+    def read_users(self, user_ids: Sequence[int]) -> list[UserRead]:
+        """The users' current ratings and the active version, in one round trip."""
+        return self.reader.read_many(user_ids, self.models.generation)  # generation: first
+
     def read_user(self, user_id: int) -> UserRead:
-        """The user's current ratings and the active version, in one round trip."""
-        return self.reader.read(user_id, self.models.generation)  # generation: before the read
+        return self.read_users([user_id])[0]
 
     def user_ratings(self, user_id: int) -> tuple[np.ndarray, np.ndarray]:
         """The user's current ratings as (movie ids, ratings)."""
@@ -751,19 +825,25 @@ class Recommender:
         """Answers for the requests, in order; a request that failed gets its exception
         instead, so one bad read does not fail the others.
 
-        Each request reads its own ratings and active version (read your writes holds per
-        request, as for one); the forward passes of the cache misses then run as one batch
-        per model: one matrix product over the catalog instead of one per user, and the
-        per-call overhead of each numpy step paid once per batch.
+        One read for the whole batch, made after every request in it arrived, so read your
+        writes holds per request as for one: each is answered from its user's ratings and
+        the version active at that read. The forward passes of the cache misses then run as
+        one batch per model: one matrix product over the catalog instead of one per user,
+        and the per-call overhead of each numpy step paid once per batch.
         """
         started = time.perf_counter()
+        RECOMMEND_BATCH.observe(len(requests))
+        try:
+            reads = self.read_users([request.user_id for request in requests])
+        except Exception as exc:  # e.g. the database away: every request's 503
+            return [exc] * len(requests)
         answers: list[dict[str, Any] | Exception] = []
         pending: list[_Pending] = []
-        for index, request in enumerate(requests):
+        for index, (request, read) in enumerate(zip(requests, reads, strict=True)):
             answer: dict[str, Any] | Exception
             try:
-                answer = self._start(request, index, pending)
-            except Exception as exc:  # e.g. the database away: this request's 503
+                answer = self._start(request, read, index, pending)
+            except Exception as exc:  # e.g. a model that fails to load: this request's
                 answer = exc
             answers.append(answer)
         read_at = time.perf_counter()
@@ -774,7 +854,8 @@ class Recommender:
                     job.request.user_id, model.version, "autoencoder", items
                 )
         if pending:
-            observe_stage("db_read", (read_at - started) / len(requests), len(pending))
+            share = len(pending) / len(requests)  # the read served the cache hits too
+            observe_stage("db_read", (read_at - started) * share, len(pending))
         elapsed = time.perf_counter() - started
         for answer in answers:
             if isinstance(answer, dict):
@@ -782,9 +863,9 @@ class Recommender:
         return answers
 
     def _start(
-        self, request: RecommendRequest, index: int, pending: list[_Pending]
+        self, request: RecommendRequest, read: UserRead, index: int, pending: list[_Pending]
     ) -> dict[str, Any]:
-        """Read one user; answer from the cache or the popular list, or queue a fold-in
+        """Answer one read from the cache or the popular list, or queue a fold-in
         (the placeholder answer is replaced once the batch has run).
 
         The answer key is everything the answer depends on: the version, the row as read
@@ -792,7 +873,6 @@ class Recommender:
         explain), so a new dismissal or a movie hidden a moment ago is a new key.
         """
         user_id = request.user_id
-        read = self.read_user(user_id)  # always read: fold-in sees every new rating
         model = self.models.model_for(read.version, read.generation)  # one per request
         key = (model.version if model else None, read.key, request)
         if model is not None and (cached := self.answers.get(key)) is not None:
@@ -824,7 +904,7 @@ class Recommender:
         scores = model.scorer.similarity.scores(col)
         filters.apply(scores, model, np.array([col]))
         top = _top_many(scores[None, :], [n])[0]
-        items = [model.catalog.item(i, scores[i]) for i in top.tolist()]
+        items = model.catalog.items(top, scores[top])
         return _similar_answer(movie_id, model, "autoencoder", items)
 
     def _movie_genres(self, movie_id: int) -> list[str]:
@@ -866,35 +946,41 @@ def _similar_answer(
 def rank_batch(
     model: ServingModel, jobs: list[_Pending], since: float
 ) -> list[list[dict[str, Any]]]:
-    """The top n of each encoded user; each stage's time is observed (see STAGES),
-    shared out among the batch's answers."""
-    states = model.scorer.encode_many([j.cols for j in jobs], [j.ratings for j in jobs])
-    scores = model.scorer.scores_many(states)  # a fresh array: ours to overwrite
+    """The top n of each encoded user; each stage's time is counted (see STAGES)."""
+    batch = model.scorer.encode_many([j.cols for j in jobs], [j.ratings for j in jobs])
+    scores = model.scorer.scores_many(batch)  # a fresh array: ours to overwrite
     folded = time.perf_counter()
-    for row, job in zip(scores, jobs, strict=True):
-        job.filters.apply(row, model, job.cols)
+    _filter_batch(scores, model, jobs)
     filtered = time.perf_counter()
     tops = _top_many(scores, [job.request.n for job in jobs])
-    predicted = [model.scorer.ratings(st, top) for st, top in zip(states, tops, strict=True)]
+    predicted = model.scorer.ratings_many(batch, tops)
     ranked = time.perf_counter()
-    item = model.catalog.item
+    listed = model.catalog.items
     answers = [
-        [
-            item(i, s, predicted_rating=round(p, 4))
-            for i, s, p in zip(top.tolist(), row[top].tolist(), rated.tolist(), strict=True)
-        ]
+        listed(top, row[top], rated)
         for row, top, rated in zip(scores, tops, predicted, strict=True)
     ]
-    for job, state, top, items in zip(jobs, states, tops, answers, strict=True):
+    for i, (job, top, items) in enumerate(zip(jobs, tops, answers, strict=True)):
         if job.request.explain:
-            _add_reasons(model, job, state, top, items)
+            _add_reasons(model, job, batch.user(i), top, items)
     done = time.perf_counter()
     size = len(jobs)
-    observe_stage("fold_in", (folded - since) / size, size)
-    observe_stage("filtering", (filtered - folded) / size, size)
-    observe_stage("ranking", (ranked - filtered) / size, size)
-    observe_stage("items", (done - ranked) / size, size)
+    observe_stage("fold_in", folded - since, size)
+    observe_stage("filtering", filtered - folded, size)
+    observe_stage("ranking", ranked - filtered, size)
+    observe_stage("items", done - ranked, size)
     return answers
+
+
+def _filter_batch(scores: np.ndarray, model: ServingModel, jobs: list[_Pending]) -> None:
+    """`Filters.apply` on each row of a batch's scores, the common steps (non-finite
+    scores, the rated movies) done once for the whole batch."""
+    if not np.isfinite(scores.sum()):  # a diverged model must not break the JSON
+        scores[~np.isfinite(scores)] = -np.inf
+    rows = np.repeat(np.arange(len(jobs)), [job.cols.size for job in jobs])
+    scores[rows, np.concatenate([job.cols for job in jobs])] = -np.inf
+    for row, job in zip(scores, jobs, strict=True):
+        job.filters.apply_asked(row, model)
 
 
 def _add_reasons(
@@ -953,12 +1039,11 @@ def _top_many(scores: np.ndarray, ns: list[int]) -> list[np.ndarray]:
     """
     k = min(max(ns), scores.shape[1])
     picked = torch.topk(torch.from_numpy(scores), k, dim=1, sorted=False).indices.numpy()
-    return [_best_first(row, c, n) for row, c, n in zip(scores, picked, ns, strict=True)]
-
-
-def _best_first(scores: np.ndarray, candidates: np.ndarray, n: int) -> np.ndarray:
-    candidates = candidates[np.isfinite(scores[candidates])]
-    return candidates[np.lexsort((candidates, -scores[candidates]))][:n]
+    values = np.take_along_axis(scores, picked, axis=1)
+    order = np.lexsort((picked, -values), axis=-1)  # best first, ties by index, -inf last
+    picked = np.take_along_axis(picked, order, axis=1)
+    listed = np.isfinite(values).sum(axis=1)  # never a filtered (-inf) movie
+    return [row[: min(n, int(m))] for row, n, m in zip(picked, ns, listed, strict=True)]
 
 
 def _answer(user_id: int, version: str | None, strategy: str, items: list) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import torch
 from app.ml.hybrid import BiasTerms, Blend, HybridModel
 from app.ml.item_path import ItemToItem
 from app.ml.model import StackedAutoencoder, config_from, rating_network_config
-from app.ml.serving import ItemTable, zscore, zscore_one
+from app.ml.serving import ItemTable, UserBatch, zscore, zscore_one
 
 N_MOVIES = 50
 PLAIN = Blend(item_weight=0.0, popularity_penalty=0.0, rating_weight=1.0)
@@ -173,11 +173,12 @@ def test_a_batch_of_users_scores_as_each_user_alone(trained, synthetic) -> None:
     for rated in (1, 4, 25, 60):
         cols = np.sort(rng.choice(synthetic.shape[1], size=rated, replace=False))
         states.append(scorer.encode(cols, rng.choice([1.0, 3.0, 4.5], size=rated)))
-    batch = scorer.scores_many(states)
+    batch = scorer.scores_many(UserBatch.of(states))
     assert batch.shape == (len(states), synthetic.shape[1])
     for row, state in zip(batch, states, strict=True):
         np.testing.assert_allclose(row, scorer.scores(state), atol=1e-4)
-    np.testing.assert_allclose(scorer.scores_many(states[:1])[0], scorer.scores(states[0]))
+    single = scorer.scores_many(UserBatch.of(states[:1]))[0]
+    np.testing.assert_allclose(single, scorer.scores(states[0]))
 
 
 def test_a_batch_of_users_encodes_as_each_user_alone(trained, synthetic) -> None:
@@ -186,11 +187,28 @@ def test_a_batch_of_users_encodes_as_each_user_alone(trained, synthetic) -> None
     rng = np.random.default_rng(8)
     cols = [np.sort(rng.choice(synthetic.shape[1], size=k, replace=False)) for k in (1, 9, 40)]
     values = [rng.choice([0.5, 2.0, 4.0, 5.0], size=c.size).astype(np.float32) for c in cols]
-    for got, c, v in zip(scorer.encode_many(cols, values), cols, values, strict=True):
-        want = scorer.encode(c, v)
+    batch = scorer.encode_many(cols, values)
+    for i, c, v in zip(range(len(batch)), cols, values, strict=True):
+        got, want = batch.user(i), scorer.encode(c, v)
         np.testing.assert_allclose(got.rank_hidden, want.rank_hidden, atol=1e-5)
         np.testing.assert_allclose(got.rate_hidden, want.rate_hidden, atol=1e-5)
         assert got.rank_user_bias == pytest.approx(want.rank_user_bias, abs=1e-5)
         assert got.rate_user_bias == pytest.approx(want.rate_user_bias, abs=1e-5)
         assert got.bias_user_bias == pytest.approx(want.bias_user_bias, abs=1e-5)
         np.testing.assert_array_equal(got.cols, c)
+
+
+def test_a_batch_of_users_rates_as_each_user_alone(trained, synthetic) -> None:
+    """`ratings_many` (each user's top movies, rated in one pass) gives each user's
+    `ratings`, whatever the number of movies asked per user."""
+    scorer = trained.model.scorer
+    rng = np.random.default_rng(9)
+    cols = [np.sort(rng.choice(synthetic.shape[1], size=k, replace=False)) for k in (3, 12, 30)]
+    values = [rng.choice([1.0, 2.5, 4.0, 5.0], size=c.size).astype(np.float32) for c in cols]
+    asked = [rng.choice(synthetic.shape[1], size=k, replace=False) for k in (10, 1, 5)]
+    batch = scorer.encode_many(cols, values)
+    got = scorer.ratings_many(batch, asked)
+    for i, (c, v, movies) in enumerate(zip(cols, values, asked, strict=True)):
+        want = scorer.ratings(scorer.encode(c, v), movies)
+        assert got[i].shape == movies.shape
+        np.testing.assert_allclose(got[i], want, atol=1e-4)
