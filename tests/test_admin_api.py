@@ -200,6 +200,35 @@ def test_rollback_by_activating_an_older_version(
         assert client.post("/admin/models/nope/activate", headers=admin_headers).status_code == 404
 
 
+def test_activation_loads_the_version_before_it_commits(
+    seeded: Settings, engine: Engine, admin_headers: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large model takes seconds to load: the activating process loads it while the old
+    one still answers, so when the commit lands its requests find it loaded, not a stall.
+    An unknown version loads nothing and leaves no load error behind."""
+    lenient = seeded.model_copy(update={**LENIENT_GATE, "run_worker_in_api": False})
+    old = train_tiny(lenient, engine)
+    new = train_tiny(lenient, engine, seed=5)
+    loaded_at_commit: list[bool] = []
+    commit = registry.activate
+
+    with TestClient(create_app(lenient)) as client:
+        recommender = client.app.state.recommender
+
+        def watched_activate(session: Session, version: str) -> ModelVersion:
+            loaded_at_commit.append(version in recommender.models.loaded_versions)
+            assert recommender.version == new.version  # still serving the old active one
+            return commit(session, version)
+
+        monkeypatch.setattr(registry, "activate", watched_activate)
+        assert client.post("/admin/models/nope/activate", headers=admin_headers).status_code == 404
+        assert recommender.model_error is None
+        response = client.post(f"/admin/models/{old.version}/activate", headers=admin_headers)
+        assert response.status_code == 200
+        assert recommender.version == old.version
+    assert loaded_at_commit == [True]
+
+
 def test_each_epoch_puts_progress_and_an_eta_on_the_job(
     seeded: Settings, engine: Engine, admin_headers: dict
 ) -> None:

@@ -13,12 +13,16 @@ from app.services.recommender import Recommender
 def activate_and_preload(
     sessions: sessionmaker[Session], recommender: Recommender, version: str
 ) -> ModelVersion:
-    """Make `version` the active one, committed, then load it here before answering.
+    """Load `version` here, then make it the active one, committed, and serve it.
 
-    The commit comes first: every process's next request reads the new active version
-    with its ratings (read your writes), so the preload is only for speed; the other
-    processes load on demand or at their next poll.
+    The load comes first, while this process still answers with the old version: once the
+    commit lands its requests (which read the active version with their ratings: read your
+    writes) find the new one loaded, so a large model swaps in without a stall. The other
+    processes load it on demand or at their next poll.
     """
+    with sessions() as session:
+        registry.get_version(session, version)  # 404 before any load
+    recommender.preload_model(version)
     with transaction(sessions) as session:
         row = registry.activate(session, version)
     recommender.refresh_model()
