@@ -2,7 +2,7 @@
 
 Usage: .venv/bin/python scripts/bench_scale.py [--scale 0.02] [--data DIR] [--seed 25]
            [--pg-url URL] [--skip-sqlite] [--skip-postgres] [--no-compare] [--no-second]
-           [--train] [--train-epochs N]
+           [--train] [--train-epochs N] [--serve SECONDS]
 
 The data set is written by scripts/generate_ml25m.py (full ml-25m shape by default, 25M
 ratings; `--scale 0.02` for the 1/50 set) into --data, default /tmp/saerec-ml25m-SCALE-SEED,
@@ -20,7 +20,14 @@ the whole command (ratings streamed from the database, training, artifact, regis
 epochs run, the networks' seconds, what followed them, the artifact's size, and the
 validation figures against popularity and the bias model (EASE cannot run at this scale:
 its dense item x item matrix alone would need 14 GB at 59,047 movies).
-Prints one JSON object; exit status 1 if a run failed or added the wrong number of rows.
+With --serve, a second model (one epoch, another seed) is trained too, and `saerec serve`
+(one uvicorn worker, answer cache off) runs on the database: time to ready, model load
+time, RSS, uncached recommendations for random users at 16 connections for SECONDS (p50,
+p99, throughput beside /healthz), then a swap to the version not served, through the
+admin API, under load: every request that failed (non-200, or no answer within wrk's
+2 s) is counted. Last, the EXPLAIN (ANALYZE) of the per-user read for a batch of users.
+Prints one JSON object; exit status 1 if a run failed, added the wrong number of rows, or
+a request failed during the swap.
 """
 
 from __future__ import annotations
@@ -29,13 +36,17 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -112,20 +123,20 @@ def timed_import(database_url: str, folder: Path, code: str = CLI) -> dict[str, 
     }
 
 
-def timed_train(database_url: str, epochs: int | None) -> dict[str, Any]:
-    """`saerec train` on the imported ratings, in a child process with its own model folder."""
-    with tempfile.TemporaryDirectory(prefix="saerec-bench-train-") as models:
-        os.environ["MODEL_DIR"] = models
-        try:
-            args = ["train", "--no-progress", *(["--epochs", str(epochs)] if epochs else [])]
-            run = saerec(database_url, CLI, *args)
-        finally:
-            os.environ.pop("MODEL_DIR", None)
-        outcome = _last_json(run["output"])
-        result: dict[str, Any] = {"seconds": run["seconds"], "peak_rss_mib": run["peak_rss_mib"]}
-        if run["exit"] != 0 or outcome is None:
-            return {**result, "error": run["output"][-2000:]}
-        sizes = [p.stat().st_size for p in Path(models).rglob("*.pt")]
+def timed_train(database_url: str, models: Path, epochs: int | None, *extra: str) -> dict[str, Any]:
+    """`saerec train` on the imported ratings, in a child process, into the ``models`` folder."""
+    os.environ["MODEL_DIR"] = str(models)
+    try:
+        args = ["train", "--no-progress", *(["--epochs", str(epochs)] if epochs else []), *extra]
+        run = saerec(database_url, CLI, *args)
+    finally:
+        os.environ.pop("MODEL_DIR", None)
+    outcome = _last_json(run["output"])
+    result: dict[str, Any] = {"seconds": run["seconds"], "peak_rss_mib": run["peak_rss_mib"]}
+    if run["exit"] != 0 or outcome is None:
+        return {**result, "error": run["output"][-2000:]}
+    version = outcome.get("version")
+    sizes = [p.stat().st_size for p in models.rglob(f"{version}*.pt")]
     metrics = outcome.get("metrics", {})
     keys = (
         "epochs_run", "rank_epoch", "rating_network_epochs", "network_seconds",
@@ -139,6 +150,7 @@ def timed_train(database_url: str, epochs: int | None) -> dict[str, Any]:
             metrics.get("train_seconds"), metrics.get("network_seconds")
         ),
         "artifact_mib": round(max(sizes, default=0) / 2**20, 1),
+        "version": version,
         "activated": outcome.get("activated"),
     }
 
@@ -156,6 +168,135 @@ def _last_json(output: str) -> dict[str, Any] | None:
         return None
 
 
+def serve_at_scale(
+    database_url: str, models: Path, versions: list[str], max_user: int, seconds: float
+) -> dict[str, Any]:
+    """`saerec serve` (one worker, answer cache off) on the trained models: start-up and
+    model load time, RSS, uncached recommendations at 16 connections (p99) beside /healthz,
+    then a swap to the other version under load, counting every failed request (non-200,
+    or no answer within wrk's 2 s), and the plan of the per-user read."""
+    import bench_serving as load  # the serving benchmark's load drivers (wrk, else httpx)
+
+    tool = "wrk" if shutil.which("wrk") else "httpx"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "MODEL_DIR": str(models),
+        "ADMIN_TOKEN": load.TOKEN,
+        "ANSWER_CACHE_SIZE": "0",
+        "LOG_LEVEL": "INFO",
+    }
+    port = load.free_port()
+    base = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile() as log:
+        started = time.perf_counter()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", "1"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            active = load.wait_ready(base, timeout=900)["model_version"]
+            result: dict[str, Any] = {
+                "tool": tool,
+                "ready_seconds": round(time.perf_counter() - started, 1),
+                "rss_mib_ready": _rss_mib(server.pid),
+            }
+            load.drive(base, "/recommendations", 3, 16, max_user, tool)  # warm-up
+            recs = load.drive(base, "/recommendations", seconds, 16, max_user, tool)
+            health = load.drive(base, "/healthz", seconds, 16, max_user, tool)
+            result.update(
+                recommendations=recs,
+                healthz=health,
+                ratio_recommendations_to_healthz=round(recs["req_per_s"] / health["req_per_s"], 3),
+                rss_mib_after_load=_rss_mib(server.pid),
+            )
+            others = [v for v in versions if v != active]
+            if others:
+                result["swap"] = _swap_under_load(base, others[0], max_user, tool, load)
+                result["rss_mib_two_models"] = _rss_mib(server.pid)
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+            log.seek(0)
+            lines = log.read().decode(errors="replace").splitlines()
+            loads = [
+                int(m.group(1)) for x in lines if "model_loaded" in x and (m := LOAD_MS.search(x))
+            ]
+    result["model_load_ms"] = loads
+    result["read_plan"] = _read_plan(database_url)
+    return result
+
+
+LOAD_MS = re.compile(r"\bms\W{1,3}(\d+)")  # key=value or JSON log lines
+
+
+def _swap_under_load(
+    base: str, version: str, max_user: int, tool: str, load: Any
+) -> dict[str, Any]:
+    """Activate ``version`` through the admin API while recommendations are driven."""
+    driven: dict[str, Any] = {}
+    driver = threading.Thread(
+        target=lambda: driven.update(load.drive(base, "/recommendations", 40, 16, max_user, tool))
+    )
+    driver.start()
+    time.sleep(5)
+    started = time.perf_counter()
+    answer = httpx.post(
+        f"{base}/admin/models/{version}/activate",
+        headers={"Authorization": f"Bearer {load.TOKEN}"},
+        timeout=900,
+    )
+    activate_seconds = time.perf_counter() - started
+    driver.join()
+    served = httpx.get(f"{base}/readyz", timeout=10).json().get("model_version")
+    return {
+        "to_version": version,
+        "activate_status": answer.status_code,
+        "activate_seconds": round(activate_seconds, 2),
+        "served_after": served,
+        "swapped": served == version,
+        **driven,
+        "failed_requests": driven.get("non_200", 0) + driven.get("errors", 0),
+    }
+
+
+def _rss_mib(pid: int) -> float | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    found = re.search(r"VmRSS:\s+(\d+) kB", status)
+    return round(int(found.group(1)) / 1024, 1) if found else None
+
+
+def _read_plan(database_url: str) -> list[str]:
+    """EXPLAIN (ANALYZE) of the hot-path read for a batch of 8 users, as the server runs it."""
+    from sqlalchemy import create_engine
+
+    from app.services.recommender import USERS_STATE_SQL
+
+    engine = create_engine(database_url)
+    try:
+        raw = engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            users = [1, 2, 3, 5, 8, 13, 21, 34]
+            if engine.dialect.name == "sqlite":
+                wanted: object = json.dumps(users)
+                cursor.execute("EXPLAIN QUERY PLAN " + USERS_STATE_SQL["sqlite"], (wanted, wanted))
+                return [str(row[-1]) for row in cursor.fetchall()]
+            sql = "EXPLAIN (ANALYZE, BUFFERS) " + USERS_STATE_SQL["postgresql"]
+            cursor.execute(sql, (users, users))
+            return [row[0] for row in cursor.fetchall()]
+        finally:
+            raw.close()
+    finally:
+        engine.dispose()
+
+
 def migrate(database_url: str) -> None:
     run = saerec(database_url, CLI, "migrate")
     if run["exit"] != 0:
@@ -169,17 +310,24 @@ def bench_backend(
     compare: bool,
     second: bool,
     train: tuple[bool, int | None] = (False, None),
+    serve: tuple[float, int] | None = None,
 ) -> dict[str, Any]:
-    """first (empty database), second (same data again), incremental (bulk path off), and
-    a training run on the first import's ratings when ``train[0]``."""
+    """first (empty database), second (same data again), incremental (bulk path off), a
+    training run on the first import's ratings when ``train[0]``, and with ``serve``
+    (seconds, highest user id) a second, one-epoch model and the serving runs."""
     result: dict[str, Any] = {}
-    with new_database() as url:
+    with new_database() as url, tempfile.TemporaryDirectory(prefix="saerec-bench-") as models:
         migrate(url)
         result["first"] = timed_import(url, folder)
         if second:
             result["second"] = timed_import(url, folder)
-        if train[0]:
-            result["train"] = timed_train(url, train[1])
+        if train[0] or serve:
+            result["train"] = timed_train(url, Path(models), train[1])
+        if serve and "error" not in result["train"]:
+            result["train_second"] = timed_train(url, Path(models), 1, "--set", "seed=2")
+            trained = [result[k].get("version") for k in ("train", "train_second")]
+            versions = [v for v in trained if v]
+            result["serve"] = serve_at_scale(url, Path(models), versions, serve[1], serve[0])
     if compare:
         with new_database() as url:
             migrate(url)
@@ -192,6 +340,8 @@ def bench_backend(
         and result.get("second", {"added": 0}).get("added") == 0
         and result.get("incremental", {"added": expected}).get("added") == expected
         and "error" not in result.get("train", {})
+        and "error" not in result.get("train_second", {})
+        and result.get("serve", {}).get("swap", {}).get("failed_requests", 0) == 0
     )
     return result
 
@@ -253,6 +403,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-second", action="store_true", help="skip the second import")
     parser.add_argument("--train", action="store_true", help="then saerec train on it")
     parser.add_argument("--train-epochs", type=int, default=None, help="cap the epochs")
+    parser.add_argument(
+        "--serve",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="train (as --train) and a second one-epoch model, then serve them: uncached "
+        "recommendations for SECONDS at 16 connections, and a swap under load",
+    )
     args = parser.parse_args(argv)
     folder = args.data or Path(tempfile.gettempdir()) / f"saerec-ml25m-{args.scale}-{args.seed}"
 
@@ -263,9 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     expected = results["dataset"]["ratings"]
     compare, second = not args.no_compare, not args.no_second
     train = (args.train, args.train_epochs)
+    serve = (args.serve, results["dataset"]["users"]) if args.serve else None
     if not args.skip_sqlite:
         results["sqlite"] = run_backend(
-            bench_backend, SqliteDatabase, folder, expected, compare, second, train
+            bench_backend, SqliteDatabase, folder, expected, compare, second, train, serve
         )
     if not args.skip_postgres:
         results["postgresql"] = run_backend(
@@ -276,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             compare,
             second,
             train,
+            serve,
         )
     results["host"]["load_average_at_end"] = os.getloadavg()
     print(json.dumps(results, indent=2))
