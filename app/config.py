@@ -102,6 +102,11 @@ class TrainingSettings(_Group):
     budget_seconds: float = Field(alias="train_budget_seconds")
     """TRAIN_BUDGET_SECONDS: seconds for a hyper-parameter search before each training
     (0 = train the preset)."""
+    max_seconds: float = Field(alias="train_max_seconds")
+    """TRAIN_MAX_SECONDS: the most the networks of a training without a search may take:
+    each stops at its best epochs so far when its share is spent (`train.STAGE_SHARES`).
+    ml-100k needs seconds; the default keeps MovieLens-25M's whole `saerec train` within
+    half an hour on 2 cores."""
     torch_threads: int | None = Field(alias="torch_threads")
     """TORCH_THREADS: torch/BLAS threads of a *training* process (None = torch's default,
     the core count); 1 is faster when training shares the cores with an API process."""
@@ -180,6 +185,7 @@ class Settings(BaseSettings):
     # -- training: TrainingSettings (its docstrings say what each one means) ------------
     train_preset: str = "default"
     train_budget_seconds: float = Field(default=0.0, ge=0.0)
+    train_max_seconds: float = Field(default=1440.0, gt=0.0)
     torch_threads: int | None = Field(default=None, ge=1)
     device: str | None = None
     quality_gate_margin: float = Field(default=0.02, ge=0.0)

@@ -141,7 +141,7 @@ def timed_train(database_url: str, models: Path, epochs: int | None, *extra: str
     keys = (
         "epochs_run", "rank_epoch", "rating_network_epochs", "network_seconds",
         "train_seconds", "refit_seconds", "valid_ndcg@10", "valid_popularity_ndcg",
-        "valid_rmse", "valid_bias_rmse", "valid_coverage@10",
+        "valid_rmse", "valid_bias_rmse", "valid_coverage@10", "time_limited",
     )  # fmt: skip
     return {
         **result,

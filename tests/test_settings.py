@@ -48,6 +48,7 @@ GROUPED_ENV = {
     "METRICS_DIR": "/run/saerec-metrics",
     "TRAIN_PRESET": "fast",
     "TRAIN_BUDGET_SECONDS": "60",
+    "TRAIN_MAX_SECONDS": "900",
     "TORCH_THREADS": "6",
     "DEVICE": "cpu",
     "QUALITY_GATE_MARGIN": "0.1",
@@ -130,6 +131,7 @@ def test_documented_variables_populate_the_groups(clean_env: pytest.MonkeyPatch)
     assert (serving.popular_refresh_seconds, serving.popular_prior_count) == (11.0, 3.5)
     training = settings.training
     assert (training.preset, training.budget_seconds, training.torch_threads) == ("fast", 60, 6)
+    assert training.max_seconds == 900.0
     assert (training.device, training.model_dir) == ("cpu", Path("/srv/saerec/models"))
     assert (training.gate_rmse_margin, training.gate_ndcg_margin) == (0.1, 0.05)
     assert (training.keep_versions, training.run_worker_in_api) == (8, False)

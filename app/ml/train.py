@@ -378,9 +378,11 @@ def train_model(
     if threads:
         torch.set_num_threads(threads)
     started = time.perf_counter()
-    nets = train_network(train, valid, config, on_epoch, device, deadline)
-    rating = train_rating_network(train, valid, config, device, deadline)
+    joint_end, rating_end = stage_deadlines(deadline)
+    nets = train_network(train, valid, config, on_epoch, device, joint_end)
+    rating = train_rating_network(train, valid, config, device, rating_end)
     network_seconds = time.perf_counter() - started
+    time_limited = rating_end is not None and time.monotonic() >= rating_end
     model, choice = assemble(train, valid, config, nets, rating)
     seconds = time.perf_counter() - started
     metrics: dict[str, float] = {
@@ -401,6 +403,7 @@ def train_model(
         popularity_penalty=model.blend.popularity_penalty,
         rating_weight=model.blend.rating_weight,
         joint_rating_weight=model.blend.joint_rating_weight,
+        time_limited=float(time_limited),
     )
     if model.item_path is not None:
         metrics["item_lambda"] = model.item_path.lam
@@ -409,6 +412,22 @@ def train_model(
         metrics["rating_network_epochs"] = len(rating.history)
     result = TrainResult(model, nets.history, nets.rank_epoch, metrics, seconds)
     return refit_on_all(result, train, valid, config, device, deadline) if refit else result
+
+
+# How a deadline is shared out, cumulatively: the joint network stops at its best epochs
+# so far once 60 % of the time is spent (it takes most of it, and ranks), the rating
+# network at 80 %, and the refit of the rating parts has the rest.
+STAGE_SHARES = (0.6, 0.8)
+
+
+def stage_deadlines(deadline: float | None) -> tuple[float | None, float | None]:
+    """The joint network's and the rating network's deadlines (`STAGE_SHARES` of the time
+    from now until ``deadline``); the refit's is ``deadline`` itself."""
+    if deadline is None:
+        return None, None
+    now = time.monotonic()
+    joint, rating = (now + share * (deadline - now) for share in STAGE_SHARES)
+    return joint, rating
 
 
 def refit_on_all(

@@ -145,6 +145,7 @@ def train(
             on_epoch,
             device=training.device,
             threads=training.torch_threads,
+            deadline=time.monotonic() + training.max_seconds,
         )
     metrics: dict[str, Any] = {k: _plain(v) for k, v in result.metrics.items()}
     if search_report is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from app.ml.data import holdout_split
 from app.ml.hybrid import BiasTerms
 from app.ml.metrics import evaluate_scorer
 from app.ml.model import config_from, rating_network_config
-from app.ml.train import EpochReport, train_model, validate
+from app.ml.train import EpochReport, stage_deadlines, train_model, validate
 
 
 def test_training_beats_popularity_bias_and_ease(synthetic) -> None:
@@ -187,3 +189,31 @@ def test_validation_batches_follow_the_catalog_and_leave_the_figures(
     sizes = [rows.shape[0] for rows, _ in validation.batches()]
     assert max(sizes) == 7 and sum(sizes) == validation.rows.shape[0]
     assert blend.validation_figures(model, validation) == pytest.approx(whole, rel=1e-6)
+
+
+def test_the_time_limit_is_shared_out_between_the_stages() -> None:
+    """TRAIN_MAX_SECONDS: the joint network may use 60 % of the time, the rating network up
+    to 80 %, the refit the rest; no deadline, no limit."""
+    start = time.monotonic()
+    joint, rating = stage_deadlines(start + 100.0)
+    assert joint is not None and rating is not None
+    assert joint - start == pytest.approx(60.0, abs=0.5)
+    assert rating - start == pytest.approx(80.0, abs=0.5)
+    assert stage_deadlines(None) == (None, None)
+
+
+def test_a_spent_time_limit_keeps_every_part_at_its_best_so_far(synthetic) -> None:
+    """Out of time, each network stops after the epoch it is in, keeping its best epoch so
+    far, the refit is skipped, and the model still has every part and serves."""
+    train, valid = holdout_split(synthetic, 0.1, seed=0)
+    config = config_from("fast", epochs=30, patience=30, seed=2)
+    limited = train_model(train, valid, config, threads=1, deadline=time.monotonic())
+    assert limited.metrics["epochs_run"] == 1
+    assert limited.metrics["rating_network_epochs"] == 1
+    assert limited.metrics["time_limited"] == 1.0
+    assert "refit_seconds" not in limited.metrics
+    assert limited.model.item_path is not None
+    scores, ratings = limited.model.predict(valid.matrix[:5])
+    assert np.isfinite(scores).all() and np.isfinite(ratings).all()
+    free = train_model(train, valid, config.model_copy(update={"epochs": 2}), threads=1)
+    assert free.metrics["time_limited"] == 0.0 and "refit_seconds" in free.metrics
