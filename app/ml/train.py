@@ -380,9 +380,10 @@ def train_model(
     started = time.perf_counter()
     joint_end, rating_end = stage_deadlines(deadline)
     nets = train_network(train, valid, config, on_epoch, device, joint_end)
+    time_limited = joint_end is not None and time.monotonic() >= joint_end
     rating = train_rating_network(train, valid, config, device, rating_end)
+    time_limited |= rating_end is not None and time.monotonic() >= rating_end
     network_seconds = time.perf_counter() - started
-    time_limited = rating_end is not None and time.monotonic() >= rating_end
     model, choice = assemble(train, valid, config, nets, rating)
     seconds = time.perf_counter() - started
     metrics: dict[str, float] = {
