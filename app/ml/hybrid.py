@@ -50,7 +50,8 @@ class BiasTerms:
         sums = np.bincount(row_of, resid, minlength=rows.shape[0])
         return (sums / (counts + self.user_reg)).astype(np.float32)
 
-    def predict(self, user_bias: float, cols: np.ndarray) -> np.ndarray:
+    def predict(self, user_bias: float | np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """At movie indices ``cols``: one user's bias, or each cell's user's."""
         return self.mean + self.movie_bias[cols] + np.float32(user_bias)
 
 

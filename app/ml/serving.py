@@ -441,7 +441,7 @@ class FoldInScorer:
         joint = None
         if self.blend.joint_rating_weight and self.rate_net is not self.rank_net:
             joint = self.rank_net.cell_ratings(batch.rank_hidden, batch.rank_user_bias, rows, idx)
-        bias = self.bias.mean + self.bias.movie_bias[idx] + batch.bias_user_bias[rows]
+        bias = self.bias.predict(batch.bias_user_bias[rows], idx)
         mixed = self.blend_ratings(RatingParts(rate, joint, bias), self.blend)
         return np.split(mixed, np.cumsum(sizes[:-1]))
 
@@ -481,7 +481,7 @@ class FoldInScorer:
         if cells is None:
             bias = self.bias.mean + self.bias.movie_bias[None, :] + user_bias[:, None]
         else:
-            bias = self.bias.mean + self.bias.movie_bias[cells[1]] + user_bias[cells[0]]
+            bias = self.bias.predict(user_bias[cells[0]], cells[1])
         return RatingParts(outputs[0], outputs[1] if len(outputs) > 1 else None, bias)
 
     def score_rows(self, rows: sp.csr_matrix) -> tuple[Array, Array]:
