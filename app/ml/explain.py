@@ -127,6 +127,9 @@ class _ItemPathStats:
         rows = table.dense if table.dense is not None else table.weights
         self.row_sum = rows.sum(axis=1, dtype=np.float64)
         self.row_square = np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
+        if table.dense is None:  # per source movie, not per row of the padded table
+            self.row_sum = self.row_sum[table.row_of]
+            self.row_square = self.row_square[table.row_of]
 
     def weights_to(self, cols: Array, targets: Array) -> Array:
         """Each rated movie's weight towards each target (k x targets)."""
@@ -135,10 +138,11 @@ class _ItemPathStats:
             return table.dense[np.ix_(cols, targets)]
         slot = np.full(self.table.n_movies, -1, dtype=np.int64)  # target -> its column
         slot[targets] = np.arange(targets.size)
-        found = slot[table.targets.take(cols, axis=0)]  # k x width, -1 where no target
+        their_targets, their_weights = table.neighbours(cols)
+        found = slot[their_targets]  # k x width, -1 where no target
         rows, width = np.nonzero(found >= 0)
         flat = rows * targets.size + found[rows, width]
-        weights = table.weights.take(cols, axis=0)[rows, width]
+        weights = their_weights[rows, width]
         counts = np.bincount(flat, weights, minlength=cols.size * targets.size)
         return counts.reshape(cols.size, targets.size).astype(np.float32)
 
@@ -147,8 +151,8 @@ class _ItemPathStats:
         table = self.table
         if table.dense is not None:
             return table.dense.take(cols, axis=0) @ total
-        weights = table.weights.take(cols, axis=0)
-        return (weights * total[table.targets.take(cols, axis=0)]).sum(axis=1)
+        their_targets, weights = table.neighbours(cols)
+        return (weights * total[their_targets]).sum(axis=1)
 
     def zscores(self, total: Array, cols: Array, targets: Array) -> Array:
         """Row 0 with every rating (summed scores ``total``), row 1 + j without rated movie

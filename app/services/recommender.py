@@ -230,7 +230,8 @@ class ServingModel:
         # the validated rating parts are the quality gate's, never served: not kept in memory
         loaded = replace(loaded, model=replace(loaded.model, validated=None))
         model = cls(version, loaded, catalog, loaded.model.scorer, _column_table(loaded.movies.ids))
-        _ = model.scorer.item_table  # built now, not by the first requests
+        _ = model.scorer.item_table  # built and timed now, not by the first requests
+        _ = model.scorer.rank_net.rank_gemm
         return model
 
     def columns(self, movie_ids: np.ndarray) -> np.ndarray:
@@ -603,7 +604,12 @@ class ModelLifecycle:
         while len(self._recent) > self._cached_versions:
             self._recent.popitem(last=False)
         MODEL_LOADS.labels("ok").inc()
-        log.info("model_loaded", version=version, ms=round((time.perf_counter() - started) * 1e3))
+        log.info(
+            "model_loaded",
+            version=version,
+            ms=round((time.perf_counter() - started) * 1e3),
+            ranking_gemm=model.scorer.rank_net.rank_gemm,
+        )
         return model
 
     def _load_failed(self, version: str, path: str | None, exc: Exception) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -12,7 +14,9 @@ import torch
 from app.ml.hybrid import BiasTerms, Blend, HybridModel
 from app.ml.item_path import ItemToItem
 from app.ml.model import StackedAutoencoder, config_from, rating_network_config
-from app.ml.serving import ItemTable, UserBatch, zscore, zscore_one
+from app.ml.serving import GEMMS, ItemTable, UserBatch, fastest_gemm, zscore, zscore_one
+
+GEMMS_AS_BUILT = dict(GEMMS)
 
 N_MOVIES = 50
 PLAIN = Blend(item_weight=0.0, popularity_penalty=0.0, rating_weight=1.0)
@@ -212,3 +216,51 @@ def test_a_batch_of_users_rates_as_each_user_alone(trained, synthetic) -> None:
         want = scorer.ratings(scorer.encode(c, v), movies)
         assert got[i].shape == movies.shape
         np.testing.assert_allclose(got[i], want, atol=1e-4)
+
+
+def test_the_padded_item_table_keeps_rows_only_for_movies_with_weights() -> None:
+    """Source movies without weights (outside the closed form's most-rated movies) share
+    one padding row, and score nothing."""
+    rng = np.random.default_rng(10)
+    dense = rng.normal(size=(N_MOVIES, N_MOVIES)).astype(np.float32)
+    dense[rng.random(dense.shape) < 0.8] = 0.0
+    dense[::3] = 0.0  # every third movie has no weights
+    table = ItemTable(sp.csr_matrix(dense))
+    assert table.dense is not None
+    with pytest.MonkeyPatch.context() as patch:  # the same weights in the padded layout
+        patch.setattr(ItemTable, "DENSE_MAX_BYTES", 0)
+        padded = ItemTable(sp.csr_matrix(dense))
+    with_weights = int((np.abs(dense).sum(axis=1) > 0).sum())
+    assert with_weights < N_MOVIES and padded.weights.shape[0] == with_weights + 1
+    users = [np.array([0, 3, 6]), np.array([1, 2, 3, 4]), np.arange(N_MOVIES)]
+    for cols in users:
+        np.testing.assert_allclose(padded.score(cols), dense[cols].sum(axis=0), atol=1e-5)
+    np.testing.assert_allclose(padded.score_many(users), table.score_many(users), atol=1e-5)
+
+
+def test_the_ranking_product_uses_the_fastest_gemm_and_every_gemm_agrees(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`fastest_gemm` times the candidates on the layer itself: a slow one is never
+    chosen, and whichever is chosen gives the same logits."""
+    rng = np.random.default_rng(11)
+    weight = rng.normal(size=(16, 300)).astype(np.float32)
+    h = rng.normal(size=(5, 16)).astype(np.float32)
+    products = {name: gemm(h, weight) for name, gemm in GEMMS.items()}
+    for product in products.values():
+        np.testing.assert_allclose(product, h @ weight.astype(np.float64), rtol=1e-5, atol=1e-4)
+        assert product.dtype == np.float32
+
+    def slow(name: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        def gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            time.sleep(0.1)  # slower than any real GEMM of this size, even on a loaded machine
+            return GEMMS_AS_BUILT[name](a, b)
+
+        return gemm
+
+    for slow_one in GEMMS_AS_BUILT:
+        patched = {
+            name: slow(name) if name == slow_one else gemm for name, gemm in GEMMS_AS_BUILT.items()
+        }
+        monkeypatch.setattr("app.ml.serving.GEMMS", patched)
+        assert fastest_gemm(weight) != slow_one
