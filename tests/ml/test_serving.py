@@ -14,7 +14,15 @@ import torch
 from app.ml.hybrid import BiasTerms, Blend, HybridModel
 from app.ml.item_path import ItemToItem
 from app.ml.model import StackedAutoencoder, config_from, rating_network_config
-from app.ml.serving import GEMMS, ItemTable, UserBatch, fastest_gemm, zscore, zscore_one
+from app.ml.serving import (
+    GEMMS,
+    ItemTable,
+    UserBatch,
+    fastest_gemm,
+    standardise_,
+    zscore,
+    zscore_one,
+)
 
 GEMMS_AS_BUILT = dict(GEMMS)
 
@@ -167,6 +175,16 @@ def test_one_user_z_score_is_the_batch_z_score() -> None:
     for values in (rng.normal(3.0, 2.0, 500), np.full(20, 1.5), rng.normal(size=1)):
         row = values.astype(np.float32)
         np.testing.assert_allclose(zscore_one(row.copy()), zscore(row[None, :])[0], atol=1e-5)
+
+
+def test_the_in_place_standardisation_is_the_z_score_times_its_weight() -> None:
+    rng = np.random.default_rng(12)
+    rows = np.vstack([rng.normal(3.0, 2.0, 700), np.full(700, 1.5), rng.exponential(size=700)])
+    rows = rows.astype(np.float32)
+    for scale in (1.0, 0.3):
+        got = standardise_(rows.copy(), scale)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, scale * zscore(rows), atol=1e-5)
 
 
 def test_a_batch_of_users_scores_as_each_user_alone(trained, synthetic) -> None:
