@@ -262,7 +262,7 @@ def zscore(a: Array) -> Array:
 
 
 def standardise_(a: Array, scale: float) -> Array:
-    """``scale * zscore(a)`` in place on a fresh B x n float32 array (a request batch): four
+    """``scale * zscore(a)`` in place on a fresh B x n float32 array (a request batch): five
     passes and one temporary, where `zscore` and a blend weight make ten passes and four
     temporaries; sums are numpy's pairwise ones, as in `zscore`."""
     a -= a.mean(axis=1, keepdims=True)
