@@ -276,20 +276,18 @@ def _read_plan(database_url: str) -> list[str]:
     """EXPLAIN (ANALYZE) of the hot-path read for a batch of 8 users, as the server runs it."""
     from sqlalchemy import create_engine
 
-    from app.services.recommender import USERS_STATE_SQL
+    from app.services.recommender import UserReader
 
     engine = create_engine(database_url)
     try:
         raw = engine.raw_connection()
         try:
             cursor = raw.cursor()
-            users = [1, 2, 3, 5, 8, 13, 21, 34]
+            sql, params = UserReader(engine).statement([1, 2, 3, 5, 8, 13, 21, 34])
             if engine.dialect.name == "sqlite":
-                wanted: object = json.dumps(users)
-                cursor.execute("EXPLAIN QUERY PLAN " + USERS_STATE_SQL["sqlite"], (wanted, wanted))
+                cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
                 return [str(row[-1]) for row in cursor.fetchall()]
-            sql = "EXPLAIN (ANALYZE, BUFFERS) " + USERS_STATE_SQL["postgresql"]
-            cursor.execute(sql, (users, users))
+            cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
             return [row[0] for row in cursor.fetchall()]
         finally:
             raw.close()

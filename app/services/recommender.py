@@ -670,13 +670,17 @@ class UserReader:
         _, _, hidden, version = self._read(())
         return UserRead((None, None, None, hidden), version, generation)
 
+    def statement(self, user_ids: Sequence[int]) -> tuple[str, tuple[object, ...]]:
+        """The read's SQL and its parameters for these users (the benchmark EXPLAINs it)."""
+        wanted: object = json.dumps(list(user_ids)) if self._sqlite else list(user_ids)
+        return self._sql, (wanted, wanted)
+
     def _read(self, user_ids: Sequence[int]) -> tuple[dict, dict, Any, str | None]:
         """(ratings by user, dismissals by user, hidden movies, active version), raw."""
-        wanted: object = json.dumps(list(user_ids)) if self._sqlite else list(user_ids)
         ratings: dict[int, tuple[Any, Any]] = {}
         dismissed: dict[int, Any] = {}
         hidden, version = None, None
-        for kind, user, ids, halves, active in self._rows(self._sql, (wanted, wanted)):
+        for kind, user, ids, halves, active in self._rows(*self.statement(user_ids)):
             if kind == RATINGS:
                 ratings[user] = (ids, halves)
             elif kind == DISMISSALS:
