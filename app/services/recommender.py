@@ -338,17 +338,10 @@ class Filters:
         ids = [np.asarray(b, dtype=np.int64) for b in blocked if len(b)]
         return cls(np.concatenate(ids) if ids else NO_IDS, genres)
 
-    def apply(self, scores: np.ndarray, model: ServingModel, rated_cols: np.ndarray) -> None:
-        """Set -inf (never listed) on a model's score row: the rated columns, the blocked
-        movies the model knows, non-finite scores, movies outside the genres. One sum
-        checks finiteness; the full scan runs only if it fails."""
-        if not np.isfinite(scores.sum()):  # a diverged model must not break the JSON
-            scores[~np.isfinite(scores)] = -np.inf
-        scores[rated_cols] = -np.inf
-        self.apply_asked(scores, model)
-
     def apply_asked(self, scores: np.ndarray, model: ServingModel) -> None:
-        """The blocked movies and the genres only (`apply` without its first steps)."""
+        """Set -inf (never listed) on a model's score row for what the request and the
+        catalog rule out: the blocked movies the model knows, movies outside the genres
+        (`filter_scores` adds the rated movies and non-finite scores)."""
         if self.blocked.size:
             cols = model.columns(self.blocked)
             scores[cols[cols >= 0]] = -np.inf
@@ -912,7 +905,7 @@ class Recommender:
             items = self.popularity.items(NO_IDS, n, within)
             return _similar_answer(movie_id, model, "popular", items)
         scores = model.scorer.similarity.scores(col)
-        filters.apply(scores, model, np.array([col]))
+        filter_scores(scores[None, :], model, [np.array([col])], [filters])
         top = _top_many(scores[None, :], [n])[0]
         items = model.catalog.items(top, scores[top])
         return _similar_answer(movie_id, model, "autoencoder", items)
@@ -960,7 +953,7 @@ def rank_batch(
     batch = model.scorer.encode_many([j.cols for j in jobs], [j.ratings for j in jobs])
     scores = model.scorer.scores_many(batch)  # a fresh array: ours to overwrite
     folded = time.perf_counter()
-    _filter_batch(scores, model, jobs)
+    filter_scores(scores, model, [job.cols for job in jobs], [job.filters for job in jobs])
     filtered = time.perf_counter()
     tops = _top_many(scores, [job.request.n for job in jobs])
     predicted = model.scorer.ratings_many(batch, tops)
@@ -982,15 +975,18 @@ def rank_batch(
     return answers
 
 
-def _filter_batch(scores: np.ndarray, model: ServingModel, jobs: list[_Pending]) -> None:
-    """`Filters.apply` on each row of a batch's scores, the common steps (non-finite
-    scores, the rated movies) done once for the whole batch."""
+def filter_scores(
+    scores: np.ndarray, model: ServingModel, rated: list[np.ndarray], filters: list[Filters]
+) -> None:
+    """Set -inf (never listed) on each row of a model's scores: non-finite scores, that
+    row's ``rated`` columns, then its `Filters.apply_asked`. The common steps run once for
+    the whole batch; one sum checks finiteness, the full scan runs only if it fails."""
     if not np.isfinite(scores.sum()):  # a diverged model must not break the JSON
         scores[~np.isfinite(scores)] = -np.inf
-    rows = np.repeat(np.arange(len(jobs)), [job.cols.size for job in jobs])
-    scores[rows, np.concatenate([job.cols for job in jobs])] = -np.inf
-    for row, job in zip(scores, jobs, strict=True):
-        job.filters.apply_asked(row, model)
+    rows = np.repeat(np.arange(len(rated)), [cols.size for cols in rated])
+    scores[rows, np.concatenate(rated)] = -np.inf
+    for row, row_filters in zip(scores, filters, strict=True):
+        row_filters.apply_asked(row, model)
 
 
 def _add_reasons(
