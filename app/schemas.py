@@ -190,6 +190,25 @@ class RecommendationItem(BaseModel):
     )
 
 
+class RecommendationQuery(BaseModel):
+    """The query string of GET /users/{id}/recommendations, validated as a whole by one
+    pydantic call (`app.api.deps.query_model`) and published from this model, so the
+    OpenAPI parameters are exactly what is checked."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n: int = Field(10, ge=1, le=100, description="how many movies to list")
+    genre: list[Genre] | None = Field(
+        None, max_length=20, description="repeatable: movies in any of these genres"
+    )
+    exclude: list[PositiveId] | None = Field(
+        None, max_length=100, description="repeatable: movie ids not to list this time"
+    )
+    explain: bool = Field(
+        False, description="add each item's `because`: the ratings that raised it"
+    )
+
+
 class RecommendationsOut(BaseModel):
     user_id: int
     model_version: str | None

@@ -250,3 +250,29 @@ def test_the_openapi_document_tells_the_new_parameters(client: TestClient) -> No
     assert params["explain"]["schema"]["type"] == "boolean"
     similar_op = paths["/movies/{movie_id}/similar"]["get"]
     assert {"200", "404", "422"} <= set(similar_op["responses"])
+
+
+def test_the_recommendation_query_is_refused_as_fastapi_would(client: TestClient) -> None:
+    """One pydantic model validates the query string: every error keeps FastAPI's shape
+    (a 422 per problem, located in the query), an undeclared name is refused as on the
+    other routes, and a repeated plain parameter keeps its last value."""
+    url = "/users/1/recommendations"
+    unknown = client.get(url, params={"limit": 5, "n": 3})
+    assert unknown.status_code == 422
+    (error,) = unknown.json()["detail"]
+    assert error["loc"] == ["query", "limit"] and error["type"] == "extra_forbidden"
+    assert "exclude, explain, genre, n" in error["msg"]
+    bad = client.get(url, params={"exclude": [5, "x"], "n": 0}).json()["detail"]
+    assert {tuple(e["loc"]) for e in bad} == {("query", "n"), ("query", "exclude", 1)}
+    assert len(client.get(url, params=[("n", "50"), ("n", "2")]).json()["items"]) == 2
+    assert client.get(url, params={"explain": "yes", "n": 1}).status_code == 200
+
+
+def test_the_openapi_parameters_are_the_validated_model(client: TestClient) -> None:
+    operation = client.get("/openapi.json").json()["paths"]["/users/{user_id}/recommendations"]
+    params = {p["name"]: p for p in operation["get"]["parameters"]}
+    assert set(params) == {"user_id", "n", "genre", "exclude", "explain"}
+    assert params["n"]["schema"]["minimum"] == 1 and params["n"]["schema"]["maximum"] == 100
+    assert params["genre"]["schema"]["anyOf"][0]["maxItems"] == 20
+    assert all(not p["required"] for name, p in params.items() if name != "user_id")
+    assert "does not declare" in operation["get"]["responses"]["422"]["description"]

@@ -10,14 +10,15 @@ import time
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import Field
 
-from app.api.deps import MovieId, RecommenderDep, UserId
+from app.api.deps import MovieId, QueryParser, RecommenderDep, UserId, recommender_of
 from app.schemas import (
     NO_NUL,
     PositiveId,
     PredictionsOut,
+    RecommendationQuery,
     RecommendationsOut,
     SimilarMoviesOut,
 )
@@ -35,26 +36,29 @@ Genres = Annotated[
     list[Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)]] | None,
     Query(max_length=20, description="repeatable: movies in any of these genres"),
 ]
+recommendation_query = QueryParser(RecommendationQuery)
 
 
-@router.get("/users/{user_id}/recommendations", response_model=RecommendationsOut)
-async def recommendations(
-    recommender: RecommenderDep,
-    user_id: UserId,
-    n: Annotated[int, Query(ge=1, le=100)] = 10,
-    genre: Genres = None,
-    exclude: Annotated[
-        list[PositiveId] | None,
-        Query(max_length=100, description="repeatable: movie ids not to list this time"),
-    ] = None,
-    explain: Annotated[
-        bool, Query(description="add each item's `because`: the ratings that raised it")
-    ] = False,
-) -> Response:
+@router.get(
+    "/users/{user_id}/recommendations",
+    response_model=RecommendationsOut,
+    openapi_extra=recommendation_query.openapi,
+)
+async def recommendations(http: Request, user_id: UserId) -> Response:
+    # The query and the recommender are taken here, not as dependencies: FastAPI's
+    # solving of them was a tenth of this hot path (see `QueryParser`).
+    query = recommendation_query(http)
+    recommender = recommender_of(http)
     # Inference runs on the recommender's own small executor, off the event loop: a few
     # threads that keep busy beat dozens of threadpool threads fighting over the GIL. The
     # batcher lets requests that arrive together share one forward pass.
-    request = RecommendRequest(user_id, n, _unique(genre or []), _unique(exclude or []), explain)
+    request = RecommendRequest(
+        user_id,
+        query.n,
+        _unique(query.genre or []),
+        _unique(query.exclude or []),
+        query.explain,
+    )
     answer = await recommender.recommendations(request)
     started = time.perf_counter()
     response = _json(answer)
