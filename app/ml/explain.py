@@ -38,45 +38,6 @@ Array = np.ndarray
 EPS = 1e-6  # as in `zscore`
 
 
-class _LogitStats:
-    """Ranking logits ``h @ weight_t + bias`` over the catalog, summarised for any code h."""
-
-    def __init__(self, net: NetWeights) -> None:
-        if net.rank is not None:
-            weight_t, bias = net.rank
-        else:  # the rating head ranks (no user bias: a constant per user cancels)
-            weight_t = np.ascontiguousarray(net.rate_w.T)
-            bias = net.rate_b + (net.base if net.residual else 0.0)
-        w = weight_t.astype(np.float64)
-        b = np.asarray(bias, dtype=np.float64)
-        n = w.shape[1]
-        self.weight_t = weight_t
-        self.bias = np.asarray(bias, dtype=np.float32)
-        self.mean_w = w.mean(axis=1).astype(np.float32)
-        self.mean_b = float(b.mean())
-        # mean square of the logits = [h, 1] @ second @ [h, 1]: the Gram matrix of the
-        # weights, bordered by their products with the bias (one matrix product per call)
-        second = np.empty((w.shape[0] + 1, w.shape[0] + 1))
-        second[:-1, :-1] = (w @ w.T) / n
-        second[:-1, -1] = second[-1, :-1] = (w @ b) / n
-        second[-1, -1] = (b * b).mean()
-        self.second = second.astype(np.float32)
-
-    def moments(self, h: Array) -> tuple[Array, Array]:
-        """Mean and standard deviation over the catalog of each row's logits."""
-        mean = (h @ self.mean_w).astype(np.float64) + self.mean_b
-        bordered = np.empty((h.shape[0], h.shape[1] + 1), dtype=np.float32)
-        bordered[:, :-1], bordered[:, -1] = h, 1.0
-        square = np.einsum("ij,ij->i", bordered @ self.second, bordered, dtype=np.float64)
-        return mean, np.sqrt(np.maximum(square - mean * mean, 0.0))
-
-    def zscores(self, hidden: Array, cols: Array) -> Array:
-        """z-scored logits of movies ``cols`` for each row of ``hidden`` (rows x cols)."""
-        mean, std = self.moments(hidden)
-        logits = (hidden @ self.weight_t[:, cols] + self.bias[cols]).astype(np.float64)
-        return (logits - mean[:, None]) / (std[:, None] + EPS)
-
-
 def _leave_one_out_inputs(net: NetWeights, cols: Array, values: Array) -> Array:
     """First-layer pre-activations (bias not added): row 0 with every rating, row 1 + j
     without rating j; exact, features rescaled and user bias refolded per row."""
@@ -182,7 +143,7 @@ class Explainer:
 
     def __init__(self, scorer: FoldInScorer) -> None:
         self.net = scorer.rank_net
-        self.logits = _LogitStats(scorer.rank_net)
+        self.logits = scorer.rank_net.logit_stats
         table = scorer.item_table
         self.item_weight = float(scorer.blend.item_weight) if table is not None else 0.0
         self.item_path = _ItemPathStats(table) if table is not None else None
@@ -213,7 +174,7 @@ class Explainer:
         slope = _slope(self.net.activation_name, full).astype(np.float32)
         code = self.net.activation(full)[None, :].astype(np.float32)
         _, std = self.logits.moments(code)
-        estimate = ((inputs[0] - inputs[1:]) * slope) @ self.logits.weight_t[:, targets]
+        estimate = ((inputs[0] - inputs[1:]) * slope) @ self.logits.weight[targets].T
         estimate *= (1.0 - self.item_weight) / (std[0] + EPS)
         if self.item_path is not None and total is not None:
             item_std = float(total.std()) + EPS
@@ -243,15 +204,15 @@ class ItemSimilarity:
         net = scorer.rank_net
         self.n_movies = scorer.n_movies
         self.inputs = net.first_t[: self.n_movies]  # indicator (or rating) rows
-        self.outputs_t = net.rank[0] if net.rank is not None else np.ascontiguousarray(net.rate_w.T)
+        self.outputs = net.rank[0] if net.rank is not None else net.rate_w  # movies x hidden
         self.inputs_scale = _inverse_norms(self.inputs)
-        self.outputs_scale = _inverse_norms(self.outputs_t.T)
+        self.outputs_scale = _inverse_norms(self.outputs)
 
     def scores(self, col: int) -> Array:
         """Similarity of every movie to movie ``col`` (itself included), in [-1, 1]."""
         by_input = self.inputs @ self.inputs[col]
         by_input *= self.inputs_scale * self.inputs_scale[col]
-        by_output = self.outputs_t[:, col] @ self.outputs_t
+        by_output = self.outputs @ self.outputs[col]
         by_output *= self.outputs_scale * self.outputs_scale[col]
         return (by_input + by_output) * np.float32(0.5)
 

@@ -7,7 +7,9 @@ rating heads are built on. `FoldInScorer` turns a user's current ratings into sc
 predicted ratings from numpy copies of those parts, for one user (the request hot path:
 the first layer gathers only the weight rows of the rated movies, the rating heads run
 only for the movies asked for) or for a batch of users (evaluation), with the same
-feature and blend functions either way.
+feature and blend functions either way. A request batch on a large catalog ranks in two
+passes (`QuantizedRanking`, `top_many`): int8 over the catalog, then float32 on the few
+movies the first pass cannot rule out, so the answer is the float32 one.
 The torch forward (`StackedAutoencoder.forward`) is the training-side definition; a test
 pins this pass to it.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -108,12 +110,11 @@ class NetWeights:
         self.first_bias = _np(net.layers[0].bias)
         self.deeper = [(_np(layer.weight), _np(layer.bias)) for layer in net.layers[1:]]
         self.base = _np(net.global_mean + net.movie_bias)
-        # The ranking layer transposed (hidden x movies, contiguous): `h @ rank_t` runs
-        # ~2x faster than `h @ weight.T` for a batch of users and no slower for one.
+        # The ranking layer as torch keeps it (movies x hidden, contiguous): a batch's
+        # `h @ weight.T` runs as fast as with a transposed copy, and the few movies a
+        # quantized first pass leaves (`QuantizedRanking`) are rows, gathered at once.
         self.rank = (
-            (np.ascontiguousarray(_np(net.rank_out.weight).T), _np(net.rank_out.bias))
-            if net.rank_out is not None
-            else None
+            (_np(net.rank_out.weight), _np(net.rank_out.bias)) if net.rank_out is not None else None
         )
         self.rate_w, self.rate_b = _np(net.rate_out.weight), _np(net.rate_out.bias)
 
@@ -196,14 +197,23 @@ class NetWeights:
     @cached_property
     def rank_gemm(self) -> str:
         """The GEMM `logits` uses, timed on this layer at first use (see `fastest_gemm`)."""
-        return fastest_gemm(self.rank[0]) if self.rank is not None else "numpy"
+        return fastest_gemm(self.rank[0].T) if self.rank is not None else "numpy"
+
+    @cached_property
+    def logit_stats(self) -> LogitStats:
+        return LogitStats(self)
+
+    @cached_property
+    def quantized(self) -> QuantizedRanking | None:
+        """The int8 first pass over the ranking layer (None without a ranking head)."""
+        return QuantizedRanking(self.rank[0], self.logit_stats) if self.rank is not None else None
 
     def logits(self, h: Array) -> Array:
         """Ranking scores over the catalog (the rating head when there is no ranking head)."""
         if self.rank is None:
             return self.ratings(h, np.zeros(h.shape[0], np.float32), None)
-        weight_t, bias = self.rank
-        out = GEMMS[self.rank_gemm](np.ascontiguousarray(h, dtype=np.float32), weight_t)
+        weight, bias = self.rank
+        out = GEMMS[self.rank_gemm](np.ascontiguousarray(h, dtype=np.float32), weight.T)
         out += bias
         return out
 
@@ -211,8 +221,8 @@ class NetWeights:
         """`logits` for one user's hidden vector (1-D in, a fresh 1-D float32 array out)."""
         if self.rank is None:
             return self.ratings(h[None, :], np.zeros(1, np.float32), None)[0]
-        weight_t, bias = self.rank
-        out = h @ weight_t
+        weight, bias = self.rank
+        out = weight @ h
         out += bias
         return out
 
@@ -231,6 +241,167 @@ class NetWeights:
         if self.residual:
             out = out + self.base[cols] + user_bias[rows]
         return out.astype(np.float32, copy=False)
+
+
+class LogitStats:
+    """Ranking logits ``h @ weight.T + bias`` over the catalog, summarised for any code h:
+    their mean and spread come from moments of the weights, without the logits."""
+
+    def __init__(self, net: NetWeights, block: int = 8192) -> None:
+        if net.rank is not None:
+            weight, bias = net.rank
+        else:  # the rating head ranks (no user bias: a constant per user cancels)
+            weight = net.rate_w
+            bias = net.rate_b + (net.base if net.residual else 0.0)
+        self.weight = weight  # movies x hidden
+        self.bias = np.asarray(bias, dtype=np.float32)
+        b = self.bias.astype(np.float64)
+        n, hidden = weight.shape
+        self.mean_w = weight.mean(axis=0, dtype=np.float64)
+        self.mean_b = float(b.mean())
+        # mean square of the logits = [h, 1] @ second @ [h, 1]: the Gram matrix of the
+        # weights, bordered by their products with the bias; float64, a block of movies at
+        # a time (a whole float64 copy of a 59k-movie layer would be 189 MB)
+        second = np.zeros((hidden + 1, hidden + 1))
+        for start in range(0, n, block):
+            w = weight[start : start + block].astype(np.float64)
+            second[:-1, :-1] += w.T @ w
+            second[:-1, -1] += w.T @ b[start : start + block]
+        second[-1, :-1] = second[:-1, -1]
+        second[-1, -1] = b @ b
+        self.second = second / max(n, 1)
+
+    def moments(self, h: Array) -> tuple[Array, Array]:
+        """Mean and standard deviation over the catalog of each row's logits (float64)."""
+        h64 = np.asarray(h, dtype=np.float64)
+        mean = h64 @ self.mean_w + self.mean_b
+        bordered = np.empty((h64.shape[0], h64.shape[1] + 1))
+        bordered[:, :-1], bordered[:, -1] = h64, 1.0
+        square = np.einsum("ij,ij->i", bordered @ self.second, bordered)
+        return mean, np.sqrt(np.maximum(square - mean * mean, 0.0))
+
+    def at(self, h: Array, cols: Array) -> Array:
+        """The logits of movies ``cols`` only (rows x cols, float32)."""
+        return h @ self.weight[cols].T + self.bias[cols]
+
+    def zscores(self, hidden: Array, cols: Array) -> Array:
+        """z-scored logits of movies ``cols`` for each row of ``hidden`` (rows x cols)."""
+        mean, std = self.moments(hidden)
+        logits = self.at(hidden, cols).astype(np.float64)
+        return (logits - mean[:, None]) / (std[:, None] + 1e-6)
+
+
+class QuantizedRanking:
+    """The ranking layer in int8, for a first pass over the whole catalog that is exact
+    to within a known bound, so that only the few movies it cannot rule out need the
+    float32 layer (`top_many`). At 59,047 movies the int8 product of a request batch
+    took ~3 ms where float32 took ~8 (a quarter of the bytes to read, and VNNI).
+
+    Weights are rounded per movie (scale s_m = max|w_m| / 127, so |w - w'| <= s_m / 2),
+    the hidden codes per user (s_u, likewise). Then for every movie
+    |h.w - h'.w'| <= ||h||_1 max(s_m) / 2 + s_u max ||w'_m||_1 / 2 + float rounding,
+    a bound per user (on a 10,000-movie model it left ~20 candidates for a top 10).
+    """
+
+    def __init__(self, weight: Array, stats: LogitStats) -> None:
+        peak = np.abs(weight).max(axis=1)
+        scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+        quantized = np.rint(weight / scale[:, None]).astype(np.int8)
+        self.int8_t = torch.from_numpy(np.ascontiguousarray(quantized.T))  # hidden x movies
+        self.scale = scale
+        self.bias = stats.bias
+        self.max_scale = float(scale.max(initial=0.0))
+        rounded_l1 = np.abs(quantized).sum(axis=1, dtype=np.float64) * scale
+        self.max_l1 = float(rounded_l1.max(initial=0.0))
+        self.max_weight = float(peak.max(initial=0.0))
+        self.max_bias = float(np.abs(self.bias).max(initial=0.0))
+
+    def logits(self, h: Array) -> tuple[Array, Array]:
+        """(approximate logits, B x movies float32; each row's error bound, float64)."""
+        l1 = np.abs(h).sum(axis=1, dtype=np.float64)
+        peak = np.abs(h).max(axis=1)
+        h_scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+        h8 = np.rint(h / h_scale[:, None]).astype(np.int8)
+        out = torch._int_mm(torch.from_numpy(h8), self.int8_t).float()
+        out *= torch.from_numpy(h_scale)[:, None]
+        out *= torch.from_numpy(self.scale)
+        out += torch.from_numpy(self.bias)
+        rounding = l1 * self.max_scale / 2 + h_scale * self.max_l1 / 2
+        magnitude = l1 * self.max_weight + self.max_bias  # float32 rounding: ~1e-7 of it
+        return out.numpy(), rounding * 1.001 + magnitude * 1e-6
+
+
+@dataclass(frozen=True)
+class BatchScores:
+    """Blended ranking scores of a request batch (B x movies): each row within ``slack``
+    of the exact scores (0: exact), which `exact` gives for any movies."""
+
+    values: Array
+    slack: Array
+    exact: Callable[[Array, Array], Array] | None = None
+    """(rows, cols) -> the exact scores at those cells"""
+
+    @classmethod
+    def of_exact(cls, values: Array) -> BatchScores:
+        return cls(values, np.zeros(values.shape[0]))
+
+
+def top_many(scores: BatchScores, ns: list[int], extra: int = 32) -> list[tuple[Array, Array]]:
+    """Per row, the movies of its n best finite scores, best first (ties by index), and
+    their exact scores. -inf marks a movie never to list.
+
+    One top-k over the batch picks n candidates per row (torch's, ~6x faster than numpy's
+    argpartition on a 10,000-movie row), n + ``extra`` where scores are approximate.
+    There, every movie within twice its slack of the row's n-th best stays a candidate
+    (the true top n are among them; a row whose band reaches past the top-k is scanned
+    whole), and the candidates of the whole batch are rescored exactly at once and
+    ranked on those scores. Whole-batch numpy steps only: a step per row cost more.
+    """
+    values = scores.values
+    approximate = scores.slack > 0
+    inexact = bool(approximate.any())
+    k = min(max(ns) + (extra if inexact else 0), values.shape[1])
+    picked = torch.topk(torch.from_numpy(values), k, dim=1, sorted=False).indices.numpy()
+    found = np.take_along_axis(values, picked, axis=1)
+    keep = np.isfinite(found)
+    if inexact:
+        ordered = -np.sort(-found, axis=1)  # best first, -inf last
+        nth = ordered[np.arange(len(ns)), np.minimum(ns, k) - 1]
+        bars = nth - 2 * scores.slack  # -inf where fewer than n are finite: keep them all
+        keep &= found >= bars[:, None]
+        wide = approximate & keep.all(axis=1) & (k < values.shape[1])
+        if wide.any():
+            return _ranked(scores, ns, *_scanned(values, picked, keep, wide, bars))
+    rows, at = np.nonzero(keep)
+    return _ranked(scores, ns, rows, picked[rows, at], found[rows, at])
+
+
+def _scanned(
+    values: Array, picked: Array, keep: Array, wide: Array, bars: Array
+) -> tuple[Array, Array, None]:
+    """(rows, cols, None): the kept picks, but every movie above the bar in ``wide`` rows."""
+    keep = keep & ~wide[:, None]
+    rows, _ = np.nonzero(keep)
+    rows_wide, cols_wide = np.nonzero(values[wide] >= bars[wide][:, None])
+    rows = np.concatenate([rows, np.flatnonzero(wide)[rows_wide]])
+    return rows, np.concatenate([picked[keep], cols_wide]), None
+
+
+def _ranked(
+    scores: BatchScores, ns: list[int], rows: Array, cols: Array, found: Array | None
+) -> list[tuple[Array, Array]]:
+    """Each row's first n candidates by exact score (ties by index)."""
+    if scores.exact is not None and scores.slack.any():
+        found = scores.exact(rows, cols)
+    elif found is None:
+        found = scores.values[rows, cols]
+    order = np.lexsort((cols, -found, rows))
+    cols, found = cols[order], found[order]
+    starts = np.searchsorted(rows[order], np.arange(len(ns) + 1))
+    return [
+        (cols[start : start + min(n, stop - start)], found[start : start + min(n, stop - start)])
+        for start, stop, n in zip(starts[:-1], starts[1:], ns, strict=True)
+    ]
 
 
 class RatingParts(NamedTuple):
@@ -400,6 +571,11 @@ class UserBatch:
 class FoldInScorer:
     """A user's current ratings in, ranking scores and clamped predicted ratings out."""
 
+    # The int8 first pass pays from about this many ranking weights (hidden x movies): at
+    # 400 x 10,000 it cut a batch of 8's scores from 2.0 to 1.15 ms; at ml-100k's 400 x
+    # 1,682 the float32 product takes ~0.03 ms, less than the extra candidates' rescoring.
+    QUANTIZED_MIN_WEIGHTS = 2_000_000
+
     def __init__(self, model: HybridModel) -> None:
         self.n_movies = model.n_movies
         self.rank_net = NetWeights(model.rank_net)
@@ -475,11 +651,60 @@ class FoldInScorer:
             mixed -= self.penalty
         return mixed
 
-    def scores_many(self, batch: UserBatch) -> Array:
+    def scores_many(self, batch: UserBatch) -> BatchScores:
         """`scores` for several users at once (B x n_movies, a fresh array): one matrix
-        product over the catalog, then `blend_scores` of the z-scored parts in place."""
+        product over the catalog, then `blend_scores` of the z-scored parts in place.
+
+        On a large catalog the product is `QuantizedRanking`'s int8 one, so the scores are
+        approximate within each row's slack; `top_many` ranks on exact ones regardless.
+        """
         if len(batch) == 1:
-            return self.scores(batch.user(0))[None, :]
+            return BatchScores.of_exact(self.scores(batch.user(0))[None, :])
+        quantized = self.first_pass
+        if quantized is None or not np.isfinite(batch.rank_hidden).all():
+            return BatchScores.of_exact(self._exact_many(batch))
+        return self._approximate_many(batch, quantized)
+
+    @cached_property
+    def first_pass(self) -> QuantizedRanking | None:
+        """The int8 first pass, where the ranking layer is large enough for it to pay (it
+        adds an exact rescoring of a few candidates per user): built at load."""
+        rank = self.rank_net.rank
+        if rank is None or rank[0].size < self.QUANTIZED_MIN_WEIGHTS:
+            return None
+        return self.rank_net.quantized
+
+    def _approximate_many(self, batch: UserBatch, quantized: QuantizedRanking) -> BatchScores:
+        h = batch.rank_hidden
+        logits, error = quantized.logits(h)
+        mean, std = self.rank_net.logit_stats.moments(h)
+        deep_weight = 1.0 if self.item_table is None else 1.0 - self.blend.item_weight
+        scale = deep_weight / (std + 1e-6)  # `standardise_` with the exact moments
+        logits -= mean.astype(np.float32)[:, None]
+        logits *= scale.astype(np.float32)[:, None]
+        item = None
+        if self.item_table is not None:
+            item = standardise_(self.item_table.score_many(batch.cols), self.blend.item_weight)
+            logits += item
+        if self.blend.popularity_penalty:
+            logits -= self.penalty
+        exact = partial(self._exact_cells, h, mean, scale, item)
+        return BatchScores(logits, error * scale + 1e-5, exact)  # + the blend's rounding
+
+    def _exact_cells(
+        self, h: Array, mean: Array, scale: Array, item: Array | None, rows: Array, cols: Array
+    ) -> Array:
+        """`_approximate_many`'s scores at cells (rows, cols), from the float32 layer."""
+        stats = self.rank_net.logit_stats
+        logits = np.einsum("ij,ij->i", h[rows], stats.weight[cols]) + stats.bias[cols]
+        out = (logits - mean[rows]) * scale[rows]
+        if item is not None:
+            out += item[rows, cols]
+        if self.blend.popularity_penalty:
+            out -= self.penalty[cols]
+        return out.astype(np.float32)
+
+    def _exact_many(self, batch: UserBatch) -> Array:
         mixed = self.rank_net.logits(batch.rank_hidden)
         if self.item_table is None:  # no item path, or a blend that gives it no share
             standardise_(mixed, 1.0)

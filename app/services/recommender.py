@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from prometheus_client import Counter, Summary
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import DBAPIError
@@ -40,7 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import ServingSettings
 from app.db import create_session_factory
 from app.ml.artifacts import ArtifactError, LoadedModel, load_artifact
-from app.ml.serving import FoldInScorer, UserState
+from app.ml.serving import BatchScores, FoldInScorer, UserState, top_many
 from app.models import Movie, MovieGenre, Rating
 from app.observability import MODEL_INFO, MODEL_LOADS, RECOMMEND_LATENCY, get_logger
 from app.services import registry
@@ -232,6 +231,7 @@ class ServingModel:
         model = cls(version, loaded, catalog, loaded.model.scorer, _column_table(loaded.movies.ids))
         _ = model.scorer.item_table  # built and timed now, not by the first requests
         _ = model.scorer.rank_net.rank_gemm
+        _ = model.scorer.first_pass
         return model
 
     def columns(self, movie_ids: np.ndarray) -> np.ndarray:
@@ -904,10 +904,10 @@ class Recommender:
             within = filters if genres else Filters(filters.blocked, tuple(movie_genres))
             items = self.popularity.items(NO_IDS, n, within)
             return _similar_answer(movie_id, model, "popular", items)
-        scores = model.scorer.similarity.scores(col)
-        filter_scores(scores[None, :], model, [np.array([col])], [filters])
-        top = _top_many(scores[None, :], [n])[0]
-        items = model.catalog.items(top, scores[top])
+        scores = model.scorer.similarity.scores(col)[None, :]
+        filter_scores(scores, model, [np.array([col])], [filters])
+        top, exact = top_many(BatchScores.of_exact(scores), [n])[0]
+        items = model.catalog.items(top, exact)
         return _similar_answer(movie_id, model, "autoencoder", items)
 
     def _movie_genres(self, movie_id: int) -> list[str]:
@@ -951,19 +951,19 @@ def rank_batch(
 ) -> list[list[dict[str, Any]]]:
     """The top n of each encoded user; each stage's time is counted (see STAGES)."""
     batch = model.scorer.encode_many([j.cols for j in jobs], [j.ratings for j in jobs])
-    scores = model.scorer.scores_many(batch)  # a fresh array: ours to overwrite
+    scores = model.scorer.scores_many(batch)  # fresh arrays: ours to overwrite
     folded = time.perf_counter()
-    filter_scores(scores, model, [job.cols for job in jobs], [job.filters for job in jobs])
+    rated = [job.cols for job in jobs]
+    filter_scores(scores.values, model, rated, [job.filters for job in jobs])
     filtered = time.perf_counter()
-    tops = _top_many(scores, [job.request.n for job in jobs])
-    predicted = model.scorer.ratings_many(batch, tops)
+    tops = top_many(scores, [job.request.n for job in jobs])
+    predicted = model.scorer.ratings_many(batch, [top for top, _ in tops])
     ranked = time.perf_counter()
     listed = model.catalog.items
     answers = [
-        listed(top, row[top], rated)
-        for row, top, rated in zip(scores, tops, predicted, strict=True)
+        listed(top, exact, ratings) for (top, exact), ratings in zip(tops, predicted, strict=True)
     ]
-    for i, (job, top, items) in enumerate(zip(jobs, tops, answers, strict=True)):
+    for i, (job, (top, _), items) in enumerate(zip(jobs, tops, answers, strict=True)):
         if job.request.explain:
             _add_reasons(model, job, batch.user(i), top, items)
     done = time.perf_counter()
@@ -1035,21 +1035,6 @@ def _mtime(path: str) -> float | None:
         return Path(path).stat().st_mtime
     except OSError:
         return None
-
-
-def _top_many(scores: np.ndarray, ns: list[int]) -> list[np.ndarray]:
-    """Per row, the indices of its n best finite scores, best first, ties by index.
-
-    torch's top-k selects the candidates of the whole batch in one call, ~6x faster than
-    numpy's argpartition on a 10,000-movie row; only those few are then sorted.
-    """
-    k = min(max(ns), scores.shape[1])
-    picked = torch.topk(torch.from_numpy(scores), k, dim=1, sorted=False).indices.numpy()
-    values = np.take_along_axis(scores, picked, axis=1)
-    order = np.lexsort((picked, -values), axis=-1)  # best first, ties by index, -inf last
-    picked = np.take_along_axis(picked, order, axis=1)
-    listed = np.isfinite(values).sum(axis=1)  # never a filtered (-inf) movie
-    return [row[: min(n, int(m))] for row, n, m in zip(picked, ns, listed, strict=True)]
 
 
 def _answer(user_id: int, version: str | None, strategy: str, items: list) -> dict[str, Any]:

@@ -16,10 +16,13 @@ from app.ml.item_path import ItemToItem
 from app.ml.model import StackedAutoencoder, config_from, rating_network_config
 from app.ml.serving import (
     GEMMS,
+    BatchScores,
+    FoldInScorer,
     ItemTable,
     UserBatch,
     fastest_gemm,
     standardise_,
+    top_many,
     zscore,
     zscore_one,
 )
@@ -195,12 +198,58 @@ def test_a_batch_of_users_scores_as_each_user_alone(trained, synthetic) -> None:
     for rated in (1, 4, 25, 60):
         cols = np.sort(rng.choice(synthetic.shape[1], size=rated, replace=False))
         states.append(scorer.encode(cols, rng.choice([1.0, 3.0, 4.5], size=rated)))
+    assert scorer.first_pass is None  # a small catalog: the float32 product, exact
     batch = scorer.scores_many(UserBatch.of(states))
-    assert batch.shape == (len(states), synthetic.shape[1])
-    for row, state in zip(batch, states, strict=True):
+    assert batch.values.shape == (len(states), synthetic.shape[1])
+    assert not batch.slack.any()
+    for row, state in zip(batch.values, states, strict=True):
         np.testing.assert_allclose(row, scorer.scores(state), atol=1e-4)
-    single = scorer.scores_many(UserBatch.of(states[:1]))[0]
+    single = scorer.scores_many(UserBatch.of(states[:1])).values[0]
     np.testing.assert_allclose(single, scorer.scores(states[0]))
+
+
+def test_the_int8_first_pass_ranks_exactly_the_float32_top_n(
+    trained, synthetic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a catalog large enough for it, a batch's scores come from `QuantizedRanking`:
+    each row within its slack of the exact scores, and `top_many` returns exactly the
+    movies and scores the float32 pass ranks first, for any n."""
+    monkeypatch.setattr(FoldInScorer, "QUANTIZED_MIN_WEIGHTS", 0)
+    scorer = FoldInScorer(trained.model)  # the threshold is read when first_pass is built
+    assert scorer.first_pass is not None
+    rng = np.random.default_rng(13)
+    cols = [np.sort(rng.choice(synthetic.shape[1], size=k, replace=False)) for k in (1, 5, 30, 80)]
+    values = [rng.choice([0.5, 2.0, 4.0, 5.0], size=c.size).astype(np.float32) for c in cols]
+    batch = scorer.encode_many(cols, values)
+    approximate = scorer.scores_many(batch)
+    exact = np.stack([scorer.scores(batch.user(i)) for i in range(len(batch))])
+    assert approximate.slack.min() > 0
+    assert (np.abs(approximate.values - exact).max(axis=1) <= approximate.slack).all()
+    for n in (1, 10, 60, synthetic.shape[1]):
+        rated = np.repeat(np.arange(len(cols)), [c.size for c in cols]), np.concatenate(cols)
+        approximate.values[rated] = exact[rated] = -np.inf
+        got = top_many(approximate, [n] * len(cols))
+        want = top_many(BatchScores.of_exact(exact), [n] * len(cols))
+        for (got_cols, got_scores), (want_cols, want_scores) in zip(got, want, strict=True):
+            np.testing.assert_array_equal(got_cols, want_cols)
+            np.testing.assert_allclose(got_scores, want_scores, atol=1e-4)
+
+
+def test_top_many_keeps_every_movie_the_slack_cannot_rule_out() -> None:
+    """Scores within a wide slack of the exact ones: the top n are found even when more
+    movies than the first top-k holds are near the n-th (the full scan), ties by index."""
+    rng = np.random.default_rng(14)
+    exact = rng.normal(size=(3, 500)).astype(np.float32)
+    exact[2, 100:110] = 5.0  # ten tied best movies
+    slack = np.array([0.0, 0.8, 0.8])
+    noisy = exact + (rng.uniform(-1, 1, size=exact.shape) * slack[:, None]).astype(np.float32)
+    noisy[0] = exact[0]
+    scores = BatchScores(noisy, slack, lambda rows, cols: exact[rows, cols])
+    for n in (1, 10, 50):
+        for row, (cols, found) in enumerate(top_many(scores, [n] * 3)):
+            want = np.lexsort((np.arange(500), -exact[row]))[:n]
+            np.testing.assert_array_equal(cols, want)
+            np.testing.assert_array_equal(found, exact[row, want])
 
 
 def test_a_batch_of_users_encodes_as_each_user_alone(trained, synthetic) -> None:
