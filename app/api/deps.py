@@ -104,7 +104,7 @@ async def reject_unknown_query(request: Request) -> None:
 
     `/movies?search=star` would otherwise answer the whole catalog as if it had been
     filtered. Routes without query parameters (health checks, metrics scrapes) are left
-    alone: probes often add cache busters; a route whose query is a `query_model` refuses
+    alone: probes often add cache busters; a route whose query is a `QueryParser` refuses
     unknown names itself. Async, so it costs the hot path no thread hop.
     """
     route = request.scope.get("route")

@@ -953,8 +953,7 @@ def rank_batch(
     batch = model.scorer.encode_many([j.cols for j in jobs], [j.ratings for j in jobs])
     scores = model.scorer.scores_many(batch)  # fresh arrays: ours to overwrite
     folded = time.perf_counter()
-    rated = [job.cols for job in jobs]
-    filter_scores(scores.values, model, rated, [job.filters for job in jobs])
+    filter_scores(scores.values, model, [j.cols for j in jobs], [j.filters for j in jobs])
     filtered = time.perf_counter()
     tops = top_many(scores, [job.request.n for job in jobs])
     predicted = model.scorer.ratings_many(batch, [top for top, _ in tops])
