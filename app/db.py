@@ -51,6 +51,28 @@ def create_db_engine(db: DatabaseSettings) -> Engine:
     )
 
 
+def create_read_engine(engine: Engine, pool_size: int) -> Engine:
+    """The request hot path's engine for one read-only statement per checkout.
+
+    On PostgreSQL: autocommit connections, never pinged and never rolled back on return,
+    so a read is one round trip instead of three (the pool's ping, the statement, the
+    reset's ROLLBACK took two thirds of the read's time on the 25M-rating set). Its
+    caller retries once on a connection the server dropped. SQLite: the engine itself.
+    """
+    if engine.dialect.name != "postgresql":
+        return engine
+    return create_engine(
+        engine.url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=False,
+        pool_reset_on_return=None,
+        isolation_level="AUTOCOMMIT",
+        pool_timeout=10,
+        connect_args={"connect_timeout": 5},
+    )
+
+
 def create_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 

@@ -85,3 +85,19 @@ def test_database_outage_answers_503_and_recovers_by_itself(
     assert client.get("/users/1/ratings").json()["items"][0]["rating"] == 4.0  # no write leaked
     assert client.post("/ratings", json={**rating, "rating": 3.0}).status_code == 200
     assert client.get("/users/1/recommendations").status_code == 200
+
+
+def test_a_read_connection_dropped_while_idle_costs_no_request(
+    proxied: tuple[TestClient, CuttableProxy],
+) -> None:
+    """The hot path's pool does not ping before each read: a pooled connection the server
+    dropped in between is discarded and the read tried once more, so the first request
+    after a blip is answered, not refused."""
+    client, proxy = proxied
+    rating = {"user_id": 1, "movie_id": 1, "rating": 4.0, "timestamp": 1}
+    assert client.post("/ratings", json=rating).status_code == 201
+    assert client.get("/users/1/recommendations").status_code == 200  # a pooled connection
+    proxy.cut()  # resets it while idle
+    proxy.restore()
+    for _ in range(3):
+        assert client.get("/users/1/recommendations").status_code == 200

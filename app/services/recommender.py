@@ -37,7 +37,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import ServingSettings
-from app.db import create_session_factory
+from app.db import create_read_engine, create_session_factory
 from app.ml.artifacts import ArtifactError, LoadedModel, load_artifact
 from app.ml.serving import BatchScores, FoldInScorer, UserState, top_many
 from app.models import Movie, MovieGenre, Rating
@@ -638,10 +638,15 @@ class UserReader:
     """The hot-path read: the ratings and dismissals of a batch of users, the hidden movies
     and the active version, in one statement."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, engine: Engine, connections: int = 1) -> None:
+        self._engine = create_read_engine(engine, connections)
+        self._owns_engine = self._engine is not engine
         self._sql = USERS_STATE_SQL[engine.dialect.name]
         self._sqlite = engine.dialect.name == "sqlite"
+
+    def dispose(self) -> None:
+        if self._owns_engine:
+            self._engine.dispose()
 
     def read_many(self, user_ids: Sequence[int], generation: int) -> list[UserRead]:
         """One `UserRead` per id, in order.
@@ -687,8 +692,18 @@ class UserReader:
 
         The hot path of every request, so it uses a pooled DBAPI connection directly:
         SQLAlchemy's result machinery cost more than the query itself. Driver errors are
-        re-raised as SQLAlchemy's, so the API maps them as everywhere else (503).
+        re-raised as SQLAlchemy's, so the API maps them as everywhere else (503). The
+        pool does not ping (`create_read_engine`): a connection the server dropped while
+        idle is discarded and the read, which changes nothing, is tried once more.
         """
+        try:
+            return self._fetch(sql, params)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            return self._fetch(sql, params)
+
+    def _fetch(self, sql: str, params: tuple[object, ...]) -> list[tuple]:
         dialect = self._engine.dialect
         try:
             raw = self._engine.raw_connection()
@@ -700,13 +715,16 @@ class UserReader:
             cursor.execute(sql, params)
             rows = list(cursor.fetchall())
         except dialect.loaded_dbapi.Error as exc:
-            if dialect.is_disconnect(exc, raw.dbapi_connection, cursor):
+            dropped = dialect.is_disconnect(exc, raw.dbapi_connection, cursor)
+            if dropped:
                 raw.invalidate(exc)
-            raise DBAPIError.instance(sql, params, exc, dialect.loaded_dbapi.Error) from exc
+            raise DBAPIError.instance(
+                sql, params, exc, dialect.loaded_dbapi.Error, connection_invalidated=dropped
+            ) from exc
         finally:
             if cursor is not None:
                 cursor.close()
-            raw.close()  # back to the pool (rolled back on return)
+            raw.close()  # back to the pool (autocommit on PostgreSQL: nothing to roll back)
         return rows
 
 
@@ -753,7 +771,7 @@ class Recommender:
             serving.model_cache_versions,
             serving.model_retry_seconds,
         )
-        self.reader = UserReader(engine)
+        self.reader = UserReader(engine, serving.threads)
         self.popularity = Popularity(self._sessions, serving.popular_prior_count)
         self.answers = AnswerCache(serving.answer_cache_size)
 
@@ -775,6 +793,7 @@ class Recommender:
     def shutdown(self) -> None:
         """Stop the executor: queued work is dropped, running work is not waited for."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.reader.dispose()
 
     def _loop_batcher(self) -> Batcher:
         """The batcher of the running event loop (one loop per process in production)."""
