@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Engine, Executable, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import DatabaseSettings
@@ -41,14 +41,7 @@ def create_db_engine(db: DatabaseSettings) -> Engine:
         )
         event.listen(engine, "connect", _enable_sqlite_pragmas)
         return engine
-    return create_engine(
-        db.url,
-        pool_size=db.pool_size,
-        max_overflow=db.pool_size,
-        pool_pre_ping=True,
-        pool_timeout=10,
-        connect_args={"connect_timeout": 5},
-    )
+    return _postgres_engine(db.url, db.pool_size, pool_pre_ping=True)
 
 
 def create_read_engine(engine: Engine, pool_size: int) -> Engine:
@@ -61,15 +54,21 @@ def create_read_engine(engine: Engine, pool_size: int) -> Engine:
     """
     if engine.dialect.name != "postgresql":
         return engine
+    return _postgres_engine(
+        engine.url, pool_size, pool_reset_on_return=None, isolation_level="AUTOCOMMIT"
+    )
+
+
+def _postgres_engine(url: str | URL, pool_size: int, **options: Any) -> Engine:
+    """A PostgreSQL pool of ``pool_size`` (as much overflow) that fails fast when the
+    server is away: 5 s to connect, 10 s to wait for a pooled connection."""
     return create_engine(
-        engine.url,
+        url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=False,
-        pool_reset_on_return=None,
-        isolation_level="AUTOCOMMIT",
         pool_timeout=10,
         connect_args={"connect_timeout": 5},
+        **options,
     )
 
 

@@ -192,7 +192,7 @@ class RecommendationItem(BaseModel):
 
 class RecommendationQuery(BaseModel):
     """The query string of GET /users/{id}/recommendations, validated as a whole by one
-    pydantic call (`app.api.deps.query_model`) and published from this model, so the
+    pydantic call (`app.api.deps.QueryParser`) and published from this model, so the
     OpenAPI parameters are exactly what is checked."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -203,11 +203,6 @@ class NetWeights:
     def logit_stats(self) -> LogitStats:
         return LogitStats(self)
 
-    @cached_property
-    def quantized(self) -> QuantizedRanking | None:
-        """The int8 first pass over the ranking layer (None without a ranking head)."""
-        return QuantizedRanking(self.rank[0], self.logit_stats) if self.rank is not None else None
-
     def logits(self, h: Array) -> Array:
         """Ranking scores over the catalog (the rating head when there is no ranking head)."""
         if self.rank is None:
@@ -280,14 +275,10 @@ class LogitStats:
         square = np.einsum("ij,ij->i", bordered @ self.second, bordered)
         return mean, np.sqrt(np.maximum(square - mean * mean, 0.0))
 
-    def at(self, h: Array, cols: Array) -> Array:
-        """The logits of movies ``cols`` only (rows x cols, float32)."""
-        return h @ self.weight[cols].T + self.bias[cols]
-
     def zscores(self, hidden: Array, cols: Array) -> Array:
         """z-scored logits of movies ``cols`` for each row of ``hidden`` (rows x cols)."""
         mean, std = self.moments(hidden)
-        logits = self.at(hidden, cols).astype(np.float64)
+        logits = (hidden @ self.weight[cols].T + self.bias[cols]).astype(np.float64)
         return (logits - mean[:, None]) / (std[:, None] + 1e-6)
 
 
@@ -303,13 +294,13 @@ class QuantizedRanking:
     a bound per user (on a 10,000-movie model it left ~20 candidates for a top 10).
     """
 
-    def __init__(self, weight: Array, stats: LogitStats) -> None:
+    def __init__(self, weight: Array, bias: Array) -> None:
         peak = np.abs(weight).max(axis=1)
         scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
         quantized = np.rint(weight / scale[:, None]).astype(np.int8)
         self.int8_t = torch.from_numpy(np.ascontiguousarray(quantized.T))  # hidden x movies
         self.scale = scale
-        self.bias = stats.bias
+        self.bias = np.asarray(bias, dtype=np.float32)
         self.max_scale = float(scale.max(initial=0.0))
         rounded_l1 = np.abs(quantized).sum(axis=1, dtype=np.float64) * scale
         self.max_l1 = float(rounded_l1.max(initial=0.0))
@@ -371,30 +362,30 @@ def top_many(scores: BatchScores, ns: list[int], extra: int = 32) -> list[tuple[
         keep &= found >= bars[:, None]
         wide = approximate & keep.all(axis=1) & (k < values.shape[1])
         if wide.any():
-            return _ranked(scores, ns, *_scanned(values, picked, keep, wide, bars))
+            rows, cols = _scanned(values, picked, keep, wide, bars)
+            return _ranked(scores, ns, rows, cols, values[rows, cols])
     rows, at = np.nonzero(keep)
     return _ranked(scores, ns, rows, picked[rows, at], found[rows, at])
 
 
 def _scanned(
     values: Array, picked: Array, keep: Array, wide: Array, bars: Array
-) -> tuple[Array, Array, None]:
-    """(rows, cols, None): the kept picks, but every movie above the bar in ``wide`` rows."""
+) -> tuple[Array, Array]:
+    """(rows, cols): the kept picks, but every movie above the bar in ``wide`` rows."""
     keep = keep & ~wide[:, None]
     rows, _ = np.nonzero(keep)
     rows_wide, cols_wide = np.nonzero(values[wide] >= bars[wide][:, None])
     rows = np.concatenate([rows, np.flatnonzero(wide)[rows_wide]])
-    return rows, np.concatenate([picked[keep], cols_wide]), None
+    return rows, np.concatenate([picked[keep], cols_wide])
 
 
 def _ranked(
-    scores: BatchScores, ns: list[int], rows: Array, cols: Array, found: Array | None
+    scores: BatchScores, ns: list[int], rows: Array, cols: Array, found: Array
 ) -> list[tuple[Array, Array]]:
-    """Each row's first n candidates by exact score (ties by index)."""
+    """Each row's first n candidates by exact score (ties by index); ``found`` are their
+    scores as given, replaced by the exact ones where those are approximate."""
     if scores.exact is not None and scores.slack.any():
         found = scores.exact(rows, cols)
-    elif found is None:
-        found = scores.values[rows, cols]
     order = np.lexsort((cols, -found, rows))
     cols, found = cols[order], found[order]
     starts = np.searchsorted(rows[order], np.arange(len(ns) + 1))
@@ -672,7 +663,7 @@ class FoldInScorer:
         rank = self.rank_net.rank
         if rank is None or rank[0].size < self.QUANTIZED_MIN_WEIGHTS:
             return None
-        return self.rank_net.quantized
+        return QuantizedRanking(*rank)
 
     def _approximate_many(self, batch: UserBatch, quantized: QuantizedRanking) -> BatchScores:
         h = batch.rank_hidden
