@@ -18,6 +18,7 @@ from app.ml.serving import (
     GEMMS,
     BatchScores,
     FoldInScorer,
+    Int8Kernel,
     ItemTable,
     UserBatch,
     fastest_gemm,
@@ -208,17 +209,18 @@ def test_a_batch_of_users_scores_as_each_user_alone(trained, synthetic) -> None:
     np.testing.assert_allclose(single, scorer.scores(states[0]))
 
 
+@pytest.mark.parametrize("sizes", [(1, 5, 30, 80), (12,)])
 def test_the_int8_first_pass_ranks_exactly_the_float32_top_n(
-    trained, synthetic, monkeypatch: pytest.MonkeyPatch
+    trained, synthetic, monkeypatch: pytest.MonkeyPatch, sizes: tuple[int, ...]
 ) -> None:
-    """On a catalog large enough for it, a batch's scores come from `QuantizedRanking`:
-    each row within its slack of the exact scores, and `top_many` returns exactly the
-    movies and scores the float32 pass ranks first, for any n."""
+    """On a catalog large enough for it, a batch's scores come from `QuantizedRanking`,
+    a lone user's too: each row within its slack of the exact scores, and `top_many`
+    returns exactly the movies and scores the float32 pass ranks first, for any n."""
     monkeypatch.setattr(FoldInScorer, "QUANTIZED_MIN_WEIGHTS", 0)
     scorer = FoldInScorer(trained.model)  # the threshold is read when first_pass is built
     assert scorer.first_pass is not None
     rng = np.random.default_rng(13)
-    cols = [np.sort(rng.choice(synthetic.shape[1], size=k, replace=False)) for k in (1, 5, 30, 80)]
+    cols = [np.sort(rng.choice(synthetic.shape[1], size=k, replace=False)) for k in sizes]
     values = [rng.choice([0.5, 2.0, 4.0, 5.0], size=c.size).astype(np.float32) for c in cols]
     batch = scorer.encode_many(cols, values)
     approximate = scorer.scores_many(batch)
@@ -233,6 +235,45 @@ def test_the_int8_first_pass_ranks_exactly_the_float32_top_n(
         for (got_cols, got_scores), (want_cols, want_scores) in zip(got, want, strict=True):
             np.testing.assert_array_equal(got_cols, want_cols)
             np.testing.assert_allclose(got_scores, want_scores, atol=1e-4)
+
+
+def _int8_reference(h8: np.ndarray, codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return (h8.astype(np.int64) @ codes.astype(np.int64).T) * scale.astype(np.float64)
+
+
+@pytest.mark.parametrize("users", [1, 8, 17])
+def test_the_int8_kernel_gives_the_exact_integer_products(users: int) -> None:
+    """Whichever kernel `Int8Kernel.fastest` picks (oneDNN's packed one where it is exact),
+    each cell is the integer dot product times the movie's scale, extremes included."""
+    rng = np.random.default_rng(21)
+    codes = rng.integers(-127, 128, size=(3000, 64)).astype(np.int8)
+    codes[0] = 127  # sums far past 16 bits
+    scale = rng.uniform(1e-3, 1e-2, size=3000).astype(np.float32)
+    h8 = rng.integers(-127, 128, size=(users, 64)).astype(np.int8)
+    h8[0] = 127
+    got = Int8Kernel.fastest(codes, scale).product(h8).double().numpy()
+    np.testing.assert_allclose(got, _int8_reference(h8, codes, scale), rtol=1e-6)
+
+
+def test_a_packed_kernel_that_is_not_exact_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The packed product is checked against int64 sums at load: where it differs (here,
+    weights packed from other codes, as saturating 16-bit sums would), `_int_mm` serves."""
+    import app.ml.serving as serving
+
+    rng = np.random.default_rng(22)
+    codes = rng.integers(-127, 128, size=(500, 32)).astype(np.int8)
+    scale = np.full(500, 0.01, dtype=np.float32)
+    pack = serving._onednn_pack
+    if pack(codes) is None:
+        pytest.skip("this torch build has no oneDNN int8 linear")
+    assert Int8Kernel.fastest(codes, scale).packed is not None
+    other = np.ascontiguousarray(codes // 2)
+    monkeypatch.setattr(serving, "_onednn_pack", lambda _codes: pack(other))
+    kernel = Int8Kernel.fastest(codes, scale)
+    assert kernel.packed is None and kernel.codes_t is not None
+    h8 = rng.integers(-127, 128, size=(4, 32)).astype(np.int8)
+    got = kernel.product(h8).double().numpy()
+    np.testing.assert_allclose(got, _int8_reference(h8, codes, scale), rtol=1e-6)
 
 
 def test_top_many_keeps_every_movie_the_slack_cannot_rule_out() -> None:
