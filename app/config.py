@@ -73,6 +73,10 @@ class ServingSettings(_Group):
     torch_threads: int = Field(alias="serve_torch_threads")
     """SERVE_TORCH_THREADS: torch/BLAS threads *inside one inference*: requests already run
     in parallel on the serve threads, so more only oversubscribes the cores."""
+    gil_switch_ms: float = Field(alias="serve_gil_switch_ms")
+    """SERVE_GIL_SWITCH_MS: the interpreter's switch interval in an API process. The
+    inference thread gives the GIL up at each torch step and waits for it after; with
+    Python's 5 ms default it waited behind the event loop's HTTP work for most of that."""
     answer_cache_size: int = Field(alias="answer_cache_size")
     """ANSWER_CACHE_SIZE: answers kept per model version (0 = no answer cache)."""
     model_poll_seconds: float = Field(alias="model_poll_seconds")
@@ -174,6 +178,7 @@ class Settings(BaseSettings):
     # -- serving: ServingSettings (its docstrings say what each one means) -------------
     serve_threads: int = Field(default=1, ge=1, le=64)
     serve_torch_threads: int = Field(default=1, ge=1)
+    serve_gil_switch_ms: float = Field(default=0.5, gt=0, le=100)
     answer_cache_size: int = Field(default=20_000, ge=0)
     model_poll_seconds: float = Field(default=2.0, gt=0)
     model_cache_versions: int = Field(default=3, ge=1, le=20)

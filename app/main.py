@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -175,6 +176,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         serving = settings.serving
         torch.set_num_threads(serving.torch_threads)
         threadpool_limits(serving.torch_threads)
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(serving.gil_switch_ms / 1000)
         engine = create_db_engine(settings.db)
         app.state.engine = engine
         app.state.session_factory = create_session_factory(engine)
@@ -216,6 +219,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             recommender.shutdown()
             engine.dispose()
             forget_this_process()
+            sys.setswitchinterval(switch_interval)
 
     app = FastAPI(
         title="saerec",

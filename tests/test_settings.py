@@ -39,6 +39,7 @@ GROUPED_ENV = {
     "MODEL_DIR": "/srv/saerec/models",
     "SERVE_THREADS": "5",
     "SERVE_TORCH_THREADS": "3",
+    "SERVE_GIL_SWITCH_MS": "2",
     "ANSWER_CACHE_SIZE": "0",
     "MODEL_POLL_SECONDS": "0.5",
     "MODEL_CACHE_VERSIONS": "4",
