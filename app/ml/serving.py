@@ -326,10 +326,10 @@ class Int8Kernel:
     scale per movie: the first pass's one product over the catalog.
 
     oneDNN's int8 linear on weights packed once at load (`torch.ops.onednn`, the kernel
-    PyTorch's x86 quantization lowers to) read the 59,047-movie layer in 1.4-3 ms per
-    batch of 8 where `torch._int_mm`, which re-lays the weights out on every call, took
-    3-7. It is used only where it is exact: its integer sums must equal int64 ones on
-    inputs built to overflow 16-bit intermediates (CPUs without VNNI may saturate them).
+    PyTorch's x86 quantization lowers to) took 1.4-3 ms per batch of 8 on the
+    59,047-movie layer, `torch._int_mm` 3-7 (the faster figures with the layer in cache).
+    It is used only where it is exact: its integer sums must equal int64 ones on inputs
+    built to overflow 16-bit intermediates (CPUs without VNNI may saturate them).
     Elsewhere `torch._int_mm` on the movies x hidden codes, transposed as a view.
     """
 
