@@ -75,8 +75,8 @@ class ServingSettings(_Group):
     in parallel on the serve threads, so more only oversubscribes the cores."""
     gil_switch_ms: float = Field(alias="serve_gil_switch_ms")
     """SERVE_GIL_SWITCH_MS: the interpreter's switch interval in an API process. The
-    inference thread gives the GIL up at each torch step and waits for it after; with
-    Python's 5 ms default it waited behind the event loop's HTTP work for most of that."""
+    inference thread gives the GIL up at each torch step and needs it back after; with
+    Python's 5 ms default it could wait that long behind the event loop's HTTP work."""
     answer_cache_size: int = Field(alias="answer_cache_size")
     """ANSWER_CACHE_SIZE: answers kept per model version (0 = no answer cache)."""
     model_poll_seconds: float = Field(alias="model_poll_seconds")

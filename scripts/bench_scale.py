@@ -26,10 +26,10 @@ time, RSS, uncached recommendations for random users at 16 connections for SECON
 p99, throughput beside /healthz), first as training left the page cache
 (`recommendations_cold_cache`), then after reading the ratings table and its index
 into it (`prewarm`: a database that has been serving), then a swap to the version not
-served, through the admin API, under load: every request that failed (non-200, or no answer within wrk's
-2 s) is counted. Last, the EXPLAIN (ANALYZE) of the per-user read for a batch of users.
-Prints one JSON object; exit status 1 if a run failed, added the wrong number of rows, or
-a request failed during the swap.
+served, through the admin API, under load: every request that failed (non-200, or no
+answer within wrk's 2 s) is counted. Last, the EXPLAIN (ANALYZE) of the per-user read
+for a batch of users. Prints one JSON object; exit status 1 if a run failed, added the
+wrong number of rows, or a request failed during the swap.
 """
 
 from __future__ import annotations
@@ -282,8 +282,8 @@ def _prewarm(database_url: str) -> dict[str, Any]:
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         with open(url.database or "", "rb") as db:
-            pages = sum(1 for _ in iter(lambda: db.read(1 << 20), b""))
-        return {"mib_read": pages, "seconds": round(time.perf_counter() - started, 2)}
+            mebibytes = sum(1 for _ in iter(lambda: db.read(1 << 20), b""))
+        return {"mib_read": mebibytes, "seconds": round(time.perf_counter() - started, 2)}
     engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
