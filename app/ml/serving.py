@@ -298,7 +298,6 @@ class QuantizedRanking:
         peak = np.abs(weight).max(axis=1)
         scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
         quantized = np.rint(weight / scale[:, None]).astype(np.int8)
-        self.scale = scale
         self.bias = np.asarray(bias, dtype=np.float32)
         self.max_scale = float(scale.max(initial=0.0))
         rounded_l1 = np.abs(quantized).sum(axis=1, dtype=np.float64) * scale
@@ -393,9 +392,8 @@ def _overflow_probes(codes: Array) -> Array:
     """Inputs whose products with the largest rows add up to the biggest integer sums: each
     such row's signs times 127, both ways, and all 127 and all -127."""
     l1 = np.abs(codes.astype(np.int32)).sum(axis=1)
-    rows = codes[np.argsort(l1)[-4:]].astype(np.int16)
-    signs = np.where(rows >= 0, 127, -127)
-    full = np.full((2, codes.shape[1]), 127, dtype=np.int16) * np.array([[1], [-1]])
+    signs = np.where(codes[np.argsort(l1)[-4:]] >= 0, 127, -127)
+    full = np.repeat([[127], [-127]], codes.shape[1], axis=1)
     return np.concatenate([signs, -signs, full]).astype(np.int8)
 
 
