@@ -339,6 +339,18 @@ class StackedAutoencoder(nn.Module):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
 
+    @classmethod
+    def from_state(
+        cls, n_movies: int, config: ModelConfig, state: dict[str, torch.Tensor]
+    ) -> StackedAutoencoder:
+        """An eval-mode network whose weights are the tensors of ``state`` themselves: built
+        on the meta device and assigned, so no initial weights are drawn only to be
+        overwritten and no second copy is made (283 MB for a 59k-movie network)."""
+        with torch.device("meta"):
+            net = cls(n_movies, config)
+        net.load_state_dict(state, strict=True, assign=True)
+        return net.eval()
+
     @property
     def first_layer(self) -> InputLayer:
         """The input layer (the one that sees the sparse rating features)."""

@@ -196,9 +196,11 @@ def train_epoch(
     for start in range(0, order.size, size):
         batch = SparseBatch.from_csr(matrix[order[start : start + size]], device)
         loss, rank, rate = batch_loss(model, batch, config, sampler)
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        # freed now, not before the next step: validation and the epoch's snapshots then
+        # run without a gradient copy of the weights (283 MB at 59,047 movies)
+        optimizer.zero_grad(set_to_none=True)
         totals += (float(loss.detach()), rank, rate)
         batches += 1
     mean_loss, mean_rank, mean_rate = (float(v) for v in totals / max(batches, 1))
@@ -278,14 +280,27 @@ class HeadBest:
     epoch: int = 0
     state: dict[str, torch.Tensor] | None = None
 
-    def offer(self, value: float, epoch: int, model: torch.nn.Module) -> bool:
-        """Keep this epoch when it beats the best (or nothing is kept yet)."""
+    def offer(
+        self, value: float, epoch: int, model: torch.nn.Module, other: HeadBest | None = None
+    ) -> bool:
+        """Keep this epoch when it beats the best (or nothing is kept yet), sharing the
+        ``other`` head's copy of the weights when it kept this same epoch."""
         if (not math.isnan(value) and value > self.value) or self.state is None:
             self.value = value if not math.isnan(value) else self.value
             self.epoch = epoch
-            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if other is not None and other.epoch == epoch and other.state is not None:
+                self.state = other.state
+            else:
+                self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             return True
         return False
+
+    def take(self) -> dict[str, torch.Tensor]:
+        """The kept weights, no longer held here (so that they go once restored)."""
+        if self.state is None:
+            raise RuntimeError("no epoch was kept")
+        state, self.state = self.state, None
+        return state
 
 
 @dataclass
@@ -333,7 +348,7 @@ def train_network(
         ndcg = metrics["ndcg@10"] if has_valid else float(epoch)
         rmse = metrics["rmse"] if has_valid else -float(epoch)
         rank_improved = rank_best.offer(ndcg if model.rank_out is not None else -rmse, epoch, model)
-        rate_improved = rate_best.offer(-rmse, epoch, model)
+        rate_improved = rate_best.offer(-rmse, epoch, model, rank_best)
         report = EpochReport(
             epoch, config.epochs, loss, metrics["rmse"], metrics["ndcg@10"],
             time.perf_counter() - t0, metrics["mae"], rank, rate, rank_improved, rate_improved,
@@ -345,20 +360,24 @@ def train_network(
         late = deadline is not None and time.monotonic() >= deadline
         if ctx.agree(stale or late):
             break
-    rank_net = _restored(model, config, rank_best)
+    n_movies = model.n_movies
+    # The trained weights and Adam's two moments go before the best epochs are rebuilt:
+    # with them alive, that was the training's peak (3.7-4.2 GB at 25M ratings).
+    del trained, optimizer, model
+    rank_net = _restored(n_movies, config, rank_best.take())
     same = rate_best.epoch == rank_best.epoch
-    rate_net = rank_net if same else _restored(model, config, rate_best)
+    rate_net = rank_net if same else _restored(n_movies, config, rate_best.take())
     return NetworkResult(rank_net, rate_net, history, rank_best.epoch, rate_best.epoch)
 
 
 NO_METRICS = {"rmse": math.nan, "mae": math.nan, "ndcg@10": math.nan}
 
 
-def _restored(model: StackedAutoencoder, config: ModelConfig, best: HeadBest) -> StackedAutoencoder:
-    """A CPU eval-mode copy of the network holding one head's best weights."""
-    copy = StackedAutoencoder(model.n_movies, config)
-    copy.load_state_dict({k: v.cpu() for k, v in (best.state or model.state_dict()).items()})
-    return copy.eval()
+def _restored(
+    n_movies: int, config: ModelConfig, state: dict[str, torch.Tensor]
+) -> StackedAutoencoder:
+    """A CPU eval-mode network made of one head's kept weights (no copy on the CPU)."""
+    return StackedAutoencoder.from_state(n_movies, config, {k: v.cpu() for k, v in state.items()})
 
 
 def train_model(

@@ -82,13 +82,29 @@ def resolve_config(
     return config_from(preset, **overrides)
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """What the registry records of the ratings a model trained on: taken before the
+    split, so that the whole matrix (300 MB at 25M ratings) is not kept through training."""
+
+    fingerprint: str
+    size: dict[str, int]
+    movies: IdMap
+
+    @classmethod
+    def of(cls, matrix: RatingMatrix) -> TrainingData:
+        users, movies = matrix.shape
+        size = {"users": users, "movies": movies, "ratings": matrix.nnz}
+        return cls(artifacts.data_fingerprint(matrix), size, matrix.movies)
+
+
 @dataclass
 class TrainedModel:
     """The train step's result, all the publish step needs."""
 
     result: TrainResult
     config: ModelConfig  # what was trained: the search's winner when there was a search
-    matrix: RatingMatrix
+    data: TrainingData
     validation: Validation  # the held-out split, for the quality gate
     metrics: dict[str, Any]
     started: float  # perf_counter at the start, for the outcome's seconds
@@ -128,8 +144,10 @@ def train(
     """
     started = time.perf_counter()
     matrix = load_rating_matrix(engine)
+    data = TrainingData.of(matrix)
     train_part, valid = holdout_split(matrix, config.validation_fraction, config.seed)
-    log.info("training_started", users=matrix.shape[0], movies=matrix.shape[1], nnz=matrix.nnz)
+    del matrix  # its ratings live on in the two parts
+    log.info("training_started", **data.size)
     budget = training.budget_seconds if budget_seconds is None else budget_seconds
     search_report: dict[str, Any] | None = None
     if budget > 0 and not DistributedContext.current().active:
@@ -151,22 +169,22 @@ def train(
     if search_report is not None:
         metrics["search"] = _plain(search_report)
     validation = make_validation(train_part, valid, config)
-    return TrainedModel(result, config, matrix, validation, metrics, started)
+    return TrainedModel(result, config, data, validation, metrics, started)
 
 
 def publish(training: TrainingSettings, engine: Engine, trained: TrainedModel) -> TrainingOutcome:
     """Save the artifact and its report, register it, and activate it if it passes the gate."""
-    matrix = trained.matrix
+    data = trained.data
     meta = artifacts.ArtifactMeta(
         version=artifacts.new_version_id(),
-        data_fingerprint=artifacts.data_fingerprint(matrix),
-        data_size={"users": matrix.shape[0], "movies": matrix.shape[1], "ratings": matrix.nnz},
+        data_fingerprint=data.fingerprint,
+        data_size=dict(data.size),
         metrics=trained.metrics,
     )
     store = artifacts.ArtifactStore(training.model_dir)
-    saved = store.save(trained.result.model, matrix.movies, meta)
+    saved = store.save(trained.result.model, data.movies, meta)
     report_paths = _write_report(saved.path, trained.result, meta.metrics)
-    candidate = Candidate(trained.result.model, matrix.movies, trained.validation)
+    candidate = Candidate(trained.result.model, data.movies, trained.validation)
     history = epoch_history(trained.result.history)
     outcome = _register_and_gate(
         training, engine, store, meta, trained.config, saved, candidate, history

@@ -12,8 +12,8 @@ from app.ml.baselines import EASE, Bias, Popularity
 from app.ml.data import holdout_split
 from app.ml.hybrid import BiasTerms
 from app.ml.metrics import evaluate_scorer
-from app.ml.model import config_from, rating_network_config
-from app.ml.train import EpochReport, stage_deadlines, train_model, validate
+from app.ml.model import StackedAutoencoder, config_from, rating_network_config
+from app.ml.train import EpochReport, HeadBest, stage_deadlines, train_model, validate
 
 
 def test_training_beats_popularity_bias_and_ease(synthetic) -> None:
@@ -69,6 +69,28 @@ def test_each_head_keeps_its_own_best_epoch(synthetic) -> None:
     short = train_model(train, valid, config.model_copy(update={"patience": 2}), threads=1)
     last_gain = max(short.metrics["rank_epoch"], short.metrics["rate_epoch"])
     assert len(short.history) <= last_gain + 2
+
+
+def test_heads_that_keep_one_epoch_share_its_weights_and_restore_without_a_copy() -> None:
+    """At 25M ratings each copy of the network is 283 MB: both heads keeping the same epoch
+    hold one snapshot, and the restored network is made of the snapshot's tensors."""
+    config = config_from("fast")
+    net = StackedAutoencoder(30, config)
+    rank, rate = HeadBest(), HeadBest()
+    assert rank.offer(0.5, 1, net) and rate.offer(-1.0, 1, net, rank)
+    assert rate.state is rank.state
+    first = net.rate_out.weight.detach().clone()
+    with torch.no_grad():
+        net.rate_out.weight.add_(1.0)  # epoch 2 differs, and only the ranking improves
+    assert rank.offer(0.6, 2, net) and not rate.offer(-2.0, 2, net, rank)
+    assert (rank.epoch, rate.epoch) == (2, 1) and rate.state is not rank.state
+    kept = rate.take()
+    assert rate.state is None
+    restored = StackedAutoencoder.from_state(30, config, kept)
+    assert restored.rate_out.weight.data_ptr() == kept["rate_out.weight"].data_ptr()
+    assert not restored.training
+    assert torch.equal(restored.rate_out.weight, first)
+    assert torch.equal(restored.layers[0].weight_t, net.layers[0].weight_t)
 
 
 def test_a_rating_only_network_serves_ratings(synthetic) -> None:
