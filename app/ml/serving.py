@@ -524,6 +524,11 @@ class ItemTable:
     """
 
     DENSE_MAX_BYTES = 16 * 2**20  # dense up to ~2,000 movies: then the padded table wins
+    GATHER_SHARE = 0.125
+    """A user's rows are gathered and scatter-added while they hold at most this share of
+    all the weights; past it one sparse product over every weight costs less. On a
+    59,047-movie model (4.1M weights) the product took 2.1 ms whatever the user, the
+    scatter-add 2 us per rated movie: 4.1 ms for 2,000, 55 ms for 17,000."""
 
     def __init__(self, weights: sp.csr_matrix) -> None:
         csr = sp.csr_matrix(weights, dtype=np.float32)
@@ -546,6 +551,10 @@ class ItemTable:
         rows = np.repeat(self.row_of, lengths)
         self.targets[rows, position] = csr.indices
         self.weights[rows, position] = csr.data
+        self.by_target = _torch_csr(
+            sp.csr_matrix((csr.data, (csr.indices, rows)), shape=(self.n_movies, sources.size + 1))
+        )
+        """targets x source rows: the sum of a heavy user's rows as one product"""
 
     def neighbours(self, cols: Array) -> tuple[Array, Array]:
         """(targets, weights) of source movies ``cols``, one padded row each (the padded
@@ -577,13 +586,31 @@ class ItemTable:
                 mode="sum",
             ).numpy()
         targets, weights = torch.from_numpy(self.targets), torch.from_numpy(self.weights)
+        most = self.GATHER_SHARE * self.by_target.values().numel()
         summed = torch.zeros(len(cols), self.n_movies)
         for row, user_cols in zip(summed, cols, strict=True):
             rated = torch.from_numpy(self.row_of.take(user_cols))
+            if rated.numel() * self.targets.shape[1] > most:
+                indicator = torch.zeros(self.targets.shape[0])
+                indicator[rated] = 1.0
+                row.copy_(torch.mv(self.by_target, indicator))
+                continue
             row.index_add_(
                 0, targets.index_select(0, rated).view(-1), weights.index_select(0, rated).view(-1)
             )
         return summed.numpy()
+
+
+def _torch_csr(matrix: sp.csr_matrix) -> torch.Tensor:
+    """A float32 sparse CSR tensor with 32-bit indices (torch's product on them took a third
+    of the time it took on 64-bit ones)."""
+    return torch.sparse_csr_tensor(
+        torch.from_numpy(matrix.indptr.astype(np.int32)),
+        torch.from_numpy(matrix.indices.astype(np.int32)),
+        torch.from_numpy(matrix.data.astype(np.float32)),
+        size=matrix.shape,
+        check_invariants=True,  # once, at load
+    )
 
 
 @dataclass(frozen=True)
@@ -654,6 +681,10 @@ class FoldInScorer:
         self.popularity = model.log_popularity.astype(np.float32)
         self.scale = model.rating_scale
         self.penalty = (self.blend.popularity_penalty * self.popularity).astype(np.float32)
+        # The deep ranking's share of the blend. At 0 (the item path alone ranks, as the
+        # 25M-rating models chose) its product over the catalog is not computed at all.
+        item_ranks = self.item_path is not None and self.blend.item_weight > 0
+        self.deep_share = 1.0 - self.blend.item_weight if item_ranks else 1.0
 
     @cached_property
     def item_table(self) -> ItemTable | None:
@@ -706,13 +737,15 @@ class FoldInScorer:
     def scores(self, state: UserState) -> Array:
         """Blended ranking scores for every movie (higher = recommend first): `blend_scores`
         of the z-scored parts, computed in place on one fresh array (the hot path)."""
-        mixed = zscore_one(self.rank_net.logits_one(state.rank_hidden))
-        if self.item_table is not None:
-            weight = np.float32(self.blend.item_weight)
-            item = zscore_one(self.item_table.score(state.cols))
-            mixed *= np.float32(1.0) - weight
-            item *= weight
-            mixed += item
+        if self.item_table is None:
+            mixed = zscore_one(self.rank_net.logits_one(state.rank_hidden))
+        else:
+            mixed = zscore_one(self.item_table.score(state.cols))
+            mixed *= np.float32(self.blend.item_weight)
+            if self.deep_share > 0:
+                deep = zscore_one(self.rank_net.logits_one(state.rank_hidden))
+                deep *= np.float32(self.deep_share)
+                mixed += deep
         if self.blend.popularity_penalty:
             mixed -= self.penalty
         return mixed
@@ -738,7 +771,7 @@ class FoldInScorer:
         """The int8 first pass, where the ranking layer is large enough for it to pay (it
         adds an exact rescoring of a few candidates per user): built at load."""
         rank = self.rank_net.rank
-        if rank is None or rank[0].size < self.QUANTIZED_MIN_WEIGHTS:
+        if rank is None or rank[0].size < self.QUANTIZED_MIN_WEIGHTS or self.deep_share == 0:
             return None
         return QuantizedRanking(*rank)
 
@@ -746,8 +779,7 @@ class FoldInScorer:
         h = batch.rank_hidden
         logits, error = quantized.logits(h)
         mean, std = self.rank_net.logit_stats.moments(h)
-        deep_weight = 1.0 if self.item_table is None else 1.0 - self.blend.item_weight
-        scale = deep_weight / (std + 1e-6)  # `standardise_` with the exact moments
+        scale = self.deep_share / (std + 1e-6)  # `standardise_` with the exact moments
         logits -= mean.astype(np.float32)[:, None]
         logits *= scale.astype(np.float32)[:, None]
         item = None
@@ -773,13 +805,12 @@ class FoldInScorer:
         return out.astype(np.float32)
 
     def _exact_many(self, batch: UserBatch) -> Array:
-        mixed = self.rank_net.logits(batch.rank_hidden)
         if self.item_table is None:  # no item path, or a blend that gives it no share
-            standardise_(mixed, 1.0)
+            mixed = standardise_(self.rank_net.logits(batch.rank_hidden), 1.0)
         else:
-            weight = self.blend.item_weight
-            standardise_(mixed, 1.0 - weight)
-            mixed += standardise_(self.item_table.score_many(batch.cols), weight)
+            mixed = standardise_(self.item_table.score_many(batch.cols), self.blend.item_weight)
+            if self.deep_share > 0:
+                mixed += standardise_(self.rank_net.logits(batch.rank_hidden), self.deep_share)
         if self.blend.popularity_penalty:
             mixed -= self.penalty
         return mixed

@@ -20,6 +20,7 @@ from app.ml.serving import (
     FoldInScorer,
     Int8Kernel,
     ItemTable,
+    NetWeights,
     UserBatch,
     fastest_gemm,
     standardise_,
@@ -146,16 +147,28 @@ def test_the_rating_network_and_the_joint_head_fold_in_from_their_own_forward() 
     assert not np.allclose(rated, joint, atol=0.05)  # the two networks really differ
 
 
-@pytest.mark.parametrize("dense_max_bytes", [ItemTable.DENSE_MAX_BYTES, 0])
+@pytest.mark.parametrize(
+    ("dense_max_bytes", "product_from"),
+    [(ItemTable.DENSE_MAX_BYTES, None), (0, None), (0, 0), (0, 10)],
+)
 def test_the_serving_item_table_scores_as_the_item_path(
-    trained, synthetic, monkeypatch: pytest.MonkeyPatch, dense_max_bytes: int
+    trained,
+    synthetic,
+    monkeypatch: pytest.MonkeyPatch,
+    dense_max_bytes: int,
+    product_from: int | None,
 ) -> None:
     """Both layouts of the precomputed table (dense rows, padded neighbours) give
-    `ItemToItem.score_rows`, for users of every size, the empty one included."""
+    `ItemToItem.score_rows`, for users of every size, the empty one included; so does the
+    padded layout's product over all the weights, which serves users with more than
+    ``product_from`` rated movies (heavy users)."""
     monkeypatch.setattr(ItemTable, "DENSE_MAX_BYTES", dense_max_bytes)
     path = trained.model.item_path
     table = ItemTable(path.weights)
     assert (table.dense is None) == (dense_max_bytes == 0)
+    if product_from is not None:
+        share = product_from * table.targets.shape[1] / table.by_target.values().numel()
+        monkeypatch.setattr(ItemTable, "GATHER_SHARE", share)
     rng = np.random.default_rng(5)
     for rated in (0, 1, 17, synthetic.shape[1]):
         cols = np.sort(rng.choice(synthetic.shape[1], size=rated, replace=False))
@@ -209,6 +222,32 @@ def test_a_batch_of_users_scores_as_each_user_alone(trained, synthetic) -> None:
     np.testing.assert_allclose(single, scorer.scores(states[0]))
 
 
+def test_a_blend_of_the_item_path_alone_serves_without_the_deep_product(
+    trained, synthetic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """item_weight 1 (what models of 25M ratings chose): serving gives evaluation's scores,
+    for one user and for a batch, without ever computing the ranking layer's product over
+    the catalog or building its int8 first pass."""
+    model = trained.model.with_blend(replace(trained.model.blend, item_weight=1.0))
+    rows = synthetic.matrix[np.arange(0, 60, 12)]
+    want, _ = model.predict(rows)  # evaluation computes every part
+    monkeypatch.setattr(FoldInScorer, "QUANTIZED_MIN_WEIGHTS", 0)
+    scorer = FoldInScorer(model)
+    assert scorer.first_pass is None
+
+    def computed(*_: object) -> None:
+        raise AssertionError("the deep ranking product was computed")
+
+    monkeypatch.setattr(NetWeights, "logits", computed)
+    monkeypatch.setattr(NetWeights, "logits_one", computed)
+    states = [scorer.encode(rows[i].indices, rows[i].data) for i in range(rows.shape[0])]
+    batch = scorer.scores_many(UserBatch.of(states))
+    assert not batch.slack.any()
+    np.testing.assert_allclose(batch.values, want, atol=1e-5)
+    for state, row in zip(states, want, strict=True):
+        np.testing.assert_allclose(scorer.scores(state), row, atol=1e-5)
+
+
 @pytest.mark.parametrize("sizes", [(1, 5, 30, 80), (12,)])
 def test_the_int8_first_pass_ranks_exactly_the_float32_top_n(
     trained, synthetic, monkeypatch: pytest.MonkeyPatch, sizes: tuple[int, ...]
@@ -217,7 +256,9 @@ def test_the_int8_first_pass_ranks_exactly_the_float32_top_n(
     a lone user's too: each row within its slack of the exact scores, and `top_many`
     returns exactly the movies and scores the float32 pass ranks first, for any n."""
     monkeypatch.setattr(FoldInScorer, "QUANTIZED_MIN_WEIGHTS", 0)
-    scorer = FoldInScorer(trained.model)  # the threshold is read when first_pass is built
+    # a blend in which the deep ranking has a share (the fixture's item path alone ranks)
+    model = trained.model.with_blend(replace(trained.model.blend, item_weight=0.5))
+    scorer = FoldInScorer(model)  # the threshold is read when first_pass is built
     assert scorer.first_pass is not None
     rng = np.random.default_rng(13)
     cols = [np.sort(rng.choice(synthetic.shape[1], size=k, replace=False)) for k in sizes]
