@@ -144,6 +144,7 @@ def timed_train(database_url: str, models: Path, epochs: int | None, *extra: str
         "epochs_run", "rank_epoch", "rating_network_epochs", "network_seconds",
         "train_seconds", "refit_seconds", "valid_ndcg@10", "valid_popularity_ndcg",
         "valid_rmse", "valid_bias_rmse", "valid_coverage@10", "time_limited",
+        "item_weight", "popularity_penalty",  # the blend: what serving computes
     )  # fmt: skip
     return {
         **result,
