@@ -555,10 +555,10 @@ class ItemTable:
         rows = np.repeat(self.row_of, lengths)
         self.targets[rows, position] = csr.indices
         self.weights[rows, position] = csr.data
+        # targets x source rows: a heavy user's summed rows as one product (`GATHER_SHARE`)
         self.by_target = _torch_csr(
             sp.csr_matrix((csr.data, (csr.indices, rows)), shape=(self.n_movies, sources.size + 1))
         )
-        """targets x source rows: the sum of a heavy user's rows as one product"""
 
     def neighbours(self, cols: Array) -> tuple[Array, Array]:
         """(targets, weights) of source movies ``cols``, one padded row each (the padded
