@@ -685,15 +685,17 @@ class FoldInScorer:
         self.popularity = model.log_popularity.astype(np.float32)
         self.scale = model.rating_scale
         self.penalty = (self.blend.popularity_penalty * self.popularity).astype(np.float32)
-        # The deep ranking's share of the blend. At 0 (the item path alone ranks, as the
-        # 25M-rating models chose) its product over the catalog is not computed at all.
+        # Each ranking part's share of the blend. A part at 0 is not computed at all: the
+        # item path's table is not built, nor the deep product over the catalog (the item
+        # path alone ranks for the 25M-rating models).
         item_ranks = self.item_path is not None and self.blend.item_weight > 0
-        self.deep_share = 1.0 - self.blend.item_weight if item_ranks else 1.0
+        self.item_share = self.blend.item_weight if item_ranks else 0.0
+        self.deep_share = 1.0 - self.item_share
 
     @cached_property
     def item_table(self) -> ItemTable | None:
         """Built on first use: only serving needs it (the recommender warms it at load)."""
-        if self.item_path is None or self.blend.item_weight <= 0:
+        if self.item_path is None or self.item_share == 0:
             return None
         return ItemTable(self.item_path.weights)
 
