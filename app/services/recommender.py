@@ -127,7 +127,10 @@ def _parse_user_ratings(row: tuple) -> tuple[np.ndarray, np.ndarray]:
         return NO_RATINGS
     if isinstance(row[0], str):  # SQLite: comma lists
         ids = np.fromstring(row[0], dtype=np.int64, sep=",")
-        halves = np.fromstring(row[1], dtype=np.float32, sep=",")
+        # Parsed as integers: numpy's float parser lets the GIL go for every number, and
+        # each time the event loop took it the inference thread waited its turn back
+        # (~600 handoffs per batch of 8 on ml-100k). The integer parser holds it.
+        halves = np.fromstring(row[1], dtype=np.int64, sep=",").astype(np.float32)
     else:
         ids = np.asarray(row[0], dtype=np.int64)
         halves = np.asarray(row[1], dtype=np.float32)
