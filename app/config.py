@@ -87,7 +87,8 @@ class ServingSettings(_Group):
     model_retry_seconds: float = Field(alias="model_retry_seconds")
     """MODEL_RETRY_SECONDS: how soon a version that failed to load is tried again."""
     popular_refresh_seconds: float = Field(alias="popular_refresh_seconds")
-    """POPULAR_REFRESH_SECONDS: how often the popular fallback list is rebuilt."""
+    """POPULAR_REFRESH_SECONDS: the least time between rebuilds of the popular fallback list
+    (slow rebuilds are spaced further: `Popularity.interval`)."""
     popular_prior_count: float = Field(alias="popular_prior_count")
     """POPULAR_PRIOR_COUNT: ``m`` of the popular list's damped mean."""
     metrics_dir: Path | None = Field(alias="metrics_dir")

@@ -202,7 +202,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # preloads a newly activated version while the process is idle.
             asyncio.create_task(_every(serving.model_poll_seconds, recommender.refresh_model)),
             asyncio.create_task(
-                _every(serving.popular_refresh_seconds, recommender.refresh_popular)
+                _every(serving.popular_refresh_seconds, recommender.refresh_popular_if_due)
             ),
         ]
         log.info(

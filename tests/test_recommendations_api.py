@@ -10,19 +10,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.db import create_db_engine, create_session_factory
 from app.main import create_app
 from app.ml.artifacts import load_artifact
 from app.ml.model import config_from
-from app.models import ModelVersion
+from app.models import ModelVersion, Movie
 from app.services import recommender as recommender_module
-from app.services.recommender import Recommender, RecommendRequest, build_popular_list
+from app.services.recommender import (
+    Popularity,
+    Recommender,
+    RecommendRequest,
+    build_popular_list,
+)
 from app.services.training import TrainingOutcome, train_and_register
 from tests.factories import LENIENT_GATE, TINY_TRAINING, seed_synthetic
 from tests.reliability_helpers import run_together
@@ -339,6 +346,61 @@ def test_the_popular_list_is_built_at_start_up_not_by_a_request(
         assert len(builds) == 1
         assert client.get("/users/999/recommendations").json()["strategy"] == "popular"
         assert len(builds) == 1
+
+
+def test_popular_rebuilds_are_spaced_by_their_cost(
+    seeded: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebuild as slow as 25M ratings' must not come back every POPULAR_REFRESH_SECONDS:
+    at most 1 % of the time goes to it; a fast one keeps the configured pace."""
+    now = [1000.0]
+    build_seconds = [2.0]
+
+    def timed_build(*args: Any) -> object:
+        now[0] += build_seconds[0]
+        return build_popular_list(*args)
+
+    monkeypatch.setattr(recommender_module, "build_popular_list", timed_build)
+    engine = create_db_engine(seeded.db)
+    try:
+        sessions = create_session_factory(engine)
+        popularity = Popularity(sessions, 20.0, refresh_seconds=30.0, clock=lambda: now[0])
+        assert popularity.refresh_if_due(), "nothing built yet"
+        assert popularity.interval == pytest.approx(200.0)
+        now[0] += 60
+        assert not popularity.refresh_if_due()
+        now[0] += 141
+        build_seconds[0] = 0.05
+        assert popularity.refresh_if_due()
+        assert popularity.interval == pytest.approx(30.0)
+        now[0] += 29
+        assert not popularity.refresh_if_due()
+        now[0] += 2
+        assert popularity.refresh_if_due()
+        assert popularity.current().catalog.movie_ids.size > 0
+    finally:
+        engine.dispose()
+
+
+def test_a_catalog_of_many_movies_reads_whole_tables_with_the_same_result(
+    seeded: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past `CATALOG_CHUNK` ids the catalog is one pass over each table instead of
+    IN-lists: the same titles, genres and masks, in the asked order, unknown ids blank."""
+    engine = create_db_engine(seeded.db)
+    try:
+        with create_session_factory(engine)() as session:
+            ids = np.array(session.scalars(select(Movie.id)).all()[::-1] + [10**9])
+            by_key = recommender_module.load_catalog(session, ids)
+            monkeypatch.setattr(recommender_module, "CATALOG_CHUNK", 3)
+            whole = recommender_module.load_catalog(session, ids)
+    finally:
+        engine.dispose()
+    assert ids.size > 3 and whole.titles == by_key.titles and whole.genres == by_key.genres
+    assert whole.titles[-1] == "" and whole.genres[-1] == [] and all(whole.titles[:-1])
+    assert sorted(whole.genre_masks) == sorted(by_key.genre_masks)
+    for genre, mask in whole.genre_masks.items():
+        assert np.array_equal(mask, by_key.genre_masks[genre])
 
 
 def test_predictions_run_on_the_inference_executor(
