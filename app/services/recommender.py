@@ -34,7 +34,7 @@ import numpy as np
 from prometheus_client import Counter, Summary
 from sqlalchemy import Engine, Row, Select, func, select, text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from app.config import ServingSettings
 from app.db import create_read_engine, create_session_factory
@@ -206,7 +206,9 @@ def load_catalog(session: Session, movie_ids: np.ndarray) -> Catalog:
     return Catalog(np.asarray(movie_ids, dtype=np.int64), titles, genres, masks)
 
 
-def _catalog_rows(session: Session, query: Select, key: Any, ids: list[int]) -> Iterator[Row]:
+def _catalog_rows(
+    session: Session, query: Select, key: InstrumentedAttribute[int], ids: list[int]
+) -> Iterator[Row]:
     """The query's rows for these ids: by key in chunks while they are few, else the whole
     table in one pass (the popular list wants nearly every movie: at 59,047 movies its
     twelve IN-lists of 5,000 keys per table took seconds)."""
@@ -748,10 +750,10 @@ class UserReader:
 class Popularity:
     """The popular fallback: built at start-up and on a timer, swapped by one assignment.
 
-    A rebuild aggregates every rating: ~50 ms on ml-100k, ~8 s on 25M ratings in
-    PostgreSQL, during which the requests had a core less (their p99 went from 60 to
-    170 ms every 30 s). So rebuilds are spaced to take at most `BUSY_SHARE` of the time:
-    ``refresh_seconds`` apart, or further when they are slow (~13 min at 25M ratings).
+    A rebuild aggregates every rating: ~50 ms on ml-100k, 5-7 s on 25M ratings in
+    PostgreSQL, during which the requests have a core less (every 30 s, their p99 went
+    from 60 to 117-167 ms). So rebuilds are spaced to take at most `BUSY_SHARE` of the
+    time: ``refresh_seconds`` apart, or further when they are slow (~10 min at 25M).
     """
 
     BUSY_SHARE = 0.01
