@@ -691,6 +691,10 @@ class FoldInScorer:
         item_ranks = self.item_path is not None and self.blend.item_weight > 0
         self.item_share = self.blend.item_weight if item_ranks else 0.0
         self.deep_share = 1.0 - self.item_share
+        # Likewise the rating network: at a 0 share (the blend of the 25M-rating models)
+        # it is neither encoded nor asked for ratings; its state is empty (0 columns).
+        self.rate_needed = self.blend.rating_weight > 0
+        self.rate_apart = self.rate_net is not self.rank_net
 
     @cached_property
     def item_table(self) -> ItemTable | None:
@@ -720,8 +724,10 @@ class FoldInScorer:
         vals = np.asarray(values, dtype=np.float32)
         rank_h, rank_bias = self.rank_net.encode_user(idx, vals)
         rate_h, rate_bias = rank_h, rank_bias
-        if self.rate_net is not self.rank_net:
-            rate_h, rate_bias = self.rate_net.encode_user(idx, vals)
+        if self.rate_apart:
+            rate_h, rate_bias = np.zeros(0, np.float32), 0.0
+            if self.rate_needed:
+                rate_h, rate_bias = self.rate_net.encode_user(idx, vals)
         return UserState(rank_h, rate_h, rank_bias, rate_bias, self.bias.user_bias(idx, vals), idx)
 
     def encode_many(self, cols: list[Array], values: list[Array]) -> UserBatch:
@@ -736,8 +742,10 @@ class FoldInScorer:
         csr = sp.csr_matrix((vals, idx, indptr), shape=(len(cols), self.n_movies))
         rank_h, rank_bias = self.rank_net.encode_batch(csr)
         rate_h, rate_bias = rank_h, rank_bias
-        if self.rate_net is not self.rank_net:
-            rate_h, rate_bias = self.rate_net.encode_batch(csr)
+        if self.rate_apart:
+            rate_h, rate_bias = np.zeros((len(cols), 0), np.float32), np.zeros_like(rank_bias)
+            if self.rate_needed:
+                rate_h, rate_bias = self.rate_net.encode_batch(csr)
         return UserBatch(rank_h, rate_h, rank_bias, rate_bias, self.bias.user_biases(csr), cols)
 
     def scores(self, state: UserState) -> Array:
@@ -831,9 +839,11 @@ class FoldInScorer:
         sizes = [c.size for c in cols]
         rows = np.repeat(np.arange(len(batch)), sizes)
         idx = np.concatenate(cols).astype(np.int64, copy=False)
-        rate = self.rate_net.cell_ratings(batch.rate_hidden, batch.rate_user_bias, rows, idx)
+        rate = np.zeros(idx.size, np.float32)  # the blend's share of it: 0
+        if self.rate_needed:
+            rate = self.rate_net.cell_ratings(batch.rate_hidden, batch.rate_user_bias, rows, idx)
         joint = None
-        if self.blend.joint_rating_weight and self.rate_net is not self.rank_net:
+        if self.blend.joint_rating_weight and self.rate_apart:
             joint = self.rank_net.cell_ratings(batch.rank_hidden, batch.rank_user_bias, rows, idx)
         bias = self.bias.predict(batch.bias_user_bias[rows], idx)
         mixed = self.blend_ratings(RatingParts(rate, joint, bias), self.blend)

@@ -260,6 +260,34 @@ def test_a_blend_of_the_item_path_alone_serves_without_the_deep_product(
         np.testing.assert_allclose(scorer.scores(state), row, atol=1e-5)
 
 
+def test_a_blend_without_the_rating_network_serves_ratings_without_it(
+    trained, synthetic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rating_weight 0 (what models of 25M ratings chose): serving gives evaluation's
+    ratings, for one user and for a batch, without ever encoding the rating network."""
+    blend = replace(trained.model.blend, rating_weight=0.0, joint_rating_weight=0.6)
+    model = trained.model.with_blend(blend)
+    assert model.rate_net is not model.rank_net
+    rows = synthetic.matrix[np.arange(0, 60, 12)]
+    _, want = model.predict(rows)  # evaluation computes every part
+    scorer = FoldInScorer(model)
+    rate_net = scorer.rate_net
+
+    def computed(*_: object) -> None:
+        raise AssertionError("the rating network was computed")
+
+    for name in ("encode_user", "encode_batch", "cell_ratings"):
+        monkeypatch.setattr(rate_net, name, computed)
+    cols = [rows[i].indices for i in range(rows.shape[0])]
+    values = [rows[i].data for i in range(rows.shape[0])]
+    everything = [np.arange(synthetic.shape[1])] * len(cols)
+    batch = scorer.ratings_many(scorer.encode_many(cols, values), everything)
+    np.testing.assert_allclose(np.stack(batch), want, atol=1e-5)
+    for user_cols, user_values, row in zip(cols, values, want, strict=True):
+        state = scorer.encode(user_cols, user_values)
+        np.testing.assert_allclose(scorer.ratings(state, everything[0]), row, atol=1e-5)
+
+
 @pytest.mark.parametrize("sizes", [(1, 5, 30, 80), (12,)])
 def test_the_int8_first_pass_ranks_exactly_the_float32_top_n(
     trained, synthetic, monkeypatch: pytest.MonkeyPatch, sizes: tuple[int, ...]
