@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+import uvicorn
 
 from app.observability import configure_logging, get_logger
 
@@ -55,3 +56,17 @@ def test_a_terminal_gets_key_value_lines_unless_log_json_is_set() -> None:
     configure_logging("INFO", json_logs=True, stream=forced)
     emit()
     assert [json.loads(line)["event"] for line in forced.getvalue().splitlines()][0] == "app_event"
+
+
+@pytest.mark.parametrize("access_log", [False, True])
+def test_uvicorn_access_lines_follow_its_access_log_setting(access_log: bool) -> None:
+    """`saerec serve` passes access_log=False; the app's logging set up after uvicorn's
+    must not turn a line per request back on (nor drop them when they are asked for)."""
+    uvicorn.Config("app.main:create_app", log_level="info", access_log=access_log)
+    stream = io.StringIO()
+    configure_logging("INFO", json_logs=True, stream=stream)
+    logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d', "c", "GET", "/", "1.1", 200)
+    emit()
+    events = [json.loads(line)["event"] for line in stream.getvalue().splitlines()]
+    assert ('c - "GET / HTTP/1.1" 200' in events) is access_log
+    assert "app_event" in events and "Uvicorn running on http://127.0.0.1:8000" in events
