@@ -612,6 +612,7 @@ class ModelLifecycle:
             version=version,
             ms=round((time.perf_counter() - started) * 1e3),
             ranking_gemm=model.scorer.rank_net.rank_gemm,
+            first_pass="int8" if model.scorer.first_pass is not None else "float32",
         )
         return model
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from app.ml.serving import (
     Int8Kernel,
     ItemTable,
     NetWeights,
+    QuantizedRanking,
     UserBatch,
     fastest_gemm,
     standardise_,
@@ -296,6 +298,7 @@ def test_the_int8_first_pass_ranks_exactly_the_float32_top_n(
     a lone user's too: each row within its slack of the exact scores, and `top_many`
     returns exactly the movies and scores the float32 pass ranks first, for any n."""
     monkeypatch.setattr(FoldInScorer, "QUANTIZED_MIN_WEIGHTS", 0)
+    monkeypatch.setattr(QuantizedRanking, "faster_than", lambda *_: True)  # on any CPU
     # a blend in which the deep ranking has a share (the fixture's item path alone ranks)
     model = trained.model.with_blend(replace(trained.model.blend, item_weight=0.5))
     scorer = FoldInScorer(model)  # the threshold is read when first_pass is built
@@ -318,6 +321,31 @@ def test_the_int8_first_pass_ranks_exactly_the_float32_top_n(
             np.testing.assert_allclose(got_scores, want_scores, atol=1e-4)
 
 
+def test_the_int8_first_pass_serves_only_where_it_is_measured_faster(
+    trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether int8 beats float32 depends on the CPU (oneDNN is exact and fast only with
+    VNNI): the first pass is timed against the float32 product at load, and a slower
+    kernel, whichever it is, is never the one that serves."""
+    monkeypatch.setattr(FoldInScorer, "QUANTIZED_MIN_WEIGHTS", 0)
+    model = trained.model.with_blend(replace(trained.model.blend, item_weight=0.5))
+
+    def slowed(call: Callable[..., Any]) -> Callable[..., Any]:
+        def slow(*args: Any) -> Any:
+            time.sleep(0.05)  # far slower than either product of this small layer
+            return call(*args)
+
+        return slow
+
+    monkeypatch.setattr(Int8Kernel, "product", slowed(Int8Kernel.product))
+    assert FoldInScorer(model).first_pass is None
+    monkeypatch.undo()
+    monkeypatch.setattr(FoldInScorer, "QUANTIZED_MIN_WEIGHTS", 0)
+    gemms = {name: slowed(gemm) for name, gemm in GEMMS_AS_BUILT.items()}
+    monkeypatch.setattr("app.ml.serving.GEMMS", gemms)
+    assert FoldInScorer(model).first_pass is not None
+
+
 def _int8_reference(h8: np.ndarray, codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return (h8.astype(np.int64) @ codes.astype(np.int64).T) * scale.astype(np.float64)
 
@@ -337,8 +365,9 @@ def test_the_int8_kernel_gives_the_exact_integer_products(users: int) -> None:
 
 
 def test_a_packed_kernel_that_is_not_exact_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The packed product is checked against int64 sums at load: where it differs (here,
-    weights packed from other codes, as saturating 16-bit sums would), `_int_mm` serves."""
+    """The packed product is checked against int64 sums at load: where it differs (on a
+    CPU without VNNI its 16-bit sums saturate; elsewhere, weights packed from other codes
+    stand in for that), `_int_mm` serves."""
     import app.ml.serving as serving
 
     rng = np.random.default_rng(22)
@@ -347,9 +376,9 @@ def test_a_packed_kernel_that_is_not_exact_is_not_used(monkeypatch: pytest.Monke
     pack = serving._onednn_pack
     if pack(codes) is None:
         pytest.skip("this torch build has no oneDNN int8 linear")
-    assert Int8Kernel.fastest(codes, scale).packed is not None
-    other = np.ascontiguousarray(codes // 2)
-    monkeypatch.setattr(serving, "_onednn_pack", lambda _codes: pack(other))
+    if Int8Kernel.fastest(codes, scale).packed is not None:  # exact on this CPU
+        other = np.ascontiguousarray(codes // 2)
+        monkeypatch.setattr(serving, "_onednn_pack", lambda _codes: pack(other))
     kernel = Int8Kernel.fastest(codes, scale)
     assert kernel.packed is None and kernel.codes_t is not None
     h8 = rng.integers(-127, 128, size=(4, 32)).astype(np.int8)
