@@ -17,7 +17,7 @@ pins this pass to it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property, partial
 from typing import TYPE_CHECKING, NamedTuple, cast
@@ -64,7 +64,7 @@ def _torch_gemm(a: Array, b: Array) -> Array:
 GEMMS: dict[str, Callable[[Array, Array], Array]] = {"numpy": _numpy_gemm, "torch": _torch_gemm}
 
 
-def best_times(calls: dict[str, Callable[[], object]], repeats: int = 3) -> dict[str, float]:
+def best_times(calls: Mapping[str, Callable[[], object]], repeats: int = 3) -> dict[str, float]:
     """Each call's best wall time of ``repeats + 1`` runs, interleaved so that a burst of
     load slows all alike (the first run also pays first-call allocations and page faults,
     and rarely wins)."""
