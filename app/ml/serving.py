@@ -77,18 +77,39 @@ def best_times(calls: Mapping[str, Callable[[], object]], repeats: int = 3) -> d
     return best
 
 
-def fastest_gemm(weight: Array, rows: int = 8, repeats: int = 3) -> str:
-    """The name of the GEMM in `GEMMS` that multiplies ``rows`` users by ``weight``
-    fastest on this machine (`best_times`).
+class RankProduct(NamedTuple):
+    """How `NetWeights.logits` multiplies a request batch by the ranking layer: a GEMM of
+    `GEMMS` and its right operand, the layer as hidden x movies."""
+
+    gemm: str
+    layer_t: Array
+    layout: str  # "view": the torch layer transposed in place; "contiguous": a copy
+
+    @property
+    def name(self) -> str:
+        return f"{self.gemm}/{self.layout}"
+
+
+def fastest_product(weight_t: Array, rows: int = 8, repeats: int = 3) -> RankProduct:
+    """The GEMM of `GEMMS` and the layout of ``weight_t`` (hidden x movies: the torch
+    layer's transposed view, or a contiguous copy) that multiply ``rows`` users fastest on
+    this machine (`best_times`); the copy is kept only when it wins.
 
     Measured, not assumed: for 8 users and a 400 x 59,047 layer, torch's MKL took twice
-    numpy's OpenBLAS time on an AMD EPYC, while on another machine it won by half; the
-    winner reads the layer once per request batch, the serving hot path's largest cost.
+    numpy's OpenBLAS time on an AMD EPYC, while on another machine it won by half; on an
+    AMD EPYC 7003 the contiguous copy cut numpy's product at 400 x 10,000 from 3.4 to
+    2.0 ms (16 MB more). The winner reads the layer once per request batch.
     """
-    batch = np.zeros((rows, weight.shape[0]), dtype=np.float32)
-    calls = {name: partial(gemm, batch, weight) for name, gemm in GEMMS.items()}
+    batch = np.zeros((rows, weight_t.shape[0]), dtype=np.float32)
+    layouts = {"view": weight_t}
+    if not weight_t.flags.c_contiguous:
+        layouts["contiguous"] = np.ascontiguousarray(weight_t)
+    products = [
+        RankProduct(gemm, layer_t, layout) for gemm in GEMMS for layout, layer_t in layouts.items()
+    ]
+    calls = {p.name: partial(GEMMS[p.gemm], batch, p.layer_t) for p in products}
     best = best_times(calls, repeats)
-    return min(best, key=best.__getitem__)
+    return min(products, key=lambda p: best[p.name])
 
 
 def _np(tensor: torch.Tensor) -> Array:
@@ -122,9 +143,9 @@ class NetWeights:
         deeper = [cast(torch.nn.Linear, layer) for layer in net.layers[1:]]
         self.deeper = [(_np(layer.weight), _np(layer.bias)) for layer in deeper]
         self.base = _np(net.global_mean + net.movie_bias)
-        # The ranking layer as torch keeps it (movies x hidden, contiguous): a batch's
-        # `h @ weight.T` runs as fast as with a transposed copy, and the few movies a
-        # quantized first pass leaves (`QuantizedRanking`) are rows, gathered at once.
+        # The ranking layer as torch keeps it (movies x hidden, contiguous): the few movies
+        # a quantized first pass leaves (`QuantizedRanking`) are rows, gathered at once. A
+        # batch's product over the catalog may use a transposed copy (`rank_product`).
         self.rank = (
             (_np(net.rank_out.weight), _np(net.rank_out.bias)) if net.rank_out is not None else None
         )
@@ -207,9 +228,10 @@ class NetWeights:
         )
 
     @cached_property
-    def rank_gemm(self) -> str:
-        """The GEMM `logits` uses, timed on this layer at first use (see `fastest_gemm`)."""
-        return fastest_gemm(self.rank[0].T) if self.rank is not None else "numpy"
+    def rank_product(self) -> RankProduct | None:
+        """The GEMM and layout `logits` uses, timed on this layer at first use (see
+        `fastest_product`); None without a ranking head."""
+        return fastest_product(self.rank[0].T) if self.rank is not None else None
 
     @cached_property
     def logit_stats(self) -> LogitStats:
@@ -219,8 +241,9 @@ class NetWeights:
         """Ranking scores over the catalog (the rating head when there is no ranking head)."""
         if self.rank is None:
             return self.ratings(h, np.zeros(h.shape[0], np.float32), None)
-        weight, bias = self.rank
-        out = GEMMS[self.rank_gemm](np.ascontiguousarray(h, dtype=np.float32), weight.T)
+        product, bias = self.rank_product, self.rank[1]
+        assert product is not None
+        out = GEMMS[product.gemm](np.ascontiguousarray(h, dtype=np.float32), product.layer_t)
         out += bias
         return out
 

@@ -39,7 +39,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 from app.config import ServingSettings
 from app.db import create_read_engine, create_session_factory
 from app.ml.artifacts import ArtifactError, LoadedModel, load_artifact
-from app.ml.serving import BatchScores, FoldInScorer, UserState, top_many
+from app.ml.serving import BatchScores, FoldInScorer, RankProduct, UserState, top_many
 from app.models import Movie, MovieGenre, Rating
 from app.observability import MODEL_INFO, MODEL_LOADS, RECOMMEND_LATENCY, get_logger
 from app.services import registry
@@ -237,7 +237,7 @@ class ServingModel:
         loaded = replace(loaded, model=replace(loaded.model, validated=None))
         model = cls(version, loaded, catalog, loaded.model.scorer, _column_table(loaded.movies.ids))
         _ = model.scorer.item_table  # built and timed now, not by the first requests
-        _ = model.scorer.rank_net.rank_gemm
+        _ = model.scorer.rank_net.rank_product
         _ = model.scorer.first_pass
         return model
 
@@ -611,7 +611,7 @@ class ModelLifecycle:
             "model_loaded",
             version=version,
             ms=round((time.perf_counter() - started) * 1e3),
-            ranking_gemm=model.scorer.rank_net.rank_gemm,
+            ranking_gemm=_product_name(model.scorer.rank_net.rank_product),
             first_pass="int8" if model.scorer.first_pass is not None else "float32",
         )
         return model
@@ -1097,6 +1097,10 @@ def predicted_items(
         }
         for m, c, p in zip(wanted, cols, predicted, strict=True)
     ]
+
+
+def _product_name(product: RankProduct | None) -> str | None:
+    return product.name if product is not None else None
 
 
 def _mtime(path: str) -> float | None:

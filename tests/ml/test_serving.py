@@ -24,7 +24,7 @@ from app.ml.serving import (
     NetWeights,
     QuantizedRanking,
     UserBatch,
-    fastest_gemm,
+    fastest_product,
     standardise_,
     top_many,
     zscore,
@@ -456,29 +456,41 @@ def test_the_padded_item_table_keeps_rows_only_for_movies_with_weights() -> None
     np.testing.assert_allclose(padded.score_many(users), table.score_many(users), atol=1e-5)
 
 
-def test_the_ranking_product_uses_the_fastest_gemm_and_every_gemm_agrees(
+def test_the_ranking_product_uses_the_fastest_gemm_and_layout_and_every_one_agrees(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """`fastest_gemm` times the candidates on the layer itself: a slow one is never
-    chosen, and whichever is chosen gives the same logits."""
+    """`fastest_product` times the candidates on the layer itself (each GEMM on the torch
+    layer's transposed view and on a contiguous copy): a slow GEMM or a slow layout is
+    never chosen, and whichever is chosen gives the same logits."""
     rng = np.random.default_rng(11)
-    weight = rng.normal(size=(16, 300)).astype(np.float32)
+    layer = rng.normal(size=(300, 16)).astype(np.float32)  # movies x hidden, as torch has it
     h = rng.normal(size=(5, 16)).astype(np.float32)
-    products = {name: gemm(h, weight) for name, gemm in GEMMS.items()}
-    for product in products.values():
-        np.testing.assert_allclose(product, h @ weight.astype(np.float64), rtol=1e-5, atol=1e-4)
-        assert product.dtype == np.float32
+    for right in (layer.T, np.ascontiguousarray(layer.T)):
+        for gemm in GEMMS.values():
+            product = gemm(h, right)
+            np.testing.assert_allclose(
+                product, h @ layer.T.astype(np.float64), rtol=1e-5, atol=1e-4
+            )
+            assert product.dtype == np.float32
 
-    def slow(name: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    def slow_when(is_slow: Callable[[str, np.ndarray], bool], name: str) -> Callable[..., Any]:
         def gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            time.sleep(0.1)  # slower than any real GEMM of this size, even on a loaded machine
+            if is_slow(name, b):
+                time.sleep(0.05)  # slower than any real GEMM of this size, even on a loaded machine
             return GEMMS_AS_BUILT[name](a, b)
 
         return gemm
 
+    def patch(is_slow: Callable[[str, np.ndarray], bool]) -> None:
+        gemms = {name: slow_when(is_slow, name) for name in GEMMS_AS_BUILT}
+        monkeypatch.setattr("app.ml.serving.GEMMS", gemms)
+
     for slow_one in GEMMS_AS_BUILT:
-        patched = {
-            name: slow(name) if name == slow_one else gemm for name, gemm in GEMMS_AS_BUILT.items()
-        }
-        monkeypatch.setattr("app.ml.serving.GEMMS", patched)
-        assert fastest_gemm(weight) != slow_one
+        patch(lambda name, _b, slow_one=slow_one: name == slow_one)
+        assert fastest_product(layer.T).gemm != slow_one
+    patch(lambda _name, b: not b.flags.c_contiguous)
+    chosen = fastest_product(layer.T)
+    assert chosen.layout == "contiguous" and chosen.layer_t.flags.c_contiguous
+    patch(lambda _name, b: b.flags.c_contiguous)
+    chosen = fastest_product(layer.T)
+    assert chosen.layout == "view" and np.shares_memory(chosen.layer_t, layer)
