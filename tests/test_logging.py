@@ -21,6 +21,7 @@ class Terminal(io.StringIO):
 @pytest.fixture(autouse=True)
 def restore_logging() -> Iterator[None]:
     yield
+    logging.getLogger("uvicorn.access").propagate = True  # as a process starts
     configure_logging("WARNING")
 
 
