@@ -120,7 +120,7 @@ def _parse_user_ratings(row: tuple) -> tuple[np.ndarray, np.ndarray]:
     """(movie ids, ratings) from a user's aggregated comma lists (see USERS_STATE_SQL)."""
     if row[0] is None:
         return NO_RATINGS
-    ids = np.fromstring(row[0], dtype=np.int64, sep=",")
+    ids = _parse_ids(row[0])
     # Parsed as integers: numpy's float parser lets the GIL go for every number, and each
     # time the event loop took it the inference thread waited its turn back (~600 handoffs
     # per batch of 8 on ml-100k). The integer parser holds it.
