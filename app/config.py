@@ -170,6 +170,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_query_bytes: int = Field(default=8 * 1024, ge=256)
     cors_origins: list[str] = Field(default_factory=list)
+    recommendations_lane: bool = True
 
     # -- db: DatabaseSettings ------------------------------------------------------------
     database_url: str = DEFAULT_DATABASE_URL

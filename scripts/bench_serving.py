@@ -9,7 +9,9 @@ connections for a fixed time each (wrk when installed, else an async httpx gener
 For each it prints the throughput ratio to /healthz measured in the same run, p50/p99,
 whether the issue's targets hold, and where the server's time went per answered
 request (the `saerec_recommend_stage_*` counters scraped from /metrics before and
-after: DB read, fold-in, filtering, ranking, items, JSON). Then, on the last server, it
+after: DB read, fold-in, filtering, ranking, items, JSON). The uncached route is driven
+twice, with its lane and then through the whole middleware stack
+(``RECOMMENDATIONS_LANE=false``; ``--no-stack-baseline`` skips it). Then, on the last server, it
 drives recommendations while a retrain job runs and its model is swapped in, counting
 every non-200 answer. With the answer cache off it also prices `explain=true` and
 `/movies/{id}/similar` one request at a time against a plain recommendation. Prints JSON.
@@ -331,6 +333,12 @@ def parse_args() -> argparse.Namespace:
         "--feature-rounds", type=int, default=400, help="requests per explain/similar figure"
     )
     parser.add_argument(
+        "--stack-baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also serve the uncached route with RECOMMENDATIONS_LANE=false",
+    )
+    parser.add_argument(
         "--answer-cache",
         default="0,20000",
         help="comma list of ANSWER_CACHE_SIZE values, one server each (0 = every request "
@@ -373,11 +381,11 @@ def prepare_model(
     return json.loads(output), time.perf_counter() - started, max_user
 
 
-def start_server(env: dict[str, str], cache: int) -> tuple[subprocess.Popen, str]:
+def start_server(env: dict[str, str], cache: int, lane: bool) -> tuple[subprocess.Popen, str]:
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", "1"],
-        env={**env, "ANSWER_CACHE_SIZE": str(cache)},
+        env={**env, "ANSWER_CACHE_SIZE": str(cache), "RECOMMENDATIONS_LANE": str(lane).lower()},
         cwd=ROOT,
     )
     return server, f"http://127.0.0.1:{port}"
@@ -405,6 +413,7 @@ def measure(
     tool: str,
     max_user: int,
     cache: int,
+    lane: bool,
 ) -> dict[str, Any]:
     """Recommendations, then /healthz, back to back on one server; ratio and stages."""
     drive(base, "/healthz", 2, args.connections, max_user, tool)  # warm-up
@@ -417,6 +426,7 @@ def measure(
     ratio = round(recs["req_per_s"] / health["req_per_s"], 3)
     result: dict[str, Any] = {
         "answer_cache_size": cache,
+        "recommendations_lane": lane,
         "recommendations": recs,
         "healthz": health,
         "ratio_recommendations_to_healthz": ratio,
@@ -425,7 +435,7 @@ def measure(
         ),
         "stages": stage_breakdown(before, after),
     }
-    if cache == 0:
+    if cache == 0 and lane:
         n_movies = args.movies if args.catalog == "synthetic" else 1682
         result["feature_costs"] = feature_costs(base, max_user, n_movies, args.feature_rounds)
         min_ratio, max_p99 = TARGETS[args.catalog]
@@ -525,6 +535,18 @@ def swap_under_load(
     }
 
 
+def runs_to_make(caches: list[int], stack_baseline: bool) -> list[tuple[int, bool]]:
+    """(answer cache size, lane on) per server: each cache size with the lane, and with
+    `--stack-baseline` the uncached route through the whole middleware stack right after
+    its lane run, the lane's gain measured in the same run."""
+    runs = []
+    for cache in caches:
+        runs.append((cache, True))
+        if cache == 0 and stack_baseline:
+            runs.append((cache, False))
+    return runs
+
+
 def main() -> None:
     args = parse_args()
     caches = [int(x) for x in str(args.answer_cache).split(",") if x.strip()]
@@ -544,13 +566,13 @@ def main() -> None:
     try:
         trained, train_seconds, max_user = prepare_model(args, work, env)
         runs = []
-        for cache in caches:
+        for cache, lane in runs_to_make(caches, args.stack_baseline):
             if server is not None:
                 stop_server(server)
-            server, base = start_server(env, cache)
+            server, base = start_server(env, cache, lane)
             first = wait_ready(base)
-            log(f"answer cache {cache}: driving {tool} for {args.seconds}s per route ...")
-            runs.append(measure(server, base, args, tool, max_user, cache))
+            log(f"answer cache {cache}, lane {lane}: driving {tool} for {args.seconds}s ...")
+            runs.append(measure(server, base, args, tool, max_user, cache, lane))
         assert server is not None, "give at least one --answer-cache value"
         result = {
             "benchmark": "serving",

@@ -30,6 +30,7 @@ UNGROUPED = {
     "max_body_bytes",
     "max_query_bytes",
     "cors_origins",
+    "recommendations_lane",
 }
 # every grouped variable, each with a valid value that is not its default
 GROUPED_ENV = {
@@ -68,6 +69,7 @@ UNGROUPED_ENV = {
     "MAX_BODY_BYTES": "2048",
     "MAX_QUERY_BYTES": "512",
     "CORS_ORIGINS": '["https://a.example", "https://b.example"]',
+    "RECOMMENDATIONS_LANE": "false",
 }
 GROUP_FIELDS = [
     (group, name, source) for group, cls in GROUPS.items() for name, source in cls.sources().items()

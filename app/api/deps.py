@@ -10,7 +10,7 @@ import secrets
 from collections.abc import Iterator
 from typing import Annotated, Any, Generic, TypeVar, get_args, get_origin
 
-from fastapi import Depends, HTTPException, Path, Query, Request, status
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, status
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -18,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.datastructures import QueryParams
 
 from app.config import Settings
 from app.models import MovieGenre
@@ -46,6 +47,12 @@ def recommender_of(request: Request) -> Recommender:
     """The recommender, for the one route that takes it without a dependency (see
     `QueryParser`: each solved dependency costs that hot path ~8 us)."""
     return request.app.state.recommender
+
+
+def started_recommender(app: FastAPI) -> Recommender | None:
+    """The app's recommender once its lifespan has started one (for a lane in front of the
+    routes, which has no `Request`); None before."""
+    return getattr(app.state, "recommender", None)
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -150,7 +157,10 @@ class QueryParser(Generic[QueryModel]):
         )
 
     def __call__(self, request: Request) -> QueryModel:
-        params = request.query_params
+        return self.parse(request.query_params)
+
+    def parse(self, params: QueryParams) -> QueryModel:
+        """The query as the model, or FastAPI's `RequestValidationError`."""
         repeatable = self._repeatable
         values = {key: params.getlist(key) if key in repeatable else params[key] for key in params}
         try:
