@@ -428,14 +428,27 @@ AnswerMany = Callable[[list[RecommendRequest]], list[dict[str, Any] | Exception]
 class Batcher:
     """Gathers the recommendation requests of one event loop into batches for the executor.
 
-    No timer and no fixed size: a batch starts as soon as an executor thread is free and
-    takes every request waiting by then (up to ``max_batch``). When traffic is light each
-    request runs alone, as fast as before; under load the requests that queued behind a
-    running batch share the next one's forward pass.
+    No fixed size: a batch starts when an executor thread is free and takes every request
+    waiting by then (up to ``max_batch``). When traffic is light each request runs alone,
+    as fast as before; under load the requests that queued behind a running batch share
+    the next one's forward pass.
+
+    One wait, bounded by ``hold`` seconds: a batch that just finished answered clients
+    that often come straight back (a web tier's connection pool calling in a loop). While
+    fewer requests wait than were in flight when it finished, the next batch waits for
+    the rest, at most ``hold`` after that finish. Without it such clients split into two
+    cohorts that take turns, each batch half the size it could be, and a batch of 16
+    costs about 1.5 times a batch of 8 (the layer is read once either way). A lone client
+    never waits: one was in flight, one is waiting.
     """
 
     def __init__(
-        self, executor: Executor, answer_many: AnswerMany, slots: int, max_batch: int = 32
+        self,
+        executor: Executor,
+        answer_many: AnswerMany,
+        slots: int,
+        hold: float = 0.0,
+        max_batch: int = 32,
     ) -> None:
         self._executor = executor
         self._answer_many = answer_many
@@ -443,6 +456,10 @@ class Batcher:
         self._max_batch = max_batch
         self._slots = slots  # batches in flight: one per executor thread
         self._waiting: list[tuple[RecommendRequest, asyncio.Future]] = []
+        self._hold = hold
+        self._expected = 0  # in flight when the last batch finished
+        self._hold_until = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -455,6 +472,11 @@ class Batcher:
         return await future
 
     def _launch(self) -> None:
+        if self._holding():
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         while self._waiting and self._slots > 0:
             batch = self._waiting[: self._max_batch]
             del self._waiting[: self._max_batch]
@@ -464,10 +486,30 @@ class Batcher:
             )
             done.add_done_callback(functools.partial(self._finish, batch))
 
+    def _holding(self) -> bool:
+        """Whether the waiting requests wait on for the clients the last batch answered
+        (see the class's docstring); a timer ends the wait if they do not come."""
+        waiting = len(self._waiting)
+        if not waiting or not self._slots or waiting >= self._expected:
+            return False
+        left = self._hold_until - self._loop.time()
+        if left <= 0:
+            return False
+        if self._timer is None:
+            self._timer = self._loop.call_later(left, self._stop_holding)
+        return True
+
+    def _stop_holding(self) -> None:
+        self._timer = None
+        self._expected = 0
+        self._launch()
+
     def _finish(
         self, batch: list[tuple[RecommendRequest, asyncio.Future]], done: asyncio.Future
     ) -> None:
         self._slots += 1
+        self._expected = min(len(batch) + len(self._waiting), self._max_batch)
+        self._hold_until = self._loop.time() + self._hold
         try:
             answers = done.result()
         except Exception as exc:
@@ -807,6 +849,7 @@ class Recommender:
         """Every figure comes from `Settings.serving` (app/config.py, the one home of
         defaults)."""
         threads = self._threads = serving.threads
+        self._batch_wait = serving.batch_wait_ms / 1e3
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="recommend")
         self._batcher: Batcher | None = None
         self._sessions = create_session_factory(engine)
@@ -846,7 +889,9 @@ class Recommender:
         """The batcher of the running event loop (one loop per process in production)."""
         batcher = self._batcher
         if batcher is None or batcher.loop is not asyncio.get_running_loop():
-            batcher = self._batcher = Batcher(self._executor, self.recommend_many, self._threads)
+            batcher = self._batcher = Batcher(
+                self._executor, self.recommend_many, self._threads, self._batch_wait
+            )
         return batcher
 
     # -- following the registry and the ratings -------------------------------------------
