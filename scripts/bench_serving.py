@@ -384,11 +384,11 @@ def prepare_model(
     return json.loads(output), time.perf_counter() - started, max_user
 
 
-def start_server(env: dict[str, str], cache: int, lane: bool) -> tuple[subprocess.Popen, str]:
+def start_server(env: dict[str, str], cache: int, baseline: bool) -> tuple[subprocess.Popen, str]:
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", "1"],
-        env={**env, "ANSWER_CACHE_SIZE": str(cache), **({} if lane else BEFORE_LANE)},
+        env={**env, "ANSWER_CACHE_SIZE": str(cache), **(BEFORE_LANE if baseline else {})},
         cwd=ROOT,
     )
     return server, f"http://127.0.0.1:{port}"
@@ -416,7 +416,7 @@ def measure(
     tool: str,
     max_user: int,
     cache: int,
-    lane: bool,
+    baseline: bool,
 ) -> dict[str, Any]:
     """Recommendations, then /healthz, back to back on one server; ratio and stages."""
     drive(base, "/healthz", 2, args.connections, max_user, tool)  # warm-up
@@ -429,7 +429,7 @@ def measure(
     ratio = round(recs["req_per_s"] / health["req_per_s"], 3)
     result: dict[str, Any] = {
         "answer_cache_size": cache,
-        "served": "as configured" if lane else f"as before the lane and batch wait: {BEFORE_LANE}",
+        "served": f"as before: {BEFORE_LANE}" if baseline else "as configured",
         "recommendations": recs,
         "healthz": health,
         "ratio_recommendations_to_healthz": ratio,
@@ -438,7 +438,7 @@ def measure(
         ),
         "stages": stage_breakdown(before, after),
     }
-    if cache == 0 and lane:
+    if cache == 0 and not baseline:
         n_movies = args.movies if args.catalog == "synthetic" else 1682
         result["feature_costs"] = feature_costs(base, max_user, n_movies, args.feature_rounds)
         min_ratio, max_p99 = TARGETS[args.catalog]
@@ -539,14 +539,14 @@ def swap_under_load(
 
 
 def runs_to_make(caches: list[int], stack_baseline: bool) -> list[tuple[int, bool]]:
-    """(answer cache size, lane on) per server: each cache size as configured, and with
+    """(answer cache size, baseline) per server: each cache size as configured, and with
     `--stack-baseline` the uncached route as before its lane and the batch wait right
     after, their gain measured in the same run."""
     runs = []
     for cache in caches:
-        runs.append((cache, True))
+        runs.append((cache, False))
         if cache == 0 and stack_baseline:
-            runs.append((cache, False))
+            runs.append((cache, True))
     return runs
 
 
@@ -569,13 +569,13 @@ def main() -> None:
     try:
         trained, train_seconds, max_user = prepare_model(args, work, env)
         runs = []
-        for cache, lane in runs_to_make(caches, args.stack_baseline):
+        for cache, baseline in runs_to_make(caches, args.stack_baseline):
             if server is not None:
                 stop_server(server)
-            server, base = start_server(env, cache, lane)
+            server, base = start_server(env, cache, baseline)
             first = wait_ready(base)
-            log(f"answer cache {cache}, lane {lane}: driving {tool} for {args.seconds}s ...")
-            runs.append(measure(server, base, args, tool, max_user, cache, lane))
+            log(f"answer cache {cache}, baseline {baseline}: {tool} for {args.seconds}s ...")
+            runs.append(measure(server, base, args, tool, max_user, cache, baseline))
         assert server is not None, "give at least one --answer-cache value"
         result = {
             "benchmark": "serving",
