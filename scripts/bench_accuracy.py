@@ -9,7 +9,12 @@ judged here on all of them (docs/evaluation.md's protocol each time):
   users, the regime where a model overfits);
 - ``synthetic-large``: a seeded synthetic set with a large catalog (1,500 users x 8,000
   movies, ~150k half-star ratings, long-tailed popularity and activity, low-rank taste),
-  then the per-user holdout.
+  then the per-user holdout;
+- ``ml-1m-600``: every 5th user of ml-1m-half (user ids 1, 6, 11, ...: 600 users with all
+  their ratings over ~3,300 movies), then the per-user holdout: real ratings, user-light and
+  catalog-heavy, the regime where the model lost to EASE;
+- ``gen25m-1500``: the first 1,500 users of scripts/generate_ml25m.py's 25M-shaped data with
+  a 20,000-movie catalog (~230k ratings), then the per-user holdout.
 
 Per data set it reports the model's RMSE, MAE, NDCG@10, coverage@10 and train seconds,
 the baselines' (bias RMSE, EASE lambda 250 NDCG, tuned EASE NDCG and lambda, popularity
@@ -49,7 +54,16 @@ from app.ml.evaluate import (  # noqa: E402
 )
 from app.ml.model import ModelConfig, config_from  # noqa: E402
 
-DATASETS = ("ml-100k", "ml-1m-half", "sparse-100k", "synthetic-large")
+DATASETS = (
+    "ml-100k",
+    "ml-1m-half",
+    "sparse-100k",
+    "synthetic-large",
+    "ml-1m-600",
+    "gen25m-1500",
+)
+USER_STRIDE = 5  # ml-1m-600: every 5th user
+GENERATED = {"users": 1_500, "movies": 20_000, "ratings": 230_000, "seed": 25}
 SPARSE_SHARE, SPARSE_SEED = 0.4, 40
 SYNTHETIC = {"n_users": 1_500, "n_movies": 8_000, "n_ratings": 150_000, "rank": 12, "seed": 11}
 
@@ -115,6 +129,25 @@ def sparse_100k(folder: Path) -> Ratings:
     return full.subset(keep, name="sparse-100k")
 
 
+def every_nth_user(folder: Path, stride: int) -> Ratings:
+    """Users 1, 1 + stride, 1 + 2 stride, ... with all their ratings (the catalog stays whole)."""
+    full = read_movielens(folder)
+    keep = np.flatnonzero((full.users - 1) % stride == 0)
+    return full.subset(keep, name=f"{folder.name}-every-{stride}th-user")
+
+
+def generated_25m_shape(users: int, movies: int, ratings: int, seed: int) -> Ratings:
+    """scripts/generate_ml25m.py's data at a user-light, catalog-heavy size, read back."""
+    import tempfile
+
+    from generate_ml25m import generate  # scripts/ is on sys.path when run as a script
+
+    with tempfile.TemporaryDirectory() as tmp:
+        generate(Path(tmp), users=users, movies=movies, ratings=ratings, seed=seed)
+        loaded = read_movielens(tmp)
+    return loaded
+
+
 # --------------------------------------------------------------------------- runs
 
 
@@ -137,6 +170,13 @@ def run_dataset(
         if not (ml100k / "u.data").is_file():
             return f"skipped: {ml100k}/u.data not found (set MOVIELENS_DIR)"
         return evaluate_holdout(sparse_100k(ml100k), config, threads=threads)
+    if name == "ml-1m-600":
+        folder = root / "ml-1m-half"
+        if not (folder / "ratings.dat").is_file():
+            return f"skipped: {folder}/ratings.dat not found (set MOVIELENS_DIR)"
+        return evaluate_holdout(every_nth_user(folder, USER_STRIDE), config, threads=threads)
+    if name == "gen25m-1500":
+        return evaluate_holdout(generated_25m_shape(**GENERATED), config, threads=threads)
     return evaluate_holdout(synthetic_large(**SYNTHETIC), config, threads=threads)
 
 
