@@ -18,7 +18,7 @@ import platform
 import secrets
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ import torch
 from pydantic import ValidationError
 
 from app.ml.data import IdMap, RatingMatrix
-from app.ml.hybrid import BiasTerms, Blend, HybridModel, ValidatedRating
+from app.ml.hybrid import BiasTerms, Blend, HybridModel, ValidatedParts
 from app.ml.item_path import ItemToItem
 from app.ml.model import ModelConfig, StackedAutoencoder
 
@@ -204,34 +204,76 @@ def _state(net: StackedAutoencoder) -> dict[str, torch.Tensor]:
 
 def _model_payload(model: HybridModel) -> dict[str, Any]:
     """Every part as tensors and plain types: ``weights_only`` loading accepts nothing else."""
-    path = model.item_path
     return {
         "config": _plain(model.config.model_dump()),
         "rank_state": _state(model.rank_net),
         "rate_state": None if model.rate_net is model.rank_net else _state(model.rate_net),
         "rate_config": _plain(model.rate_net.config.model_dump()),
-        "item_path": None
-        if path is None
-        else {
-            "indptr": torch.from_numpy(path.weights.indptr.astype(np.int64)),
-            "indices": torch.from_numpy(path.weights.indices.astype(np.int64)),
-            "data": torch.from_numpy(path.weights.data.astype(np.float32)),
-            "lam": path.lam,
-        },
+        "item_path": _item_payload(model.item_path),
         "bias": _bias(model.bias),
-        "validated": None
-        if model.validated is None
-        else {
-            # None when the refit kept the served network (no rating network): no copy
-            "rate_state": None
-            if model.validated.rate_net is model.rate_net
-            else _state(model.validated.rate_net),
-            "rate_config": _plain(model.validated.rate_net.config.model_dump()),
-            "bias": _bias(model.validated.bias),
-        },
+        "validated": None if model.validated is None else _validated_payload(model),
         "blend": asdict(model.blend),
         "log_popularity": torch.from_numpy(model.log_popularity.astype(np.float32)),
     }
+
+
+SERVED = "served"
+"""In the validated parts: this part is the served one (the refit left it alone)."""
+
+
+def _validated_payload(model: HybridModel) -> dict[str, Any]:
+    """The parts before the refit; a part the refit kept is stored once, as ``SERVED``."""
+    v = model.validated
+    assert v is not None
+    rate: Any = _state(v.rate_net)
+    if v.rate_net is model.rate_net:
+        rate = SERVED
+    elif v.rate_net is v.rank_net:
+        rate = "rank"
+    return {
+        "rank_state": SERVED if v.rank_net is model.rank_net else _state(v.rank_net),
+        "rate_state": rate,
+        "rate_config": _plain(v.rate_net.config.model_dump()),
+        "item_path": SERVED if v.item_path is model.item_path else _item_payload(v.item_path),
+        "bias": _bias(v.bias),
+        "log_popularity": torch.from_numpy(v.log_popularity.astype(np.float32)),
+    }
+
+
+def _item_payload(path: ItemToItem | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    return {
+        "indptr": torch.from_numpy(path.weights.indptr.astype(np.int64)),
+        "indices": torch.from_numpy(path.weights.indices.astype(np.int64)),
+        "data": torch.from_numpy(path.weights.data.astype(np.float32)),
+        "lam": path.lam,
+        "min_rating": path.min_rating,
+        "liked_weight": path.liked_weight,
+    }
+
+
+def _item_from(item: dict[str, Any] | None, n_movies: int) -> ItemToItem | None:
+    if item is None:
+        return None
+    weights = sp.csr_matrix(
+        (item["data"].numpy(), item["indices"].numpy(), item["indptr"].numpy()),
+        shape=(n_movies, n_movies),
+    )
+    min_rating = item.get("min_rating")
+    return ItemToItem(
+        weights,
+        float(item["lam"]),
+        None if min_rating is None else float(min_rating),
+        float(item.get("liked_weight", 0.0)),
+    )
+
+
+def _popularity_from(values: torch.Tensor, n_movies: int) -> np.ndarray:
+    popularity = values.numpy()
+    if popularity.shape != (n_movies,):
+        raise ValueError("popularity vector does not match the movie map")
+    return popularity
 
 
 def _bias(bias: BiasTerms) -> dict[str, Any]:
@@ -250,14 +292,30 @@ def _bias_from(payload: dict[str, Any], n_movies: int) -> BiasTerms:
 
 
 def _validated_from(
-    payload: dict[str, Any] | None, served: StackedAutoencoder, n_movies: int
-) -> ValidatedRating | None:
+    payload: dict[str, Any] | None, served: HybridModel, n_movies: int
+) -> ValidatedParts | None:
+    """The validated parts; artifacts written before the ranking parts were refitted hold
+    the rating parts alone (``rate_state`` None meant the served network)."""
     if payload is None:
         return None
-    net = served
-    if payload["rate_state"] is not None:
-        net = _net(payload["rate_state"], ModelConfig(**payload["rate_config"]), n_movies)
-    return ValidatedRating(net, _bias_from(payload["bias"], n_movies))
+    rank_state = payload.get("rank_state", SERVED)
+    rank_net = served.rank_net
+    if not isinstance(rank_state, str):
+        rank_net = _net(rank_state, served.config, n_movies)
+    rate_state = payload["rate_state"]
+    rate_net = served.rate_net
+    if rate_state == "rank":
+        rate_net = rank_net
+    elif rate_state is not None and not isinstance(rate_state, str):
+        rate_net = _net(rate_state, ModelConfig(**payload["rate_config"]), n_movies)
+    item = payload.get("item_path", SERVED)
+    item_path = served.item_path if isinstance(item, str) else _item_from(item, n_movies)
+    popularity = served.log_popularity
+    if "log_popularity" in payload:
+        popularity = _popularity_from(payload["log_popularity"], n_movies)
+    return ValidatedParts(
+        rank_net, rate_net, item_path, _bias_from(payload["bias"], n_movies), popularity
+    )
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -320,30 +378,19 @@ def _model_from(payload: dict[str, Any], config: ModelConfig, n_movies: int) -> 
     rate_state = payload["rate_state"]
     rate_config = ModelConfig(**payload.get("rate_config", payload["config"]))
     rate_net = rank_net if rate_state is None else _net(rate_state, rate_config, n_movies)
-    item = payload["item_path"]
-    item_path = None
-    if item is not None:
-        weights = sp.csr_matrix(
-            (item["data"].numpy(), item["indices"].numpy(), item["indptr"].numpy()),
-            shape=(n_movies, n_movies),
-        )
-        item_path = ItemToItem(weights, float(item["lam"]))
-    popularity = payload["log_popularity"].numpy()
-    if popularity.shape != (n_movies,):
-        raise ValueError("popularity vector does not match the movie map")
     # the scale is a buffer of the network (set from the data or the config at training)
     low, high = (float(v) for v in rank_net.rating_scale)
-    return HybridModel(
+    model = HybridModel(
         config,
         rank_net,
         rate_net,
-        item_path,
+        _item_from(payload["item_path"], n_movies),
         _bias_from(payload["bias"], n_movies),
         Blend(**payload["blend"]),
-        popularity,
+        _popularity_from(payload["log_popularity"], n_movies),
         (low, high),
-        _validated_from(payload.get("validated"), rate_net, n_movies),
     )
+    return replace(model, validated=_validated_from(payload.get("validated"), model, n_movies))
 
 
 __all__ = [

@@ -17,7 +17,15 @@ import scipy.sparse as sp
 
 from app.ml.data import IdMap
 from app.ml.hybrid import Blend, HybridModel
-from app.ml.item_path import CoOccurrence, ItemToItem, fit_item_to_item, lambda_candidates
+from app.ml.item_path import (
+    CoOccurrence,
+    ItemToItem,
+    Variant,
+    fit_item_to_item,
+    input_indicator,
+    lambda_candidates,
+    variants,
+)
 from app.ml.metrics import RankingAccumulator
 from app.ml.model import ModelConfig
 
@@ -27,9 +35,10 @@ RATING_WEIGHTS = tuple(round(0.05 * i, 2) for i in range(21))
 """shares tried for each rating network (pairs summing to at most 1: 231 blends, each
 two numbers fitted on thousands of validation ratings)."""
 COVERAGE_TOLERANCE = 0.015
-"""Among ranking blends within this share of the best validation NDCG@10, the one that
-covers most of the catalog wins: differences that small are noise on a 10 % validation
-split (its standard error is several per cent), while coverage differs by a third."""
+"""Among ranking blends within this share of the best validation NDCG@10 (and never below
+the EASE the item path was chosen against), the one that covers most of the catalog wins:
+differences that small are noise on a 10 % validation split (its standard error is
+several per cent), while coverage differs by a third."""
 BATCH_USERS = 1024
 BATCH_CELLS = 2**22
 """users x catalog cells per validation batch: every part is a dense batch x catalog array
@@ -107,23 +116,51 @@ def _remap(csr: sp.csr_matrix, movies: IdMap, target: IdMap) -> sp.csr_matrix:
 
 def choose_item_path(
     train: sp.csr_matrix, validation: Validation, config: ModelConfig
-) -> tuple[ItemToItem, dict[float, float]]:
-    """Fit the path for each candidate ridge strength; keep the best on validation NDCG."""
-    lams = [config.item_lambda] if config.item_lambda else lambda_candidates(train)
-    co = CoOccurrence.of(train, config.relevant_threshold, config.item_max_movies)
+) -> tuple[ItemToItem, dict[str, float]]:
+    """Fit the path for each variant (`app.ml.item_path.variants`) and candidate ridge
+    strength; keep the best on validation NDCG@10. Returns it and every candidate's NDCG
+    (keyed by `variant_name` and strength)."""
     best: tuple[float, ItemToItem] | None = None
-    tried: dict[float, float] = {}
-    for lam in lams:
-        path = fit_item_to_item(co, lam, config.item_liked_weight, config.item_neighbors)
-        figures = validation.new_figures()
-        for rows, truth in validation.batches():
-            figures.ranking.add(path.score_rows(rows), rows, truth)
-        ndcg = figures.result().get("ndcg@10", 0.0)
-        tried[lam] = ndcg
-        if best is None or ndcg > best[0]:
-            best = (ndcg, path)
+    tried: dict[str, float] = {}
+    for variant in variants(config.item_liked_weight, config.relevant_threshold):
+        co = CoOccurrence.of(
+            train, config.relevant_threshold, config.item_max_movies, variant.min_rating
+        )
+        lams = [config.item_lambda] if config.item_lambda else _lambdas(train, variant)
+        for lam in lams:
+            path = fit_item_to_item(co, lam, variant.liked_weight, config.item_neighbors)
+            figures = validation.new_figures()
+            for rows, truth in validation.batches():
+                figures.ranking.add(path.score_rows(rows), rows, truth)
+            ndcg = figures.result().get("ndcg@10", 0.0)
+            tried[candidate_name(variant, lam)] = ndcg
+            if best is None or ndcg > best[0]:
+                best = (ndcg, path)
+        del co
     assert best is not None
     return best[1], tried
+
+
+def _lambdas(train: sp.csr_matrix, variant: Variant) -> list[float]:
+    return lambda_candidates(input_indicator(train, variant.min_rating))
+
+
+def candidate_name(variant: Variant | ItemToItem, lam: float) -> str:
+    return f"{variant_name(variant)}, lambda {lam:g}"
+
+
+def best_ease(tried: dict[str, float]) -> float:
+    """The best validation NDCG@10 of plain EASE (every rating, or the liked ones alone)
+    among `choose_item_path`'s candidates: the floor of the served ranking."""
+    plain = [ndcg for name, ndcg in tried.items() if not name.startswith("rated+liked")]
+    return max(plain, default=0.0)
+
+
+def variant_name(variant: Variant | ItemToItem) -> str:
+    """``rated+liked x3``, ``rated`` (EASE on every rating) or ``rated >= 4`` (liked only)."""
+    if variant.min_rating is not None:
+        return f"rated >= {variant.min_rating:g}"
+    return "rated" if variant.liked_weight == 0 else f"rated+liked x{variant.liked_weight:g}"
 
 
 def candidate_blends(model: HybridModel) -> tuple[list[Blend], list[tuple[float, float]]]:
@@ -153,8 +190,11 @@ def _has_joint_head(model: HybridModel) -> bool:
     return model.rate_net is not model.rank_net
 
 
-def choose_blend(model: HybridModel, validation: Validation) -> tuple[Blend, dict[str, object]]:
-    """The best ranking blend (NDCG, then coverage) and rating shares (RMSE) on validation."""
+def choose_blend(
+    model: HybridModel, validation: Validation, floor: float = 0.0
+) -> tuple[Blend, dict[str, object]]:
+    """The best ranking blend (NDCG, then coverage, never below ``floor`` where one reaches
+    it) and rating shares (RMSE) on validation."""
     ranking, allowed = candidate_blends(model)
     rating = sorted({*allowed, (0.0, 0.0), (1.0, 0.0)})  # bias and network always reported
     rank_figures = [validation.new_figures() for _ in ranking]
@@ -174,7 +214,7 @@ def choose_blend(model: HybridModel, validation: Validation) -> tuple[Blend, dic
         popularity.ranking.add(counts, rows, truth)
     rank_results = [f.result() for f in rank_figures]
     rate_results = [f.result() for f in rate_figures]
-    best_rank = _pick_ranking(rank_results)
+    best_rank = _pick_ranking(rank_results, floor)
     best_rate = min(
         (i for i, shares in enumerate(rating) if shares in allowed),
         key=lambda i: rate_results[i].get("rmse", math.inf),
@@ -208,9 +248,10 @@ def choose_blend(model: HybridModel, validation: Validation) -> tuple[Blend, dic
     return chosen, report
 
 
-def _pick_ranking(results: list[dict[str, float]]) -> int:
+def _pick_ranking(results: list[dict[str, float]], floor: float = 0.0) -> int:
     ndcg = [r.get("ndcg@10", 0.0) for r in results]
-    floor = max(ndcg) * (1.0 - COVERAGE_TOLERANCE)
+    best = max(ndcg)
+    floor = max(best * (1.0 - COVERAGE_TOLERANCE), min(floor, best))
     close = [i for i, value in enumerate(ndcg) if value >= floor]
     return max(close, key=lambda i: (results[i].get("coverage@10", 0.0), ndcg[i]))
 

@@ -115,14 +115,19 @@ class _ItemPathStats:
         their_targets, weights = table.neighbours(cols)
         return (weights * total[their_targets]).sum(axis=1)
 
-    def zscores(self, total: Array, cols: Array, targets: Array) -> Array:
+    def zscores(self, total: Array, cols: Array, targets: Array, feeds: Array) -> Array:
         """Row 0 with every rating (summed scores ``total``), row 1 + j without rated movie
-        ``cols[j]``: 1 + len(cols) x targets."""
-        at_targets, dots = self.weights_to(cols, targets), self._dots(cols, total)
+        ``cols[j]``: 1 + len(cols) x targets. A movie that does not ``feeds`` the path (a
+        rating below its input threshold) leaves its scores as they are."""
+        weight = feeds.astype(np.float32)
+        at_targets = self.weights_to(cols, targets) * weight[:, None]
+        dots = self._dots(cols, total) * weight
         full_sum = float(total.sum(dtype=np.float64))
         full_square = float(np.dot(total.astype(np.float64), total))
-        sums = np.concatenate([[full_sum], full_sum - self.row_sum[cols]])
-        squares = np.concatenate([[full_square], full_square - 2 * dots + self.row_square[cols]])
+        sums = np.concatenate([[full_sum], full_sum - self.row_sum[cols] * weight])
+        squares = np.concatenate(
+            [[full_square], full_square - (2 * dots - self.row_square[cols]) * weight]
+        )
         mean = sums / total.size
         std = np.sqrt(np.maximum(squares / total.size - mean * mean, 0.0))
         scores = np.vstack([total[targets], total[targets][None, :] - at_targets])
@@ -156,18 +161,22 @@ class Explainer:
         targets = np.asarray(targets, dtype=np.int64)
         inputs = _leave_one_out_inputs(self.net, cols, np.asarray(values, dtype=np.float32))
         item_path = self.item_path if self.item_weight > 0 else None
-        total = item_path.table.score(cols) if item_path is not None else None
+        total = item_path.table.score(state.item_cols) if item_path is not None else None
+        feeds = np.isin(cols, state.item_cols)
         left_out = np.arange(cols.size)
         if cols.size > self.EXACT_UP_TO and not self.net.deeper:
-            left_out = self._candidates(inputs, cols, targets, total)
+            left_out = self._candidates(inputs, cols, targets, total, feeds)
             inputs = inputs[np.concatenate([[0], left_out + 1])]
         codes = self.net.hidden(inputs)
         scores = (1.0 - self.item_weight) * self.logits.zscores(codes, targets)
         if item_path is not None and total is not None:
-            scores += self.item_weight * item_path.zscores(total, cols[left_out], targets)
+            item = item_path.zscores(total, cols[left_out], targets, feeds[left_out])
+            scores += self.item_weight * item
         return left_out, scores[0][None, :] - scores[1:]
 
-    def _candidates(self, inputs: Array, cols: Array, targets: Array, total: Array | None) -> Array:
+    def _candidates(
+        self, inputs: Array, cols: Array, targets: Array, total: Array | None, feeds: Array
+    ) -> Array:
         """Positions of the ratings a first-order estimate ranks among each target's top
         ``CANDIDATES`` (the z-score's mean and scale held at the full code's)."""
         full = inputs[0] + self.net.first_bias
@@ -178,7 +187,8 @@ class Explainer:
         estimate *= (1.0 - self.item_weight) / (std[0] + EPS)
         if self.item_path is not None and total is not None:
             item_std = float(total.std()) + EPS
-            estimate += (self.item_weight / item_std) * self.item_path.weights_to(cols, targets)
+            to_targets = self.item_path.weights_to(cols, targets) * feeds[:, None]
+            estimate += (self.item_weight / item_std) * to_targets
         best = np.argsort(-estimate, axis=0, kind="stable")[: self.CANDIDATES]
         return np.unique(best)
 

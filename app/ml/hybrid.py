@@ -71,12 +71,16 @@ class Blend:
 
 
 @dataclass(frozen=True)
-class ValidatedRating:
-    """The rating parts as validated, before their refit on every rating: what the quality
-    gate scores, since the refitted ones have trained on the validation ratings."""
+class ValidatedParts:
+    """The fitted parts as validated, before their refit on every rating: what the quality
+    gate scores, since the refitted ones have trained on the validation ratings. A part the
+    refit left alone is the served object itself (stored once)."""
 
+    rank_net: StackedAutoencoder
     rate_net: StackedAutoencoder
+    item_path: ItemToItem | None
     bias: BiasTerms
+    log_popularity: np.ndarray
 
 
 @dataclass
@@ -92,8 +96,8 @@ class HybridModel:
     blend: Blend
     log_popularity: np.ndarray
     rating_scale: tuple[float, float]
-    validated: ValidatedRating | None = None
-    """the rating parts before `app.ml.train.refit_on_all` (None: never refitted)."""
+    validated: ValidatedParts | None = None
+    """the parts before `app.ml.train.refit_on_all` (None: never refitted)."""
 
     @property
     def n_movies(self) -> int:
@@ -110,12 +114,25 @@ class HybridModel:
     def with_blend(self, blend: Blend) -> HybridModel:
         return replace(self, blend=blend)
 
+    def parts(self) -> ValidatedParts:
+        """The fitted parts as they are now (what a refit starts from)."""
+        return ValidatedParts(
+            self.rank_net, self.rate_net, self.item_path, self.bias, self.log_popularity
+        )
+
     def as_validated(self) -> HybridModel:
-        """The model as validated: its rating parts never saw the validation ratings."""
+        """The model as validated: none of its parts saw the validation ratings."""
         if self.validated is None:
             return self
+        v = self.validated
         return replace(
-            self, rate_net=self.validated.rate_net, bias=self.validated.bias, validated=None
+            self,
+            rank_net=v.rank_net,
+            rate_net=v.rate_net,
+            item_path=v.item_path,
+            bias=v.bias,
+            log_popularity=v.log_popularity,
+            validated=None,
         )
 
 

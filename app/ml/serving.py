@@ -667,6 +667,8 @@ class UserState:
     rate_user_bias: float
     bias_user_bias: float
     cols: Array
+    item_cols: Array
+    """the rated movies that feed the item path (``cols``, or its liked ones)."""
 
 
 @dataclass(frozen=True)
@@ -679,6 +681,7 @@ class UserBatch:
     rate_user_bias: Array
     bias_user_bias: Array
     cols: list[Array]
+    item_cols: list[Array]
 
     @classmethod
     def of(cls, states: list[UserState]) -> UserBatch:
@@ -689,6 +692,7 @@ class UserBatch:
             np.array([s.rate_user_bias for s in states], np.float32),
             np.array([s.bias_user_bias for s in states], np.float32),
             [s.cols for s in states],
+            [s.item_cols for s in states],
         )
 
     def __len__(self) -> int:
@@ -702,6 +706,7 @@ class UserBatch:
             float(self.rate_user_bias[i]),
             float(self.bias_user_bias[i]),
             self.cols[i],
+            self.item_cols[i],
         )
 
 
@@ -768,7 +773,10 @@ class FoldInScorer:
             rate_h, rate_bias = np.zeros(0, np.float32), 0.0
             if self.rate_needed:
                 rate_h, rate_bias = self.rate_net.encode_user(idx, vals)
-        return UserState(rank_h, rate_h, rank_bias, rate_bias, self.bias.user_bias(idx, vals), idx)
+        user_bias = self.bias.user_bias(idx, vals)
+        return UserState(
+            rank_h, rate_h, rank_bias, rate_bias, user_bias, idx, self._sources(idx, vals)
+        )
 
     def encode_many(self, cols: list[Array], values: list[Array]) -> UserBatch:
         """`encode` for several users at once, through the batch path (`encode_batch`): a
@@ -786,7 +794,13 @@ class FoldInScorer:
             rate_h, rate_bias = np.zeros((len(cols), 0), np.float32), np.zeros_like(rank_bias)
             if self.rate_needed:
                 rate_h, rate_bias = self.rate_net.encode_batch(csr)
-        return UserBatch(rank_h, rate_h, rank_bias, rate_bias, self.bias.user_biases(csr), cols)
+        sources = [self._sources(c, v) for c, v in zip(cols, values, strict=True)]
+        user_bias = self.bias.user_biases(csr)
+        return UserBatch(rank_h, rate_h, rank_bias, rate_bias, user_bias, cols, sources)
+
+    def _sources(self, cols: Array, values: Array) -> Array:
+        """The movies among ``cols`` that feed the item path."""
+        return cols if self.item_path is None else self.item_path.sources(cols, values)
 
     def scores(self, state: UserState) -> Array:
         """Blended ranking scores for every movie (higher = recommend first): `blend_scores`
@@ -794,7 +808,7 @@ class FoldInScorer:
         if self.item_table is None:
             mixed = zscore_one(self.rank_net.logits_one(state.rank_hidden))
         else:
-            mixed = zscore_one(self.item_table.score(state.cols))
+            mixed = zscore_one(self.item_table.score(state.item_cols))
             mixed *= np.float32(self.blend.item_weight)
             if self.deep_share > 0:
                 deep = zscore_one(self.rank_net.logits_one(state.rank_hidden))
@@ -846,7 +860,7 @@ class FoldInScorer:
         logits *= scale.astype(np.float32)[:, None]
         item = None
         if self.item_table is not None:
-            item = standardise_(self.item_table.score_many(batch.cols), self.blend.item_weight)
+            item = standardise_(self.item_table.score_many(batch.item_cols), self.blend.item_weight)
             logits += item
         if self.blend.popularity_penalty:
             logits -= self.penalty
@@ -870,7 +884,9 @@ class FoldInScorer:
         if self.item_table is None:  # no item path, or a blend that gives it no share
             mixed = standardise_(self.rank_net.logits(batch.rank_hidden), 1.0)
         else:
-            mixed = standardise_(self.item_table.score_many(batch.cols), self.blend.item_weight)
+            mixed = standardise_(
+                self.item_table.score_many(batch.item_cols), self.blend.item_weight
+            )
             if self.deep_share > 0:
                 mixed += standardise_(self.rank_net.logits(batch.rank_hidden), self.deep_share)
         if self.blend.popularity_penalty:

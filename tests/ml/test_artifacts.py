@@ -51,11 +51,12 @@ def test_round_trip_identical_predictions(saved, synthetic) -> None:
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     assert model.validated is not None and loaded.model.validated is not None
-    gated = model.as_validated().predict(synthetic.matrix[:20])[1]  # the rating parts before
-    np.testing.assert_array_equal(
-        gated, loaded.model.as_validated().predict(synthetic.matrix[:20])[1]
-    )
-    assert not np.allclose(gated, a[1])  # their refit on every rating
+    gated = model.as_validated().predict(synthetic.matrix[:20])  # every part before
+    reread = loaded.model.as_validated().predict(synthetic.matrix[:20])
+    np.testing.assert_array_equal(gated[0], reread[0])
+    np.testing.assert_array_equal(gated[1], reread[1])
+    assert not np.allclose(gated[1], a[1])  # their refit on every rating
+    assert not np.allclose(gated[0], a[0])
 
 
 def test_separate_rating_snapshot_round_trips(tmp_path: Path, synthetic, trained) -> None:
@@ -170,20 +171,31 @@ def test_version_and_fingerprint(synthetic) -> None:
     assert data_fingerprint(train) != data_fingerprint(synthetic)
 
 
-def test_a_refit_without_a_rating_network_stores_no_second_copy(tmp_path: Path, synthetic) -> None:
-    """Without a rating network the refit changes only the bias terms: the validated rating
-    parts reuse the served network instead of storing it twice."""
+def test_a_part_the_refit_kept_is_stored_once(tmp_path: Path, synthetic) -> None:
+    """The validated parts share what the refit left alone (here both networks: the item
+    path ranks and the bias terms rate alone), so the artifact holds them once; what the
+    refit changed (the item path) travels in both versions."""
     from app.ml.model import config_from
     from app.ml.train import train_model
 
     train, valid = holdout_split(synthetic, 0.1, seed=0)
-    config = config_from("fast", hidden=(16,), epochs=3, seed=2, rating_network=False)
+    config = config_from(
+        "fast", hidden=(16,), epochs=3, seed=2, item_weight=1.0, rating_blend=0.0,
+        popularity_penalty=0.0,
+    )  # fmt: skip
     model = train_model(train, valid, config, threads=1).model
-    assert model.validated is not None and model.validated.rate_net is model.rate_net
+    assert model.validated is not None and model.validated.rank_net is model.rank_net
     path = ArtifactStore(tmp_path).save(model, synthetic.movies, ArtifactMeta("v1")).path
-    assert torch.load(path, weights_only=True)["validated"]["rate_state"] is None
+    stored = torch.load(path, weights_only=True)["validated"]
+    assert stored["rank_state"] == stored["rate_state"] == "served"
+    assert isinstance(stored["item_path"], dict)
     loaded = load_artifact(path).model
-    assert loaded.validated is not None and loaded.validated.rate_net is loaded.rate_net
+    assert loaded.validated is not None
+    assert loaded.validated.rank_net is loaded.rank_net
+    assert loaded.validated.rate_net is loaded.rate_net
+    assert loaded.validated.item_path is not None and loaded.item_path is not None
+    gated, served = loaded.validated.item_path.weights, loaded.item_path.weights
+    assert (gated != served).nnz > 0
     rows = synthetic.matrix[:10]
     np.testing.assert_array_equal(
         model.as_validated().predict(rows)[1], loaded.as_validated().predict(rows)[1]

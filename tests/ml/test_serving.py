@@ -194,11 +194,12 @@ def test_the_serving_item_table_scores_as_the_item_path(
 
 
 def _path_scores(path: ItemToItem, users: list[np.ndarray]) -> np.ndarray:
-    """The item path's own batch scores for users who rated movie indices ``users[i]``."""
+    """The item path's own batch scores for users who rated (5 stars: every variant's input)
+    movie indices ``users[i]``."""
     rows = np.repeat(np.arange(len(users)), [c.size for c in users])
     cols = np.concatenate(users) if users else np.zeros(0, np.int64)
     shape = (len(users), path.n_movies)
-    return path.score_rows(sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=shape))
+    return path.score_rows(sp.csr_matrix((np.full(rows.size, 5.0), (rows, cols)), shape=shape))
 
 
 def test_one_user_z_score_is_the_batch_z_score() -> None:
