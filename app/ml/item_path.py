@@ -87,10 +87,18 @@ def lambda_candidates(train: sp.csr_matrix) -> list[float]:
     EASE's best lambda grows with how often movies are rated (500 on ml-100k's u1 with ~48
     ratings per movie, 1000 on ml-1m-half with ~100); the grid spans 4x either way.
     """
+    centre = lambda_centre(train)
+    return [round(centre * f, 1) for f in LAMBDA_FACTORS]
+
+
+LAMBDA_FACTORS = (0.5, 1.0, 2.0)
+
+
+def lambda_centre(train: sp.csr_matrix) -> float:
+    """10x the mean rating count of a rated movie (`lambda_candidates`' middle)."""
     counts = np.bincount(train.indices, minlength=train.shape[1])
     rated = counts[counts > 0]
-    centre = 10.0 * float(rated.mean()) if rated.size else 100.0
-    return [round(centre * f, 1) for f in (0.5, 1.0, 2.0)]
+    return round(10.0 * float(rated.mean()), 1) if rated.size else 100.0
 
 
 @dataclass(frozen=True)
@@ -152,16 +160,21 @@ def fit_item_to_item(
     """
     b = _ridge_inverse(co.gram, lam)  # P, becoming B in place
     diag_p = np.diag(b).astype(np.float64)
-    diag_pc = np.einsum("ij,ji->i", b, co.co_liked, dtype=np.float64)  # diag(P X'L)
+    diag_pc = 0.0  # diag(P X'L), the liked target's share (plain EASE: none)
+    if liked_weight:
+        diag_pc = np.einsum("ij,ji->i", b, co.co_liked, dtype=np.float64)
     mu = (liked_weight * diag_pc - lam * diag_p + 1.0) / diag_p
     scale = (lam + mu).astype(np.float32)[None, :]
     for start in range(0, b.shape[0], block):
-        rows = b[start : start + block].copy()
-        product = rows @ co.co_liked
-        product *= liked_weight
-        rows *= scale
-        product -= rows
-        b[start : start + block] = product
+        rows = b[start : start + block]
+        if liked_weight:
+            product = rows @ co.co_liked
+            product *= liked_weight
+            rows *= scale
+            product -= rows
+            rows[:] = product
+        else:
+            rows *= -scale
     np.fill_diagonal(b, 0.0)  # I's only entries, and the corrected diagonal (0 up to rounding)
     weights = _pruned(b, co.kept, co.n_movies, neighbors)
     return ItemToItem(weights, float(lam), co.min_rating, float(liked_weight))
