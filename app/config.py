@@ -73,17 +73,6 @@ class ServingSettings(_Group):
     torch_threads: int = Field(alias="serve_torch_threads")
     """SERVE_TORCH_THREADS: torch/BLAS threads *inside one inference*: requests already run
     in parallel on the serve threads, so more only oversubscribes the cores."""
-    gil_switch_ms: float = Field(alias="serve_gil_switch_ms")
-    """SERVE_GIL_SWITCH_MS: the interpreter's switch interval in an API process: how long
-    the event loop and the inference thread may each hold the GIL while the other waits.
-    Shorter, the inference thread gets it back sooner after each torch step (0.5 ms
-    served +14-28 % at 25M ratings when int8 products dominated a batch, on a VNNI host);
-    longer, they hand it over less often (on an AVX2 host, 5 ms served +8 % on ml-100k,
-    +10 % at 25M against 0.5 ms, with the item-path model of 25M ratings)."""
-    batch_wait_ms: float = Field(alias="serve_batch_wait_ms")
-    """SERVE_BATCH_WAIT_MS: how long the next batch of recommendations may wait for the
-    clients the last one answered (`Batcher`): only while fewer requests wait than were in
-    flight when it finished, so a lone client never waits. 0 = never wait."""
     answer_cache_size: int = Field(alias="answer_cache_size")
     """ANSWER_CACHE_SIZE: answers kept per model version (0 = no answer cache)."""
     model_poll_seconds: float = Field(alias="model_poll_seconds")
@@ -174,7 +163,6 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_query_bytes: int = Field(default=8 * 1024, ge=256)
     cors_origins: list[str] = Field(default_factory=list)
-    recommendations_lane: bool = True
 
     # -- db: DatabaseSettings ------------------------------------------------------------
     database_url: str = DEFAULT_DATABASE_URL
@@ -187,8 +175,6 @@ class Settings(BaseSettings):
     # -- serving: ServingSettings (its docstrings say what each one means) -------------
     serve_threads: int = Field(default=1, ge=1, le=64)
     serve_torch_threads: int = Field(default=1, ge=1)
-    serve_gil_switch_ms: float = Field(default=5.0, gt=0, le=100)
-    serve_batch_wait_ms: float = Field(default=6.0, ge=0, le=100)
     answer_cache_size: int = Field(default=20_000, ge=0)
     model_poll_seconds: float = Field(default=2.0, gt=0)
     model_cache_versions: int = Field(default=3, ge=1, le=20)

@@ -191,9 +191,8 @@ class RecommendationItem(BaseModel):
 
 
 class RecommendationQuery(BaseModel):
-    """The query string of GET /users/{id}/recommendations, validated as a whole by one
-    pydantic call (`app.api.deps.QueryParser`) and published from this model, so the
-    OpenAPI parameters are exactly what is checked."""
+    """The query string of GET /users/{id}/recommendations: FastAPI's query parameter
+    model, so the OpenAPI parameters are exactly what is checked (unknown names: 422)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

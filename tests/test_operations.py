@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from fastapi.testclient import TestClient
 
 from app.config import Settings
@@ -12,14 +10,6 @@ from app.main import create_app
 
 def test_healthz(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-
-
-def test_the_server_sets_the_switch_interval_while_it_runs(settings: Settings) -> None:
-    """SERVE_GIL_SWITCH_MS holds while the app runs; the process's own value comes back."""
-    before = sys.getswitchinterval()
-    with TestClient(create_app(settings.model_copy(update={"serve_gil_switch_ms": 2.5}))):
-        assert sys.getswitchinterval() == 0.0025
-    assert sys.getswitchinterval() == before
 
 
 def test_readyz_ok_when_database_answers(client: TestClient) -> None:

@@ -141,12 +141,41 @@ def test_genre_filter_is_honoured(seeded: Settings, trained: TrainingOutcome) ->
 
 @pytest.mark.parametrize(
     "query",
-    ["n=0", "n=101", "n=abc", "genre="],
+    [
+        "n=0",
+        "n=101",
+        "n=abc",
+        "n=1.5",
+        "genre=",
+        "genre=" + "x" * 65,
+        "&".join(["genre=Drama"] * 21),
+        "exclude=0",
+        "exclude=x",
+        "explain=maybe",
+        "page=2",
+    ],
 )
 def test_bad_recommendation_queries_are_422(seeded: Settings, query: str) -> None:
     with TestClient(create_app(seeded)) as client:
-        assert client.get(f"/users/1/recommendations?{query}").status_code == 422
+        response = client.get(f"/users/1/recommendations?{query}")
+        assert response.status_code == 422
+        (error,) = response.json()["detail"]
+        assert error["loc"][0] == "query"
         assert client.get("/users/0/recommendations").status_code == 422
+
+
+def test_the_recommendations_query_is_published_as_it_is_checked(seeded: Settings) -> None:
+    """The OpenAPI parameters are FastAPI's own, from the route's query model."""
+    with TestClient(create_app(seeded)) as client:
+        spec = client.get("/openapi.json").json()
+        ok = client.get("/users/1/recommendations?n=3&genre=Drama&genre=Comedy&explain=true")
+        unknown = client.get("/users/1/recommendations?page=2").json()["detail"][0]
+    operation = spec["paths"]["/users/{user_id}/recommendations"]["get"]
+    query = {p["name"]: p for p in operation["parameters"] if p["in"] == "query"}
+    assert set(query) == {"n", "genre", "exclude", "explain"}
+    assert query["n"]["schema"]["minimum"] == 1 and query["n"]["schema"]["maximum"] == 100
+    assert ok.status_code == 200 and len(ok.json()["items"]) <= 3
+    assert unknown["type"] == "extra_forbidden" and unknown["loc"] == ["query", "page"]
 
 
 def test_predictions_are_clamped_and_cover_rated_and_unrated(

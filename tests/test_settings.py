@@ -30,7 +30,6 @@ UNGROUPED = {
     "max_body_bytes",
     "max_query_bytes",
     "cors_origins",
-    "recommendations_lane",
 }
 # every grouped variable, each with a valid value that is not its default
 GROUPED_ENV = {
@@ -40,8 +39,6 @@ GROUPED_ENV = {
     "MODEL_DIR": "/srv/saerec/models",
     "SERVE_THREADS": "5",
     "SERVE_TORCH_THREADS": "3",
-    "SERVE_GIL_SWITCH_MS": "2",
-    "SERVE_BATCH_WAIT_MS": "0",
     "ANSWER_CACHE_SIZE": "0",
     "MODEL_POLL_SECONDS": "0.5",
     "MODEL_CACHE_VERSIONS": "4",
@@ -70,7 +67,6 @@ UNGROUPED_ENV = {
     "MAX_BODY_BYTES": "2048",
     "MAX_QUERY_BYTES": "512",
     "CORS_ORIGINS": '["https://a.example", "https://b.example"]',
-    "RECOMMENDATIONS_LANE": "false",
 }
 GROUP_FIELDS = [
     (group, name, source) for group, cls in GROUPS.items() for name, source in cls.sources().items()

@@ -39,7 +39,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 from app.config import ServingSettings
 from app.db import create_read_engine, create_session_factory
 from app.ml.artifacts import ArtifactError, LoadedModel, load_artifact
-from app.ml.serving import BatchScores, FoldInScorer, RankProduct, UserState, top_many
+from app.ml.serving import FoldInScorer, UserState, top_many
 from app.models import Movie, MovieGenre, Rating
 from app.observability import MODEL_INFO, MODEL_LOADS, RECOMMEND_LATENCY, get_logger
 from app.services import registry
@@ -81,7 +81,7 @@ NO_IDS = np.zeros(0, dtype=np.int64)
 NO_RATINGS = (NO_IDS, np.zeros(0, dtype=np.float32))
 # Where an uncached answer's time goes (the benchmark prints it): per stage, the seconds
 # spent and the answers they were spent on, both counted once per batch (an observation
-# per answer cost more than some stages). "json" is counted by the route, per answer.
+# per answer cost more than some stages).
 RECOMMEND_STAGE_SECONDS = Counter(
     "saerec_recommend_stage_seconds",
     "Seconds spent per stage of recommendations answered by the model (answer cache misses)",
@@ -90,7 +90,7 @@ RECOMMEND_STAGE_SECONDS = Counter(
 RECOMMEND_STAGE_ANSWERS = Counter(
     "saerec_recommend_stage_answers", "Answers the stage's seconds were spent on", ["stage"]
 )
-STAGES = ("db_read", "fold_in", "filtering", "ranking", "items", "json")
+STAGES = ("db_read", "fold_in", "filtering", "ranking", "items")
 _STAGE = {
     stage: (RECOMMEND_STAGE_SECONDS.labels(stage), RECOMMEND_STAGE_ANSWERS.labels(stage))
     for stage in STAGES
@@ -236,9 +236,7 @@ class ServingModel:
         # the validated rating parts are the quality gate's, never served: not kept in memory
         loaded = replace(loaded, model=replace(loaded.model, validated=None))
         model = cls(version, loaded, catalog, loaded.model.scorer, _column_table(loaded.movies.ids))
-        _ = model.scorer.item_table  # built and timed now, not by the first requests
-        _ = model.scorer.rank_net.rank_product
-        _ = model.scorer.first_pass
+        _ = model.scorer.item_table  # built now, not by the first requests
         return model
 
     def columns(self, movie_ids: np.ndarray) -> np.ndarray:
@@ -425,21 +423,21 @@ class LoadFailure:
 AnswerMany = Callable[[list[RecommendRequest]], list[dict[str, Any] | Exception]]
 
 
+MAX_BATCH = 32
+"""requests that share one read and forward pass at most"""
+MAX_DELAY = 0.0
+"""seconds a batch that is not full may wait for more requests (0: it goes when a thread
+is free; closed- and open-loop benchmarks measured no gain from waiting on our hosts)"""
+
+
 class Batcher:
     """Gathers the recommendation requests of one event loop into batches for the executor.
 
-    No fixed size: a batch starts when an executor thread is free and takes every request
-    waiting by then (up to ``max_batch``). When traffic is light each request runs alone,
-    as fast as before; under load the requests that queued behind a running batch share
-    the next one's forward pass.
-
-    One wait, bounded by ``hold`` seconds: a batch that just finished answered clients
-    that often come straight back (a web tier's connection pool calling in a loop). While
-    fewer requests wait than were in flight when it finished, the next batch waits for
-    the rest, at most ``hold`` after that finish. Without it such clients split into two
-    cohorts that take turns, each batch half the size it could be, and a batch of 16
-    costs about 1.5 times a batch of 8 (the layer is read once either way). A lone client
-    never waits: one was in flight, one is waiting.
+    A batch starts when an executor thread is free and takes every request waiting by then
+    (up to ``max_batch``). When traffic is light each request runs alone, a batch of one;
+    under load the requests that queued behind a running batch share the next one's
+    forward pass. With ``max_delay`` > 0 a batch that is not full waits at most that long
+    after its first request for others.
     """
 
     def __init__(
@@ -447,19 +445,17 @@ class Batcher:
         executor: Executor,
         answer_many: AnswerMany,
         slots: int,
-        hold: float = 0.0,
-        max_batch: int = 32,
+        max_batch: int = MAX_BATCH,
+        max_delay: float = MAX_DELAY,
     ) -> None:
         self._executor = executor
         self._answer_many = answer_many
         self._loop = asyncio.get_running_loop()
         self._max_batch = max_batch
+        self._max_delay = max_delay
         self._slots = slots  # batches in flight: one per executor thread
         self._waiting: list[tuple[RecommendRequest, asyncio.Future]] = []
-        self._hold = hold
-        self._expected = 0  # in flight when the last batch finished
-        self._hold_until = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the first waiting one's delay
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -468,12 +464,18 @@ class Batcher:
     async def recommend(self, request: RecommendRequest) -> dict[str, Any]:
         future = self._loop.create_future()
         self._waiting.append((request, future))
+        if self._max_delay > 0 and len(self._waiting) == 1:
+            self._timer = self._loop.call_later(self._max_delay, self._delay_over)
         self._launch()
         return await future
 
+    def _delay_over(self) -> None:
+        self._timer = None
+        self._launch()
+
     def _launch(self) -> None:
-        if self._holding():
-            return
+        if self._timer is not None and len(self._waiting) < self._max_batch:
+            return  # still gathering
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -486,30 +488,10 @@ class Batcher:
             )
             done.add_done_callback(functools.partial(self._finish, batch))
 
-    def _holding(self) -> bool:
-        """Whether the waiting requests wait on for the clients the last batch answered
-        (see the class's docstring); a timer ends the wait if they do not come."""
-        waiting = len(self._waiting)
-        if not waiting or not self._slots or waiting >= self._expected:
-            return False
-        left = self._hold_until - self._loop.time()
-        if left <= 0:
-            return False
-        if self._timer is None:
-            self._timer = self._loop.call_later(left, self._stop_holding)
-        return True
-
-    def _stop_holding(self) -> None:
-        self._timer = None
-        self._expected = 0
-        self._launch()
-
     def _finish(
         self, batch: list[tuple[RecommendRequest, asyncio.Future]], done: asyncio.Future
     ) -> None:
         self._slots += 1
-        self._expected = min(len(batch) + len(self._waiting), self._max_batch)
-        self._hold_until = self._loop.time() + self._hold
         try:
             answers = done.result()
         except Exception as exc:
@@ -653,8 +635,6 @@ class ModelLifecycle:
             "model_loaded",
             version=version,
             ms=round((time.perf_counter() - started) * 1e3),
-            ranking_gemm=_product_name(model.scorer.rank_net.rank_product),
-            first_pass="int8" if model.scorer.first_pass is not None else "float32",
         )
         return model
 
@@ -849,7 +829,6 @@ class Recommender:
         """Every figure comes from `Settings.serving` (app/config.py, the one home of
         defaults)."""
         threads = self._threads = serving.threads
-        self._batch_wait = serving.batch_wait_ms / 1e3
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="recommend")
         self._batcher: Batcher | None = None
         self._sessions = create_session_factory(engine)
@@ -889,9 +868,7 @@ class Recommender:
         """The batcher of the running event loop (one loop per process in production)."""
         batcher = self._batcher
         if batcher is None or batcher.loop is not asyncio.get_running_loop():
-            batcher = self._batcher = Batcher(
-                self._executor, self.recommend_many, self._threads, self._batch_wait
-            )
+            batcher = self._batcher = Batcher(self._executor, self.recommend_many, self._threads)
         return batcher
 
     # -- following the registry and the ratings -------------------------------------------
@@ -1021,7 +998,7 @@ class Recommender:
             return _similar_answer(movie_id, model, "popular", items)
         scores = model.scorer.similarity.scores(col)[None, :]
         filter_scores(scores, model, [np.array([col])], [filters])
-        top, exact = top_many(BatchScores.of_exact(scores), [n])[0]
+        top, exact = top_many(scores, [n])[0]
         items = model.catalog.items(top, exact)
         return _similar_answer(movie_id, model, "autoencoder", items)
 
@@ -1068,7 +1045,7 @@ def rank_batch(
     batch = model.scorer.encode_many([j.cols for j in jobs], [j.ratings for j in jobs])
     scores = model.scorer.scores_many(batch)  # fresh arrays: ours to overwrite
     folded = time.perf_counter()
-    filter_scores(scores.values, model, [j.cols for j in jobs], [j.filters for j in jobs])
+    filter_scores(scores, model, [j.cols for j in jobs], [j.filters for j in jobs])
     filtered = time.perf_counter()
     tops = top_many(scores, [job.request.n for job in jobs])
     predicted = model.scorer.ratings_many(batch, [top for top, _ in tops])
@@ -1142,10 +1119,6 @@ def predicted_items(
         }
         for m, c, p in zip(wanted, cols, predicted, strict=True)
     ]
-
-
-def _product_name(product: RankProduct | None) -> str | None:
-    return product.name if product is not None else None
 
 
 def _mtime(path: str) -> float | None:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 import pytest
@@ -16,22 +13,15 @@ from app.ml.hybrid import BiasTerms, Blend, HybridModel
 from app.ml.item_path import ItemToItem
 from app.ml.model import StackedAutoencoder, config_from, rating_network_config
 from app.ml.serving import (
-    GEMMS,
-    BatchScores,
     FoldInScorer,
-    Int8Kernel,
     ItemTable,
     NetWeights,
-    QuantizedRanking,
     UserBatch,
-    fastest_product,
     standardise_,
     top_many,
     zscore,
     zscore_one,
 )
-
-GEMMS_AS_BUILT = dict(GEMMS)
 
 N_MOVIES = 50
 PLAIN = Blend(item_weight=0.0, popularity_penalty=0.0, rating_weight=1.0)
@@ -226,13 +216,11 @@ def test_a_batch_of_users_scores_as_each_user_alone(trained, synthetic) -> None:
     for rated in (1, 4, 25, 60):
         cols = np.sort(rng.choice(synthetic.shape[1], size=rated, replace=False))
         states.append(scorer.encode(cols, rng.choice([1.0, 3.0, 4.5], size=rated)))
-    assert scorer.first_pass is None  # a small catalog: the float32 product, exact
     batch = scorer.scores_many(UserBatch.of(states))
-    assert batch.values.shape == (len(states), synthetic.shape[1])
-    assert not batch.slack.any()
-    for row, state in zip(batch.values, states, strict=True):
+    assert batch.shape == (len(states), synthetic.shape[1])
+    for row, state in zip(batch, states, strict=True):
         np.testing.assert_allclose(row, scorer.scores(state), atol=1e-4)
-    single = scorer.scores_many(UserBatch.of(states[:1])).values[0]
+    single = scorer.scores_many(UserBatch.of(states[:1]))[0]
     np.testing.assert_allclose(single, scorer.scores(states[0]))
 
 
@@ -241,13 +229,11 @@ def test_a_blend_of_the_item_path_alone_serves_without_the_deep_product(
 ) -> None:
     """item_weight 1 (what models of 25M ratings chose): serving gives evaluation's scores,
     for one user and for a batch, without ever computing the ranking layer's product over
-    the catalog or building its int8 first pass."""
+    the catalog."""
     model = trained.model.with_blend(replace(trained.model.blend, item_weight=1.0))
     rows = synthetic.matrix[np.arange(0, 60, 12)]
     want, _ = model.predict(rows)  # evaluation computes every part
-    monkeypatch.setattr(FoldInScorer, "QUANTIZED_MIN_WEIGHTS", 0)
     scorer = FoldInScorer(model)
-    assert scorer.first_pass is None
 
     def computed(*_: object) -> None:
         raise AssertionError("the deep ranking product was computed")
@@ -256,8 +242,7 @@ def test_a_blend_of_the_item_path_alone_serves_without_the_deep_product(
     monkeypatch.setattr(NetWeights, "logits_one", computed)
     states = [scorer.encode(rows[i].indices, rows[i].data) for i in range(rows.shape[0])]
     batch = scorer.scores_many(UserBatch.of(states))
-    assert not batch.slack.any()
-    np.testing.assert_allclose(batch.values, want, atol=1e-5)
+    np.testing.assert_allclose(batch, want, atol=1e-5)
     for state, row in zip(states, want, strict=True):
         np.testing.assert_allclose(scorer.scores(state), row, atol=1e-5)
 
@@ -288,119 +273,6 @@ def test_a_blend_without_the_rating_network_serves_ratings_without_it(
     for user_cols, user_values, row in zip(cols, values, want, strict=True):
         state = scorer.encode(user_cols, user_values)
         np.testing.assert_allclose(scorer.ratings(state, everything[0]), row, atol=1e-5)
-
-
-@pytest.mark.parametrize("sizes", [(1, 5, 30, 80), (12,)])
-def test_the_int8_first_pass_ranks_exactly_the_float32_top_n(
-    trained, synthetic, monkeypatch: pytest.MonkeyPatch, sizes: tuple[int, ...]
-) -> None:
-    """On a catalog large enough for it, a batch's scores come from `QuantizedRanking`,
-    a lone user's too: each row within its slack of the exact scores, and `top_many`
-    returns exactly the movies and scores the float32 pass ranks first, for any n."""
-    monkeypatch.setattr(FoldInScorer, "QUANTIZED_MIN_WEIGHTS", 0)
-    monkeypatch.setattr(QuantizedRanking, "faster_than", lambda *_: True)  # on any CPU
-    # a blend in which the deep ranking has a share (the fixture's item path alone ranks)
-    model = trained.model.with_blend(replace(trained.model.blend, item_weight=0.5))
-    scorer = FoldInScorer(model)  # the threshold is read when first_pass is built
-    assert scorer.first_pass is not None
-    rng = np.random.default_rng(13)
-    cols = [np.sort(rng.choice(synthetic.shape[1], size=k, replace=False)) for k in sizes]
-    values = [rng.choice([0.5, 2.0, 4.0, 5.0], size=c.size).astype(np.float32) for c in cols]
-    batch = scorer.encode_many(cols, values)
-    approximate = scorer.scores_many(batch)
-    exact = np.stack([scorer.scores(batch.user(i)) for i in range(len(batch))])
-    assert approximate.slack.min() > 0
-    assert (np.abs(approximate.values - exact).max(axis=1) <= approximate.slack).all()
-    for n in (1, 10, 60, synthetic.shape[1]):
-        rated = np.repeat(np.arange(len(cols)), [c.size for c in cols]), np.concatenate(cols)
-        approximate.values[rated] = exact[rated] = -np.inf
-        got = top_many(approximate, [n] * len(cols))
-        want = top_many(BatchScores.of_exact(exact), [n] * len(cols))
-        for (got_cols, got_scores), (want_cols, want_scores) in zip(got, want, strict=True):
-            np.testing.assert_array_equal(got_cols, want_cols)
-            np.testing.assert_allclose(got_scores, want_scores, atol=1e-4)
-
-
-def test_the_int8_first_pass_serves_only_where_it_is_measured_faster(
-    trained, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Whether int8 beats float32 depends on the CPU (oneDNN is exact and fast only with
-    VNNI): the first pass is timed against the float32 product at load, and a slower
-    kernel, whichever it is, is never the one that serves."""
-    monkeypatch.setattr(FoldInScorer, "QUANTIZED_MIN_WEIGHTS", 0)
-    model = trained.model.with_blend(replace(trained.model.blend, item_weight=0.5))
-
-    def slowed(call: Callable[..., Any]) -> Callable[..., Any]:
-        def slow(*args: Any) -> Any:
-            time.sleep(0.05)  # far slower than either product of this small layer
-            return call(*args)
-
-        return slow
-
-    monkeypatch.setattr(Int8Kernel, "product", slowed(Int8Kernel.product))
-    assert FoldInScorer(model).first_pass is None
-    monkeypatch.undo()
-    monkeypatch.setattr(FoldInScorer, "QUANTIZED_MIN_WEIGHTS", 0)
-    gemms = {name: slowed(gemm) for name, gemm in GEMMS_AS_BUILT.items()}
-    monkeypatch.setattr("app.ml.serving.GEMMS", gemms)
-    assert FoldInScorer(model).first_pass is not None
-
-
-def _int8_reference(h8: np.ndarray, codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    return (h8.astype(np.int64) @ codes.astype(np.int64).T) * scale.astype(np.float64)
-
-
-@pytest.mark.parametrize("users", [1, 8, 17])
-def test_the_int8_kernel_gives_the_exact_integer_products(users: int) -> None:
-    """Whichever kernel `Int8Kernel.fastest` picks (oneDNN's packed one where it is exact),
-    each cell is the integer dot product times the movie's scale, extremes included."""
-    rng = np.random.default_rng(21)
-    codes = rng.integers(-127, 128, size=(3000, 64)).astype(np.int8)
-    codes[0] = 127  # sums far past 16 bits
-    scale = rng.uniform(1e-3, 1e-2, size=3000).astype(np.float32)
-    h8 = rng.integers(-127, 128, size=(users, 64)).astype(np.int8)
-    h8[0] = 127
-    got = Int8Kernel.fastest(codes, scale).product(h8).double().numpy()
-    np.testing.assert_allclose(got, _int8_reference(h8, codes, scale), rtol=1e-6)
-
-
-def test_a_packed_kernel_that_is_not_exact_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The packed product is checked against int64 sums at load: where it differs (on a
-    CPU without VNNI its 16-bit sums saturate; elsewhere, weights packed from other codes
-    stand in for that), `_int_mm` serves."""
-    import app.ml.serving as serving
-
-    rng = np.random.default_rng(22)
-    codes = rng.integers(-127, 128, size=(500, 32)).astype(np.int8)
-    scale = np.full(500, 0.01, dtype=np.float32)
-    pack = serving._onednn_pack
-    if pack(codes) is None:
-        pytest.skip("this torch build has no oneDNN int8 linear")
-    if Int8Kernel.fastest(codes, scale).packed is not None:  # exact on this CPU
-        other = np.ascontiguousarray(codes // 2)
-        monkeypatch.setattr(serving, "_onednn_pack", lambda _codes: pack(other))
-    kernel = Int8Kernel.fastest(codes, scale)
-    assert kernel.packed is None and kernel.codes_t is not None
-    h8 = rng.integers(-127, 128, size=(4, 32)).astype(np.int8)
-    got = kernel.product(h8).double().numpy()
-    np.testing.assert_allclose(got, _int8_reference(h8, codes, scale), rtol=1e-6)
-
-
-def test_top_many_keeps_every_movie_the_slack_cannot_rule_out() -> None:
-    """Scores within a wide slack of the exact ones: the top n are found even when more
-    movies than the first top-k holds are near the n-th (the full scan), ties by index."""
-    rng = np.random.default_rng(14)
-    exact = rng.normal(size=(3, 500)).astype(np.float32)
-    exact[2, 100:110] = 5.0  # ten tied best movies
-    slack = np.array([0.0, 0.8, 0.8])
-    noisy = exact + (rng.uniform(-1, 1, size=exact.shape) * slack[:, None]).astype(np.float32)
-    noisy[0] = exact[0]
-    scores = BatchScores(noisy, slack, lambda rows, cols: exact[rows, cols])
-    for n in (1, 10, 50):
-        for row, (cols, found) in enumerate(top_many(scores, [n] * 3)):
-            want = np.lexsort((np.arange(500), -exact[row]))[:n]
-            np.testing.assert_array_equal(cols, want)
-            np.testing.assert_array_equal(found, exact[row, want])
 
 
 def test_a_batch_of_users_encodes_as_each_user_alone(trained, synthetic) -> None:
@@ -456,41 +328,14 @@ def test_the_padded_item_table_keeps_rows_only_for_movies_with_weights() -> None
     np.testing.assert_allclose(padded.score_many(users), table.score_many(users), atol=1e-5)
 
 
-def test_the_ranking_product_uses_the_fastest_gemm_and_layout_and_every_one_agrees(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """`fastest_product` times the candidates on the layer itself (each GEMM on the torch
-    layer's transposed view and on a contiguous copy): a slow GEMM or a slow layout is
-    never chosen, and whichever is chosen gives the same logits."""
-    rng = np.random.default_rng(11)
-    layer = rng.normal(size=(300, 16)).astype(np.float32)  # movies x hidden, as torch has it
-    h = rng.normal(size=(5, 16)).astype(np.float32)
-    for right in (layer.T, np.ascontiguousarray(layer.T)):
-        for gemm in GEMMS.values():
-            product = gemm(h, right)
-            np.testing.assert_allclose(
-                product, h @ layer.T.astype(np.float64), rtol=1e-5, atol=1e-4
-            )
-            assert product.dtype == np.float32
-
-    def slow_when(is_slow: Callable[[str, np.ndarray], bool], name: str) -> Callable[..., Any]:
-        def gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            if is_slow(name, b):
-                time.sleep(0.05)  # slower than any real GEMM of this size, even on a loaded machine
-            return GEMMS_AS_BUILT[name](a, b)
-
-        return gemm
-
-    def patch(is_slow: Callable[[str, np.ndarray], bool]) -> None:
-        gemms = {name: slow_when(is_slow, name) for name in GEMMS_AS_BUILT}
-        monkeypatch.setattr("app.ml.serving.GEMMS", gemms)
-
-    for slow_one in GEMMS_AS_BUILT:
-        patch(lambda name, _b, slow_one=slow_one: name == slow_one)
-        assert fastest_product(layer.T).gemm != slow_one
-    patch(lambda _name, b: not b.flags.c_contiguous)
-    chosen = fastest_product(layer.T)
-    assert chosen.layout == "contiguous" and chosen.layer_t.flags.c_contiguous
-    patch(lambda _name, b: b.flags.c_contiguous)
-    chosen = fastest_product(layer.T)
-    assert chosen.layout == "view" and np.shares_memory(chosen.layer_t, layer)
+def test_top_many_lists_the_best_finite_scores_best_first_ties_by_index() -> None:
+    rng = np.random.default_rng(14)
+    scores = rng.normal(size=(3, 500)).astype(np.float32)
+    scores[1, 100:110] = 5.0  # ten tied best movies
+    scores[2, 3:] = -np.inf  # three movies left to list
+    for n in (1, 10, 50):
+        for row, (cols, found) in enumerate(top_many(scores, [n] * 3)):
+            finite = np.flatnonzero(np.isfinite(scores[row]))
+            want = finite[np.lexsort((finite, -scores[row, finite]))][:n]
+            np.testing.assert_array_equal(cols, want)
+            np.testing.assert_array_equal(found, scores[row, want])
