@@ -33,6 +33,7 @@ from app.ml.data import (
 from app.ml.datasets import Ratings, read_movielens
 from app.ml.metrics import Scorer, evaluate_scorer
 from app.ml.model import ModelConfig
+from app.ml.scoring import FoldInScorer
 from app.ml.train import EpochReport, TrainResult, train_model
 
 MODEL_ROW = "stacked autoencoder"
@@ -82,7 +83,11 @@ def fit_model(
         "epochs_run": len(result.history),
     }
     return FittedModel(
-        result.model.predict, result.rating_scale, result.seconds, info, result.metrics
+        FoldInScorer(result.model).score_rows,
+        result.rating_scale,
+        result.seconds,
+        info,
+        result.metrics,
     )
 
 

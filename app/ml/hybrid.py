@@ -13,7 +13,6 @@ and then chooses on validation how to mix them:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -22,7 +21,6 @@ from app.ml.baselines import Bias
 from app.ml.data import RatingMatrix
 from app.ml.item_path import ItemToItem
 from app.ml.model import ModelConfig, StackedAutoencoder
-from app.ml.serving import FoldInScorer
 
 
 @dataclass(frozen=True)
@@ -39,11 +37,8 @@ class BiasTerms:
         bias.fit(train)
         return cls(float(bias.mean), bias.movie_bias.astype(np.float32), float(user_reg))
 
-    def user_bias(self, cols: np.ndarray, values: np.ndarray) -> float:
-        resid = float((values - self.mean - self.movie_bias[cols]).sum())
-        return resid / (cols.size + self.user_reg)
-
     def user_biases(self, rows: sp.csr_matrix) -> np.ndarray:
+        """Each row's user bias, folded in from its ratings."""
         counts = np.diff(rows.indptr)
         row_of = np.repeat(np.arange(rows.shape[0]), counts)
         resid = rows.data - self.mean - self.movie_bias[rows.indices]
@@ -79,10 +74,11 @@ class ValidatedRating:
     bias: BiasTerms
 
 
-@dataclass
+@dataclass(frozen=True)
 class HybridModel:
-    """Everything the scorer needs. ``rate_net`` serves ratings: the rating-only network, or
-    the joint network's best rating epoch (``rank_net`` itself when one epoch won both)."""
+    """Everything the scorer needs (`app.ml.scoring.FoldInScorer`), as plain data.
+    ``rate_net`` serves ratings: the rating-only network, or the joint network's best rating
+    epoch (``rank_net`` itself when one epoch won both)."""
 
     config: ModelConfig
     rank_net: StackedAutoencoder
@@ -98,14 +94,6 @@ class HybridModel:
     @property
     def n_movies(self) -> int:
         return self.rank_net.n_movies
-
-    @cached_property
-    def scorer(self) -> FoldInScorer:
-        return FoldInScorer(self)
-
-    def predict(self, rows: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, clamped ratings) for rows of current ratings: the metrics' Scorer."""
-        return self.scorer.score_rows(rows)
 
     def with_blend(self, blend: Blend) -> HybridModel:
         return replace(self, blend=blend)

@@ -214,16 +214,6 @@ def config_from(preset: str = "default", **overrides: object) -> ModelConfig:
         raise ValueError(f"invalid config: {exc}") from exc
 
 
-class ModelOutput(NamedTuple):
-    """Forward result: scores rank movies (higher = recommend), ratings are on the
-    rating scale (not yet clamped), hidden holds each hidden layer's activations."""
-
-    scores: torch.Tensor
-    ratings: torch.Tensor
-    hidden: tuple[torch.Tensor, ...]
-    visible: torch.Tensor
-
-
 @dataclass(frozen=True)
 class SparseBatch:
     """A minibatch of users as (row, column, rating) triplets: training never densifies it."""
@@ -244,14 +234,14 @@ class SparseBatch:
         )
 
 
-class _Encoded(NamedTuple):
-    """The sparse encoder's result: top hidden layer, every hidden layer, which ratings it
-    saw, the rating baseline per movie and the folded-in bias per user, the batch pattern."""
+class Encoded(NamedTuple):
+    """`StackedAutoencoder.encode`'s result for a batch of users: the top hidden layer,
+    every hidden layer, which ratings it saw, the folded-in bias per user, and where the
+    batch's ratings are."""
 
     h: torch.Tensor
     hidden: tuple[torch.Tensor, ...]
     visible: torch.Tensor
-    base: torch.Tensor
     user_bias: torch.Tensor
     pattern: RatingPattern
 
@@ -365,50 +355,22 @@ class StackedAutoencoder(nn.Module):
             self.movie_bias.copy_(torch.as_tensor(movie_bias, dtype=torch.float32))
             self.rating_scale.copy_(torch.tensor(rating_scale, dtype=torch.float32))
 
-    def forward(self, x: torch.Tensor | SparseBatch, *sampled: torch.Tensor | None) -> Any:
-        """x: B x n_movies dense ratings (0 = unrated) -> ModelOutput; a SparseBatch (the
-        training path, through ``__call__`` so that DDP sees it) -> SparseOutput."""
-        if isinstance(x, SparseBatch):
-            negatives, log_q = sampled if sampled else (None, None)
-            return self.forward_sparse(x, negatives, log_q)
-        return self.forward_dense(x)
-
-    def forward_dense(self, x: torch.Tensor) -> ModelOutput:
-        """x: B x n_movies dense ratings (0 = unrated) -> scores, ratings, hidden."""
-        rated = x > 0
-        visible = rated
-        if self.training and self.config.input_dropout > 0:
-            keep = torch.rand_like(x) >= self.config.input_dropout
-            visible = rated & keep
-        vis = visible.to(x.dtype)
-        n = vis.sum(dim=1, keepdim=True)
-        base = self.global_mean + self.movie_bias
-        user_bias = ((x - base) * vis).sum(dim=1, keepdim=True) / (n + self.config.user_bias_reg)
-        # the encoder sees the baseline as a constant: biases learn through the rating head
-        h = self._features(x * vis, vis, n, (base + user_bias).detach())
-        hidden = []
-        for i, layer in enumerate(self.layers):
-            h = sparse_linear(self.first_layer, h) if i == 0 else layer(h)
-            h = self.hidden_dropout(self.activation(h))
-            hidden.append(h)
-        ratings = self.rate_out(h)
-        if self.config.rating_head == "residual":
-            ratings = ratings + base + user_bias
-        scores = self.rank_out(h) if self.rank_out is not None else ratings
-        return ModelOutput(scores, ratings, tuple(hidden), visible)
-
-    def forward_sparse(
-        self, batch: SparseBatch, negatives: torch.Tensor | None, log_q: torch.Tensor | None
+    def forward(
+        self,
+        batch: SparseBatch,
+        negatives: torch.Tensor | None = None,
+        log_q: torch.Tensor | None = None,
     ) -> SparseOutput:
-        """The same network as ``forward``, computed only where the batch has ratings.
+        """The training forward (called through ``__call__``, so that DDP sees it):
+        `encode`, then both heads at the batch's rated cells.
 
         The rating head runs on the batch's rated movies alone. The ranking head's softmax
         runs over the whole catalog, or, given ``negatives`` (sampled movie indices) and
         ``log_q`` (log of their sampling probability times the sample size), over each
         user's rated movies plus the corrected negatives, so the cost follows the ratings.
         """
-        enc = self._encode_sparse(batch)
-        ratings = self._ratings_at(enc, enc.pattern)
+        enc = self.encode(batch)
+        ratings = self.ratings_at(enc.h, enc.user_bias, enc.pattern)
         log_probs = None
         if self.rank_out is not None:
             log_probs = self._log_probs(enc.h, enc.pattern, negatives, log_q)
@@ -417,52 +379,69 @@ class StackedAutoencoder(nn.Module):
     def score_cells(
         self, batch: SparseBatch, rows: torch.Tensor, cols: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The validation's needs of ``forward``, from a sparse batch: ranking scores over
-        the catalog (B x n_movies) and predicted ratings (unclamped) at the cells
-        (rows, cols) alone (``rows`` sorted), without the dense B x n input or rating output
-        (validating 5,000 users at a 59k catalog: 34 s through the dense path, 13 s this way)."""
-        enc = self._encode_sparse(batch)
-        ratings = self._ratings_at(enc, RatingPattern.of(rows, cols, batch.size))
-        if self.rank_out is not None:
-            scores = torch.addmm(self.rank_out.bias, enc.h, self.rank_out.weight.t())
-        else:
-            scores = self.rate_out(enc.h)
-            if self.config.rating_head == "residual":
-                scores = scores + enc.base + enc.user_bias[:, None]
-        return scores, ratings
+        """What validation needs: ranking scores over the catalog (B x n_movies) and
+        predicted ratings (unclamped) at the cells (rows, cols) alone (``rows`` sorted)."""
+        enc = self.encode(batch)
+        cells = RatingPattern.of(rows, cols, batch.size)
+        return self.rank_logits(enc.h, enc.user_bias), self.ratings_at(enc.h, enc.user_bias, cells)
 
-    def _ratings_at(self, enc: _Encoded, cells: RatingPattern) -> torch.Tensor:
-        """The rating head (unclamped) at ``cells``, for the users ``enc`` encoded."""
-        weights = F.embedding(cells.movies, self.rate_out.weight)
-        ratings = rated_dot(cells, enc.h, weights) + self.rate_out.bias[cells.cols]
-        if self.config.rating_head == "residual":
-            ratings = ratings + enc.base[cells.cols] + enc.user_bias[cells.rows]
-        return ratings
-
-    def _encode_sparse(self, batch: SparseBatch) -> _Encoded:
-        """The encoder of ``forward_dense`` over a batch's rated cells (denoising in
-        training, every rating visible in eval)."""
+    def encode(self, batch: SparseBatch) -> Encoded:
+        """The network's one encoder, over a batch's rated cells: training (where it hides
+        ratings at random: denoising), validation and serving all run it. The first layer
+        gathers only the weight rows of the rated movies (see `sparse_ops.encode`)."""
         rows, cols, values = batch.rows, batch.cols, batch.values
         visible = torch.ones_like(values, dtype=torch.bool)
         if self.training and self.config.input_dropout > 0:
             visible = torch.rand_like(values) >= self.config.input_dropout
         vis = visible.to(values.dtype)
         n = values.new_zeros(batch.size).index_add_(0, rows, vis)
-        base = self.global_mean + self.movie_bias
-        sums = values.new_zeros(batch.size).index_add_(0, rows, (values - base[cols]) * vis)
+        base = self.global_mean + self.movie_bias[cols]
+        sums = values.new_zeros(batch.size).index_add_(0, rows, (values - base) * vis)
         user_bias = sums / (n + self.config.user_bias_reg)
         pattern = RatingPattern.of(rows, cols, batch.size)
-        features = self._sparse_features(batch, vis, n, (base[cols] + user_bias[rows]).detach())
+        # the encoder sees the baseline as a constant: biases learn through the rating head
+        features = self._features(batch, vis, n, (base + user_bias[rows]).detach())
         blocks = [pattern.movies + j * self.n_movies for j in range(features.shape[1])]
-        first = self.first_layer
-        h = encode(pattern, features, F.embedding(torch.cat(blocks), first.weight_t))
-        h = h + first.bias
+        first = encode(pattern, features, F.embedding(torch.cat(blocks), self.first_layer.weight_t))
+        h, hidden = self.code(first)
+        return Encoded(h, hidden, visible, user_bias, pattern)
+
+    def code(self, first: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The top hidden layer and every hidden layer, from the first layer's product
+        without its bias (the rest of `encode`; the explainer feeds it leave-one-out
+        products)."""
+        h = first + self.first_layer.bias
         hidden = []
         for i, layer in enumerate(self.layers):
             h = layer(h) if i else h
             h = self.hidden_dropout(self.activation(h))
             hidden.append(h)
-        return _Encoded(h, tuple(hidden), visible, base, user_bias, pattern)
+        return h, tuple(hidden)
+
+    def rank_logits(self, h: torch.Tensor, user_bias: torch.Tensor) -> torch.Tensor:
+        """Ranking scores over the catalog (B x n_movies): the ranking head, or the rating
+        head where there is none."""
+        if self.rank_out is None:
+            return self.ratings_all(h, user_bias)
+        return torch.addmm(self.rank_out.bias, h, self.rank_out.weight.t())
+
+    def ratings_all(self, h: torch.Tensor, user_bias: torch.Tensor) -> torch.Tensor:
+        """The rating head (unclamped) over the catalog (B x n_movies)."""
+        ratings = torch.addmm(self.rate_out.bias, h, self.rate_out.weight.t())
+        if self.config.rating_head == "residual":
+            ratings = ratings + (self.global_mean + self.movie_bias) + user_bias[:, None]
+        return ratings
+
+    def ratings_at(
+        self, h: torch.Tensor, user_bias: torch.Tensor, cells: RatingPattern
+    ) -> torch.Tensor:
+        """The rating head (unclamped) at ``cells`` alone, for the users of ``h``."""
+        weights = F.embedding(cells.movies, self.rate_out.weight)
+        ratings = rated_dot(cells, h, weights) + self.rate_out.bias[cells.cols]
+        if self.config.rating_head == "residual":
+            base = self.global_mean + self.movie_bias[cells.cols]
+            ratings = ratings + base + user_bias[cells.rows]
+        return ratings
 
     def _log_probs(
         self,
@@ -487,11 +466,12 @@ class StackedAutoencoder(nn.Module):
         total = total.index_add(0, rows, torch.exp(rated - top[rows]))
         return rated - (top + torch.log(total))[rows]
 
-    def _sparse_features(
+    def _features(
         self, batch: SparseBatch, vis: torch.Tensor, n: torch.Tensor, baseline: torch.Tensor
     ) -> torch.Tensor:
-        """The encoder input of ``_features`` at the rated cells: ratings x input blocks
-        (one column per block of the first layer's rows, see ``sparse_ops.encode``)."""
+        """The encoder input at the rated cells, one column per block of the first layer's
+        rows: the visible ratings (``inputs="ratings"``), or the rated indicator scaled by
+        1/sqrt(n) (implicit), or both it and the bias-centred ratings so scaled."""
         values = batch.values
         if self.config.inputs == "ratings":
             return (values * vis)[:, None]
@@ -499,35 +479,6 @@ class StackedAutoencoder(nn.Module):
         if self.config.inputs == "implicit":
             return implicit[:, None]
         return torch.stack([implicit, (values - baseline) * implicit], dim=1)
-
-    def _features(
-        self, x: torch.Tensor, vis: torch.Tensor, n: torch.Tensor, baseline: torch.Tensor
-    ) -> torch.Tensor:
-        if self.config.inputs == "ratings":
-            return x
-        norm = n.clamp(min=1.0).rsqrt()
-        implicit = vis * norm
-        if self.config.inputs == "implicit":
-            return implicit
-        return torch.cat([implicit, (x - baseline) * vis * norm], dim=1)
-
-
-SPARSE_MIN_WIDTH = 64
-
-
-def sparse_linear(layer: InputLayer, x: torch.Tensor) -> torch.Tensor:
-    """layer(x) for a mostly-zero input (rating vectors are ~1-5 % dense): sparse matmul
-    skips the zeros in the forward pass and in the weight gradient."""
-    if x.requires_grad or x.device.type != "cpu" or x.shape[0] == 0:
-        return layer(x)
-    if layer.out_features < SPARSE_MIN_WIDTH:  # narrow layers: converting costs more
-        return layer(x)
-    return torch.sparse.mm(x.to_sparse(), layer.weight_t) + layer.bias
-
-
-def dense_rows(rows: sp.csr_matrix, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Densify one minibatch of CSR rows into a float32 tensor (never the whole matrix)."""
-    return torch.from_numpy(sp.csr_matrix(rows).toarray().astype(np.float32, copy=False)).to(device)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -537,7 +488,8 @@ def model_device(model: nn.Module) -> torch.device:
 def predict(
     model: StackedAutoencoder, rows: sp.csr_matrix, batch_size: int = 1024
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, ratings) for each row of training-style ratings; ratings clamped.
+    """(scores, clamped ratings) over the catalog for each row of current ratings, through
+    `StackedAutoencoder.encode` in eval mode (the mode it found is restored).
 
     Works for any user, seen in training or not: the row is the user's current ratings.
     """
@@ -553,10 +505,11 @@ def predict(
     try:
         with torch.inference_mode():
             for start in range(0, rows.shape[0], batch_size):
-                out = model(dense_rows(rows[start : start + batch_size], device))
-                stop = start + out.scores.shape[0]
-                scores[start:stop] = out.scores.float().cpu().numpy()
-                ratings[start:stop] = out.ratings.clamp(lo, hi).float().cpu().numpy()
+                stop = min(start + batch_size, rows.shape[0])
+                enc = model.encode(SparseBatch.from_csr(rows[start:stop], device))
+                scores[start:stop] = model.rank_logits(enc.h, enc.user_bias).float().cpu().numpy()
+                rated = model.ratings_all(enc.h, enc.user_bias).clamp(lo, hi)
+                ratings[start:stop] = rated.float().cpu().numpy()
     finally:
         model.train(was_training)
     return scores, ratings
@@ -582,11 +535,11 @@ def kl_sparsity(hidden: tuple[torch.Tensor, ...], activation: str, rho: float) -
 
 __all__ = [
     "PRESETS",
+    "Encoded",
     "ModelConfig",
-    "ModelOutput",
+    "SparseBatch",
     "StackedAutoencoder",
     "config_from",
-    "dense_rows",
     "kl_sparsity",
     "predict",
 ]

@@ -39,7 +39,8 @@ from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 from app.config import ServingSettings
 from app.db import create_read_engine, create_session_factory
 from app.ml.artifacts import ArtifactError, LoadedModel, load_artifact
-from app.ml.serving import FoldInScorer, UserState, top_many
+from app.ml.explain import Explainer, ItemSimilarity
+from app.ml.scoring import FoldInScorer, top_many
 from app.models import Movie, MovieGenre, Rating
 from app.observability import MODEL_INFO, MODEL_LOADS, RECOMMEND_LATENCY, get_logger
 from app.services import registry
@@ -235,9 +236,20 @@ class ServingModel:
     def build(cls, version: str, loaded: LoadedModel, catalog: Catalog) -> ServingModel:
         # the validated rating parts are the quality gate's, never served: not kept in memory
         loaded = replace(loaded, model=replace(loaded.model, validated=None))
-        model = cls(version, loaded, catalog, loaded.model.scorer, _column_table(loaded.movies.ids))
+        scorer = FoldInScorer(loaded.model)
+        model = cls(version, loaded, catalog, scorer, _column_table(loaded.movies.ids))
         _ = model.scorer.item_table  # built now, not by the first requests
         return model
+
+    @functools.cached_property
+    def explainer(self) -> Explainer:
+        """Leave-one-out reasons for a recommendation (`app.ml.explain`), built on first use."""
+        return Explainer(self.scorer)
+
+    @functools.cached_property
+    def similarity(self) -> ItemSimilarity:
+        """Movies alike by the model's item representations (`app.ml.explain`)."""
+        return ItemSimilarity(self.scorer)
 
     def columns(self, movie_ids: np.ndarray) -> np.ndarray:
         table = self.column_of
@@ -256,13 +268,6 @@ class ServingModel:
                 return None
             cols, ratings = cols[known], ratings[known]
         return cols, ratings
-
-    def encode(
-        self, movie_ids: np.ndarray, ratings: np.ndarray
-    ) -> tuple[UserState, np.ndarray] | None:
-        """The user's state and the model columns they rated; None if the model knows none."""
-        known = self.known(movie_ids, ratings)
-        return None if known is None else (self.scorer.encode(*known), known[0])
 
 
 class AnswerCache:
@@ -996,7 +1001,7 @@ class Recommender:
             within = filters if genres else Filters(filters.blocked, tuple(movie_genres))
             items = self.popularity.items(NO_IDS, n, within)
             return _similar_answer(movie_id, model, "popular", items)
-        scores = model.scorer.similarity.scores(col)[None, :]
+        scores = model.similarity.scores(col)[None, :]
         filter_scores(scores, model, [np.array([col])], [filters])
         top, exact = top_many(scores, [n])[0]
         items = model.catalog.items(top, exact)
@@ -1042,21 +1047,21 @@ def rank_batch(
     model: ServingModel, jobs: list[_Pending], since: float
 ) -> list[list[dict[str, Any]]]:
     """The top n of each encoded user; each stage's time is counted (see STAGES)."""
-    batch = model.scorer.encode_many([j.cols for j in jobs], [j.ratings for j in jobs])
-    scores = model.scorer.scores_many(batch)  # fresh arrays: ours to overwrite
+    batch = model.scorer.encode([j.cols for j in jobs], [j.ratings for j in jobs])
+    scores = model.scorer.scores(batch)  # a fresh array: ours to overwrite
     folded = time.perf_counter()
     filter_scores(scores, model, [j.cols for j in jobs], [j.filters for j in jobs])
     filtered = time.perf_counter()
     tops = top_many(scores, [job.request.n for job in jobs])
-    predicted = model.scorer.ratings_many(batch, [top for top, _ in tops])
+    predicted = model.scorer.ratings(batch, [top for top, _ in tops])
     ranked = time.perf_counter()
     listed = model.catalog.items
     answers = [
         listed(top, exact, ratings) for (top, exact), ratings in zip(tops, predicted, strict=True)
     ]
-    for i, (job, (top, _), items) in enumerate(zip(jobs, tops, answers, strict=True)):
+    for job, (top, _), items in zip(jobs, tops, answers, strict=True):
         if job.request.explain:
-            _add_reasons(model, job, batch.user(i), top, items)
+            _add_reasons(model, job, top, items)
     done = time.perf_counter()
     size = len(jobs)
     observe_stage("fold_in", folded - since, size)
@@ -1083,13 +1088,12 @@ def filter_scores(
 def _add_reasons(
     model: ServingModel,
     job: _Pending,
-    state: UserState,
     top: np.ndarray,
     items: list[dict[str, Any]],
 ) -> None:
     """Each item's "because": the user's ratings that raised its score most (exactly, by
     leaving each out; see `app.ml.explain`)."""
-    reasons = model.scorer.explainer.because(state, job.ratings, top)
+    reasons = model.explainer.because(job.cols, job.ratings, top)
     titles, ids = model.catalog.titles, model.catalog.movie_ids
     for item, positions in zip(items, reasons, strict=True):
         item["because"] = [
@@ -1107,9 +1111,10 @@ def predicted_items(
 ) -> list[dict[str, Any]]:
     """The model's rating for each wanted movie; the mean bias for movies it does not know."""
     cols = model.loaded.movies.index_of(np.array(wanted, dtype=np.int64))
-    encoded = model.encode(ids, values)
-    state = encoded[0] if encoded else model.scorer.encode(np.zeros(0), np.zeros(0))
-    predicted = model.scorer.ratings(state, np.where(cols >= 0, cols, 0))
+    known = model.known(ids, values) if len(ids) else None
+    rated, ratings = known if known is not None else (NO_IDS, np.zeros(0, np.float32))
+    batch = model.scorer.encode([rated], [ratings])
+    predicted = model.scorer.ratings(batch, [np.where(cols >= 0, cols, 0)])[0]
     fallback = float(model.loaded.model.bias.mean)
     return [
         {

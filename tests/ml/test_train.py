@@ -13,6 +13,7 @@ from app.ml.data import holdout_split
 from app.ml.hybrid import BiasTerms
 from app.ml.metrics import evaluate_scorer
 from app.ml.model import StackedAutoencoder, config_from, rating_network_config
+from app.ml.scoring import FoldInScorer
 from app.ml.train import EpochReport, HeadBest, stage_deadlines, train_model, validate
 
 
@@ -26,7 +27,7 @@ def test_training_beats_popularity_bias_and_ease(synthetic) -> None:
     assert 1 <= result.best_epoch <= len(reports)
     assert result.metrics["best_epoch"] == result.best_epoch
     chunk = test.to_chunk()
-    model = evaluate_scorer(result.model.predict, rest, chunk)
+    model = evaluate_scorer(FoldInScorer(result.model).score_rows, rest, chunk)
     pop = evaluate_scorer(Popularity().fit(rest), rest, chunk)
     bias = evaluate_scorer(Bias().fit(rest), rest, chunk)
     ease = evaluate_scorer(EASE(250.0).fit(rest), rest, chunk)
@@ -144,8 +145,8 @@ def test_the_rating_parts_are_refitted_on_every_rating(synthetic) -> None:
     np.testing.assert_allclose(served.bias.movie_bias, everyone.movie_bias, rtol=1e-6)
     assert result.metrics["refit_seconds"] > 0
     chunk = test.to_chunk()
-    refitted = evaluate_scorer(served.predict, rest, chunk)["rmse"]
-    before = evaluate_scorer(validated.predict, rest, chunk)["rmse"]
+    refitted = evaluate_scorer(FoldInScorer(served).score_rows, rest, chunk)["rmse"]
+    before = evaluate_scorer(FoldInScorer(validated).score_rows, rest, chunk)["rmse"]
     assert refitted < before + 0.005, (refitted, before)
 
 
@@ -159,7 +160,7 @@ def test_rating_never_loses_to_its_bias_terms(synthetic) -> None:
     assert metrics["valid_deep_rmse"] > metrics["valid_bias_rmse"] + 0.5
     assert metrics["rating_weight"] + metrics["joint_rating_weight"] <= 0.1
     assert metrics["valid_rmse"] <= metrics["valid_bias_rmse"] + 1e-9
-    served = evaluate_scorer(result.model.predict, rest, test.to_chunk())
+    served = evaluate_scorer(FoldInScorer(result.model).score_rows, rest, test.to_chunk())
     bias = evaluate_scorer(Bias(10.0, 5.0).fit(train), rest, test.to_chunk())
     assert served["rmse"] <= bias["rmse"] + 0.01, (served, bias)
 
@@ -235,7 +236,7 @@ def test_a_spent_time_limit_keeps_every_part_at_its_best_so_far(synthetic) -> No
     assert limited.metrics["time_limited"] == 1.0
     assert "refit_seconds" not in limited.metrics
     assert limited.model.item_path is not None
-    scores, ratings = limited.model.predict(valid.matrix[:5])
+    scores, ratings = FoldInScorer(limited.model).score_rows(valid.matrix[:5])
     assert np.isfinite(scores).all() and np.isfinite(ratings).all()
     free = train_model(train, valid, config.model_copy(update={"epochs": 2}), threads=1)
     assert free.metrics["time_limited"] == 0.0 and "refit_seconds" in free.metrics
