@@ -328,9 +328,9 @@ def train(
 ) -> None:
     """Train on the database's ratings, save a versioned model, gate and activate it."""
     from app.db import create_session_factory
+    from app.jobs.training import NotEnoughDataError, train_and_register
     from app.ml import distributed as ddp
     from app.services import registry
-    from app.services.training import NotEnoughDataError, train_and_register
 
     settings = _settings()
     config = _model_config(preset, pairs, epochs)
@@ -467,7 +467,7 @@ def worker(poll: float) -> None:
     """Run queued training jobs (for deployments that keep training out of API processes)."""
     import signal
 
-    from app.services.jobs import JobLauncher
+    from app.jobs.launcher import JobLauncher
 
     settings = _settings()
     engine = _migrated_engine(settings.db)
@@ -483,7 +483,7 @@ def worker(poll: float) -> None:
 @click.argument("job_id")
 def run_job_command(job_id: str) -> None:
     """Internal: train for one claimed job (started by a launcher as a child process)."""
-    from app.services.jobs import run_job
+    from app.jobs.runner import run_job
 
     settings = _settings()
     engine = create_db_engine(settings.db)

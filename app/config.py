@@ -94,7 +94,7 @@ class ServingSettings(_Group):
 
 class TrainingSettings(_Group):
     """Training and its jobs: the training use case, the job queue and launcher, the
-    retrain schedule (app/services/training.py, jobs.py, schedule.py) and `saerec train`."""
+    retrain schedule (app/jobs/) and `saerec train`."""
 
     model_dir: Path = Field(alias="model_dir")
     """MODEL_DIR: where artifacts are written (and the active one read, for the gate)."""

@@ -24,6 +24,7 @@ from app.api.deps import reject_unknown_query
 from app.api.limits import RequestLimitsMiddleware
 from app.config import Settings, get_settings
 from app.db import create_db_engine, create_session_factory
+from app.jobs.launcher import JobLauncher
 from app.observability import (
     MetricsMiddleware,
     configure_logging,
@@ -31,8 +32,7 @@ from app.observability import (
     get_logger,
 )
 from app.services.errors import ServiceError
-from app.services.jobs import JobLauncher
-from app.services.recommender import Recommender
+from app.serving.recommender import Recommender
 
 log = get_logger("saerec.app")
 BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 for undecodable bodies

@@ -314,7 +314,7 @@ def _read_plan(database_url: str) -> list[str]:
     """EXPLAIN (ANALYZE) of the hot-path read for a batch of 8 users, as the server runs it."""
     from sqlalchemy import create_engine
 
-    from app.services.recommender import UserReader
+    from app.serving.reader import UserReader
 
     engine = create_engine(database_url)
     try:

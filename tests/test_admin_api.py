@@ -12,11 +12,13 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import create_session_factory, transaction
+from app.jobs import queue as jobs
+from app.jobs import runner
 from app.main import create_app
 from app.ml.model import config_from
 from app.ml.train import EpochReport
 from app.models import ModelVersion, TrainingJob, utcnow
-from app.services import jobs, registry
+from app.services import registry
 from tests.factories import LENIENT_GATE, TINY_TRAINING, WEAK_TRAINING, seed_synthetic
 from tests.reliability_helpers import wait_for
 from tests.test_recommendations_api import train_tiny
@@ -90,7 +92,7 @@ def test_a_job_trains_the_config_resolved_when_queued(seeded: Settings, engine: 
         job_id, config = queued.id, queued.config
     assert config == config_from("fast", **TINY_TRAINING).model_dump(mode="json")
     assert jobs.claim_next(factory, "test") == job_id
-    jobs.run_job(seeded.model_copy(update={"train_preset": "default"}).training, engine, job_id)
+    runner.run_job(seeded.model_copy(update={"train_preset": "default"}).training, engine, job_id)
     with factory() as session:
         job = jobs.get_job(session, job_id)
         assert job.status == "succeeded", job.error
@@ -237,7 +239,7 @@ def test_each_epoch_puts_progress_and_an_eta_on_the_job(
     factory = create_session_factory(engine)
     with transaction(factory) as session:
         job_id = jobs.enqueue(session, seeded.training, {"preset": "fast"}).id
-    report = jobs.epoch_reporter(factory, job_id)
+    report = runner.epoch_reporter(factory, job_id)
     report(EpochReport(1, 10, 1.5, 0.95, 0.20, 2.0))
     report(EpochReport(2, 10, 1.2, 0.93, 0.25, 4.0))
     with TestClient(create_app(seeded.model_copy(update={"run_worker_in_api": False}))) as client:

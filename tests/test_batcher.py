@@ -9,7 +9,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from app.services.recommender import Batcher, RecommendRequest
+from app.serving.batcher import Batcher
+from app.serving.ranking import RecommendRequest
 
 FOREVER = 3600.0  # a wait no test may meet: reaching it fails by timeout
 

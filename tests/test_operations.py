@@ -62,7 +62,7 @@ def test_bad_database_url_fails_fast() -> None:
 
 def test_job_launcher_survives_a_database_outage_at_start(tmp_path) -> None:
     from app.db import create_db_engine
-    from app.services.jobs import JobLauncher
+    from app.jobs.launcher import JobLauncher
 
     settings = Settings(
         database_url="postgresql+psycopg://nobody@127.0.0.1:1/none",

@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from app.config import Settings
+from app.jobs.training import train_and_register
 from app.main import create_app
 from app.ml.model import config_from
-from app.services.training import train_and_register
 from tests.factories import GENRES, TINY_TRAINING, add_movies, seed_synthetic
 
 Lister = Callable[..., dict[str, Any]]

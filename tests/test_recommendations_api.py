@@ -19,18 +19,16 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import create_db_engine, create_session_factory
+from app.jobs.training import TrainingOutcome, train_and_register
 from app.main import create_app
 from app.ml.artifacts import load_artifact
 from app.ml.model import config_from
 from app.models import ModelVersion, Movie
-from app.services import recommender as recommender_module
-from app.services.recommender import (
-    Popularity,
-    Recommender,
-    RecommendRequest,
-    build_popular_list,
-)
-from app.services.training import TrainingOutcome, train_and_register
+from app.serving import catalog as catalog_module
+from app.serving import lifecycle, popular, ranking
+from app.serving.popular import Popularity, build_popular_list
+from app.serving.ranking import RecommendRequest
+from app.serving.recommender import Recommender
 from tests.factories import LENIENT_GATE, TINY_TRAINING, seed_synthetic
 from tests.reliability_helpers import run_together
 
@@ -276,7 +274,7 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         time.sleep(0.05)  # so concurrent requests really meet the load in progress
         return load_artifact(path, *args, **kwargs)
 
-    monkeypatch.setattr(recommender_module, "load_artifact", counting)
+    monkeypatch.setattr(lifecycle, "load_artifact", counting)
     return seen
 
 
@@ -370,7 +368,7 @@ def test_the_popular_list_is_built_at_start_up_not_by_a_request(
         builds.append(time.monotonic())
         return build_popular_list(*args, **kwargs)
 
-    monkeypatch.setattr(recommender_module, "build_popular_list", counting)
+    monkeypatch.setattr(popular, "build_popular_list", counting)
     with TestClient(create_app(seeded)) as client:
         assert len(builds) == 1
         assert client.get("/users/999/recommendations").json()["strategy"] == "popular"
@@ -389,7 +387,7 @@ def test_popular_rebuilds_are_spaced_by_their_cost(
         now[0] += build_seconds[0]
         return build_popular_list(*args)
 
-    monkeypatch.setattr(recommender_module, "build_popular_list", timed_build)
+    monkeypatch.setattr(popular, "build_popular_list", timed_build)
     engine = create_db_engine(seeded.db)
     try:
         sessions = create_session_factory(engine)
@@ -420,9 +418,9 @@ def test_a_catalog_of_many_movies_reads_whole_tables_with_the_same_result(
     try:
         with create_session_factory(engine)() as session:
             ids = np.array(session.scalars(select(Movie.id)).all()[::-1] + [10**9])
-            by_key = recommender_module.load_catalog(session, ids)
-            monkeypatch.setattr(recommender_module, "CATALOG_CHUNK", 3)
-            whole = recommender_module.load_catalog(session, ids)
+            by_key = catalog_module.load_catalog(session, ids)
+            monkeypatch.setattr(catalog_module, "CATALOG_CHUNK", 3)
+            whole = catalog_module.load_catalog(session, ids)
     finally:
         engine.dispose()
     assert ids.size > 3 and whole.titles == by_key.titles and whole.genres == by_key.genres
@@ -493,7 +491,7 @@ def test_uncached_answers_report_time_by_stage(seeded: Settings, trained: Traini
                 "saerec_recommend_stage_answers_total", {"stage": stage}
             )
             or 0.0
-            for stage in recommender_module.STAGES
+            for stage in ranking.STAGES
         }
 
     uncached = seeded.model_copy(update={"answer_cache_size": 0})
@@ -503,7 +501,7 @@ def test_uncached_answers_report_time_by_stage(seeded: Settings, trained: Traini
             assert client.get(f"/users/{user}/recommendations").json()["strategy"] == "autoencoder"
         after = counts()
     assert {stage: after[stage] - before[stage] for stage in after} == dict.fromkeys(
-        recommender_module.STAGES, 3.0
+        ranking.STAGES, 3.0
     )
 
 

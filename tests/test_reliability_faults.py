@@ -17,10 +17,10 @@ from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.jobs.training import TrainingOutcome
 from app.main import create_app
 from app.ml.artifacts import ArtifactStore
 from app.models import ModelVersion
-from app.services.training import TrainingOutcome
 from tests.factories import TINY_TRAINING, WEAK_TRAINING, seed_synthetic
 from tests.reliability_helpers import wait_for
 from tests.test_recommendations_api import train_tiny

@@ -20,15 +20,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db import create_session_factory, transaction
+from app.jobs import queue as jobs
+from app.jobs import schedule
+from app.jobs.launcher import JobLauncher
+from app.jobs.schedule import RetrainSchedule
+from app.jobs.training import resolve_config
 from app.main import create_app
 from app.models import ModelVersion, TrainingJob, utcnow
 from app.observability import configure_logging, get_logger
-from app.services import jobs, schedule
 from app.services import ratings as ratings_service
-from app.services.jobs import JobLauncher
 from app.services.ratings import count_ratings, upsert_ratings_batch
-from app.services.schedule import RetrainSchedule
-from app.services.training import resolve_config
 from tests.factories import LENIENT_GATE, seed_synthetic
 from tests.reliability_helpers import wait_for
 from tests.test_recommendations_api import train_tiny

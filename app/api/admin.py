@@ -14,6 +14,7 @@ from app.api.deps import (
     SessionFactoryDep,
     SettingsDep,
 )
+from app.jobs import queue as jobs
 from app.schemas import (
     NO_NUL,
     JobOut,
@@ -22,7 +23,7 @@ from app.schemas import (
     RetrainIn,
     ServiceStatsOut,
 )
-from app.services import activation, dashboard, jobs, registry
+from app.services import activation, dashboard, registry
 
 router = APIRouter(
     prefix="/admin",

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.schemas import MAX_ID, NO_NUL
-from app.services.recommender import Recommender
+from app.serving.recommender import Recommender
 
 
 def get_settings_dep(request: Request) -> Settings:

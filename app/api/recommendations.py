@@ -21,7 +21,7 @@ from app.schemas import (
     RecommendationsOut,
     SimilarMoviesOut,
 )
-from app.services.recommender import RecommendRequest
+from app.serving.ranking import RecommendRequest
 
 router = APIRouter(tags=["recommendations"])
 

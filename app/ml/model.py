@@ -16,6 +16,7 @@ predict ratings and movies they cannot see, which is exactly the serving task.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated, Any, Literal, NamedTuple, cast
 
 import numpy as np
@@ -223,6 +224,11 @@ class SparseBatch:
     values: torch.Tensor
     size: int
 
+    @cached_property
+    def pattern(self) -> RatingPattern:
+        """Where the ratings are, computed once however many networks encode the batch."""
+        return RatingPattern.of(self.rows, self.cols, self.size)
+
     @classmethod
     def from_csr(cls, rows: sp.csr_matrix, device: torch.device | str = "cpu") -> SparseBatch:
         coo = sp.csr_matrix(rows).tocoo()
@@ -398,7 +404,7 @@ class StackedAutoencoder(nn.Module):
         base = self.global_mean + self.movie_bias[cols]
         sums = values.new_zeros(batch.size).index_add_(0, rows, (values - base) * vis)
         user_bias = sums / (n + self.config.user_bias_reg)
-        pattern = RatingPattern.of(rows, cols, batch.size)
+        pattern = batch.pattern
         # the encoder sees the baseline as a constant: biases learn through the rating head
         features = self._features(batch, vis, n, (base + user_bias[rows]).detach())
         blocks = [pattern.movies + j * self.n_movies for j in range(features.shape[1])]

@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import TrainingSettings
 from app.db import transaction
+from app.jobs.queue import enqueue, open_job
 from app.models import ModelVersion, Rating, TrainingJob, utcnow
 from app.observability import get_logger
 from app.services.errors import ConflictError
-from app.services.jobs import enqueue, open_job
 from app.services.ratings import count_ratings
 
 log = get_logger("saerec.schedule")
