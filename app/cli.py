@@ -106,7 +106,8 @@ class _ByteBar:
 @click.option("--progress/--no-progress", default=True, help="show a progress bar")
 def import_movielens_command(path: Path, progress: bool) -> None:
     """Load a MovieLens folder or .zip (ml-100k, ml-1m, ml-10m, ml-latest, ml-20m, ml-25m)."""
-    from app.services.movielens import MovieLensFormatError, import_movielens
+    from app.movielens.files import MovieLensFormatError
+    from app.movielens.importer import import_movielens
 
     engine = _migrated_engine(_settings().db)
     try:
@@ -439,8 +440,8 @@ def evaluate(
     as_json: bool,
 ) -> None:
     """Offline metrics (docs/evaluation.md protocol) of a model config and the baselines."""
-    from app.ml.datasets import DatasetFormatError
     from app.ml.evaluate import evaluate_holdout, evaluate_split, evaluate_splits, format_table
+    from app.movielens.files import MovieLensFormatError
 
     modes = (splits is not None, dataset is not None, base is not None or test is not None)
     if sum(modes) != 1 or (base is None) != (test is None):
@@ -451,7 +452,7 @@ def evaluate(
     if dataset is not None:
         try:
             results = evaluate_holdout(dataset, config, baselines=baselines)
-        except DatasetFormatError as exc:
+        except MovieLensFormatError as exc:
             raise click.ClickException(str(exc)) from None
     elif splits is not None:
         results = evaluate_splits(splits, config, baselines=baselines)

@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.db import create_db_engine, upgrade_schema  # noqa: E402
 from app.models import Rating  # noqa: E402
-from app.services.movielens import import_movielens  # noqa: E402
+from app.movielens.importer import import_movielens  # noqa: E402
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 

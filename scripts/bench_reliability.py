@@ -43,7 +43,7 @@ from app.config import Settings  # noqa: E402
 from app.db import create_db_engine, upgrade_schema  # noqa: E402
 from app.main import create_app  # noqa: E402
 from app.models import ModelVersion  # noqa: E402
-from app.services.movielens import import_movielens  # noqa: E402
+from app.movielens.importer import import_movielens  # noqa: E402
 from tests.reliability_helpers import (  # noqa: E402
     duplicate_rating_pairs,
     ratings_snapshot,

@@ -30,11 +30,11 @@ from app.ml.data import (
     per_user_holdout,
     read_split_file,
 )
-from app.ml.datasets import Ratings, read_movielens
 from app.ml.metrics import Scorer, evaluate_scorer
 from app.ml.model import ModelConfig
 from app.ml.scoring import FoldInScorer
 from app.ml.train import EpochReport, TrainResult, train_model
+from app.movielens.ratings import Ratings, read_movielens
 
 MODEL_ROW = "stacked autoencoder"
 BIAS_ROW = "user + movie bias"
