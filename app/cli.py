@@ -17,7 +17,7 @@ from app.observability import configure_logging, get_logger
 from app.services.downloads import DATASETS
 
 if TYPE_CHECKING:  # torch loads only for the commands that train or evaluate
-    from app.ml.model import ModelConfig
+    from app.ml.config import ModelConfig
     from app.ml.train import EpochReport
 
 log = get_logger("saerec.cli")
@@ -203,7 +203,7 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, object]:
 
 
 def _model_config(preset: str | None, pairs: tuple[str, ...], epochs: int | None) -> ModelConfig:
-    from app.ml.model import config_from
+    from app.ml.config import config_from
 
     overrides = _parse_overrides(pairs)
     if epochs is not None:

@@ -323,7 +323,7 @@ def _retrain_model() -> type[BaseModel]:
     each field keeps its type and bounds (strict), may be omitted (the preset's value), and
     is nullable only where ModelConfig itself takes None.
     """
-    from app.ml.model import PRESETS, ModelConfig
+    from app.ml.config import PRESETS, ModelConfig
 
     preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
     fields: dict[str, Any] = {"preset": (preset, _optional("model preset (default: TRAIN_PRESET)"))}

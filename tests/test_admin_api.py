@@ -15,7 +15,7 @@ from app.db import create_session_factory, transaction
 from app.jobs import queue as jobs
 from app.jobs import runner
 from app.main import create_app
-from app.ml.model import config_from
+from app.ml.config import config_from
 from app.ml.train import EpochReport
 from app.models import ModelVersion, TrainingJob, utcnow
 from app.services import registry

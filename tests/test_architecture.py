@@ -124,3 +124,13 @@ def test_app_has_no_import_cycle() -> None:
     graph = module_graph()
     assert "app.ml.model" in graph and "app.main" in graph
     assert cycles(graph) == []
+
+
+def test_the_model_config_is_importable_without_torch() -> None:
+    """The API validates retrain settings and the job queue stores them without torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, app.ml.config, app.schemas; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from app.config import Settings
 from app.jobs.training import train_and_register
 from app.main import create_app
-from app.ml.model import config_from
+from app.ml.config import config_from
 from tests.factories import GENRES, TINY_TRAINING, add_movies, seed_synthetic
 
 Lister = Callable[..., dict[str, Any]]

@@ -22,7 +22,7 @@ from app.db import create_db_engine, create_session_factory
 from app.jobs.training import TrainingOutcome, train_and_register
 from app.main import create_app
 from app.ml.artifacts import load_artifact
-from app.ml.model import config_from
+from app.ml.config import config_from
 from app.models import ModelVersion, Movie
 from app.serving import catalog as catalog_module
 from app.serving import lifecycle, popular, ranking

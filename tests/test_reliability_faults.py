@@ -102,7 +102,8 @@ def test_a_writer_killed_mid_save_never_exposes_a_partial_artifact(tmp_path: Pat
         from app.ml import artifacts
         from app.ml.data import IdMap
         from app.ml.hybrid import BiasTerms, Blend, HybridModel
-        from app.ml.model import StackedAutoencoder, config_from
+        from app.ml.config import config_from
+        from app.ml.model import StackedAutoencoder
 
         def slow_fsync(fd):
             print("writing", flush=True)  # the bytes are in the temp file, not yet renamed

@@ -18,7 +18,7 @@ from app.models import TrainingJob, utcnow
 from app.observability import get_logger
 
 if TYPE_CHECKING:  # torch stays out of the API process until a model is needed
-    from app.ml.model import ModelConfig
+    from app.ml.config import ModelConfig
     from app.ml.train import EpochReport
 
 from app.jobs.queue import HEARTBEAT_SECONDS, fail_job, get_job, host, update_job
@@ -66,7 +66,7 @@ def run_job(training: TrainingSettings, engine: Engine, job_id: str) -> None:
 def job_config(training: TrainingSettings, job: TrainingJob) -> ModelConfig:
     """The config resolved when the job was queued (re-resolved only for older rows)."""
     from app.jobs.training import resolve_config
-    from app.ml.model import ModelConfig
+    from app.ml.config import ModelConfig
 
     if job.config is None:  # queued before revision 0004
         return resolve_config(training, job.overrides)

@@ -17,10 +17,10 @@ from app.config import TrainingSettings
 from app.db import create_session_factory, transaction
 from app.ml import artifacts
 from app.ml.blend import Validation, validation_figures
+from app.ml.config import ModelConfig, config_from
 from app.ml.data import IdMap, RatingChunk, RatingMatrix, build_rating_matrix, holdout_split
 from app.ml.distributed import DistributedContext
 from app.ml.hybrid import HybridModel
-from app.ml.model import ModelConfig, config_from
 from app.ml.train import EpochReport, TrainResult, make_validation, train_model
 from app.ml.tuning import TrialCallback, search
 from app.models import ModelVersion, Rating

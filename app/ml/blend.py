@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from app.ml.config import ModelConfig
 from app.ml.data import IdMap
 from app.ml.hybrid import Blend, HybridModel
 from app.ml.item_path import CoOccurrence, ItemToItem, fit_item_to_item, lambda_candidates
 from app.ml.metrics import RankingAccumulator
-from app.ml.model import ModelConfig
 from app.ml.scoring import FoldInScorer
 
 ITEM_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)

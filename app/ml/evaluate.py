@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from app.ml.baselines import BASELINES, EASE, Baseline, Bias
+from app.ml.config import ModelConfig
 from app.ml.data import (
     HOLDOUT_FRACTION,
     HOLDOUT_SEED,
@@ -31,7 +32,6 @@ from app.ml.data import (
     read_split_file,
 )
 from app.ml.metrics import Scorer, evaluate_scorer
-from app.ml.model import ModelConfig
 from app.ml.scoring import FoldInScorer
 from app.ml.train import EpochReport, TrainResult, train_model
 from app.movielens.ratings import Ratings, read_movielens

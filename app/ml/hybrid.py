@@ -18,9 +18,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from app.ml.baselines import Bias
+from app.ml.config import ModelConfig
 from app.ml.data import RatingMatrix
 from app.ml.item_path import ItemToItem
-from app.ml.model import ModelConfig, StackedAutoencoder
+from app.ml.model import StackedAutoencoder
 
 
 @dataclass(frozen=True)

@@ -180,7 +180,7 @@ def test_version_and_fingerprint(synthetic) -> None:
 def test_a_refit_without_a_rating_network_stores_no_second_copy(tmp_path: Path, synthetic) -> None:
     """Without a rating network the refit changes only the bias terms: the validated rating
     parts reuse the served network instead of storing it twice."""
-    from app.ml.model import config_from
+    from app.ml.config import config_from
     from app.ml.train import train_model
 
     train, valid = holdout_split(synthetic, 0.1, seed=0)

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.ml.config import config_from
 from app.ml.data import RatingMatrix, build_rating_matrix, holdout_split
 from app.ml.explain import Explainer, ItemSimilarity
 from app.ml.hybrid import HybridModel
-from app.ml.model import config_from
 from app.ml.scoring import FoldInScorer, ItemTable
 from app.ml.train import train_model
 

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from app.cli import cli
 from app.ml import evaluate as ev
 from app.ml.baselines import Popularity
+from app.ml.config import config_from
 from app.ml.data import build_rating_matrix, holdout_split, per_user_holdout
-from app.ml.model import config_from
 from app.movielens.files import MovieLensFormatError
 from app.movielens.ratings import Ratings, read_movielens
 

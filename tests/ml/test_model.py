@@ -7,7 +7,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from app.ml.model import PRESETS, SparseBatch, StackedAutoencoder, config_from, predict
+from app.ml.config import PRESETS, config_from
+from app.ml.model import SparseBatch, StackedAutoencoder, predict
 from tests.ml.dense_reference import dense_forward
 
 

@@ -10,10 +10,11 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from app.ml.config import config_from, rating_network_config
 from app.ml.explain import NetArrays
 from app.ml.hybrid import BiasTerms, Blend, HybridModel
 from app.ml.item_path import ItemToItem
-from app.ml.model import StackedAutoencoder, config_from, predict, rating_network_config
+from app.ml.model import StackedAutoencoder, predict
 from app.ml.scoring import FoldInScorer, ItemTable, top_many, zscore
 from tests.ml.dense_reference import dense_forward
 

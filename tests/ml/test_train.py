@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from app.ml.baselines import EASE, Bias, Popularity
+from app.ml.config import config_from, rating_network_config
 from app.ml.data import holdout_split
 from app.ml.hybrid import BiasTerms
 from app.ml.metrics import evaluate_scorer
-from app.ml.model import StackedAutoencoder, config_from, rating_network_config
+from app.ml.model import StackedAutoencoder
 from app.ml.scoring import FoldInScorer
 from app.ml.train import EpochReport, HeadBest, stage_deadlines, train_model, validate
 
