@@ -45,12 +45,13 @@ class SparseBatch:
 
     @classmethod
     def from_csr(cls, rows: sp.csr_matrix, device: torch.device | str = "cpu") -> SparseBatch:
-        coo = sp.csr_matrix(rows).tocoo()
+        csr = rows if isinstance(rows, sp.csr_matrix) else sp.csr_matrix(rows)
+        users = np.repeat(np.arange(csr.shape[0], dtype=np.int64), np.diff(csr.indptr))
         return cls(
-            torch.from_numpy(coo.row.astype(np.int64)).to(device),
-            torch.from_numpy(coo.col.astype(np.int64)).to(device),
-            torch.from_numpy(coo.data.astype(np.float32)).to(device),
-            int(coo.shape[0]),
+            torch.from_numpy(users).to(device),
+            torch.from_numpy(csr.indices.astype(np.int64)).to(device),
+            torch.from_numpy(csr.data.astype(np.float32)).to(device),
+            int(csr.shape[0]),
         )
 
 
@@ -221,8 +222,7 @@ class StackedAutoencoder(nn.Module):
         pattern = batch.pattern
         # the encoder sees the baseline as a constant: biases learn through the rating head
         features = self._features(batch, vis, n, (base + user_bias[rows]).detach())
-        blocks = [pattern.movies + j * self.n_movies for j in range(features.shape[1])]
-        first = encode(pattern, features, F.embedding(torch.cat(blocks), self.first_layer.weight_t))
+        first = encode(pattern, features, self.first_layer.weight_t)
         h, hidden = self.code(first)
         return Encoded(h, hidden, visible, user_bias, pattern)
 
