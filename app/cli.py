@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from sqlalchemy import Engine
 
-from app.config import DatabaseSettings, Settings, get_settings
+from app.config import Settings, get_settings
 from app.db import create_db_engine, upgrade_schema
 from app.observability import configure_logging, get_logger
 from app.services.downloads import DATASETS
@@ -32,9 +32,9 @@ def _settings() -> Settings:
     return settings
 
 
-def _migrated_engine(db: DatabaseSettings) -> Engine:
-    engine = create_db_engine(db)
-    if db.auto_migrate:
+def _migrated_engine(settings: Settings) -> Engine:
+    engine = create_db_engine(settings)
+    if settings.auto_migrate:
         upgrade_schema(engine)
     return engine
 
@@ -61,7 +61,7 @@ def cli() -> None:
 @cli.command()
 def migrate() -> None:
     """Bring the database to the current schema (alembic upgrade head)."""
-    engine = create_db_engine(_settings().db)
+    engine = create_db_engine(_settings())
     upgrade_schema(engine)
     engine.dispose()
     click.echo("database schema is up to date")
@@ -109,7 +109,7 @@ def import_movielens_command(path: Path, progress: bool) -> None:
     from app.movielens.files import MovieLensFormatError
     from app.movielens.importer import import_movielens
 
-    engine = _migrated_engine(_settings().db)
+    engine = _migrated_engine(_settings())
     try:
         with _ByteBar(progress) as bar:
             report = import_movielens(engine, path, on_progress=bar)
@@ -165,10 +165,10 @@ def serve(host: str, port: int, workers: int) -> None:
     import uvicorn
 
     settings = _settings()
-    _migrated_engine(settings.db).dispose()
+    _migrated_engine(settings).dispose()
     metrics_dir = None
     if workers > 1:
-        parent = settings.serving.metrics_dir
+        parent = settings.metrics_dir
         if parent is not None:
             parent.mkdir(parents=True, exist_ok=True)
         metrics_dir = tempfile.mkdtemp(prefix="saerec-metrics-", dir=parent)
@@ -209,7 +209,7 @@ def _model_config(preset: str | None, pairs: tuple[str, ...], epochs: int | None
     if epochs is not None:
         overrides["epochs"] = epochs
     try:
-        return config_from(preset or _settings().training.preset, **overrides)
+        return config_from(preset or _settings().train_preset, **overrides)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -337,26 +337,26 @@ def train(
     config = _model_config(preset, pairs, epochs)
     if distributed:
         try:
-            ctx = ddp.init_from_environment(settings.training.device)
+            ctx = ddp.init_from_environment(settings.device)
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from None
-        engine = _migrated_engine(settings.db) if ctx.is_main else create_db_engine(settings.db)
+        engine = _migrated_engine(settings) if ctx.is_main else create_db_engine(settings)
         ddp.barrier()  # the schema is current before any rank reads
         progress = progress and ctx.is_main
     else:
-        engine = _migrated_engine(settings.db)
+        engine = _migrated_engine(settings)
     if if_no_active_model:
         with create_session_factory(engine)() as session:
             active = registry.active_version_id(session)
         if active:
             click.echo(f"model {active} is already active; not training")
             return
-    budget = settings.training.budget_seconds if budget is None else budget
+    budget = settings.train_budget_seconds if budget is None else budget
     bar, on_epoch = _epoch_bar(config.epochs, progress and not budget)
     trials, on_trial = _trial_bar(budget, progress and bool(budget))
     try:
         outcome = train_and_register(
-            settings.training,
+            settings,
             engine,
             config,
             on_epoch=on_epoch,
@@ -471,10 +471,8 @@ def worker(poll: float) -> None:
     from app.jobs.launcher import JobLauncher
 
     settings = _settings()
-    engine = _migrated_engine(settings.db)
-    launcher = JobLauncher(
-        settings.training, engine, child_env=settings.as_env(), poll_seconds=poll
-    )
+    engine = _migrated_engine(settings)
+    launcher = JobLauncher(settings, engine, child_env=settings.as_env(), poll_seconds=poll)
     signal.signal(signal.SIGTERM, lambda *_: launcher.stop(timeout=0))
     click.echo("worker waiting for training jobs", err=True)
     launcher.run_forever()
@@ -487,9 +485,9 @@ def run_job_command(job_id: str) -> None:
     from app.jobs.runner import run_job
 
     settings = _settings()
-    engine = create_db_engine(settings.db)
+    engine = create_db_engine(settings)
     try:
-        run_job(settings.training, engine, job_id)
+        run_job(settings, engine, job_id)
     finally:
         engine.dispose()
 

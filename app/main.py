@@ -32,7 +32,8 @@ from app.observability import (
     get_logger,
 )
 from app.services.errors import ServiceError
-from app.serving.recommender import Recommender
+from app.serving import popular
+from app.serving.recommender import TORCH_THREADS, Recommender
 
 log = get_logger("saerec.app")
 BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 for undecodable bodies
@@ -174,21 +175,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Requests already run in parallel: BLAS threads per request only oversubscribe
         # the cores (numpy's OpenBLAS spinning beside torch's pool halved throughput).
-        serving = settings.serving
-        torch.set_num_threads(serving.torch_threads)
-        threadpool_limits(serving.torch_threads)
-        engine = create_db_engine(settings.db)
+        torch.set_num_threads(TORCH_THREADS)
+        threadpool_limits(TORCH_THREADS)
+        engine = create_db_engine(settings)
         app.state.engine = engine
         app.state.session_factory = create_session_factory(engine)
-        recommender = Recommender(engine, serving)
+        recommender = Recommender(engine, settings)
         app.state.recommender = recommender
         # Both before the first request: no request pays for loading or for the popular list.
         _try(recommender.refresh_model, "initial_model_load")
         _try(recommender.refresh_popular, "initial_popular_build")
-        training = settings.training
         launcher = (
-            JobLauncher(training, engine, child_env=settings.as_env())
-            if training.run_worker_in_api
+            JobLauncher(settings, engine, child_env=settings.as_env())
+            if settings.run_worker_in_api
             else None
         )
         app.state.launcher = launcher
@@ -197,9 +196,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tasks = [
             # Requests follow the registry themselves (read your writes); this poll only
             # preloads a newly activated version while the process is idle.
-            asyncio.create_task(_every(serving.model_poll_seconds, recommender.refresh_model)),
+            asyncio.create_task(_every(settings.model_poll_seconds, recommender.refresh_model)),
             asyncio.create_task(
-                _every(serving.popular_refresh_seconds, recommender.refresh_popular_if_due)
+                _every(popular.REFRESH_SECONDS, recommender.refresh_popular_if_due)
             ),
         ]
         log.info(

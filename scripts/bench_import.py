@@ -41,7 +41,7 @@ def default_dataset() -> Path:
 
 def timed_import(database_url: str, dataset: Path) -> dict[str, Any]:
     """Migrate (untimed), then time one import and check the rows really landed."""
-    engine = create_db_engine(Settings(database_url=database_url, _env_file=None).db)
+    engine = create_db_engine(Settings(database_url=database_url, _env_file=None))
     try:
         upgrade_schema(engine)
         started = time.perf_counter()

@@ -110,9 +110,9 @@ def fresh_settings(url: str, work: Path, **extra: Any) -> tuple[Settings, Engine
         **extra,
     }
     settings = Settings(_env_file=None, **values)
-    engine = create_db_engine(settings.db)
+    engine = create_db_engine(settings)
     upgrade_schema(engine)
-    if not settings.db.is_sqlite:
+    if not settings.is_sqlite:
         from tests.conftest import _truncate_all
 
         _truncate_all(url)

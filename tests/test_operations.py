@@ -70,8 +70,8 @@ def test_job_launcher_survives_a_database_outage_at_start(tmp_path) -> None:
         _env_file=None,
     )
     launcher = JobLauncher(
-        settings.training,
-        create_db_engine(settings.db),
+        settings,
+        create_db_engine(settings),
         child_env=settings.as_env(),
         poll_seconds=0.05,
     )

@@ -31,7 +31,7 @@ def seeded(settings: Settings, engine: Engine) -> Settings:
 
 @pytest.fixture
 def trained(seeded: Settings, engine: Engine) -> Settings:
-    outcome = train_and_register(seeded.training, engine, config_from("fast", **TINY_TRAINING))
+    outcome = train_and_register(seeded, engine, config_from("fast", **TINY_TRAINING))
     assert outcome is not None and outcome.activated
     return seeded
 

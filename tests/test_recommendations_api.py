@@ -35,7 +35,7 @@ from tests.reliability_helpers import run_together
 
 def train_tiny(settings: Settings, engine: Engine, **overrides: object) -> TrainingOutcome:
     config = config_from("fast", **{**TINY_TRAINING, **overrides})
-    outcome = train_and_register(settings.training, engine, config)
+    outcome = train_and_register(settings, engine, config)
     assert outcome is not None  # None only under torchrun
     return outcome
 
@@ -378,7 +378,7 @@ def test_the_popular_list_is_built_at_start_up_not_by_a_request(
 def test_popular_rebuilds_are_spaced_by_their_cost(
     seeded: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A rebuild as slow as 25M ratings' must not come back every POPULAR_REFRESH_SECONDS:
+    """A rebuild as slow as 25M ratings' must not come back every REFRESH_SECONDS:
     at most 1 % of the time goes to it; a fast one keeps the configured pace."""
     now = [1000.0]
     build_seconds = [2.0]
@@ -388,7 +388,7 @@ def test_popular_rebuilds_are_spaced_by_their_cost(
         return build_popular_list(*args)
 
     monkeypatch.setattr(popular, "build_popular_list", timed_build)
-    engine = create_db_engine(seeded.db)
+    engine = create_db_engine(seeded)
     try:
         sessions = create_session_factory(engine)
         popularity = Popularity(sessions, 20.0, refresh_seconds=30.0, clock=lambda: now[0])
@@ -414,7 +414,7 @@ def test_a_catalog_of_many_movies_reads_whole_tables_with_the_same_result(
 ) -> None:
     """Past `CATALOG_CHUNK` ids the catalog is one pass over each table instead of
     IN-lists: the same titles, genres and masks, in the asked order, unknown ids blank."""
-    engine = create_db_engine(seeded.db)
+    engine = create_db_engine(seeded)
     try:
         with create_session_factory(engine)() as session:
             ids = np.array(session.scalars(select(Movie.id)).all()[::-1] + [10**9])

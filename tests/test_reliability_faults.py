@@ -54,7 +54,7 @@ def test_kill_9_mid_training_fails_the_job_and_leaves_serving_untouched(
     settings: Settings, engine: Engine, admin_headers: dict
 ) -> None:
     """PostgreSQL here (the job queue code is shared; bench_reliability.py runs SQLite too)."""
-    if settings.db.is_sqlite:
+    if settings.is_sqlite:
         pytest.skip("kept to PostgreSQL in CI for time; scripts/bench_reliability.py covers both")
     seed_synthetic(engine)
     settings = settings.model_copy(update={"model_poll_seconds": 0.1})

@@ -47,7 +47,7 @@ def retrain(
     # exclude_unset: an omitted field keeps the preset's value; an explicit null (for the
     # fields that take one) means "chosen on validation" and is passed on as such.
     overrides: dict[str, Any] = body.model_dump(exclude_unset=True) if body is not None else {}
-    job = jobs.enqueue(session, settings.training, overrides)
+    job = jobs.enqueue(session, settings, overrides)
     return JobQueuedOut(job_id=job.id, status=job.status)
 
 

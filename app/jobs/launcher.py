@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
-from app.config import TrainingSettings
+from app.config import Settings
 from app.db import create_session_factory
 from app.observability import get_logger
 
@@ -39,7 +39,7 @@ class JobLauncher:
 
     def __init__(
         self,
-        training: TrainingSettings,
+        training: Settings,
         engine: Engine,
         *,
         child_env: Mapping[str, str],

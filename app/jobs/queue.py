@@ -17,7 +17,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.config import TrainingSettings
+from app.config import Settings
 from app.db import transaction, updated
 from app.models import JOB_STATUSES, OPEN_JOB_STATUSES, TrainingJob, utcnow
 from app.observability import get_logger
@@ -44,7 +44,7 @@ def open_job(session: Session) -> TrainingJob | None:
 
 def enqueue(
     session: Session,
-    training: TrainingSettings,
+    training: Settings,
     overrides: dict[str, Any],
     trigger: Literal["admin", "schedule"] = "admin",
 ) -> TrainingJob:

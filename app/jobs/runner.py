@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.config import TrainingSettings
+from app.config import Settings
 from app.db import create_session_factory
 from app.models import TrainingJob, utcnow
 from app.observability import get_logger
@@ -26,7 +26,7 @@ from app.jobs.queue import HEARTBEAT_SECONDS, fail_job, get_job, host, update_jo
 log = get_logger("saerec.jobs")
 
 
-def run_job(training: TrainingSettings, engine: Engine, job_id: str) -> None:
+def run_job(training: Settings, engine: Engine, job_id: str) -> None:
     """Train for a claimed job, reporting each epoch; any error ends the job as failed."""
     from app.jobs.training import train_and_register
 
@@ -43,7 +43,7 @@ def run_job(training: TrainingSettings, engine: Engine, job_id: str) -> None:
             engine,
             config,
             on_epoch=epoch_reporter(factory, job_id),
-            on_trial=_trial_reporter(factory, job_id, training.budget_seconds),
+            on_trial=_trial_reporter(factory, job_id, training.train_budget_seconds),
         )
         assert outcome is not None  # jobs never run under torchrun
         metrics = {**outcome.metrics, "activated": outcome.activated}
@@ -63,7 +63,7 @@ def run_job(training: TrainingSettings, engine: Engine, job_id: str) -> None:
         stop.set()
 
 
-def job_config(training: TrainingSettings, job: TrainingJob) -> ModelConfig:
+def job_config(training: Settings, job: TrainingJob) -> ModelConfig:
     """The config resolved when the job was queued (re-resolved only for older rows)."""
     from app.jobs.training import resolve_config
     from app.ml.config import ModelConfig

@@ -13,7 +13,7 @@ import numpy as np
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from app.config import TrainingSettings
+from app.config import Settings
 from app.db import create_session_factory, transaction
 from app.ml import artifacts
 from app.ml.blend import Validation, validation_figures
@@ -69,16 +69,14 @@ def load_rating_matrix(engine: Engine) -> RatingMatrix:
     return matrix
 
 
-def resolve_config(
-    training: TrainingSettings, overrides: dict[str, Any] | None = None
-) -> ModelConfig:
+def resolve_config(training: Settings, overrides: dict[str, Any] | None = None) -> ModelConfig:
     """The preset (the request's, else TRAIN_PRESET) with the overrides applied.
 
     Resolved once, where the request is made: a job stores the result, so the process
     that trains it never resolves again against its own settings.
     """
     overrides = dict(overrides or {})
-    preset = overrides.pop("preset", None) or training.preset
+    preset = overrides.pop("preset", None) or training.train_preset
     return config_from(preset, **overrides)
 
 
@@ -111,7 +109,7 @@ class TrainedModel:
 
 
 def train_and_register(
-    training: TrainingSettings,
+    training: Settings,
     engine: Engine,
     config: ModelConfig,
     on_epoch: Callable[[EpochReport], None] | None = None,
@@ -130,7 +128,7 @@ def train_and_register(
 
 
 def train(
-    training: TrainingSettings,
+    training: Settings,
     engine: Engine,
     config: ModelConfig,
     on_epoch: Callable[[EpochReport], None] | None = None,
@@ -148,7 +146,7 @@ def train(
     train_part, valid = holdout_split(matrix, config.validation_fraction, config.seed)
     del matrix  # its ratings live on in the two parts
     log.info("training_started", **data.size)
-    budget = training.budget_seconds if budget_seconds is None else budget_seconds
+    budget = training.train_budget_seconds if budget_seconds is None else budget_seconds
     search_report: dict[str, Any] | None = None
     if budget > 0 and not DistributedContext.current().active:
         found = search(
@@ -163,7 +161,7 @@ def train(
             on_epoch,
             device=training.device,
             threads=training.torch_threads,
-            deadline=time.monotonic() + training.max_seconds,
+            deadline=time.monotonic() + training.train_max_seconds,
         )
     metrics: dict[str, Any] = {k: _plain(v) for k, v in result.metrics.items()}
     if search_report is not None:
@@ -172,7 +170,7 @@ def train(
     return TrainedModel(result, config, data, validation, metrics, started)
 
 
-def publish(training: TrainingSettings, engine: Engine, trained: TrainedModel) -> TrainingOutcome:
+def publish(training: Settings, engine: Engine, trained: TrainedModel) -> TrainingOutcome:
     """Save the artifact and its report, register it, and activate it if it passes the gate."""
     data = trained.data
     meta = artifacts.ArtifactMeta(
@@ -242,7 +240,7 @@ class Candidate:
 
 def quality_gate(
     session: Session,
-    training: TrainingSettings,
+    training: Settings,
     candidate: Candidate,
     incumbent: ModelVersion | None,
 ) -> dict[str, Any]:
@@ -277,10 +275,10 @@ def _figures(figures: dict[str, float]) -> dict[str, float]:
 
 
 def _compare(
-    mine: dict[str, float], theirs: dict[str, float], training: TrainingSettings
+    mine: dict[str, float], theirs: dict[str, float], training: Settings
 ) -> dict[str, Any]:
-    ndcg_floor = theirs.get("ndcg@10", 0.0) * (1.0 - training.gate_ndcg_margin)
-    rmse_ceiling = theirs.get("rmse", np.inf) + training.gate_rmse_margin
+    ndcg_floor = theirs.get("ndcg@10", 0.0) * (1.0 - training.quality_gate_ndcg_margin)
+    rmse_ceiling = theirs.get("rmse", np.inf) + training.quality_gate_margin
     problems = []
     if mine.get("ndcg@10", 0.0) < ndcg_floor:
         problems.append(f"NDCG@10 {mine.get('ndcg@10', 0.0):.4f} < {ndcg_floor:.4f}")
@@ -292,7 +290,7 @@ def _compare(
 
 
 def _register_and_gate(
-    training: TrainingSettings,
+    training: Settings,
     engine: Engine,
     store: artifacts.ArtifactStore,
     meta: artifacts.ArtifactMeta,
@@ -314,7 +312,7 @@ def _register_and_gate(
         registry.register_version(session, row_meta, config.model_dump(mode="json"), saved)
         if verdict["passed"]:
             registry.activate(session, meta.version)
-        pruned = registry.prune_versions(session, store, training.keep_versions)
+        pruned = registry.prune_versions(session, store, training.keep_model_versions)
     log.info(
         "model_registered",
         version=meta.version,

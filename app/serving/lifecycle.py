@@ -99,6 +99,12 @@ class LoadFailure:
     message: str
 
 
+CACHED_VERSIONS = 3
+"""loaded versions kept per process: a rollback to one of them is instant."""
+RETRY_SECONDS = 30.0
+"""how soon a version that failed to load is tried again (sooner when its file changes)."""
+
+
 class ModelLifecycle:
     """Which version this process serves: loads it (one load at a time), keeps the recent
     ones for an instant rollback, and swaps the current one by one reference assignment."""
@@ -193,7 +199,7 @@ class ModelLifecycle:
             return model
 
     def _recently_failed(self, version: str) -> bool:
-        """A failed version is retried when its file changes or after MODEL_RETRY_SECONDS,
+        """A failed version is retried when its file changes or after RETRY_SECONDS,
         not on every request: a broken artifact must not cost each request a reload."""
         failed = self._failed.get(version)
         if failed is None:

@@ -22,7 +22,7 @@ class PopularList:
     """Movies by damped mean rating: (sum + m * global_mean) / (count + m).
 
     Raw counts favour what is merely common, raw means a single 5-star vote; the damped
-    mean needs both many and good ratings to rise, with m = POPULAR_PRIOR_COUNT.
+    mean needs both many and good ratings to rise, with m = PRIOR_COUNT.
     """
 
     catalog: Catalog
@@ -47,6 +47,12 @@ def build_popular_list(session: Session, prior_count: float) -> PopularList:
     scores = (sums + prior_count * global_mean) / (counts + prior_count)
     order = np.lexsort((ids, -scores))
     return PopularList(load_catalog(session, ids[order]), scores[order].astype(np.float32))
+
+
+PRIOR_COUNT = 20.0
+"""``m`` of the damped mean: a movie needs this many ratings to weigh as much as the prior."""
+REFRESH_SECONDS = 30.0
+"""the least time between rebuilds (slow rebuilds are spaced further: `Popularity.interval`)."""
 
 
 class Popularity:

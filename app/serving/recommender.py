@@ -26,12 +26,13 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine, select
 
-from app.config import ServingSettings
+from app.config import Settings
 from app.db import create_session_factory
 from app.ml.scoring import top_many
 from app.models import Movie
 from app.observability import RECOMMEND_LATENCY, get_logger
 from app.services.errors import NotFoundError, UnavailableError
+from app.serving import lifecycle, popular
 from app.serving.batcher import Batcher
 from app.serving.cache import AnswerCache
 from app.serving.catalog import NO_IDS
@@ -52,29 +53,32 @@ from app.serving.reader import UserRead, UserReader
 log = get_logger("saerec.recommender")
 
 
+INFERENCE_THREADS = 1
+"""threads computing answers at once in a process (the executor): batches share a thread's
+forward pass; a second thread only fought the event loop for the GIL."""
+TORCH_THREADS = 1
+"""torch/BLAS threads inside one inference: the workers already use the cores."""
+
+
 class Recommender:
     """One per process: answers requests by composing the served model (`ModelLifecycle`),
     the user's read (`UserReader`), the popular fallback (`Popularity`), the answer cache
     and the ranking functions below. Owns the inference executor, behind async methods."""
 
-    def __init__(self, engine: Engine, serving: ServingSettings) -> None:
-        """Every figure comes from `Settings.serving` (app/config.py, the one home of
-        defaults)."""
-        threads = self._threads = serving.threads
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        threads = self._threads = INFERENCE_THREADS
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="recommend")
         self._batcher: Batcher | None = None
         self._sessions = create_session_factory(engine)
         self.models = ModelLifecycle(
             self._sessions,
-            serving.model_dir,
-            serving.model_cache_versions,
-            serving.model_retry_seconds,
+            settings.model_dir,
+            lifecycle.CACHED_VERSIONS,
+            lifecycle.RETRY_SECONDS,
         )
-        self.reader = UserReader(engine, serving.threads)
-        self.popularity = Popularity(
-            self._sessions, serving.popular_prior_count, serving.popular_refresh_seconds
-        )
-        self.answers = AnswerCache(serving.answer_cache_size)
+        self.reader = UserReader(engine, threads)
+        self.popularity = Popularity(self._sessions, popular.PRIOR_COUNT, popular.REFRESH_SECONDS)
+        self.answers = AnswerCache(settings.answer_cache_size)
 
     # -- the async face: inference runs on the executor, never on the event loop ----------
     async def recommendations(self, request: RecommendRequest) -> dict[str, Any]:
