@@ -40,10 +40,16 @@ class BiasTerms:
 
     def user_biases(self, rows: sp.csr_matrix) -> np.ndarray:
         """Each row's user bias, folded in from its ratings."""
-        counts = np.diff(rows.indptr)
-        row_of = np.repeat(np.arange(rows.shape[0]), counts)
-        resid = rows.data - self.mean - self.movie_bias[rows.indices]
-        sums = np.bincount(row_of, resid, minlength=rows.shape[0])
+        users = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
+        return self.user_biases_of(users, rows.indices, rows.data, rows.shape[0])
+
+    def user_biases_of(
+        self, users: np.ndarray, cols: np.ndarray, values: np.ndarray, n_users: int
+    ) -> np.ndarray:
+        """`user_biases` of ratings given as (user, movie index, rating) triplets."""
+        resid = values - self.mean - self.movie_bias[cols]
+        sums = np.bincount(users, resid, minlength=n_users)
+        counts = np.bincount(users, minlength=n_users)
         return (sums / (counts + self.user_reg)).astype(np.float32)
 
     def predict(self, user_bias: float | np.ndarray, cols: np.ndarray) -> np.ndarray:

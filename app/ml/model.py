@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from app.ml.config import ModelConfig
-from app.ml.sparse_ops import RatingPattern, encode, rated_dot
+from app.ml.sparse_ops import RatingPattern, cell_dots, encode, rated_dot
 
 
 @dataclass(frozen=True)
@@ -256,8 +256,7 @@ class StackedAutoencoder(nn.Module):
         self, h: torch.Tensor, user_bias: torch.Tensor, cells: RatingPattern
     ) -> torch.Tensor:
         """The rating head (unclamped) at ``cells`` alone, for the users of ``h``."""
-        weights = F.embedding(cells.movies, self.rate_out.weight)
-        ratings = rated_dot(cells, h, weights) + self.rate_out.bias[cells.cols]
+        ratings = cell_dots(cells, h, self.rate_out.weight) + self.rate_out.bias[cells.cols]
         if self.config.rating_head == "residual":
             base = self.global_mean + self.movie_bias[cells.cols]
             ratings = ratings + base + user_bias[cells.rows]

@@ -129,18 +129,19 @@ class FoldInScorer:
     def encode(self, cols: list[Array], values: list[Array]) -> UserBatch:
         """Each network's encoding of users who rated movie indices ``cols[i]`` (unique,
         valid) with ``values[i]``."""
-        indptr = np.zeros(len(cols) + 1, dtype=np.int64)
-        np.cumsum([c.size for c in cols], out=indptr[1:])
-        idx = np.concatenate(cols).astype(np.int64, copy=False) if cols else np.zeros(0, int)
-        vals = np.concatenate(values).astype(np.float32, copy=False) if values else idx * 0.0
-        csr = sp.csr_matrix((vals, idx, indptr), shape=(len(cols), self.n_movies))
-        batch = SparseBatch.from_csr(csr)
+        users = np.repeat(np.arange(len(cols), dtype=np.int64), [c.size for c in cols])
+        idx = np.concatenate(cols).astype(np.int64, copy=False)
+        vals = np.concatenate(values).astype(np.float32, copy=False)
+        batch = SparseBatch(
+            torch.from_numpy(users), torch.from_numpy(idx), torch.from_numpy(vals), len(cols)
+        )
         with torch.inference_mode():
             rank = self.rank_net.encode(batch)
             rate: Encoded | None = rank
             if self.rate_apart:
                 rate = self.rate_net.encode(batch) if self.rate_needed else None
-        return UserBatch(rank, rate, self.bias.user_biases(csr), list(cols))
+        biases = self.bias.user_biases_of(users, idx, vals, len(cols))
+        return UserBatch(rank, rate, biases, list(cols))
 
     def scores(self, batch: UserBatch) -> Array:
         """Blended ranking scores for every movie (B x n_movies, a fresh array; higher =

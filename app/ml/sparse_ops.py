@@ -30,24 +30,35 @@ warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWa
 
 @dataclass(frozen=True)
 class RatingPattern:
-    """Where a batch's ratings are (``rows`` sorted), with each rated movie's slot among
-    the batch's distinct movies, in user-major CSR order (and, computed when a backward
-    pass first needs it, movie-major)."""
+    """Where a batch's ratings are (``rows`` sorted), in user-major CSR order; each rated
+    movie's slot among the batch's distinct movies, and the movie-major order, are computed
+    when a gradient first needs them (inference reads the weights in place)."""
 
     rows: torch.Tensor
     cols: torch.Tensor
     n_users: int
-    movies: torch.Tensor
-    """the distinct rated movies, sorted: slot i is movie ``movies[i]``"""
-    slots: torch.Tensor
     user_ptr: torch.Tensor
 
     @classmethod
     def of(cls, rows: torch.Tensor, cols: torch.Tensor, n_users: int) -> RatingPattern:
         """``rows`` must be sorted (CSR order, as SparseBatch.from_csr makes them)."""
         user_ptr = torch.searchsorted(rows, torch.arange(n_users + 1, device=rows.device))
-        movies, slots = torch.unique(cols, return_inverse=True)
-        return cls(rows, cols, n_users, movies, slots, user_ptr)
+        return cls(rows, cols, n_users, user_ptr)
+
+    @cached_property
+    def _distinct(self) -> tuple[torch.Tensor, torch.Tensor]:
+        movies, slots = torch.unique(self.cols, return_inverse=True)
+        return movies, slots
+
+    @property
+    def movies(self) -> torch.Tensor:
+        """The distinct rated movies, sorted: slot i is movie ``movies[i]``."""
+        return self._distinct[0]
+
+    @property
+    def slots(self) -> torch.Tensor:
+        """Each rating's movie slot."""
+        return self._distinct[1]
 
     @cached_property
     def by_movie(self) -> torch.Tensor:
@@ -113,6 +124,15 @@ def encode(pattern: RatingPattern, values: torch.Tensor, layer: torch.Tensor) ->
             pattern.cols + j * n_movies, layer, offsets, per_sample_weights=values[:, j], mode="sum"
         )
     return out
+
+
+def cell_dots(pattern: RatingPattern, hidden: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``(hidden @ table.T)[users, movies]`` at the rated cells, never the whole product;
+    ``table`` holds one row per movie. With a gradient to compute, through the rows of the
+    batch's distinct movies (`rated_dot`); without one, one gather of each cell's rows."""
+    if torch.is_grad_enabled() and (table.requires_grad or hidden.requires_grad):
+        return rated_dot(pattern, hidden, F.embedding(pattern.movies, table))
+    return torch.einsum("ij,ij->i", hidden[pattern.rows], table[pattern.cols])
 
 
 def rated_dot(pattern: RatingPattern, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
