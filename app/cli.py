@@ -329,7 +329,7 @@ def train(
 ) -> None:
     """Train on the database's ratings, save a versioned model, gate and activate it."""
     from app.db import create_session_factory
-    from app.jobs.training import NotEnoughDataError, train_and_register
+    from app.jobs.training import NotEnoughDataError, preload_seconds, train_and_register
     from app.ml import distributed as ddp
     from app.services import registry
 
@@ -362,6 +362,7 @@ def train(
             on_epoch=on_epoch,
             on_trial=on_trial,
             budget_seconds=budget,
+            preload_wait=preload_seconds(settings),
         )
     except NotEnoughDataError as exc:
         raise click.ClickException(str(exc)) from None

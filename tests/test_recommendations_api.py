@@ -560,3 +560,52 @@ def test_a_serving_model_is_an_immutable_snapshot(
         model.version = "other"  # type: ignore[misc]
     assert set(vars(model)) == {f.name for f in dataclasses.fields(model)}, "no lazy state"
     assert not any(isinstance(v, dict | list | set) for v in vars(model).values())
+
+
+def test_the_poll_preloads_a_version_registered_after_the_active_one(
+    no_polling: Settings, engine: Engine, loads: list[Path]
+) -> None:
+    """A retrain registered a moment ago is loaded by the poll before it is activated, so
+    the first answer after the activation waits for no load."""
+    lenient = no_polling.model_copy(update={**LENIENT_GATE})
+    old = train_tiny(lenient, engine)
+    with TestClient(create_app(no_polling)) as client:
+        recommender: Recommender = client.app.state.recommender  # type: ignore[attr-defined]
+        new = train_tiny(lenient, engine, seed=7)
+        _activate_elsewhere(engine, old.version)  # registered, newer, not active yet
+        assert recommender.refresh_model() is False  # nothing to swap ...
+        assert [p.parent.name for p in loads] == [old.version, new.version]  # ... preloaded
+        assert recommender.version == old.version
+        _activate_elsewhere(engine, new.version)
+        answer = client.get("/users/1/recommendations").json()
+        assert answer["model_version"] == new.version
+        assert len(loads) == 2, "the first answer after the activation loaded nothing"
+
+
+def test_a_replacement_stays_registered_and_inactive_while_the_servers_preload_it(
+    no_polling: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.jobs import training
+    from app.services import registry
+
+    lenient = no_polling.model_copy(update={**LENIENT_GATE})
+    old = train_tiny(lenient, engine)
+    during: list[tuple[str | None, str | None]] = []
+
+    def waiting(seconds: float) -> None:
+        assert seconds == 0.5
+        with Session(engine) as session:
+            during.append(
+                (registry.active_version_id(session), registry.upcoming_version_id(session))
+            )
+
+    monkeypatch.setattr(training.time, "sleep", waiting)
+    config = config_from("fast", **{**TINY_TRAINING, "seed": 7})
+    new = train_and_register(lenient, engine, config, preload_wait=0.5)
+    assert new is not None and new.activated
+    assert during == [(old.version, new.version)]
+    with Session(engine) as session:
+        assert registry.active_version_id(session) == new.version
+    assert training.preload_seconds(lenient) == training.PRELOAD_MAX_SECONDS  # poll: 300 s
+    fast_poll = lenient.model_copy(update={"model_poll_seconds": 0.5})
+    assert training.preload_seconds(fast_poll) == 2.0

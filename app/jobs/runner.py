@@ -28,7 +28,7 @@ log = get_logger("saerec.jobs")
 
 def run_job(training: Settings, engine: Engine, job_id: str) -> None:
     """Train for a claimed job, reporting each epoch; any error ends the job as failed."""
-    from app.jobs.training import train_and_register
+    from app.jobs.training import preload_seconds, train_and_register
 
     factory = create_session_factory(engine)
     update_job(factory, job_id, worker=f"{host()}:{os.getpid()}", heartbeat_at=utcnow())
@@ -44,6 +44,7 @@ def run_job(training: Settings, engine: Engine, job_id: str) -> None:
             config,
             on_epoch=epoch_reporter(factory, job_id),
             on_trial=_trial_reporter(factory, job_id, training.train_budget_seconds),
+            preload_wait=preload_seconds(training),
         )
         assert outcome is not None  # jobs never run under torchrun
         metrics = {**outcome.metrics, "activated": outcome.activated}

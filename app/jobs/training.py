@@ -115,8 +115,13 @@ def train_and_register(
     on_epoch: Callable[[EpochReport], None] | None = None,
     on_trial: TrialCallback | None = None,
     budget_seconds: float | None = None,
+    preload_wait: float = 0.0,
 ) -> TrainingOutcome | None:
     """Train on everything in the database, then publish: save, register, gate, activate.
+
+    ``preload_wait``: seconds a model that replaces an active one stays registered before
+    its activation, for the serving processes to preload it (`preload_seconds`; the job
+    process and `saerec train` wait, a caller with no server beside it need not).
 
     Under torchrun (`saerec train --distributed`) every rank trains on its shard of the
     users and only rank 0 publishes and returns an outcome; the others return None.
@@ -124,7 +129,7 @@ def train_and_register(
     trained = train(training, engine, config, on_epoch, on_trial, budget_seconds)
     if not DistributedContext.current().is_main:
         return None
-    return publish(training, engine, trained)
+    return publish(training, engine, trained, preload_wait)
 
 
 def train(
@@ -170,7 +175,9 @@ def train(
     return TrainedModel(result, config, data, validation, metrics, started)
 
 
-def publish(training: Settings, engine: Engine, trained: TrainedModel) -> TrainingOutcome:
+def publish(
+    training: Settings, engine: Engine, trained: TrainedModel, preload_wait: float = 0.0
+) -> TrainingOutcome:
     """Save the artifact and its report, register it, and activate it if it passes the gate."""
     data = trained.data
     meta = artifacts.ArtifactMeta(
@@ -185,7 +192,7 @@ def publish(training: Settings, engine: Engine, trained: TrainedModel) -> Traini
     candidate = Candidate(trained.result.model, data.movies, trained.validation)
     history = epoch_history(trained.result.history)
     outcome = _register_and_gate(
-        training, engine, store, meta, trained.config, saved, candidate, history
+        training, engine, store, meta, trained.config, saved, candidate, history, preload_wait
     )
     outcome.seconds = time.perf_counter() - trained.started
     outcome.report_paths = report_paths
@@ -298,28 +305,55 @@ def _register_and_gate(
     saved: artifacts.SavedArtifact,
     candidate: Candidate,
     history: list[dict[str, Any]] | None = None,
+    preload_wait: float = 0.0,
 ) -> TrainingOutcome:
-    """One transaction: the gate's verdict, the new row, its activation, the pruning.
+    """The gate's verdict, the new row and the pruning in one transaction; the activation
+    in it too, unless the model replaces an active one and ``preload_wait`` > 0: then it
+    is activated that much later, in a second transaction, if the active version is
+    still the one it was gated against: in between every serving process's poll preloads
+    it (`ModelLifecycle.refresh`), so the first answers after the switch wait for no load.
 
     The per-epoch history goes on the row only: the outcome (printed by `saerec train`,
     copied onto the job) keeps the summary figures.
     """
-    with transaction(create_session_factory(engine)) as session:
-        verdict = quality_gate(session, training, candidate, registry.active_version(session))
+    factory = create_session_factory(engine)
+    with transaction(factory) as session:
+        incumbent = registry.active_version(session)
+        incumbent_id = incumbent.version if incumbent is not None else None
+        verdict = quality_gate(session, training, candidate, incumbent)
         # the verdict goes on the row (the artifact was written before the gate ran)
         meta = replace(meta, metrics={**meta.metrics, "quality_gate": verdict})
         row_meta = replace(meta, metrics={**meta.metrics, "history": history or []})
         registry.register_version(session, row_meta, config.model_dump(mode="json"), saved)
-        if verdict["passed"]:
+        later = preload_wait > 0 and incumbent_id is not None
+        activated = bool(verdict["passed"]) and not later
+        if activated:
             registry.activate(session, meta.version)
         pruned = registry.prune_versions(session, store, training.keep_model_versions)
+    if verdict["passed"] and later:
+        time.sleep(preload_wait)
+        with transaction(factory) as session:
+            if registry.active_version_id(session) == incumbent_id:
+                registry.activate(session, meta.version)
+                activated = True
+            else:
+                verdict = {"passed": False, "reason": "another version was activated meanwhile"}
     log.info(
         "model_registered",
         version=meta.version,
-        activated=verdict["passed"],
+        activated=activated,
         gate=verdict["reason"],
         pruned=pruned,
     )
     return TrainingOutcome(
-        meta.version, meta.metrics, verdict["passed"], verdict["reason"], 0.0, meta.data_size
+        meta.version, meta.metrics, activated, verdict["reason"], 0.0, meta.data_size
     )
+
+
+PRELOAD_MAX_SECONDS = 10.0
+
+
+def preload_seconds(settings: Settings) -> float:
+    """How long a registered replacement waits for the serving processes to preload it:
+    two of their polls and a second for the load, at most PRELOAD_MAX_SECONDS."""
+    return min(2 * settings.model_poll_seconds + 1.0, PRELOAD_MAX_SECONDS)

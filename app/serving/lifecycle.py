@@ -145,20 +145,27 @@ class ModelLifecycle:
 
     def refresh(self) -> bool:
         """Load the registry's active version if it differs from ours; True on a swap.
+        Then preload the version registered after it (`registry.upcoming_version_id`).
 
         Requests already follow the registry on their own; this poll only preloads, so a
-        quiet process has the new model ready before its next request asks for it. The
-        cheap active-version id is checked first: an unchanged registry costs one query.
+        quiet process has a new model ready before its first request asks for it: one
+        registered a moment ago (a retrain about to be activated, by its gate or an
+        admin) is loaded here before it is active. Two id queries when nothing changed.
         """
         generation = self._generation
         with self._sessions() as session:
             wanted = registry.active_version_id(session)
+            upcoming = registry.upcoming_version_id(session)
+        swapped = False
         if wanted == self.version:
             self.error = None  # e.g. rolled back to the model we serve
-            return False
-        before = self._model
-        self.model_for(wanted, generation)
-        return self._model is not before
+        else:
+            before = self._model
+            self.model_for(wanted, generation)
+            swapped = self._model is not before
+        if upcoming is not None and upcoming not in self._recent:
+            self._cached_or_loaded(upcoming)
+        return swapped
 
     def preload(self, version: str) -> None:
         """Load `version` among the recent ones without serving it: an activation about to
