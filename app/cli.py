@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 import click
 from sqlalchemy import Engine
 
-from app.config import DatabaseSettings, Settings, get_settings
+from app.config import Settings, get_settings
 from app.db import create_db_engine, upgrade_schema
 from app.observability import configure_logging, get_logger
 from app.services.downloads import DATASETS
 
 if TYPE_CHECKING:  # torch loads only for the commands that train or evaluate
-    from app.ml.model import ModelConfig
+    from app.ml.config import ModelConfig
     from app.ml.train import EpochReport
 
 log = get_logger("saerec.cli")
@@ -32,9 +32,9 @@ def _settings() -> Settings:
     return settings
 
 
-def _migrated_engine(db: DatabaseSettings) -> Engine:
-    engine = create_db_engine(db)
-    if db.auto_migrate:
+def _migrated_engine(settings: Settings) -> Engine:
+    engine = create_db_engine(settings)
+    if settings.auto_migrate:
         upgrade_schema(engine)
     return engine
 
@@ -61,7 +61,7 @@ def cli() -> None:
 @cli.command()
 def migrate() -> None:
     """Bring the database to the current schema (alembic upgrade head)."""
-    engine = create_db_engine(_settings().db)
+    engine = create_db_engine(_settings())
     upgrade_schema(engine)
     engine.dispose()
     click.echo("database schema is up to date")
@@ -106,9 +106,10 @@ class _ByteBar:
 @click.option("--progress/--no-progress", default=True, help="show a progress bar")
 def import_movielens_command(path: Path, progress: bool) -> None:
     """Load a MovieLens folder or .zip (ml-100k, ml-1m, ml-10m, ml-latest, ml-20m, ml-25m)."""
-    from app.services.movielens import MovieLensFormatError, import_movielens
+    from app.movielens.files import MovieLensFormatError
+    from app.movielens.importer import import_movielens
 
-    engine = _migrated_engine(_settings().db)
+    engine = _migrated_engine(_settings())
     try:
         with _ByteBar(progress) as bar:
             report = import_movielens(engine, path, on_progress=bar)
@@ -164,10 +165,10 @@ def serve(host: str, port: int, workers: int) -> None:
     import uvicorn
 
     settings = _settings()
-    _migrated_engine(settings.db).dispose()
+    _migrated_engine(settings).dispose()
     metrics_dir = None
     if workers > 1:
-        parent = settings.serving.metrics_dir
+        parent = settings.metrics_dir
         if parent is not None:
             parent.mkdir(parents=True, exist_ok=True)
         metrics_dir = tempfile.mkdtemp(prefix="saerec-metrics-", dir=parent)
@@ -202,13 +203,13 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, object]:
 
 
 def _model_config(preset: str | None, pairs: tuple[str, ...], epochs: int | None) -> ModelConfig:
-    from app.ml.model import config_from
+    from app.ml.config import config_from
 
     overrides = _parse_overrides(pairs)
     if epochs is not None:
         overrides["epochs"] = epochs
     try:
-        return config_from(preset or _settings().training.preset, **overrides)
+        return config_from(preset or _settings().train_preset, **overrides)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -328,39 +329,40 @@ def train(
 ) -> None:
     """Train on the database's ratings, save a versioned model, gate and activate it."""
     from app.db import create_session_factory
+    from app.jobs.training import NotEnoughDataError, preload_seconds, train_and_register
     from app.ml import distributed as ddp
     from app.services import registry
-    from app.services.training import NotEnoughDataError, train_and_register
 
     settings = _settings()
     config = _model_config(preset, pairs, epochs)
     if distributed:
         try:
-            ctx = ddp.init_from_environment(settings.training.device)
+            ctx = ddp.init_from_environment(settings.device)
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from None
-        engine = _migrated_engine(settings.db) if ctx.is_main else create_db_engine(settings.db)
+        engine = _migrated_engine(settings) if ctx.is_main else create_db_engine(settings)
         ddp.barrier()  # the schema is current before any rank reads
         progress = progress and ctx.is_main
     else:
-        engine = _migrated_engine(settings.db)
+        engine = _migrated_engine(settings)
     if if_no_active_model:
         with create_session_factory(engine)() as session:
             active = registry.active_version_id(session)
         if active:
             click.echo(f"model {active} is already active; not training")
             return
-    budget = settings.training.budget_seconds if budget is None else budget
+    budget = settings.train_budget_seconds if budget is None else budget
     bar, on_epoch = _epoch_bar(config.epochs, progress and not budget)
     trials, on_trial = _trial_bar(budget, progress and bool(budget))
     try:
         outcome = train_and_register(
-            settings.training,
+            settings,
             engine,
             config,
             on_epoch=on_epoch,
             on_trial=on_trial,
             budget_seconds=budget,
+            preload_wait=preload_seconds(settings),
         )
     except NotEnoughDataError as exc:
         raise click.ClickException(str(exc)) from None
@@ -439,8 +441,8 @@ def evaluate(
     as_json: bool,
 ) -> None:
     """Offline metrics (docs/evaluation.md protocol) of a model config and the baselines."""
-    from app.ml.datasets import DatasetFormatError
     from app.ml.evaluate import evaluate_holdout, evaluate_split, evaluate_splits, format_table
+    from app.movielens.files import MovieLensFormatError
 
     modes = (splits is not None, dataset is not None, base is not None or test is not None)
     if sum(modes) != 1 or (base is None) != (test is None):
@@ -451,7 +453,7 @@ def evaluate(
     if dataset is not None:
         try:
             results = evaluate_holdout(dataset, config, baselines=baselines)
-        except DatasetFormatError as exc:
+        except MovieLensFormatError as exc:
             raise click.ClickException(str(exc)) from None
     elif splits is not None:
         results = evaluate_splits(splits, config, baselines=baselines)
@@ -467,13 +469,11 @@ def worker(poll: float) -> None:
     """Run queued training jobs (for deployments that keep training out of API processes)."""
     import signal
 
-    from app.services.jobs import JobLauncher
+    from app.jobs.launcher import JobLauncher
 
     settings = _settings()
-    engine = _migrated_engine(settings.db)
-    launcher = JobLauncher(
-        settings.training, engine, child_env=settings.as_env(), poll_seconds=poll
-    )
+    engine = _migrated_engine(settings)
+    launcher = JobLauncher(settings, engine, child_env=settings.as_env(), poll_seconds=poll)
     signal.signal(signal.SIGTERM, lambda *_: launcher.stop(timeout=0))
     click.echo("worker waiting for training jobs", err=True)
     launcher.run_forever()
@@ -483,12 +483,12 @@ def worker(poll: float) -> None:
 @click.argument("job_id")
 def run_job_command(job_id: str) -> None:
     """Internal: train for one claimed job (started by a launcher as a child process)."""
-    from app.services.jobs import run_job
+    from app.jobs.runner import run_job
 
     settings = _settings()
-    engine = create_db_engine(settings.db)
+    engine = create_db_engine(settings)
     try:
-        run_job(settings.training, engine, job_id)
+        run_job(settings, engine, job_id)
     finally:
         engine.dispose()
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -22,211 +22,88 @@ PLACEHOLDER_TOKENS = {
 }  # fmt: skip
 
 
-class _Group(BaseModel):
-    """A read-only view of some Settings fields, under names local to one component.
-
-    Each field's alias is the flat Settings field it is read from, whose environment
-    variable is that name in upper case (``threads`` <- ``serve_threads`` <- SERVE_THREADS).
-    No field has a default: defaults, bounds and environment names live on `Settings`
-    alone, so a group cannot drift from them (tests/test_settings.py checks both).
-    """
-
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", protected_namespaces=(), use_attribute_docstrings=True
-    )
-
-    @classmethod
-    def sources(cls) -> dict[str, str]:
-        """Each field's name -> the Settings field it is read from."""
-        return {name: field.alias or name for name, field in cls.model_fields.items()}
-
-
-class DatabaseSettings(_Group):
-    """The database: the engine and session setup (app/db.py) and the CLI's migrations."""
-
-    url: str = Field(alias="database_url")
-    """DATABASE_URL: ``sqlite:///path`` or ``postgresql+psycopg://...`` (normalised)."""
-    pool_size: int = Field(alias="db_pool_size")
-    """DB_POOL_SIZE: PostgreSQL pool size per process (and as much overflow)."""
-    auto_migrate: bool = Field(alias="auto_migrate")
-    """AUTO_MIGRATE: `serve`, `import-movielens`, `train` and `worker` migrate first."""
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.url.startswith("sqlite")
-
-
-class ServingSettings(_Group):
-    """An API process answering requests: the `Recommender` and the lifespan's timers.
-
-    Two thread counts, for two pools: ``threads`` answers run at once (the executor),
-    ``torch_threads`` torch/BLAS threads inside each of them. A training process has its
-    own count, `TrainingSettings.torch_threads`.
-    """
-
-    model_dir: Path = Field(alias="model_dir")
-    """MODEL_DIR: where artifacts are read (and cached, for a remote artifact) from."""
-    threads: int = Field(alias="serve_threads")
-    """SERVE_THREADS: inference threads per API process (the executor recommendations run
-    on, off the event loop): how many batches of answers are computed at once. One is the
-    fastest: a second thread only fights the event loop for the GIL."""
-    torch_threads: int = Field(alias="serve_torch_threads")
-    """SERVE_TORCH_THREADS: torch/BLAS threads *inside one inference*: requests already run
-    in parallel on the serve threads, so more only oversubscribes the cores."""
-    gil_switch_ms: float = Field(alias="serve_gil_switch_ms")
-    """SERVE_GIL_SWITCH_MS: the interpreter's switch interval in an API process: how long
-    the event loop and the inference thread may each hold the GIL while the other waits.
-    Shorter, the inference thread gets it back sooner after each torch step (0.5 ms
-    served +14-28 % at 25M ratings when int8 products dominated a batch, on a VNNI host);
-    longer, they hand it over less often (on an AVX2 host, 5 ms served +8 % on ml-100k,
-    +10 % at 25M against 0.5 ms, with the item-path model of 25M ratings)."""
-    batch_wait_ms: float = Field(alias="serve_batch_wait_ms")
-    """SERVE_BATCH_WAIT_MS: how long the next batch of recommendations may wait for the
-    clients the last one answered (`Batcher`): only while fewer requests wait than were in
-    flight when it finished, so a lone client never waits. 0 = never wait."""
-    answer_cache_size: int = Field(alias="answer_cache_size")
-    """ANSWER_CACHE_SIZE: answers kept per model version (0 = no answer cache)."""
-    model_poll_seconds: float = Field(alias="model_poll_seconds")
-    """MODEL_POLL_SECONDS: how often an idle process preloads the active version."""
-    model_cache_versions: int = Field(alias="model_cache_versions")
-    """MODEL_CACHE_VERSIONS: loaded model versions kept per process (a rollback to one is
-    instant)."""
-    model_retry_seconds: float = Field(alias="model_retry_seconds")
-    """MODEL_RETRY_SECONDS: how soon a version that failed to load is tried again."""
-    popular_refresh_seconds: float = Field(alias="popular_refresh_seconds")
-    """POPULAR_REFRESH_SECONDS: the least time between rebuilds of the popular fallback list
-    (slow rebuilds are spaced further: `Popularity.interval`)."""
-    popular_prior_count: float = Field(alias="popular_prior_count")
-    """POPULAR_PRIOR_COUNT: ``m`` of the popular list's damped mean."""
-    metrics_dir: Path | None = Field(alias="metrics_dir")
-    """METRICS_DIR: where `serve --workers N` (N > 1) creates each start's folder for
-    prometheus-client's multiprocess mode; None = the system's temporary directory."""
-
-
-class TrainingSettings(_Group):
-    """Training and its jobs: the training use case, the job queue and launcher, the
-    retrain schedule (app/services/training.py, jobs.py, schedule.py) and `saerec train`."""
-
-    model_dir: Path = Field(alias="model_dir")
-    """MODEL_DIR: where artifacts are written (and the active one read, for the gate)."""
-    preset: str = Field(alias="train_preset")
-    """TRAIN_PRESET: the model preset of `saerec train` and of queued retrains."""
-    budget_seconds: float = Field(alias="train_budget_seconds")
-    """TRAIN_BUDGET_SECONDS: seconds for a hyper-parameter search before each training
-    (0 = train the preset)."""
-    max_seconds: float = Field(alias="train_max_seconds")
-    """TRAIN_MAX_SECONDS: the most the networks of a training without a search may take:
-    each stops at its best epochs so far when its share is spent (`train.STAGE_SHARES`).
-    ml-100k needs seconds; the default keeps MovieLens-25M's whole `saerec train` within
-    half an hour on 2 cores."""
-    torch_threads: int | None = Field(alias="torch_threads")
-    """TORCH_THREADS: torch/BLAS threads of a *training* process (None = torch's default,
-    the core count); 1 is faster when training shares the cores with an API process."""
-    device: str | None = Field(alias="device")
-    """DEVICE: ``cuda`` or ``cpu`` (None = cuda when available)."""
-    gate_rmse_margin: float = Field(alias="quality_gate_margin")
-    """QUALITY_GATE_MARGIN: how much higher a candidate's validation RMSE may be than the
-    active model's."""
-    gate_ndcg_margin: float = Field(alias="quality_gate_ndcg_margin")
-    """QUALITY_GATE_NDCG_MARGIN: how much lower (as a share) its validation NDCG@10 may be
-    than the active model's."""
-    keep_versions: int = Field(alias="keep_model_versions")
-    """KEEP_MODEL_VERSIONS: model versions kept (the active one always) for rollback."""
-    run_worker_in_api: bool = Field(alias="run_worker_in_api")
-    """RUN_WORKER_IN_API: API processes launch queued training jobs (and check the retrain
-    schedule) themselves; false = only `saerec worker` does."""
-    retrain_interval_seconds: float | None = Field(alias="retrain_interval_seconds")
-    """RETRAIN_INTERVAL_SECONDS: a retrain is due this long after the newest job (any
-    trigger) was queued; with no job yet, this long after the launcher first saw ratings."""
-    retrain_min_new_ratings: int | None = Field(alias="retrain_min_new_ratings")
-    """RETRAIN_MIN_NEW_RATINGS: a retrain is due once the rating count exceeds the newest
-    model version's training data (data_size["ratings"]) by this many; with no model, the
-    count itself. With both RETRAIN_* set, a retrain is due only when both hold: the
-    interval is the least time between retrains. Never while a job is open, nor within 10
-    minutes of the end of a job that failed or activated nothing; checked at most once a
-    minute (README, Retraining). Both unset = only admins queue retrains."""
-
-
-GroupT = TypeVar("GroupT", bound=_Group)
-
-
 class Settings(BaseSettings):
-    """One settings class for the server, the CLI and the training worker alike.
-
-    The flat fields are the environment contract: each is read from its name in upper
-    case, and holds the only default and bounds. Components read a group, built from
-    them on each access: `db` (DatabaseSettings), `serving` (ServingSettings) and
-    `training` (TrainingSettings). What the API layer itself reads (the admin token,
-    the environment, logging, request limits, CORS) stays here, on the flat fields.
-    """
+    """The one settings class of the server, the CLI and the training worker: each field is
+    read from its name in upper case (``serve`` reads ``MODEL_DIR`` from ``model_dir``), and
+    holds its only default, bounds and meaning. Figures only a benchmark would move are
+    constants next to the code they tune, not settings."""
 
     # hide_input_in_errors: a rejected setting must not print secrets (token, DB password).
     model_config = SettingsConfigDict(
-        env_file=".env", extra="ignore", protected_namespaces=(), hide_input_in_errors=True
+        env_file=".env",
+        extra="ignore",
+        protected_namespaces=(),
+        hide_input_in_errors=True,
+        use_attribute_docstrings=True,
     )
 
-    # -- the API process and every command (read here, not through a group) --------------
+    # -- the API -------------------------------------------------------------------------
     admin_token: SecretStr | None = None
+    """bearer token of the admin routes (none: they answer 503)."""
     environment: Literal["development", "production"] = "development"
+    """production refuses to start with a guessable ADMIN_TOKEN."""
     log_level: str = "INFO"
     log_json: bool = False
+    """one JSON object per log line (for a log collector)."""
     max_batch_items: int = Field(default=10_000, ge=1)
+    """most ratings in one POST /ratings/batch."""
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_query_bytes: int = Field(default=8 * 1024, ge=256)
     cors_origins: list[str] = Field(default_factory=list)
-    recommendations_lane: bool = True
+    """origins allowed to call the API from a browser (none: no CORS headers)."""
 
-    # -- db: DatabaseSettings ------------------------------------------------------------
+    # -- the database --------------------------------------------------------------------
     database_url: str = DEFAULT_DATABASE_URL
+    """``sqlite:///path`` or ``postgresql+psycopg://...`` (normalised)."""
     db_pool_size: int = Field(default=10, ge=1, le=200)
+    """PostgreSQL pool size per process (and as much overflow)."""
     auto_migrate: bool = True
+    """`serve`, `import-movielens`, `train` and `worker` migrate first."""
 
-    # -- serving and training: ServingSettings, TrainingSettings -------------------------
+    # -- serving -------------------------------------------------------------------------
     model_dir: Path = Path("./var/models")
-
-    # -- serving: ServingSettings (its docstrings say what each one means) -------------
-    serve_threads: int = Field(default=1, ge=1, le=64)
-    serve_torch_threads: int = Field(default=1, ge=1)
-    serve_gil_switch_ms: float = Field(default=5.0, gt=0, le=100)
-    serve_batch_wait_ms: float = Field(default=6.0, ge=0, le=100)
+    """where artifacts are written, and read (and cached, for a remote artifact) from."""
     answer_cache_size: int = Field(default=20_000, ge=0)
+    """answers kept per model version (0 = no answer cache): memory against repeat hits."""
     model_poll_seconds: float = Field(default=2.0, gt=0)
-    model_cache_versions: int = Field(default=3, ge=1, le=20)
-    model_retry_seconds: float = Field(default=30.0, gt=0)
-    popular_refresh_seconds: float = Field(default=30.0, gt=0)
-    popular_prior_count: float = Field(default=20.0, ge=0)
+    """how often an idle process looks for a new version to preload (requests follow the
+    registry on their own: read your writes)."""
     metrics_dir: Path | None = None
+    """where `serve --workers N` (N > 1) creates each start's folder for prometheus-client's
+    multiprocess mode; None = the system's temporary directory."""
 
-    # -- training: TrainingSettings (its docstrings say what each one means) ------------
+    # -- training ------------------------------------------------------------------------
     train_preset: str = "default"
+    """the model preset of `saerec train` and of queued retrains."""
     train_budget_seconds: float = Field(default=0.0, ge=0.0)
+    """seconds for a hyper-parameter search before each training (0 = train the preset)."""
     train_max_seconds: float = Field(default=1440.0, gt=0.0)
+    """the most the networks of a training without a search may take: each stops at its
+    best epochs so far when its share is spent (`train.STAGE_SHARES`)."""
     torch_threads: int | None = Field(default=None, ge=1)
+    """torch/BLAS threads of a training process (None = the core count); 1 is faster when
+    training shares the cores with an API process."""
     device: str | None = None
+    """``cuda`` or ``cpu`` for training (None = cuda when available)."""
     quality_gate_margin: float = Field(default=0.02, ge=0.0)
+    """how much higher a candidate's validation RMSE may be than the active model's."""
     quality_gate_ndcg_margin: float = Field(default=0.02, ge=0.0, lt=1.0)
+    """how much lower (as a share) its validation NDCG@10 may be than the active model's."""
     keep_model_versions: int = Field(default=5, ge=1)
+    """model versions kept (the active one always) for rollback."""
     run_worker_in_api: bool = True
+    """API processes launch queued training jobs (and check the retrain schedule)
+    themselves; false = only `saerec worker` does."""
     retrain_interval_seconds: float | None = Field(default=None, gt=0)
+    """a retrain is due this long after the newest job (any trigger) was queued."""
     retrain_min_new_ratings: int | None = Field(default=None, ge=1)
+    """a retrain is due once the rating count exceeds the newest model's training data by
+    this many; with both RETRAIN_* set, only when both hold. Both unset = only admins
+    queue retrains."""
 
     @property
-    def db(self) -> DatabaseSettings:
-        return self._group(DatabaseSettings)
-
-    @property
-    def serving(self) -> ServingSettings:
-        return self._group(ServingSettings)
-
-    @property
-    def training(self) -> TrainingSettings:
-        return self._group(TrainingSettings)
-
-    def _group(self, group: type[GroupT]) -> GroupT:
-        """Built on each access (not cached): a `model_copy(update=...)` shows at once."""
-        return group.model_validate(
-            {source: getattr(self, source) for source in group.sources().values()}
-        )
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
 
     @field_validator("database_url")
     @classmethod

@@ -11,7 +11,7 @@ from sqlalchemy import CursorResult, Engine, Executable, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.config import DatabaseSettings
+from app.config import Settings
 
 
 def _ensure_sqlite_directory(url: str) -> None:
@@ -30,18 +30,18 @@ def _enable_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_db_engine(db: DatabaseSettings) -> Engine:
-    """The engine for DATABASE_URL (`Settings.db`): SQLite with its pragmas, or a
+def create_db_engine(settings: Settings) -> Engine:
+    """The engine for DATABASE_URL: SQLite with its pragmas, or a
     PostgreSQL pool of DB_POOL_SIZE."""
-    if db.is_sqlite:
-        _ensure_sqlite_directory(db.url)
+    if settings.is_sqlite:
+        _ensure_sqlite_directory(settings.database_url)
         engine = create_engine(
-            db.url,
+            settings.database_url,
             connect_args={"check_same_thread": False, "timeout": 10},
         )
         event.listen(engine, "connect", _enable_sqlite_pragmas)
         return engine
-    return _postgres_engine(db.url, db.pool_size, pool_pre_ping=True)
+    return _postgres_engine(settings.database_url, settings.db_pool_size, pool_pre_ping=True)
 
 
 def create_read_engine(engine: Engine, pool_size: int) -> Engine:

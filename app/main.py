@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,15 +17,14 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
-from starlette.types import Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
 from app.api import admin, dashboard, dismissals, movies, ops, ratings, recommendations
 from app.api.deps import reject_unknown_query
 from app.api.limits import RequestLimitsMiddleware
-from app.api.recommendations import RecommendationsLane
 from app.config import Settings, get_settings
 from app.db import create_db_engine, create_session_factory
+from app.jobs.launcher import JobLauncher
 from app.observability import (
     MetricsMiddleware,
     configure_logging,
@@ -34,24 +32,11 @@ from app.observability import (
     get_logger,
 )
 from app.services.errors import ServiceError
-from app.services.jobs import JobLauncher
-from app.services.recommender import Recommender
+from app.serving import popular
+from app.serving.recommender import TORCH_THREADS, Recommender
 
 log = get_logger("saerec.app")
 BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 for undecodable bodies
-
-
-class SaerecAPI(FastAPI):
-    """FastAPI, with the recommendations route's lane taking its plain requests before
-    the middleware stack (`RecommendationsLane`: it hands every other request on)."""
-
-    lane: RecommendationsLane | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        lane = self.lane
-        if scope["type"] == "http" and lane is not None and await lane.answer(scope, receive, send):
-            return
-        await super().__call__(scope, receive, send)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -182,7 +167,7 @@ async def _every(seconds: float, action: Callable[[], object]) -> None:
         await asyncio.to_thread(_try, action, action.__name__)
 
 
-def create_app(settings: Settings | None = None) -> SaerecAPI:
+def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_json)
 
@@ -190,23 +175,19 @@ def create_app(settings: Settings | None = None) -> SaerecAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Requests already run in parallel: BLAS threads per request only oversubscribe
         # the cores (numpy's OpenBLAS spinning beside torch's pool halved throughput).
-        serving = settings.serving
-        torch.set_num_threads(serving.torch_threads)
-        threadpool_limits(serving.torch_threads)
-        switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(serving.gil_switch_ms / 1000)
-        engine = create_db_engine(settings.db)
+        torch.set_num_threads(TORCH_THREADS)
+        threadpool_limits(TORCH_THREADS)
+        engine = create_db_engine(settings)
         app.state.engine = engine
         app.state.session_factory = create_session_factory(engine)
-        recommender = Recommender(engine, serving)
+        recommender = Recommender(engine, settings)
         app.state.recommender = recommender
         # Both before the first request: no request pays for loading or for the popular list.
         _try(recommender.refresh_model, "initial_model_load")
         _try(recommender.refresh_popular, "initial_popular_build")
-        training = settings.training
         launcher = (
-            JobLauncher(training, engine, child_env=settings.as_env())
-            if training.run_worker_in_api
+            JobLauncher(settings, engine, child_env=settings.as_env())
+            if settings.run_worker_in_api
             else None
         )
         app.state.launcher = launcher
@@ -215,9 +196,9 @@ def create_app(settings: Settings | None = None) -> SaerecAPI:
         tasks = [
             # Requests follow the registry themselves (read your writes); this poll only
             # preloads a newly activated version while the process is idle.
-            asyncio.create_task(_every(serving.model_poll_seconds, recommender.refresh_model)),
+            asyncio.create_task(_every(settings.model_poll_seconds, recommender.refresh_model)),
             asyncio.create_task(
-                _every(serving.popular_refresh_seconds, recommender.refresh_popular_if_due)
+                _every(popular.REFRESH_SECONDS, recommender.refresh_popular_if_due)
             ),
         ]
         log.info(
@@ -236,9 +217,8 @@ def create_app(settings: Settings | None = None) -> SaerecAPI:
             recommender.shutdown()
             engine.dispose()
             forget_this_process()
-            sys.setswitchinterval(switch_interval)
 
-    app = SaerecAPI(
+    app = FastAPI(
         title="saerec",
         version="0.1.0",
         description="Movie recommendations from a stacked autoencoder. Unknown JSON fields "
@@ -248,8 +228,6 @@ def create_app(settings: Settings | None = None) -> SaerecAPI:
     )
     app.openapi = _truthful_openapi(app)  # type: ignore[method-assign]
     app.state.settings = settings
-    if settings.recommendations_lane:
-        app.lane = RecommendationsLane(app, settings.max_query_bytes)
     app.add_middleware(
         RequestLimitsMiddleware,
         max_body_bytes=settings.max_body_bytes,

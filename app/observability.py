@@ -162,8 +162,7 @@ def get_logger(name: str) -> Any:
 
 
 def observe_request(method: str, template: str, status: int, seconds: float) -> None:
-    """Count and time one answered request (`MetricsMiddleware`, and the routes' lanes
-    that answer in front of it)."""
+    """Count and time one answered request (`MetricsMiddleware`)."""
     REQUESTS.labels(method, template, str(status)).inc()
     LATENCY.labels(method, template).observe(seconds)
 

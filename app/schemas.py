@@ -191,9 +191,8 @@ class RecommendationItem(BaseModel):
 
 
 class RecommendationQuery(BaseModel):
-    """The query string of GET /users/{id}/recommendations, validated as a whole by one
-    pydantic call (`app.api.deps.QueryParser`) and published from this model, so the
-    OpenAPI parameters are exactly what is checked."""
+    """The query string of GET /users/{id}/recommendations: FastAPI's query parameter
+    model, so the OpenAPI parameters are exactly what is checked (unknown names: 422)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -324,7 +323,7 @@ def _retrain_model() -> type[BaseModel]:
     each field keeps its type and bounds (strict), may be omitted (the preset's value), and
     is nullable only where ModelConfig itself takes None.
     """
-    from app.ml.model import PRESETS, ModelConfig
+    from app.ml.config import PRESETS, ModelConfig
 
     preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
     fields: dict[str, Any] = {"preset": (preset, _optional("model preset (default: TRAIN_PRESET)"))}

@@ -44,7 +44,7 @@ from threadpoolctl import threadpool_limits
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.ml.datasets import Ratings, read_movielens  # noqa: E402
+from app.ml.config import ModelConfig  # noqa: E402
 from app.ml.evaluate import (  # noqa: E402
     BIAS_ROW,
     MODEL_ROW,
@@ -52,7 +52,8 @@ from app.ml.evaluate import (  # noqa: E402
     evaluate_holdout,
     evaluate_splits,
 )
-from app.ml.model import ModelConfig, config_from  # noqa: E402
+from app.ml.model import config_from  # noqa: E402
+from app.movielens.ratings import Ratings, read_movielens  # noqa: E402
 
 DATASETS = (
     "ml-100k",

@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.db import create_db_engine, upgrade_schema  # noqa: E402
 from app.models import Rating  # noqa: E402
-from app.services.movielens import import_movielens  # noqa: E402
+from app.movielens.importer import import_movielens  # noqa: E402
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -41,7 +41,7 @@ def default_dataset() -> Path:
 
 def timed_import(database_url: str, dataset: Path) -> dict[str, Any]:
     """Migrate (untimed), then time one import and check the rows really landed."""
-    engine = create_db_engine(Settings(database_url=database_url, _env_file=None).db)
+    engine = create_db_engine(Settings(database_url=database_url, _env_file=None))
     try:
         upgrade_schema(engine)
         started = time.perf_counter()

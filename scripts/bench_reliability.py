@@ -43,7 +43,7 @@ from app.config import Settings  # noqa: E402
 from app.db import create_db_engine, upgrade_schema  # noqa: E402
 from app.main import create_app  # noqa: E402
 from app.models import ModelVersion  # noqa: E402
-from app.services.movielens import import_movielens  # noqa: E402
+from app.movielens.importer import import_movielens  # noqa: E402
 from tests.reliability_helpers import (  # noqa: E402
     duplicate_rating_pairs,
     ratings_snapshot,
@@ -110,9 +110,9 @@ def fresh_settings(url: str, work: Path, **extra: Any) -> tuple[Settings, Engine
         **extra,
     }
     settings = Settings(_env_file=None, **values)
-    engine = create_db_engine(settings.db)
+    engine = create_db_engine(settings)
     upgrade_schema(engine)
-    if not settings.db.is_sqlite:
+    if not settings.is_sqlite:
         from tests.conftest import _truncate_all
 
         _truncate_all(url)

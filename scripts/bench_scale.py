@@ -53,7 +53,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 CLI = "from app.cli import main; main()"
-INCREMENTAL = "import app.services.movielens as m; m.BULK_EXISTING_MAX = -1; " + CLI
+INCREMENTAL = "import app.movielens.writers as m; m.BULK_EXISTING_MAX = -1; " + CLI
 SUMMARY = re.compile(r"ratings: (\d+) added, (\d+) already present, (\d+) read")
 
 
@@ -314,7 +314,7 @@ def _read_plan(database_url: str) -> list[str]:
     """EXPLAIN (ANALYZE) of the hot-path read for a batch of 8 users, as the server runs it."""
     from sqlalchemy import create_engine
 
-    from app.services.recommender import UserReader
+    from app.serving.reader import UserReader
 
     engine = create_engine(database_url)
     try:

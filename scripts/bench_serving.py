@@ -1,23 +1,28 @@
 #!/usr/bin/env python
-"""Serving benchmark: recommendations vs /healthz on one uvicorn worker, then under a swap.
+"""Serving benchmark: recommendations vs /healthz of the same server, as we ship it.
 
 In one run: imports ml-100k (or, with ``--catalog synthetic``, a seeded synthetic data set
 with a 10,000-movie catalog) into a fresh SQLite database, trains a model, and for each
-answer-cache setting (``--answer-cache 0,20000``: uncached first) starts `saerec serve`
-as a subprocess and drives GET /users/{random}/recommendations and GET /healthz at 16
-connections for a fixed time each (wrk when installed, else an async httpx generator).
-For each it prints the throughput ratio to /healthz measured in the same run, p50/p99,
-whether the issue's targets hold, and where the server's time went per answered
-request (the `saerec_recommend_stage_*` counters scraped from /metrics before and
-after: DB read, fold-in, filtering, ranking, items, JSON). The uncached route is driven
-twice: as configured, then as before its lane and the batch wait (``BEFORE_LANE``;
-``--no-stack-baseline`` skips it). Then, on the last server, it
-drives recommendations while a retrain job runs and its model is swapped in, counting
-every non-200 answer. With the answer cache off it also prices `explain=true` and
-`/movies/{id}/similar` one request at a time against a plain recommendation. Prints JSON.
+worker count (``--workers 2,1``: 2 is docker-compose's default) and answer-cache setting
+(``--answer-cache 0``: every request runs the model) starts `saerec serve --workers N`
+and measures, each route on the same server:
 
-    .venv/bin/python scripts/bench_serving.py [--catalog synthetic] [--answer-cache 0]
-        [--seconds 15] [--no-swap]
+- closed loop: GET /users/{random}/recommendations, then GET /healthz, at 16 connections
+  for a fixed time each (wrk when installed, else an async httpx generator): req/s, p50/p99,
+  the ratio of the two throughputs;
+- open loop: each route at ``--open-load`` (70 %) of the maximum the closed loop just
+  measured for it, paced by wrk's per-connection ``delay()`` with exponential gaps over
+  more connections than the closed loop, so a slow answer barely delays the next request:
+  the rate reached and p50/p99 there.
+
+It also prints whether the issue's targets hold (2 workers, uncached), where the server's
+time went per answer (the `saerec_recommend_stage_*` counters from /metrics), and with the
+answer cache off what `explain=true` and `/movies/{id}/similar` cost one request at a time.
+Then, on the last server, it drives recommendations while a retrain job runs and its model
+is swapped in, counting every non-200 answer (``--no-swap`` skips it). Prints JSON.
+
+    .venv/bin/python scripts/bench_serving.py [--catalog synthetic] [--workers 2,1]
+        [--answer-cache 0] [--seconds 15] [--no-swap]
 """
 
 from __future__ import annotations
@@ -45,11 +50,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-admin-token-0123456789abcdef"
 STAGE_METRICS = ("saerec_recommend_stage_seconds", "saerec_recommend_stage_answers")
 BATCH_METRIC = "saerec_recommend_batch_requests"
-# The baseline server (--stack-baseline): the route served as it was before its lane and the
-# batch wait, every request through the whole middleware stack.
-BEFORE_LANE = {"RECOMMENDATIONS_LANE": "false", "SERVE_BATCH_WAIT_MS": "0"}
-# The issue's targets, uncached: (min ratio to /healthz, max p99 ms) by catalog.
-TARGETS = {"ml-100k": (0.7, 20.0), "synthetic": (0.5, 25.0)}
+# The issue's targets, 2 workers, uncached: (min ratio to /healthz, max p99 ms) by catalog.
+TARGETS = {"ml-100k": (0.6, 20.0), "synthetic": (0.5, 25.0)}
+TARGET_WORKERS = 2
 EXPLAIN_MAX_EXTRA_MS = 2.0  # issue 11: explain=true costs at most +2 ms at p50
 SYNTHETIC_GENRES = (
     "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
@@ -71,6 +74,10 @@ end
 function request()
   if wrk.path == "/healthz" then return wrk.format("GET", "/healthz") end
   return wrk.format("GET", "/users/" .. math.random(1, MAX_USER) .. "/recommendations?n=10")
+end
+function delay()
+  if MEAN_GAP_MS <= 0 then return 0 end
+  return -MEAN_GAP_MS * math.log(1 - math.random())
 end
 function response(status, headers, body) if status ~= 200 then non200 = non200 + 1 end end
 function done(summary, latency, requests)
@@ -178,8 +185,8 @@ def stage_totals(base: str) -> dict[str, tuple[float, float]]:
 def stage_breakdown(before: dict, after: dict) -> dict[str, Any]:
     """Mean microseconds per answer by stage between two scrapes, and each stage's share.
 
-    Wall-clock inside the server, waits for the GIL and the CPU included; "json" counts
-    every answer, the other stages only those the model computed (answer cache misses).
+    Wall-clock inside the server, waits for the GIL and the CPU included; only the answers
+    the model computed (answer cache misses) count.
     Also the mean number of requests that shared a batch's read and forward pass.
     """
     means, counts = {}, {}
@@ -225,9 +232,15 @@ def wait_ready(base: str, timeout: float = 60) -> dict[str, Any]:
     raise RuntimeError("server did not become ready with a model")
 
 
-def run_wrk(base: str, path: str, seconds: float, connections: int, max_user: int) -> dict:
+def run_wrk(
+    base: str, path: str, seconds: float, connections: int, max_user: int, rate: float = 0.0
+) -> dict:
+    """Closed loop; with ``rate`` (req/s over all connections), open loop: each connection
+    waits an exponential gap of mean connections / rate after each answer."""
+    gap_ms = connections / rate * 1e3 if rate > 0 else 0.0
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(WRK_SCRIPT.replace("MAX_USER", str(max_user)))
+        lua = WRK_SCRIPT.replace("MAX_USER", str(max_user))
+        script.write(lua.replace("MEAN_GAP_MS", f"{gap_ms:.4f}"))
     proc = subprocess.run(
         [
             "wrk",
@@ -305,6 +318,28 @@ def drive(base: str, path: str, seconds: float, connections: int, max_user: int,
     return asyncio.run(_httpx_load(base, path, seconds, connections, max_user))
 
 
+OPEN_LOOP_CONNECTIONS = 128  # paced connections: each waits far longer than an answer takes
+
+
+def open_loop(
+    base: str, path: str, seconds: float, rate: float, max_user: int, tool: str
+) -> dict[str, Any] | None:
+    """``path`` at a fixed offered rate (wrk only; None with httpx). A connection's gap
+    starts after its answer, so the rate reached falls short by the answers' share of each
+    gap: a first run measures that shortfall and a second, offered that much more, is the
+    one reported."""
+    if tool != "wrk":
+        return None
+    offered = rate
+    result = run_wrk(base, path, seconds, OPEN_LOOP_CONNECTIONS, max_user, offered)
+    if result["req_per_s"] < 0.95 * rate:
+        offered = rate * rate / max(result["req_per_s"], 1.0)
+        result = run_wrk(base, path, seconds, OPEN_LOOP_CONNECTIONS, max_user, offered)
+    result["target_req_per_s"] = round(rate, 1)
+    result["paced_req_per_s"] = round(offered, 1)
+    return result
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=None, help="ml-100k folder")
@@ -336,14 +371,17 @@ def parse_args() -> argparse.Namespace:
         "--feature-rounds", type=int, default=400, help="requests per explain/similar figure"
     )
     parser.add_argument(
-        "--stack-baseline",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also serve the uncached route without its lane and batch wait (BEFORE_LANE)",
+        "--workers", default="2,1", help="comma list of `saerec serve --workers` values"
+    )
+    parser.add_argument(
+        "--open-load",
+        type=float,
+        default=0.7,
+        help="open-loop rate as a share of each route's closed-loop maximum (0 = skip)",
     )
     parser.add_argument(
         "--answer-cache",
-        default="0,20000",
+        default="0",
         help="comma list of ANSWER_CACHE_SIZE values, one server each (0 = every request "
         "runs the model; the issue's targets are for 0)",
     )
@@ -384,14 +422,23 @@ def prepare_model(
     return json.loads(output), time.perf_counter() - started, max_user
 
 
-def start_server(env: dict[str, str], cache: int, baseline: bool) -> tuple[subprocess.Popen, str]:
+def start_server(env: dict[str, str], cache: int, workers: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", "1"],
-        env={**env, "ANSWER_CACHE_SIZE": str(cache), **(BEFORE_LANE if baseline else {})},
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", str(workers)],
+        env={**env, "ANSWER_CACHE_SIZE": str(cache)},
         cwd=ROOT,
     )
     return server, f"http://127.0.0.1:{port}"
+
+
+def server_pids(server: subprocess.Popen) -> list[int]:
+    """The server and its worker processes (uvicorn forks one per worker)."""
+    children = Path(f"/proc/{server.pid}/task/{server.pid}/children")
+    try:
+        return [server.pid, *map(int, children.read_text().split())]
+    except OSError:
+        return [server.pid]
 
 
 def stop_server(server: subprocess.Popen) -> None:
@@ -399,12 +446,15 @@ def stop_server(server: subprocess.Popen) -> None:
     server.wait(timeout=20)
 
 
-def drive_counting_cpu(pid: int, base: str, path: str, args: argparse.Namespace, **kw: Any) -> dict:
-    """`drive`, plus the server's CPU milliseconds per request: the cost of a request
-    whatever else the machine runs (wall-clock figures move with the machine's load)."""
-    cpu = server_cpu_seconds(pid)
+def drive_counting_cpu(
+    pids: list[int], base: str, path: str, args: argparse.Namespace, **kw: Any
+) -> dict:
+    """`drive`, plus the server's CPU milliseconds per request (all its processes): the
+    cost of a request whatever else the machine runs (wall-clock figures move with the
+    machine's load)."""
+    cpu = sum(server_cpu_seconds(pid) for pid in pids)
     result = drive(base, path, args.seconds, args.connections, **kw)
-    used = server_cpu_seconds(pid) - cpu
+    used = sum(server_cpu_seconds(pid) for pid in pids) - cpu
     result["server_cpu_ms_per_request"] = round(used * 1e3 / max(result["requests"], 1), 3)
     return result
 
@@ -416,31 +466,43 @@ def measure(
     tool: str,
     max_user: int,
     cache: int,
-    baseline: bool,
+    workers: int,
 ) -> dict[str, Any]:
-    """Recommendations, then /healthz, back to back on one server; ratio and stages."""
+    """Recommendations, then /healthz, back to back on one server, closed loop then open
+    loop at ``args.open_load`` of each one's maximum; ratio and stages."""
     drive(base, "/healthz", 2, args.connections, max_user, tool)  # warm-up
     drive(base, "/recommendations", 2, args.connections, max_user, tool)
+    pids = server_pids(server)
     before = stage_totals(base)
     kw = {"max_user": max_user, "tool": tool}
-    recs = drive_counting_cpu(server.pid, base, "/recommendations", args, **kw)
+    recs = drive_counting_cpu(pids, base, "/recommendations", args, **kw)
     after = stage_totals(base)
-    health = drive_counting_cpu(server.pid, base, "/healthz", args, **kw)
+    health = drive_counting_cpu(pids, base, "/healthz", args, **kw)
     ratio = round(recs["req_per_s"] / health["req_per_s"], 3)
+    opened = {}
+    if args.open_load > 0:
+        for name, path, closed in (
+            ("recommendations", "/recommendations", recs),
+            ("healthz", "/healthz", health),
+        ):
+            rate = args.open_load * closed["req_per_s"]
+            opened[name] = open_loop(base, path, args.seconds, rate, max_user, tool)
     result: dict[str, Any] = {
+        "workers": workers,
         "answer_cache_size": cache,
-        "served": f"as before: {BEFORE_LANE}" if baseline else "as configured",
         "recommendations": recs,
         "healthz": health,
         "ratio_recommendations_to_healthz": ratio,
+        "open_loop": {"load": args.open_load, **opened},
         "cpu_ratio_healthz_to_recommendations": round(
             health["server_cpu_ms_per_request"] / max(recs["server_cpu_ms_per_request"], 1e-9), 3
         ),
         "stages": stage_breakdown(before, after),
     }
-    if cache == 0 and not baseline:
+    if cache == 0 and args.feature_rounds:
         n_movies = args.movies if args.catalog == "synthetic" else 1682
         result["feature_costs"] = feature_costs(base, max_user, n_movies, args.feature_rounds)
+    if cache == 0 and workers == TARGET_WORKERS:
         min_ratio, max_p99 = TARGETS[args.catalog]
         result["targets"] = {
             "min_ratio": min_ratio,
@@ -538,21 +600,10 @@ def swap_under_load(
     }
 
 
-def runs_to_make(caches: list[int], stack_baseline: bool) -> list[tuple[int, bool]]:
-    """(answer cache size, baseline) per server: each cache size as configured, and with
-    `--stack-baseline` the uncached route as before its lane and the batch wait right
-    after, their gain measured in the same run."""
-    runs = []
-    for cache in caches:
-        runs.append((cache, False))
-        if cache == 0 and stack_baseline:
-            runs.append((cache, True))
-    return runs
-
-
 def main() -> None:
     args = parse_args()
     caches = [int(x) for x in str(args.answer_cache).split(",") if x.strip()]
+    worker_counts = [int(x) for x in str(args.workers).split(",") if x.strip()]
     tool = args.tool if args.tool != "auto" else ("wrk" if shutil.which("wrk") else "httpx")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="saerec-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -569,13 +620,14 @@ def main() -> None:
     try:
         trained, train_seconds, max_user = prepare_model(args, work, env)
         runs = []
-        for cache, baseline in runs_to_make(caches, args.stack_baseline):
-            if server is not None:
-                stop_server(server)
-            server, base = start_server(env, cache, baseline)
-            first = wait_ready(base)
-            log(f"answer cache {cache}, baseline {baseline}: {tool} for {args.seconds}s ...")
-            runs.append(measure(server, base, args, tool, max_user, cache, baseline))
+        for workers in worker_counts:
+            for cache in caches:
+                if server is not None:
+                    stop_server(server)
+                server, base = start_server(env, cache, workers)
+                first = wait_ready(base)
+                log(f"{workers} worker(s), answer cache {cache}: {tool}, {args.seconds}s ...")
+                runs.append(measure(server, base, args, tool, max_user, cache, workers))
         assert server is not None, "give at least one --answer-cache value"
         result = {
             "benchmark": "serving",

@@ -41,7 +41,7 @@ def movielens_dir() -> Path | None:
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Migrate once, copy the file per test: isolation without paying Alembic each time."""
     path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
-    engine = create_db_engine(Settings(database_url=f"sqlite:///{path}").db)
+    engine = create_db_engine(Settings(database_url=f"sqlite:///{path}"))
     upgrade_schema(engine)
     engine.dispose()
     return path
@@ -60,7 +60,7 @@ def postgres_url() -> Iterator[str]:
     with server.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = admin.set(database=name).render_as_string(hide_password=False)
-    engine = create_db_engine(Settings(database_url=url).db)
+    engine = create_db_engine(Settings(database_url=url))
     upgrade_schema(engine)
     engine.dispose()
     yield url
@@ -70,7 +70,7 @@ def postgres_url() -> Iterator[str]:
 
 
 def _truncate_all(url: str) -> None:
-    engine = create_db_engine(Settings(database_url=url).db)
+    engine = create_db_engine(Settings(database_url=url))
     tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
@@ -102,7 +102,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def engine(settings: Settings) -> Iterator[Engine]:
-    engine = create_db_engine(settings.db)
+    engine = create_db_engine(settings)
     yield engine
     engine.dispose()
 

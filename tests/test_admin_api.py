@@ -12,11 +12,13 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import create_session_factory, transaction
+from app.jobs import queue as jobs
+from app.jobs import runner
 from app.main import create_app
-from app.ml.model import config_from
+from app.ml.config import config_from
 from app.ml.train import EpochReport
 from app.models import ModelVersion, TrainingJob, utcnow
-from app.services import jobs, registry
+from app.services import registry
 from tests.factories import LENIENT_GATE, TINY_TRAINING, WEAK_TRAINING, seed_synthetic
 from tests.reliability_helpers import wait_for
 from tests.test_recommendations_api import train_tiny
@@ -86,11 +88,11 @@ def test_a_job_trains_the_config_resolved_when_queued(seeded: Settings, engine: 
     factory = create_session_factory(engine)
     api = seeded.model_copy(update={"train_preset": "fast"})
     with transaction(factory) as session:
-        queued = jobs.enqueue(session, api.training, dict(TINY_TRAINING))
+        queued = jobs.enqueue(session, api, dict(TINY_TRAINING))
         job_id, config = queued.id, queued.config
     assert config == config_from("fast", **TINY_TRAINING).model_dump(mode="json")
     assert jobs.claim_next(factory, "test") == job_id
-    jobs.run_job(seeded.model_copy(update={"train_preset": "default"}).training, engine, job_id)
+    runner.run_job(seeded.model_copy(update={"train_preset": "default"}), engine, job_id)
     with factory() as session:
         job = jobs.get_job(session, job_id)
         assert job.status == "succeeded", job.error
@@ -236,8 +238,8 @@ def test_each_epoch_puts_progress_and_an_eta_on_the_job(
     sooner); the API shows it with the epoch's figures."""
     factory = create_session_factory(engine)
     with transaction(factory) as session:
-        job_id = jobs.enqueue(session, seeded.training, {"preset": "fast"}).id
-    report = jobs.epoch_reporter(factory, job_id)
+        job_id = jobs.enqueue(session, seeded, {"preset": "fast"}).id
+    report = runner.epoch_reporter(factory, job_id)
     report(EpochReport(1, 10, 1.5, 0.95, 0.20, 2.0))
     report(EpochReport(2, 10, 1.2, 0.93, 0.25, 4.0))
     with TestClient(create_app(seeded.model_copy(update={"run_worker_in_api": False}))) as client:
@@ -321,7 +323,7 @@ def test_jobs_are_listed_newest_first(
     ids: list[str] = []
     for n in range(3):
         with transaction(factory) as session:
-            ids.append(jobs.enqueue(session, quiet.training, {"epochs": n + 1}).id)
+            ids.append(jobs.enqueue(session, quiet, {"epochs": n + 1}).id)
         jobs.fail_job(factory, ids[-1], "made room for the next one")
     start = utcnow()
     with transaction(factory) as session:  # distinct times, whatever the clock's resolution

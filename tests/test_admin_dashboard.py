@@ -155,7 +155,7 @@ def live_server(sqlite_template: Path, tmp_path: Path) -> Iterator[tuple[str, st
         log_level="WARNING",
         _env_file=None,
     )
-    engine: Engine = create_db_engine(settings.db)
+    engine: Engine = create_db_engine(settings)
     try:
         seed_synthetic(engine)
         first = train_tiny(settings, engine)

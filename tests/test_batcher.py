@@ -1,5 +1,6 @@
-"""How the recommendation batcher groups requests: at once when nobody is expected, and
-together with the clients the last batch answered when they come straight back."""
+"""How the recommendation batcher groups requests: a batch of one when a thread is free,
+the requests that queued behind a running batch together, never more than the max size,
+and, with a max delay, a batch that waits that long for company but no longer."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from app.services.recommender import Batcher, RecommendRequest
+from app.serving.batcher import Batcher
+from app.serving.ranking import RecommendRequest
 
 FOREVER = 3600.0  # a wait no test may meet: reaching it fails by timeout
 
@@ -40,48 +42,62 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def run_cohorts(hold: float, back: int) -> list[list[int]]:
-    """Four clients: the first one's request runs alone while three queue behind it;
-    then `back` of the answered clients ask again."""
+async def queued_behind_one(users: int, max_batch: int) -> list[list[int]]:
+    """The first request runs alone while ``users`` more queue behind it."""
     inference = Inference(blocked_first=1)
     with ThreadPoolExecutor(1) as executor:
-        batcher = Batcher(executor, inference, slots=1, hold=hold)
-        first = ask(batcher, 1)
-        queued = [ask(batcher, user) for user in (2, 3, 4)]
+        batcher = Batcher(executor, inference, slots=1, max_batch=max_batch)
+        first = ask(batcher, 0)
+        queued = [ask(batcher, user) for user in range(1, users + 1)]
         await settle()
         inference.release.set()
-        assert (await first) == {"user_id": 1}
-        again = [ask(batcher, 10 + user) for user in range(back)]
-        answers = await asyncio.wait_for(asyncio.gather(*queued, *again), 30)
-        expected = [2, 3, 4, *(10 + u for u in range(back))]
-        assert [answer["user_id"] for answer in answers] == expected
+        answers = await asyncio.wait_for(asyncio.gather(first, *queued), 30)
+        assert [answer["user_id"] for answer in answers] == list(range(users + 1))
     return inference.batches
 
 
-def test_the_clients_a_batch_answered_join_the_next_batch() -> None:
-    # one request was answered and three waited: the next batch waits for a fourth
-    assert asyncio.run(run_cohorts(hold=FOREVER, back=1)) == [[1], [2, 3, 4, 10]]
+def test_requests_that_queued_behind_a_batch_share_the_next_one() -> None:
+    assert asyncio.run(queued_behind_one(3, max_batch=32)) == [[0], [1, 2, 3]]
 
 
-def test_the_next_batch_waits_no_longer_than_the_hold() -> None:
-    # nobody comes back: the three waiting go as soon as the hold is over
-    assert asyncio.run(run_cohorts(hold=0.05, back=0)) == [[1], [2, 3, 4]]
+def test_a_batch_never_exceeds_the_max_size() -> None:
+    assert asyncio.run(queued_behind_one(5, max_batch=2)) == [[0], [1, 2], [3, 4], [5]]
 
 
-def test_without_a_hold_the_waiting_requests_go_at_once() -> None:
-    batches = asyncio.run(run_cohorts(hold=0.0, back=1))
-    assert batches[:2] == [[1], [2, 3, 4]]
-
-
-def test_a_lone_client_never_waits() -> None:
-    """One in flight, one waiting: no batch is held (a hold would time this out)."""
-
+def test_without_a_delay_a_lone_client_is_a_batch_of_one() -> None:
     async def one_after_another() -> list[list[int]]:
         inference = Inference()
         with ThreadPoolExecutor(1) as executor:
-            batcher = Batcher(executor, inference, slots=1, hold=FOREVER)
+            batcher = Batcher(executor, inference, slots=1)  # max_delay 0 by default
             for user in range(5):
                 await asyncio.wait_for(ask(batcher, user), 30)
         return inference.batches
 
     assert asyncio.run(one_after_another()) == [[0], [1], [2], [3], [4]]
+
+
+def test_a_delay_gathers_the_requests_that_come_within_it() -> None:
+    async def three_at_once(max_delay: float) -> list[list[int]]:
+        inference = Inference()
+        with ThreadPoolExecutor(1) as executor:
+            batcher = Batcher(executor, inference, slots=1, max_delay=max_delay)
+            first = ask(batcher, 0)
+            await settle()  # without a delay, this one is already running alone
+            rest = [ask(batcher, 1), ask(batcher, 2)]
+            await asyncio.wait_for(asyncio.gather(first, *rest), 30)
+        return inference.batches
+
+    assert asyncio.run(three_at_once(0.2))[0] == [0, 1, 2]
+    assert asyncio.run(three_at_once(0.0))[0] == [0]
+
+
+def test_a_full_batch_does_not_wait_out_the_delay() -> None:
+    async def full() -> list[list[int]]:
+        inference = Inference()
+        with ThreadPoolExecutor(1) as executor:
+            batcher = Batcher(executor, inference, slots=1, max_batch=3, max_delay=FOREVER)
+            answers = [ask(batcher, user) for user in range(3)]
+            await asyncio.wait_for(asyncio.gather(*answers), 30)
+        return inference.batches
+
+    assert asyncio.run(full()) == [[0, 1, 2]]

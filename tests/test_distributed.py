@@ -27,7 +27,7 @@ def _run(args: list[str], env: dict[str, str], cwd: Path) -> dict:
 
 def test_two_process_training_matches_single_process_quality(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ddp.db'}"
-    engine = create_db_engine(Settings(database_url=url, _env_file=None).db)
+    engine = create_db_engine(Settings(database_url=url, _env_file=None))
     upgrade_schema(engine)
     seed_synthetic(engine, n_users=200, n_movies=60, per_user=12)
     engine.dispose()

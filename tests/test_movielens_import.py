@@ -17,14 +17,10 @@ import pytest
 from sqlalchemy import Engine, func, select, text
 
 from app.models import Movie, MovieGenre, Rating
-from app.services import movielens
+from app.movielens import importer, rows
+from app.movielens.files import MovieLensFormatError, parse_title
+from app.movielens.importer import ImportReport, import_movielens
 from app.services.downloads import DownloadError, download_movielens
-from app.services.movielens import (
-    ImportReport,
-    MovieLensFormatError,
-    import_movielens,
-    parse_title,
-)
 from tests.conftest import movielens_dir
 
 GENRES_100K = "unknown|0\nAction|1\nAdventure|2\nAnimation|3\nChildren's|4\nComedy|5\nCrime|6\n"
@@ -282,7 +278,7 @@ def test_windows_line_endings_and_header_only_in_first_block(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Tiny blocks: lines, duplicates and the header check cross many block boundaries."""
-    monkeypatch.setattr(movielens, "BLOCK_BYTES", 7)
+    monkeypatch.setattr(importer, "BLOCK_BYTES", 7)
     rows = "".join(
         f"{u},{m},{(u % 10 + 1) / 2},{1000 + u}\r\n" for u in range(1, 60) for m in (1, 2)
     )
@@ -372,22 +368,22 @@ def test_a_failure_mid_import_leaves_nothing_behind(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One transaction: no catalog without its ratings, and the connection stays usable."""
-    real = movielens._validate
+    real = rows.validate_block
     calls = {"n": 0}
 
-    def failing(*args: object) -> movielens._Batch:
+    def failing(*args: object) -> rows.Batch:
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("disk on fire")
         return real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(movielens, "BLOCK_BYTES", 16)
-    monkeypatch.setattr(movielens, "_validate", failing)
+    monkeypatch.setattr(importer, "BLOCK_BYTES", 16)
+    monkeypatch.setattr(importer, "validate_block", failing)
     with pytest.raises(RuntimeError, match="disk on fire"):
         import_movielens(engine, write_csv(tmp_path / "ml", GOOD_CSV))
 
     assert count(engine, Movie) == count(engine, MovieGenre) == count(engine, Rating) == 0
-    monkeypatch.setattr(movielens, "_validate", real)
+    monkeypatch.setattr(importer, "validate_block", real)
     assert import_movielens(engine, tmp_path / "ml").ratings_added == 4
 
 

@@ -116,7 +116,7 @@ def pinned(base: str, workers: int) -> Iterator[dict[int, httpx.Client]]:
 @pytest.fixture
 def pg_engine(postgres_url: str) -> Iterator[Engine]:
     _truncate_all(postgres_url)
-    engine = create_db_engine(Settings(database_url=postgres_url, _env_file=None).db)
+    engine = create_db_engine(Settings(database_url=postgres_url, _env_file=None))
     yield engine
     engine.dispose()
 

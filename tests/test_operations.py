@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from fastapi.testclient import TestClient
 
 from app.config import Settings
@@ -12,14 +10,6 @@ from app.main import create_app
 
 def test_healthz(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-
-
-def test_the_server_sets_the_switch_interval_while_it_runs(settings: Settings) -> None:
-    """SERVE_GIL_SWITCH_MS holds while the app runs; the process's own value comes back."""
-    before = sys.getswitchinterval()
-    with TestClient(create_app(settings.model_copy(update={"serve_gil_switch_ms": 2.5}))):
-        assert sys.getswitchinterval() == 0.0025
-    assert sys.getswitchinterval() == before
 
 
 def test_readyz_ok_when_database_answers(client: TestClient) -> None:
@@ -72,7 +62,7 @@ def test_bad_database_url_fails_fast() -> None:
 
 def test_job_launcher_survives_a_database_outage_at_start(tmp_path) -> None:
     from app.db import create_db_engine
-    from app.services.jobs import JobLauncher
+    from app.jobs.launcher import JobLauncher
 
     settings = Settings(
         database_url="postgresql+psycopg://nobody@127.0.0.1:1/none",
@@ -80,8 +70,8 @@ def test_job_launcher_survives_a_database_outage_at_start(tmp_path) -> None:
         _env_file=None,
     )
     launcher = JobLauncher(
-        settings.training,
-        create_db_engine(settings.db),
+        settings,
+        create_db_engine(settings),
         child_env=settings.as_env(),
         poll_seconds=0.05,
     )

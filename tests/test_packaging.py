@@ -197,7 +197,7 @@ def test_train_says_when_early_stopping_ended_it(tmp_path: Path) -> None:
     from tests.factories import seed_synthetic
 
     url = f"sqlite:///{tmp_path / 'seeded.db'}"
-    engine = create_db_engine(Settings(database_url=url, _env_file=None).db)
+    engine = create_db_engine(Settings(database_url=url, _env_file=None))
     upgrade_schema(engine)
     seed_synthetic(engine)
     engine.dispose()

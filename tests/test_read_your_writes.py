@@ -44,7 +44,7 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, int
     else:
         url = request.getfixturevalue("postgres_url")
         _truncate_all(url)
-    engine = create_db_engine(Settings(database_url=url, _env_file=None).db)
+    engine = create_db_engine(Settings(database_url=url, _env_file=None))
     seed_synthetic(engine)
     engine.dispose()
     return url, workers

@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from app.config import Settings
+from app.jobs.training import train_and_register
 from app.main import create_app
-from app.ml.model import config_from
-from app.services.training import train_and_register
+from app.ml.config import config_from
 from tests.factories import GENRES, TINY_TRAINING, add_movies, seed_synthetic
 
 Lister = Callable[..., dict[str, Any]]
@@ -31,7 +31,7 @@ def seeded(settings: Settings, engine: Engine) -> Settings:
 
 @pytest.fixture
 def trained(seeded: Settings, engine: Engine) -> Settings:
-    outcome = train_and_register(seeded.training, engine, config_from("fast", **TINY_TRAINING))
+    outcome = train_and_register(seeded, engine, config_from("fast", **TINY_TRAINING))
     assert outcome is not None and outcome.activated
     return seeded
 

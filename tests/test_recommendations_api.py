@@ -19,25 +19,23 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import create_db_engine, create_session_factory
+from app.jobs.training import TrainingOutcome, train_and_register
 from app.main import create_app
 from app.ml.artifacts import load_artifact
-from app.ml.model import config_from
+from app.ml.config import config_from
 from app.models import ModelVersion, Movie
-from app.services import recommender as recommender_module
-from app.services.recommender import (
-    Popularity,
-    Recommender,
-    RecommendRequest,
-    build_popular_list,
-)
-from app.services.training import TrainingOutcome, train_and_register
+from app.serving import catalog as catalog_module
+from app.serving import lifecycle, popular, ranking
+from app.serving.popular import Popularity, build_popular_list
+from app.serving.ranking import RecommendRequest
+from app.serving.recommender import Recommender
 from tests.factories import LENIENT_GATE, TINY_TRAINING, seed_synthetic
 from tests.reliability_helpers import run_together
 
 
 def train_tiny(settings: Settings, engine: Engine, **overrides: object) -> TrainingOutcome:
     config = config_from("fast", **{**TINY_TRAINING, **overrides})
-    outcome = train_and_register(settings.training, engine, config)
+    outcome = train_and_register(settings, engine, config)
     assert outcome is not None  # None only under torchrun
     return outcome
 
@@ -141,12 +139,41 @@ def test_genre_filter_is_honoured(seeded: Settings, trained: TrainingOutcome) ->
 
 @pytest.mark.parametrize(
     "query",
-    ["n=0", "n=101", "n=abc", "genre="],
+    [
+        "n=0",
+        "n=101",
+        "n=abc",
+        "n=1.5",
+        "genre=",
+        "genre=" + "x" * 65,
+        "&".join(["genre=Drama"] * 21),
+        "exclude=0",
+        "exclude=x",
+        "explain=maybe",
+        "page=2",
+    ],
 )
 def test_bad_recommendation_queries_are_422(seeded: Settings, query: str) -> None:
     with TestClient(create_app(seeded)) as client:
-        assert client.get(f"/users/1/recommendations?{query}").status_code == 422
+        response = client.get(f"/users/1/recommendations?{query}")
+        assert response.status_code == 422
+        (error,) = response.json()["detail"]
+        assert error["loc"][0] == "query"
         assert client.get("/users/0/recommendations").status_code == 422
+
+
+def test_the_recommendations_query_is_published_as_it_is_checked(seeded: Settings) -> None:
+    """The OpenAPI parameters are FastAPI's own, from the route's query model."""
+    with TestClient(create_app(seeded)) as client:
+        spec = client.get("/openapi.json").json()
+        ok = client.get("/users/1/recommendations?n=3&genre=Drama&genre=Comedy&explain=true")
+        unknown = client.get("/users/1/recommendations?page=2").json()["detail"][0]
+    operation = spec["paths"]["/users/{user_id}/recommendations"]["get"]
+    query = {p["name"]: p for p in operation["parameters"] if p["in"] == "query"}
+    assert set(query) == {"n", "genre", "exclude", "explain"}
+    assert query["n"]["schema"]["minimum"] == 1 and query["n"]["schema"]["maximum"] == 100
+    assert ok.status_code == 200 and len(ok.json()["items"]) <= 3
+    assert unknown["type"] == "extra_forbidden" and unknown["loc"] == ["query", "page"]
 
 
 def test_predictions_are_clamped_and_cover_rated_and_unrated(
@@ -247,7 +274,7 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         time.sleep(0.05)  # so concurrent requests really meet the load in progress
         return load_artifact(path, *args, **kwargs)
 
-    monkeypatch.setattr(recommender_module, "load_artifact", counting)
+    monkeypatch.setattr(lifecycle, "load_artifact", counting)
     return seen
 
 
@@ -341,7 +368,7 @@ def test_the_popular_list_is_built_at_start_up_not_by_a_request(
         builds.append(time.monotonic())
         return build_popular_list(*args, **kwargs)
 
-    monkeypatch.setattr(recommender_module, "build_popular_list", counting)
+    monkeypatch.setattr(popular, "build_popular_list", counting)
     with TestClient(create_app(seeded)) as client:
         assert len(builds) == 1
         assert client.get("/users/999/recommendations").json()["strategy"] == "popular"
@@ -351,7 +378,7 @@ def test_the_popular_list_is_built_at_start_up_not_by_a_request(
 def test_popular_rebuilds_are_spaced_by_their_cost(
     seeded: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A rebuild as slow as 25M ratings' must not come back every POPULAR_REFRESH_SECONDS:
+    """A rebuild as slow as 25M ratings' must not come back every REFRESH_SECONDS:
     at most 1 % of the time goes to it; a fast one keeps the configured pace."""
     now = [1000.0]
     build_seconds = [2.0]
@@ -360,8 +387,8 @@ def test_popular_rebuilds_are_spaced_by_their_cost(
         now[0] += build_seconds[0]
         return build_popular_list(*args)
 
-    monkeypatch.setattr(recommender_module, "build_popular_list", timed_build)
-    engine = create_db_engine(seeded.db)
+    monkeypatch.setattr(popular, "build_popular_list", timed_build)
+    engine = create_db_engine(seeded)
     try:
         sessions = create_session_factory(engine)
         popularity = Popularity(sessions, 20.0, refresh_seconds=30.0, clock=lambda: now[0])
@@ -387,13 +414,13 @@ def test_a_catalog_of_many_movies_reads_whole_tables_with_the_same_result(
 ) -> None:
     """Past `CATALOG_CHUNK` ids the catalog is one pass over each table instead of
     IN-lists: the same titles, genres and masks, in the asked order, unknown ids blank."""
-    engine = create_db_engine(seeded.db)
+    engine = create_db_engine(seeded)
     try:
         with create_session_factory(engine)() as session:
             ids = np.array(session.scalars(select(Movie.id)).all()[::-1] + [10**9])
-            by_key = recommender_module.load_catalog(session, ids)
-            monkeypatch.setattr(recommender_module, "CATALOG_CHUNK", 3)
-            whole = recommender_module.load_catalog(session, ids)
+            by_key = catalog_module.load_catalog(session, ids)
+            monkeypatch.setattr(catalog_module, "CATALOG_CHUNK", 3)
+            whole = catalog_module.load_catalog(session, ids)
     finally:
         engine.dispose()
     assert ids.size > 3 and whole.titles == by_key.titles and whole.genres == by_key.genres
@@ -464,7 +491,7 @@ def test_uncached_answers_report_time_by_stage(seeded: Settings, trained: Traini
                 "saerec_recommend_stage_answers_total", {"stage": stage}
             )
             or 0.0
-            for stage in recommender_module.STAGES
+            for stage in ranking.STAGES
         }
 
     uncached = seeded.model_copy(update={"answer_cache_size": 0})
@@ -474,7 +501,7 @@ def test_uncached_answers_report_time_by_stage(seeded: Settings, trained: Traini
             assert client.get(f"/users/{user}/recommendations").json()["strategy"] == "autoencoder"
         after = counts()
     assert {stage: after[stage] - before[stage] for stage in after} == dict.fromkeys(
-        recommender_module.STAGES, 3.0
+        ranking.STAGES, 3.0
     )
 
 
@@ -533,3 +560,52 @@ def test_a_serving_model_is_an_immutable_snapshot(
         model.version = "other"  # type: ignore[misc]
     assert set(vars(model)) == {f.name for f in dataclasses.fields(model)}, "no lazy state"
     assert not any(isinstance(v, dict | list | set) for v in vars(model).values())
+
+
+def test_the_poll_preloads_a_version_registered_after_the_active_one(
+    no_polling: Settings, engine: Engine, loads: list[Path]
+) -> None:
+    """A retrain registered a moment ago is loaded by the poll before it is activated, so
+    the first answer after the activation waits for no load."""
+    lenient = no_polling.model_copy(update={**LENIENT_GATE})
+    old = train_tiny(lenient, engine)
+    with TestClient(create_app(no_polling)) as client:
+        recommender: Recommender = client.app.state.recommender  # type: ignore[attr-defined]
+        new = train_tiny(lenient, engine, seed=7)
+        _activate_elsewhere(engine, old.version)  # registered, newer, not active yet
+        assert recommender.refresh_model() is False  # nothing to swap ...
+        assert [p.parent.name for p in loads] == [old.version, new.version]  # ... preloaded
+        assert recommender.version == old.version
+        _activate_elsewhere(engine, new.version)
+        answer = client.get("/users/1/recommendations").json()
+        assert answer["model_version"] == new.version
+        assert len(loads) == 2, "the first answer after the activation loaded nothing"
+
+
+def test_a_replacement_stays_registered_and_inactive_while_the_servers_preload_it(
+    no_polling: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.jobs import training
+    from app.services import registry
+
+    lenient = no_polling.model_copy(update={**LENIENT_GATE})
+    old = train_tiny(lenient, engine)
+    during: list[tuple[str | None, str | None]] = []
+
+    def waiting(seconds: float) -> None:
+        assert seconds == 0.5
+        with Session(engine) as session:
+            during.append(
+                (registry.active_version_id(session), registry.upcoming_version_id(session))
+            )
+
+    monkeypatch.setattr(training.time, "sleep", waiting)
+    config = config_from("fast", **{**TINY_TRAINING, "seed": 7})
+    new = train_and_register(lenient, engine, config, preload_wait=0.5)
+    assert new is not None and new.activated
+    assert during == [(old.version, new.version)]
+    with Session(engine) as session:
+        assert registry.active_version_id(session) == new.version
+    assert training.preload_seconds(lenient) == training.PRELOAD_MAX_SECONDS  # poll: 300 s
+    fast_poll = lenient.model_copy(update={"model_poll_seconds": 0.5})
+    assert training.preload_seconds(fast_poll) == 2.0

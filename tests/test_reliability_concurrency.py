@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 
 from app.config import Settings
 from app.main import create_app
-from app.services.movielens import import_movielens
+from app.movielens.importer import import_movielens
 from tests.conftest import _truncate_all
 from tests.factories import add_movies, synthetic_catalog
 from tests.reliability_helpers import duplicate_rating_pairs, ratings_snapshot, run_together

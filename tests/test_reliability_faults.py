@@ -17,10 +17,10 @@ from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.jobs.training import TrainingOutcome
 from app.main import create_app
 from app.ml.artifacts import ArtifactStore
 from app.models import ModelVersion
-from app.services.training import TrainingOutcome
 from tests.factories import TINY_TRAINING, WEAK_TRAINING, seed_synthetic
 from tests.reliability_helpers import wait_for
 from tests.test_recommendations_api import train_tiny
@@ -54,7 +54,7 @@ def test_kill_9_mid_training_fails_the_job_and_leaves_serving_untouched(
     settings: Settings, engine: Engine, admin_headers: dict
 ) -> None:
     """PostgreSQL here (the job queue code is shared; bench_reliability.py runs SQLite too)."""
-    if settings.db.is_sqlite:
+    if settings.is_sqlite:
         pytest.skip("kept to PostgreSQL in CI for time; scripts/bench_reliability.py covers both")
     seed_synthetic(engine)
     settings = settings.model_copy(update={"model_poll_seconds": 0.1})
@@ -102,7 +102,8 @@ def test_a_writer_killed_mid_save_never_exposes_a_partial_artifact(tmp_path: Pat
         from app.ml import artifacts
         from app.ml.data import IdMap
         from app.ml.hybrid import BiasTerms, Blend, HybridModel
-        from app.ml.model import StackedAutoencoder, config_from
+        from app.ml.config import config_from
+        from app.ml.model import StackedAutoencoder
 
         def slow_fsync(fd):
             print("writing", flush=True)  # the bytes are in the temp file, not yet renamed

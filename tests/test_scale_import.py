@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine, create_engine, func, inspect, select, text
 
-from app.ml.datasets import read_movielens
 from app.models import Movie, Rating
-from app.services import movielens
-from app.services.movielens import import_movielens
+from app.movielens import importer, writers
+from app.movielens.importer import import_movielens
+from app.movielens.ratings import read_movielens
 
 GENERATOR = Path(__file__).resolve().parents[1] / "scripts" / "generate_ml25m.py"
 SHAPE = {"users": 300, "movies": 500, "ratings": 20_000, "seed": 7}
@@ -93,14 +93,14 @@ def schema(engine: Engine) -> dict[str, Any]:
 
 def writers_used(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     used: list[str] = []
-    real = movielens._ratings_writer
+    real = writers.ratings_writer
 
     def spy(*args: Any) -> Any:
         writer = real(*args)
         used.append(type(writer).__name__)
         return writer
 
-    monkeypatch.setattr(movielens, "_ratings_writer", spy)
+    monkeypatch.setattr(importer, "ratings_writer", spy)
     return used
 
 
@@ -135,7 +135,7 @@ def test_generated_data_imports_in_bulk_and_again_as_a_no_op(
     assert second.skipped == {}
     assert "0 added" in second.summary()
 
-    monkeypatch.setattr(movielens, "BULK_EXISTING_MAX", 0)  # the incremental path
+    monkeypatch.setattr(writers, "BULK_EXISTING_MAX", 0)  # the incremental path
     third = import_movielens(engine, tiny)
     assert used[-1] in ("_PostgresRatingWriter", "_SqliteRatingWriter")
     assert (third.ratings_added, third.ratings_existing, third.skipped) == (0, SHAPE["ratings"], {})
@@ -175,15 +175,15 @@ def test_users_out_of_order_repeats_keep_the_first_row(
     other = "1.0" if rating != "1.0" else "2.0"
     shuffled.append(f"{user},{movie},{other},{stamp}")  # a repeat, last: the first wins
     (folder / "ratings.csv").write_text("\n".join([header, *shuffled]) + "\n")
-    monkeypatch.setattr(movielens, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(importer, "BLOCK_BYTES", 4096)
     staged: list[bool] = []
-    real = movielens._PostgresBulkWriter._stage_from_now_on
+    real = writers.PostgresBulkWriter._stage_from_now_on
 
-    def stage(writer: movielens._PostgresBulkWriter) -> None:
+    def stage(writer: writers.PostgresBulkWriter) -> None:
         staged.append(True)
         real(writer)
 
-    monkeypatch.setattr(movielens._PostgresBulkWriter, "_stage_from_now_on", stage)
+    monkeypatch.setattr(writers.PostgresBulkWriter, "_stage_from_now_on", stage)
 
     report = import_movielens(engine, folder)
 
@@ -205,7 +205,7 @@ def test_postgres_bulk_path_yields_to_a_reader_holding_the_table(
     PG_LOCK_WAIT seconds, then imports the incremental way (which never blocks that reader)."""
     if engine.dialect.name != "postgresql":
         pytest.skip("PostgreSQL locking")
-    monkeypatch.setattr(movielens, "PG_LOCK_WAIT", 0.2)
+    monkeypatch.setattr(writers, "PG_LOCK_WAIT", 0.2)
     used = writers_used(monkeypatch)
     reader = create_engine(database_url)
     try:

@@ -20,15 +20,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db import create_session_factory, transaction
+from app.jobs import queue as jobs
+from app.jobs import schedule
+from app.jobs.launcher import JobLauncher
+from app.jobs.schedule import RetrainSchedule
+from app.jobs.training import resolve_config
 from app.main import create_app
 from app.models import ModelVersion, TrainingJob, utcnow
 from app.observability import configure_logging, get_logger
-from app.services import jobs, schedule
 from app.services import ratings as ratings_service
-from app.services.jobs import JobLauncher
 from app.services.ratings import count_ratings, upsert_ratings_batch
-from app.services.schedule import RetrainSchedule
-from app.services.training import resolve_config
 from tests.factories import LENIENT_GATE, seed_synthetic
 from tests.reliability_helpers import wait_for
 from tests.test_recommendations_api import train_tiny
@@ -59,7 +60,7 @@ class Clock:
 
 def scheduled(settings: Settings, clock: Clock | None = None, **update: object) -> RetrainSchedule:
     """A schedule that checks on every poll (the launcher's default waits up to a minute)."""
-    return RetrainSchedule(settings.model_copy(update=update).training, 0, clock or utcnow)
+    return RetrainSchedule(settings.model_copy(update=update), 0, clock or utcnow)
 
 
 def add_ratings(engine: Engine, count: int, first_user: int = 1000) -> None:
@@ -117,22 +118,22 @@ def test_settings_are_read_from_the_environment_and_checked(
     monkeypatch.setenv("RETRAIN_MIN_NEW_RATINGS", "5000")
     settings = Settings(_env_file=None)
     assert (settings.retrain_interval_seconds, settings.retrain_min_new_ratings) == (3600, 5000)
-    assert RetrainSchedule(settings.training).check_seconds == 60  # a long interval: once a minute
+    assert RetrainSchedule(settings).check_seconds == 60  # a long interval: once a minute
     short = settings.model_copy(update={"retrain_interval_seconds": 0.5})
-    assert RetrainSchedule(short.training).check_seconds == 0.5
+    assert RetrainSchedule(short).check_seconds == 0.5
     for bad in ({"retrain_interval_seconds": 0}, {"retrain_min_new_ratings": 0}):
         with pytest.raises(ValidationError):
             Settings(_env_file=None, **bad)
     monkeypatch.delenv("RETRAIN_INTERVAL_SECONDS")
     monkeypatch.delenv("RETRAIN_MIN_NEW_RATINGS")
-    assert not RetrainSchedule(Settings(_env_file=None).training).enabled
+    assert not RetrainSchedule(Settings(_env_file=None)).enabled
 
 
 def test_nothing_is_scheduled_without_the_settings(
     seeded: Settings, engine: Engine, factory: sessionmaker[Session]
 ) -> None:
     assert scheduled(seeded).poll(factory) is None
-    launcher = JobLauncher(seeded.training, engine, child_env=seeded.as_env())
+    launcher = JobLauncher(seeded, engine, child_env=seeded.as_env())
     assert not launcher.schedule.enabled
     assert launcher.run_once() is False  # the launcher's own poll queues nothing either
     assert all_jobs(factory) == []
@@ -155,7 +156,7 @@ def test_an_interval_queues_a_job_with_trigger_schedule(
     assert job_id is not None
     [job] = all_jobs(factory)
     assert (job.id, job.trigger, job.status, job.overrides) == (job_id, "schedule", "queued", {})
-    assert job.config == resolve_config(seeded.training, {}).model_dump(mode="json")  # TRAIN_PRESET
+    assert job.config == resolve_config(seeded, {}).model_dump(mode="json")  # TRAIN_PRESET
     assert REGISTRY.get_sample_value("saerec_scheduled_retrains_total") == before + 1
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     [logged] = [line for line in lines if line["event"] == "retrain_scheduled"]
@@ -168,7 +169,7 @@ def test_the_interval_runs_from_the_newest_job_of_any_trigger(
     clock = Clock()
     plan = scheduled(seeded, clock, retrain_interval_seconds=60)
     with transaction(factory) as session:
-        admin_job = jobs.enqueue(session, seeded.training, {})
+        admin_job = jobs.enqueue(session, seeded, {})
     assert plan.poll(factory) is None  # open
     finish(factory, admin_job.id, "succeeded", activated=True)
     clock.offset = timedelta(seconds=30)

@@ -14,6 +14,7 @@ from app.api.deps import (
     SessionFactoryDep,
     SettingsDep,
 )
+from app.jobs import queue as jobs
 from app.schemas import (
     NO_NUL,
     JobOut,
@@ -22,7 +23,7 @@ from app.schemas import (
     RetrainIn,
     ServiceStatsOut,
 )
-from app.services import activation, dashboard, jobs, registry
+from app.services import activation, dashboard, registry
 
 router = APIRouter(
     prefix="/admin",
@@ -46,7 +47,7 @@ def retrain(
     # exclude_unset: an omitted field keeps the preset's value; an explicit null (for the
     # fields that take one) means "chosen on validation" and is passed on as such.
     overrides: dict[str, Any] = body.model_dump(exclude_unset=True) if body is not None else {}
-    job = jobs.enqueue(session, settings.training, overrides)
+    job = jobs.enqueue(session, settings, overrides)
     return JobQueuedOut(job_id=job.id, status=job.status)
 
 

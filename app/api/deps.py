@@ -1,5 +1,5 @@
 """Typed dependencies: one transaction per request, settings, the recommender, the admin
-guard, the path types, and the query checks (unknown parameters, unknown genres).
+guard, the path types, and the check for unknown query parameters.
 
 Routes take these as parameters; this module is the only one that reads `app.state`.
 """
@@ -8,22 +8,20 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from typing import Annotated, Any, Generic, TypeVar, get_args, get_origin
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, status
+from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ValidationError
-from sqlalchemy import Engine, select
+from pydantic import BaseModel
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.datastructures import QueryParams
 
 from app.config import Settings
-from app.models import MovieGenre
 from app.schemas import MAX_ID, NO_NUL
-from app.services.recommender import Recommender
+from app.serving.recommender import Recommender
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -40,19 +38,7 @@ def get_session_factory(request: Request) -> sessionmaker[Session]:
 
 async def get_recommender(request: Request) -> Recommender:
     """Async, like every dependency of the recommendation routes: no thread hop."""
-    return recommender_of(request)
-
-
-def recommender_of(request: Request) -> Recommender:
-    """The recommender, for the one route that takes it without a dependency (see
-    `QueryParser`: each solved dependency costs that hot path ~8 us)."""
     return request.app.state.recommender
-
-
-def started_recommender(app: FastAPI) -> Recommender | None:
-    """The app's recommender once its lifespan has started one (for a lane in front of the
-    routes, which has no `Request`); None before."""
-    return getattr(app.state, "recommender", None)
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -100,7 +86,13 @@ ModelVersionId = Annotated[str, Path(max_length=64, pattern=NO_NUL)]
 
 def _query_names(dependant: Dependant) -> frozenset[str]:
     """The query parameters a route declares, its dependencies' included."""
-    names = {field.alias for field in dependant.query_params}
+    names: set[str] = set()
+    for field in dependant.query_params:
+        annotation = field.field_info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names |= {f.alias or name for name, f in annotation.model_fields.items()}
+        else:
+            names.add(field.alias)
     for sub in dependant.dependencies:
         names |= _query_names(sub)
     return frozenset(names)
@@ -111,8 +103,9 @@ async def reject_unknown_query(request: Request) -> None:
 
     `/movies?search=star` would otherwise answer the whole catalog as if it had been
     filtered. Routes without query parameters (health checks, metrics scrapes) are left
-    alone: probes often add cache busters; a route whose query is a `QueryParser` refuses
-    unknown names itself. Async, so it costs the hot path no thread hop.
+    alone: probes often add cache busters. A route whose query is a pydantic model
+    (``extra="forbid"``) has FastAPI refuse unknown names itself. Async, so it costs the
+    hot path no thread hop.
     """
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
@@ -132,98 +125,3 @@ def _unknown_query(name: str, declared: frozenset[str]) -> dict[str, Any]:
         "msg": f"unknown query parameter; this operation takes: {takes}",
         "type": "extra_forbidden",
     }
-
-
-QueryModel = TypeVar("QueryModel", bound=BaseModel)
-
-
-class QueryParser(Generic[QueryModel]):
-    """Validates a route's whole query string as ``model`` (whose config forbids extra
-    fields) in one pydantic call; `openapi` publishes the same fields as the route's
-    query parameters.
-
-    For the hot path, called by the route itself: FastAPI's per-parameter solving (four
-    query parameters, each introspected on every request) and each dependency it solves
-    cost a recommendation about 35 us of the server's ~400. Errors are FastAPI's: a 422,
-    each problem located at ``("query", name, ...)``, and an undeclared name refused as
-    `reject_unknown_query` refuses it elsewhere.
-    """
-
-    def __init__(self, model: type[QueryModel]) -> None:
-        self._model = model
-        self._declared = frozenset(model.model_fields)
-        self._repeatable = frozenset(
-            name for name, field in model.model_fields.items() if _is_list(field.annotation)
-        )
-
-    def __call__(self, request: Request) -> QueryModel:
-        return self.parse(request.query_params)
-
-    def parse(self, params: QueryParams) -> QueryModel:
-        """The query as the model, or FastAPI's `RequestValidationError`."""
-        repeatable = self._repeatable
-        values = {key: params.getlist(key) if key in repeatable else params[key] for key in params}
-        try:
-            return self._model.model_validate(values)
-        except ValidationError as exc:
-            raise RequestValidationError(
-                [self._error(error) for error in exc.errors(include_url=False)]
-            ) from None
-
-    def _error(self, error: Any) -> dict[str, Any]:
-        if error["type"] == "extra_forbidden":
-            return _unknown_query(str(error["loc"][0]), self._declared)
-        return {**error, "loc": ("query", *error["loc"])}
-
-    @property
-    def openapi(self) -> dict[str, Any]:
-        """The route's ``openapi_extra``: one query parameter per field of the model, each
-        with the schema pydantic checks it against."""
-        schema = self._model.model_json_schema()
-        if "$defs" in schema:
-            raise TypeError(f"{self._model.__name__}: nested models are not query parameters")
-        required = set(schema.get("required", ()))
-        parameters = []
-        for name, field in schema["properties"].items():
-            parameter = {"name": name, "in": "query", "required": name in required}
-            parameter["schema"] = field
-            if "description" in field:
-                parameter["description"] = field["description"]
-            parameters.append(parameter)
-        return {"parameters": parameters}
-
-
-def _is_list(annotation: Any) -> bool:
-    """A list, or an optional one: the parameter may be repeated in the query string."""
-    return get_origin(annotation) is list or any(
-        get_origin(arg) is list for arg in get_args(annotation)
-    )
-
-
-def _catalog_genres(session: Session) -> list[str]:
-    return list(session.scalars(select(MovieGenre.genre).distinct().order_by(MovieGenre.genre)))
-
-
-def known_genre(
-    session: SessionDep,
-    genre: Annotated[
-        str | None,
-        Query(min_length=1, max_length=64, pattern=NO_NUL, description="a catalog genre"),
-    ] = None,
-) -> str | None:
-    """A genre filter that matches nothing is a typo, not an empty answer: 422 listing them."""
-    if genre is None:
-        return None
-    genres = _catalog_genres(session)
-    if genre.lower() in {g.lower() for g in genres}:
-        return genre
-    valid = ", ".join(genres) if genres else "none yet (the catalog is empty)"
-    error: dict[str, Any] = {
-        "loc": ("query", "genre"),
-        "msg": f"unknown genre {genre!r}; valid genres: {valid}",
-        "type": "unknown_genre",
-    }
-    raise RequestValidationError([error])
-
-
-KnownGenre = Annotated[str | None, Depends(known_genre)]

@@ -28,10 +28,11 @@ import scipy.sparse as sp
 import torch
 from pydantic import ValidationError
 
+from app.ml.config import ModelConfig
 from app.ml.data import IdMap, RatingMatrix
 from app.ml.hybrid import BiasTerms, Blend, HybridModel, ValidatedParts
 from app.ml.item_path import ItemToItem
-from app.ml.model import ModelConfig, StackedAutoencoder
+from app.ml.model import StackedAutoencoder
 
 FORMAT = "saerec-autoencoder"
 FORMAT_VERSION = 2

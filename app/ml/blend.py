@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from app.ml.config import ModelConfig
 from app.ml.data import IdMap
 from app.ml.hybrid import Blend, HybridModel
 from app.ml.item_path import (
@@ -28,7 +29,7 @@ from app.ml.item_path import (
     variants,
 )
 from app.ml.metrics import RankingAccumulator
-from app.ml.model import ModelConfig
+from app.ml.scoring import FoldInScorer
 
 ITEM_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 POPULARITY_PENALTIES = (0.0, 0.1, 0.2, 0.3, 0.4)
@@ -207,7 +208,7 @@ def choose_blend(
     rank_figures = [validation.new_figures() for _ in ranking]
     rate_figures = [validation.new_figures() for _ in rating]
     popularity = validation.new_figures()
-    scorer = model.scorer
+    scorer = FoldInScorer(model)
     for rows, truth in validation.batches():
         deep, item = scorer.ranking_parts(rows)
         for blend, figures in zip(ranking, rank_figures, strict=True):
@@ -275,7 +276,7 @@ def _figure(
 def validation_figures(model: HybridModel, validation: Validation) -> dict[str, float]:
     """NDCG@10, coverage, RMSE and MAE of a finished model on ``validation`` (the gate)."""
     figures = validation.new_figures()
-    scorer, blend = model.scorer, model.blend
+    scorer, blend = FoldInScorer(model), model.blend
     joint = blend.joint_rating_weight > 0
     for rows, truth in validation.batches():
         figures.ranking.add(scorer.blend_scores(*scorer.ranking_parts(rows), blend), rows, truth)

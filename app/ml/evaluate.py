@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from app.ml.baselines import BASELINES, EASE, Baseline, Bias
+from app.ml.config import ModelConfig
 from app.ml.data import (
     HOLDOUT_FRACTION,
     HOLDOUT_SEED,
@@ -30,10 +31,10 @@ from app.ml.data import (
     per_user_holdout,
     read_split_file,
 )
-from app.ml.datasets import Ratings, read_movielens
 from app.ml.metrics import Scorer, evaluate_scorer
-from app.ml.model import ModelConfig
+from app.ml.scoring import FoldInScorer
 from app.ml.train import EpochReport, TrainResult, train_model
+from app.movielens.ratings import Ratings, read_movielens
 
 MODEL_ROW = "stacked autoencoder"
 BIAS_ROW = "user + movie bias"
@@ -82,7 +83,11 @@ def fit_model(
         "epochs_run": len(result.history),
     }
     return FittedModel(
-        result.model.predict, result.rating_scale, result.seconds, info, result.metrics
+        FoldInScorer(result.model).score_rows,
+        result.rating_scale,
+        result.seconds,
+        info,
+        result.metrics,
     )
 
 

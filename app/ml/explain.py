@@ -25,20 +25,98 @@ ranking head (which codes score it high), each normalised, averaged.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
+import torch
 
-from app.ml.serving import SELU_ALPHA, SELU_SCALE
-
-if TYPE_CHECKING:
-    from app.ml.serving import FoldInScorer, ItemTable, NetWeights, UserState
+from app.ml.model import StackedAutoencoder
+from app.ml.scoring import FoldInScorer, ItemTable
 
 Array = np.ndarray
 EPS = 1e-6  # as in `zscore`
+SELU_ALPHA, SELU_SCALE = 1.6732632423543772, 1.0507009873554805  # torch.nn.SELU's
 
 
-def _leave_one_out_inputs(net: NetWeights, cols: Array, values: Array) -> Array:
+def _np(tensor: torch.Tensor) -> Array:
+    """The CPU float32 tensor's own memory as an array: no second copy of the weights."""
+    return np.asarray(tensor.detach().cpu().numpy(), dtype=np.float32)
+
+
+class NetArrays:
+    """The network's weights as numpy views, for the leave-one-out algebra; the hidden
+    layers are computed by the network itself (`StackedAutoencoder.code`)."""
+
+    def __init__(self, net: StackedAutoencoder) -> None:
+        self.net = net
+        config = net.config
+        self.inputs = config.inputs
+        self.user_bias_reg = config.user_bias_reg
+        self.n_movies = net.n_movies
+        self.activation_name = config.activation
+        self.deep = len(net.layers) > 1
+        self.first_t = _np(net.first_layer.weight_t)  # in_dim x hidden
+        self.first_bias = _np(net.first_layer.bias)
+        self.base = _np(net.global_mean + net.movie_bias)
+        self.residual = config.rating_head == "residual"
+        self.rank = (
+            (_np(net.rank_out.weight), _np(net.rank_out.bias)) if net.rank_out is not None else None
+        )
+        self.rate_w, self.rate_b = _np(net.rate_out.weight), _np(net.rate_out.bias)
+
+    def hidden(self, first: Array) -> Array:
+        """The top hidden layer given the first layer's product without its bias."""
+        with torch.inference_mode():
+            return self.net.code(torch.from_numpy(np.ascontiguousarray(first)))[0].numpy()
+
+    def activation(self, x: Array) -> Array:
+        with torch.inference_mode():
+            return self.net.activation(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+
+
+class LogitStats:
+    """Ranking logits ``h @ weight.T + bias`` over the catalog, summarised for any code h:
+    their mean and spread come from moments of the weights, without the logits."""
+
+    def __init__(self, net: NetArrays, block: int = 8192) -> None:
+        if net.rank is not None:
+            weight, bias = net.rank
+        else:  # the rating head ranks (no user bias: a constant per user cancels)
+            weight = net.rate_w
+            bias = net.rate_b + (net.base if net.residual else 0.0)
+        self.weight = weight  # movies x hidden
+        self.bias = np.asarray(bias, dtype=np.float32)
+        b = self.bias.astype(np.float64)
+        n, hidden = weight.shape
+        self.mean_w = weight.mean(axis=0, dtype=np.float64)
+        self.mean_b = float(b.mean())
+        # mean square of the logits = [h, 1] @ second @ [h, 1]: the Gram matrix of the
+        # weights, bordered by their products with the bias; float64, a block of movies at
+        # a time (a whole float64 copy of a 59k-movie layer would be 189 MB)
+        second = np.zeros((hidden + 1, hidden + 1))
+        for start in range(0, n, block):
+            w = weight[start : start + block].astype(np.float64)
+            second[:-1, :-1] += w.T @ w
+            second[:-1, -1] += w.T @ b[start : start + block]
+        second[-1, :-1] = second[:-1, -1]
+        second[-1, -1] = b @ b
+        self.second = second / max(n, 1)
+
+    def moments(self, h: Array) -> tuple[Array, Array]:
+        """Mean and standard deviation over the catalog of each row's logits (float64)."""
+        h64 = np.asarray(h, dtype=np.float64)
+        mean = h64 @ self.mean_w + self.mean_b
+        bordered = np.empty((h64.shape[0], h64.shape[1] + 1))
+        bordered[:, :-1], bordered[:, -1] = h64, 1.0
+        square = np.einsum("ij,ij->i", bordered @ self.second, bordered)
+        return mean, np.sqrt(np.maximum(square - mean * mean, 0.0))
+
+    def zscores(self, hidden: Array, cols: Array) -> Array:
+        """z-scored logits of movies ``cols`` for each row of ``hidden`` (rows x cols)."""
+        mean, std = self.moments(hidden)
+        logits = (hidden @ self.weight[cols].T + self.bias[cols]).astype(np.float64)
+        return (logits - mean[:, None]) / (std[:, None] + 1e-6)
+
+
+def _leave_one_out_inputs(net: NetArrays, cols: Array, values: Array) -> Array:
     """First-layer pre-activations (bias not added): row 0 with every rating, row 1 + j
     without rating j; exact, features rescaled and user bias refolded per row."""
     n = cols.size
@@ -52,7 +130,7 @@ def _leave_one_out_inputs(net: NetWeights, cols: Array, values: Array) -> Array:
     if net.inputs == "implicit":
         total = rows.sum(axis=0)
         return np.vstack([full_scale * total, loo_scale * (total - rows)])
-    # indicator + bias-centred ratings (see `NetWeights.features`)
+    # indicator + bias-centred ratings (see `StackedAutoencoder._features`)
     centred_rows = first.take(cols + net.n_movies, axis=0)
     resid = values - net.base.take(cols)
     indicator, weighted, plain = rows.sum(axis=0), resid @ centred_rows, centred_rows.sum(0)
@@ -147,24 +225,26 @@ class Explainer:
     CANDIDATES = 4
 
     def __init__(self, scorer: FoldInScorer) -> None:
-        self.net = scorer.rank_net
-        self.logits = scorer.rank_net.logit_stats
+        self.net = NetArrays(scorer.rank_net)
+        self.logits = LogitStats(self.net)
         table = scorer.item_table
+        self.sources = scorer.sources
         self.item_weight = float(scorer.blend.item_weight) if table is not None else 0.0
         self.item_path = _ItemPathStats(table) if table is not None else None
 
-    def score_drops(self, state: UserState, values: Array, targets: Array) -> tuple[Array, Array]:
-        """(positions into ``state.cols``, drops): for each rated movie considered, how
-        much it raises the served score of each target (score with every rating minus
-        score without it; rows follow the positions, columns the targets)."""
-        cols = np.asarray(state.cols, dtype=np.int64)
+    def score_drops(self, cols: Array, values: Array, targets: Array) -> tuple[Array, Array]:
+        """(positions into ``cols``, drops): for each rated movie (``cols``, ``values``)
+        considered, how much it raises the served score of each target (score with every
+        rating minus score without it; rows follow the positions, columns the targets)."""
+        cols = np.asarray(cols, dtype=np.int64)
         targets = np.asarray(targets, dtype=np.int64)
         inputs = _leave_one_out_inputs(self.net, cols, np.asarray(values, dtype=np.float32))
         item_path = self.item_path if self.item_weight > 0 else None
-        total = item_path.table.score(state.item_cols) if item_path is not None else None
-        feeds = np.isin(cols, state.item_cols)
+        sources = self.sources(cols, values)
+        total = item_path.table.score(sources) if item_path is not None else None
+        feeds = np.isin(cols, sources)
         left_out = np.arange(cols.size)
-        if cols.size > self.EXACT_UP_TO and not self.net.deeper:
+        if cols.size > self.EXACT_UP_TO and not self.net.deep:
             left_out = self._candidates(inputs, cols, targets, total, feeds)
             inputs = inputs[np.concatenate([[0], left_out + 1])]
         codes = self.net.hidden(inputs)
@@ -181,7 +261,7 @@ class Explainer:
         ``CANDIDATES`` (the z-score's mean and scale held at the full code's)."""
         full = inputs[0] + self.net.first_bias
         slope = _slope(self.net.activation_name, full).astype(np.float32)
-        code = self.net.activation(full)[None, :].astype(np.float32)
+        code = self.net.activation(full[None, :])
         _, std = self.logits.moments(code)
         estimate = ((inputs[0] - inputs[1:]) * slope) @ self.logits.weight[targets].T
         estimate *= (1.0 - self.item_weight) / (std[0] + EPS)
@@ -192,12 +272,10 @@ class Explainer:
         best = np.argsort(-estimate, axis=0, kind="stable")[: self.CANDIDATES]
         return np.unique(best)
 
-    def because(
-        self, state: UserState, values: Array, targets: Array, limit: int = 3
-    ) -> list[Array]:
-        """Per target, the positions (into ``state.cols``) of up to ``limit`` ratings that
-        raised its score, largest rise first; a rating that lowered it is never named."""
-        left_out, drops = self.score_drops(state, values, targets)
+    def because(self, cols: Array, values: Array, targets: Array, limit: int = 3) -> list[Array]:
+        """Per target, the positions (into ``cols``) of up to ``limit`` ratings that raised
+        its score, largest rise first; a rating that lowered it is never named."""
+        left_out, drops = self.score_drops(cols, values, targets)
         order = np.argsort(-drops, axis=0, kind="stable")[:limit]  # left_out is ascending
         raised = np.take_along_axis(drops, order, axis=0) > 0
         return [left_out[o[r]] for o, r in zip(order.T, raised.T, strict=True)]
@@ -211,7 +289,7 @@ class ItemSimilarity:
     """
 
     def __init__(self, scorer: FoldInScorer) -> None:
-        net = scorer.rank_net
+        net = NetArrays(scorer.rank_net)
         self.n_movies = scorer.n_movies
         self.inputs = net.first_t[: self.n_movies]  # indicator (or rating) rows
         self.outputs = net.rank[0] if net.rank is not None else net.rate_w  # movies x hidden

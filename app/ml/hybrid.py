@@ -13,16 +13,15 @@ and then chooses on validation how to mix them:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
 
 from app.ml.baselines import Bias
+from app.ml.config import ModelConfig
 from app.ml.data import RatingMatrix
 from app.ml.item_path import ItemToItem
-from app.ml.model import ModelConfig, StackedAutoencoder
-from app.ml.serving import FoldInScorer
+from app.ml.model import StackedAutoencoder
 
 
 @dataclass(frozen=True)
@@ -39,15 +38,18 @@ class BiasTerms:
         bias.fit(train)
         return cls(float(bias.mean), bias.movie_bias.astype(np.float32), float(user_reg))
 
-    def user_bias(self, cols: np.ndarray, values: np.ndarray) -> float:
-        resid = float((values - self.mean - self.movie_bias[cols]).sum())
-        return resid / (cols.size + self.user_reg)
-
     def user_biases(self, rows: sp.csr_matrix) -> np.ndarray:
-        counts = np.diff(rows.indptr)
-        row_of = np.repeat(np.arange(rows.shape[0]), counts)
-        resid = rows.data - self.mean - self.movie_bias[rows.indices]
-        sums = np.bincount(row_of, resid, minlength=rows.shape[0])
+        """Each row's user bias, folded in from its ratings."""
+        users = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
+        return self.user_biases_of(users, rows.indices, rows.data, rows.shape[0])
+
+    def user_biases_of(
+        self, users: np.ndarray, cols: np.ndarray, values: np.ndarray, n_users: int
+    ) -> np.ndarray:
+        """`user_biases` of ratings given as (user, movie index, rating) triplets."""
+        resid = values - self.mean - self.movie_bias[cols]
+        sums = np.bincount(users, resid, minlength=n_users)
+        counts = np.bincount(users, minlength=n_users)
         return (sums / (counts + self.user_reg)).astype(np.float32)
 
     def predict(self, user_bias: float | np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -83,10 +85,11 @@ class ValidatedParts:
     log_popularity: np.ndarray
 
 
-@dataclass
+@dataclass(frozen=True)
 class HybridModel:
-    """Everything the scorer needs. ``rate_net`` serves ratings: the rating-only network, or
-    the joint network's best rating epoch (``rank_net`` itself when one epoch won both)."""
+    """Everything the scorer needs (`app.ml.scoring.FoldInScorer`), as plain data.
+    ``rate_net`` serves ratings: the rating-only network, or the joint network's best rating
+    epoch (``rank_net`` itself when one epoch won both)."""
 
     config: ModelConfig
     rank_net: StackedAutoencoder
@@ -102,14 +105,6 @@ class HybridModel:
     @property
     def n_movies(self) -> int:
         return self.rank_net.n_movies
-
-    @cached_property
-    def scorer(self) -> FoldInScorer:
-        return FoldInScorer(self)
-
-    def predict(self, rows: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, clamped ratings) for rows of current ratings: the metrics' Scorer."""
-        return self.scorer.score_rows(rows)
 
     def with_blend(self, blend: Blend) -> HybridModel:
         return replace(self, blend=blend)

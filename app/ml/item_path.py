@@ -15,7 +15,7 @@ data set we have (ml-100k u1, ml-1m-half, a sparse ml-100k subsample):
   costs ``max_movies²`` while fitting and ``max_movies * neighbors`` floats to serve.
 
 Scoring is ``indicator(row) @ W``: linear in the user's ratings times ``neighbors``.
-(Serving reads the same weights through app/ml/serving.py's precomputed ``ItemTable``.)
+(Serving reads the same weights through app/ml/scoring.py's precomputed ``ItemTable``.)
 """
 
 from __future__ import annotations

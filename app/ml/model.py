@@ -16,212 +16,17 @@ predict ratings and movies they cannot see, which is exactly the serving task.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, NamedTuple, cast
+from functools import cached_property
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
-from app.ml.sparse_ops import RatingPattern, encode, rated_dot
-
-Activation = Literal["sigmoid", "tanh", "relu", "selu"]
-LayerSizes = tuple[Annotated[int, Field(ge=1)], ...]
-"""hidden layer sizes, input side first; each at least 1 (the retrain API's schema says so)."""
-
-
-class ModelConfig(BaseModel):
-    """Every hyper-parameter of the model and its training (validated, immutable)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-    # architecture
-    hidden: LayerSizes = Field((400,), min_length=1)
-    """hidden layer sizes, input side first (e.g. 20, 10, 20 for the seed's stack; a size
-    above the number of movies makes an overcomplete layer)."""
-    activation: Activation = "tanh"
-    """activation of every hidden layer."""
-    inputs: Literal["ratings", "implicit", "both"] = "both"
-    """ratings: raw rating values (the seed); implicit: L2-normalised rated/unrated
-    indicator; both: indicator plus bias-centred ratings, each scaled by 1/sqrt(n)."""
-    ranking_head: bool = True
-    """multinomial 'which movies will they rate' head; without it, scores = ratings."""
-    rating_head: Literal["direct", "residual"] = "residual"
-    """direct: decoder outputs ratings (the seed); residual: mean + movie bias + folded-in
-    user bias + decoder output."""
-    # regularisation
-    dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    """dropout on hidden activations."""
-    input_dropout: float = Field(0.3, ge=0.0, lt=1.0)
-    """masking noise (denoising): probability that a rating is hidden from the encoder in
-    training; the heads must still predict it."""
-    sparsity_rho: float = Field(0.05, gt=0.0, lt=1.0)
-    """target mean activation of the KL sparsity penalty."""
-    sparsity_beta: float = Field(0.0, ge=0.0)
-    """weight of KL(rho || mean activation) summed over hidden units and layers (0 = off)."""
-    weight_decay: float = Field(3e-4, ge=0.0)
-    """L2 penalty passed to the optimizer."""
-    user_bias_reg: float = Field(5.0, ge=0.0)
-    """shrinkage (pseudo-count) of the user bias folded in from the input ratings."""
-    movie_bias_reg: float = Field(10.0, ge=0.0)
-    """shrinkage of the initial movie biases (they are then learned)."""
-    # loss
-    ranking_weight: float = Field(1.0, ge=0.0)
-    """weight of the multinomial ranking loss (per observed rating)."""
-    rating_weight: float = Field(1.0, ge=0.0)
-    """weight of the masked rating MSE (per observed rating)."""
-    positive_weight: float = Field(5.0, ge=0.0)
-    """extra multinomial target weight of liked movies (rating >= relevant_threshold)."""
-    hidden_rating_weight: float = Field(1.0, ge=0.0)
-    """weight of ratings masked from the input relative to visible ones in the MSE."""
-    # optimisation
-    optimizer: Literal["adam", "adamw", "rmsprop", "sgd"] = "adam"
-    """optimizer (the seed used RMSprop)."""
-    lr: float = Field(3e-3, gt=0.0)
-    """learning rate."""
-    batch_size: int = Field(128, ge=1)
-    """users per minibatch (at least; see epoch_steps)."""
-    epoch_steps: int = Field(64, ge=1)
-    """most optimizer steps in an epoch: with more than batch_size x this many users,
-    minibatches grow to users / epoch_steps. A step's fixed cost (Adam over every weight)
-    grows with the catalog; bigger batches on big data keep an epoch's cost following
-    the ratings (data sets under 8,192 users, ml-1m-half included, keep batch_size). At
-    10M ratings 64 steps (1,092 users) matched 128 (546) epoch for epoch and ran faster."""
-    epochs: int = Field(60, ge=1)
-    """maximum number of epochs."""
-    patience: int = Field(4, ge=1)
-    """epochs in which neither head beat its best validation figure (NDCG@10 for ranking,
-    RMSE for rating) before stopping early; each head keeps its own best epoch."""
-    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    """share of each user's ratings held out for validation (0 = no early stopping)."""
-    max_valid_users: int = Field(5_000, ge=0)
-    """validation metrics on a fixed seeded sample of this many users (0 = all); keeps
-    per-epoch validation cheap on large data."""
-    seed: int = 0
-    """seed of torch and numpy (initialisation, shuffling, masking, validation split)."""
-    rating_scale: tuple[float, float] | None = None
-    """clamp range of predicted ratings; None = (min, max) of the training ratings."""
-    relevant_threshold: float = 4.0
-    """a rating at or above this is a 'liked' movie (ranking relevance, positive weight)."""
-    softmax_negatives: int = Field(512, ge=0)
-    """training cost that follows the ratings: on catalogs over 4x this many movies, the
-    ranking softmax runs over each batch's rated movies plus this many movies sampled by
-    popularity (with the log-probability correction) instead of the whole catalog; 0 =
-    always the exact softmax."""
-    # the linear item-to-item path and the blend (app/ml/item_path.py, app/ml/hybrid.py)
-    item_path: bool = True
-    """fit the closed-form item-to-item path and blend it into the ranking."""
-    item_lambda: float | None = Field(None, gt=0.0)
-    """its ridge strength; None = chosen on validation around 10x the mean movie count."""
-    item_liked_weight: float = Field(3.0, ge=0.0)
-    """extra target weight of liked movies (0 = plain EASE)."""
-    item_neighbors: int = Field(512, ge=1)
-    """weights kept per source movie (bounds serving memory and cost)."""
-    item_max_movies: int = Field(8_000, ge=2)
-    """the path covers at most this many most-rated movies (bounds the closed form)."""
-    item_weight: float | None = Field(None, ge=0.0, le=1.0)
-    """share of the item path in the ranking score; None = chosen on validation."""
-    popularity_penalty: float | None = Field(None, ge=0.0)
-    """ranking penalty per unit of log(1 + rating count); None = chosen on validation."""
-    rating_blend: float | None = Field(None, ge=0.0, le=1.0)
-    """share of the rating network against the bias terms; None = chosen on validation."""
-    # the rating network (app/ml/train.py: train_rating_network)
-    rating_network: bool = True
-    """train a second, rating-only network (no ranking head) for the served ratings. The
-    ranking loss pulls the shared encoder towards which movies a user rates: on ml-100k u1
-    a rating-only network predicts test ratings at RMSE 0.916 against the joint head's
-    0.924, for about a third of the joint network's training time. The joint network's
-    rating head stays a part of the rating blend."""
-    refit: bool = True
-    """once validation has chosen epochs and blend, fit the rating network and the bias
-    terms again on all the ratings, validation included (the ranking parts are kept)."""
-    rating_hidden: LayerSizes = Field((200,), min_length=1)
-    """hidden layer sizes of the rating network."""
-    rating_lr: float = Field(1e-3, gt=0.0)
-    """learning rate of the rating network (its other settings are the joint network's).
-    Slower than ``lr``: validation RMSE 0.9014 vs 0.9029 on u1, 0.8649 vs 0.8672 on
-    ml-1m-half, 0.9321 vs 0.9342 on sparse-100k, for ~1.6x its training time."""
-
-    @model_validator(mode="after")
-    def _check(self) -> ModelConfig:
-        if self.rating_scale is not None and self.rating_scale[0] >= self.rating_scale[1]:
-            raise ValueError("rating_scale must be (min, max) with min < max")
-        return self
-
-
-PRESETS: dict[str, ModelConfig] = {
-    # the product model (tuned on a validation split carved out of u1.base)
-    "default": ModelConfig(),  # the field defaults above are the tuned product model
-    # the seed notebook's 20-10-20 sigmoid SAE on raw ratings, trained correctly:
-    # zero_grad every step, masked MSE on rated movies only, RMSprop lr 0.01; the
-    # notebook's weight_decay 0.5 (which pins all weights near 0) is replaced by a small one
-    "seed": ModelConfig(
-        hidden=(20, 10, 20),
-        activation="sigmoid",
-        inputs="ratings",
-        ranking_head=False,
-        rating_head="direct",
-        input_dropout=0.0,
-        dropout=0.0,
-        optimizer="rmsprop",
-        lr=0.01,
-        weight_decay=0.0,
-        batch_size=64,
-        epochs=200,
-        patience=10,
-        ranking_weight=0.0,
-        item_path=False,
-        popularity_penalty=0.0,
-        rating_blend=1.0,
-        rating_network=False,
-    ),
-    # tiny and quick, for tests and smoke runs
-    "fast": ModelConfig(hidden=(64,), batch_size=64, epochs=15, patience=4, lr=3e-3),
-}
-
-
-def rating_network_config(config: ModelConfig) -> ModelConfig:
-    """The rating network's settings: ``config`` with the rating head alone to train."""
-    return config.model_copy(
-        update={
-            "hidden": config.rating_hidden,
-            "lr": config.rating_lr,
-            "ranking_head": False,
-            "ranking_weight": 0.0,
-            "rating_weight": 1.0,
-            "item_path": False,
-            "rating_network": False,
-        }
-    )
-
-
-def config_from(preset: str = "default", **overrides: object) -> ModelConfig:
-    """A preset with some fields replaced; ValueError naming the bad preset or field."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    unknown = sorted(set(overrides) - set(ModelConfig.model_fields))
-    if unknown:
-        raise ValueError(
-            f"unknown config field(s) {unknown}; valid fields: {sorted(ModelConfig.model_fields)}"
-        )
-    data = PRESETS[preset].model_dump()
-    data.update(overrides)
-    try:
-        return ModelConfig(**data)
-    except ValidationError as exc:
-        raise ValueError(f"invalid config: {exc}") from exc
-
-
-class ModelOutput(NamedTuple):
-    """Forward result: scores rank movies (higher = recommend), ratings are on the
-    rating scale (not yet clamped), hidden holds each hidden layer's activations."""
-
-    scores: torch.Tensor
-    ratings: torch.Tensor
-    hidden: tuple[torch.Tensor, ...]
-    visible: torch.Tensor
+from app.ml.config import ModelConfig
+from app.ml.sparse_ops import RatingPattern, cell_dots, encode, rated_dot
 
 
 @dataclass(frozen=True)
@@ -233,25 +38,31 @@ class SparseBatch:
     values: torch.Tensor
     size: int
 
+    @cached_property
+    def pattern(self) -> RatingPattern:
+        """Where the ratings are, computed once however many networks encode the batch."""
+        return RatingPattern.of(self.rows, self.cols, self.size)
+
     @classmethod
     def from_csr(cls, rows: sp.csr_matrix, device: torch.device | str = "cpu") -> SparseBatch:
-        coo = sp.csr_matrix(rows).tocoo()
+        csr = rows if isinstance(rows, sp.csr_matrix) else sp.csr_matrix(rows)
+        users = np.repeat(np.arange(csr.shape[0], dtype=np.int64), np.diff(csr.indptr))
         return cls(
-            torch.from_numpy(coo.row.astype(np.int64)).to(device),
-            torch.from_numpy(coo.col.astype(np.int64)).to(device),
-            torch.from_numpy(coo.data.astype(np.float32)).to(device),
-            int(coo.shape[0]),
+            torch.from_numpy(users).to(device),
+            torch.from_numpy(csr.indices.astype(np.int64)).to(device),
+            torch.from_numpy(csr.data.astype(np.float32)).to(device),
+            int(csr.shape[0]),
         )
 
 
-class _Encoded(NamedTuple):
-    """The sparse encoder's result: top hidden layer, every hidden layer, which ratings it
-    saw, the rating baseline per movie and the folded-in bias per user, the batch pattern."""
+class Encoded(NamedTuple):
+    """`StackedAutoencoder.encode`'s result for a batch of users: the top hidden layer,
+    every hidden layer, which ratings it saw, the folded-in bias per user, and where the
+    batch's ratings are."""
 
     h: torch.Tensor
     hidden: tuple[torch.Tensor, ...]
     visible: torch.Tensor
-    base: torch.Tensor
     user_bias: torch.Tensor
     pattern: RatingPattern
 
@@ -365,50 +176,22 @@ class StackedAutoencoder(nn.Module):
             self.movie_bias.copy_(torch.as_tensor(movie_bias, dtype=torch.float32))
             self.rating_scale.copy_(torch.tensor(rating_scale, dtype=torch.float32))
 
-    def forward(self, x: torch.Tensor | SparseBatch, *sampled: torch.Tensor | None) -> Any:
-        """x: B x n_movies dense ratings (0 = unrated) -> ModelOutput; a SparseBatch (the
-        training path, through ``__call__`` so that DDP sees it) -> SparseOutput."""
-        if isinstance(x, SparseBatch):
-            negatives, log_q = sampled if sampled else (None, None)
-            return self.forward_sparse(x, negatives, log_q)
-        return self.forward_dense(x)
-
-    def forward_dense(self, x: torch.Tensor) -> ModelOutput:
-        """x: B x n_movies dense ratings (0 = unrated) -> scores, ratings, hidden."""
-        rated = x > 0
-        visible = rated
-        if self.training and self.config.input_dropout > 0:
-            keep = torch.rand_like(x) >= self.config.input_dropout
-            visible = rated & keep
-        vis = visible.to(x.dtype)
-        n = vis.sum(dim=1, keepdim=True)
-        base = self.global_mean + self.movie_bias
-        user_bias = ((x - base) * vis).sum(dim=1, keepdim=True) / (n + self.config.user_bias_reg)
-        # the encoder sees the baseline as a constant: biases learn through the rating head
-        h = self._features(x * vis, vis, n, (base + user_bias).detach())
-        hidden = []
-        for i, layer in enumerate(self.layers):
-            h = sparse_linear(self.first_layer, h) if i == 0 else layer(h)
-            h = self.hidden_dropout(self.activation(h))
-            hidden.append(h)
-        ratings = self.rate_out(h)
-        if self.config.rating_head == "residual":
-            ratings = ratings + base + user_bias
-        scores = self.rank_out(h) if self.rank_out is not None else ratings
-        return ModelOutput(scores, ratings, tuple(hidden), visible)
-
-    def forward_sparse(
-        self, batch: SparseBatch, negatives: torch.Tensor | None, log_q: torch.Tensor | None
+    def forward(
+        self,
+        batch: SparseBatch,
+        negatives: torch.Tensor | None = None,
+        log_q: torch.Tensor | None = None,
     ) -> SparseOutput:
-        """The same network as ``forward``, computed only where the batch has ratings.
+        """The training forward (called through ``__call__``, so that DDP sees it):
+        `encode`, then both heads at the batch's rated cells.
 
         The rating head runs on the batch's rated movies alone. The ranking head's softmax
         runs over the whole catalog, or, given ``negatives`` (sampled movie indices) and
         ``log_q`` (log of their sampling probability times the sample size), over each
         user's rated movies plus the corrected negatives, so the cost follows the ratings.
         """
-        enc = self._encode_sparse(batch)
-        ratings = self._ratings_at(enc, enc.pattern)
+        enc = self.encode(batch)
+        ratings = self.ratings_at(enc.h, enc.user_bias, enc.pattern)
         log_probs = None
         if self.rank_out is not None:
             log_probs = self._log_probs(enc.h, enc.pattern, negatives, log_q)
@@ -417,52 +200,67 @@ class StackedAutoencoder(nn.Module):
     def score_cells(
         self, batch: SparseBatch, rows: torch.Tensor, cols: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The validation's needs of ``forward``, from a sparse batch: ranking scores over
-        the catalog (B x n_movies) and predicted ratings (unclamped) at the cells
-        (rows, cols) alone (``rows`` sorted), without the dense B x n input or rating output
-        (validating 5,000 users at a 59k catalog: 34 s through the dense path, 13 s this way)."""
-        enc = self._encode_sparse(batch)
-        ratings = self._ratings_at(enc, RatingPattern.of(rows, cols, batch.size))
-        if self.rank_out is not None:
-            scores = torch.addmm(self.rank_out.bias, enc.h, self.rank_out.weight.t())
-        else:
-            scores = self.rate_out(enc.h)
-            if self.config.rating_head == "residual":
-                scores = scores + enc.base + enc.user_bias[:, None]
-        return scores, ratings
+        """What validation needs: ranking scores over the catalog (B x n_movies) and
+        predicted ratings (unclamped) at the cells (rows, cols) alone (``rows`` sorted)."""
+        enc = self.encode(batch)
+        cells = RatingPattern.of(rows, cols, batch.size)
+        return self.rank_logits(enc.h, enc.user_bias), self.ratings_at(enc.h, enc.user_bias, cells)
 
-    def _ratings_at(self, enc: _Encoded, cells: RatingPattern) -> torch.Tensor:
-        """The rating head (unclamped) at ``cells``, for the users ``enc`` encoded."""
-        weights = F.embedding(cells.movies, self.rate_out.weight)
-        ratings = rated_dot(cells, enc.h, weights) + self.rate_out.bias[cells.cols]
-        if self.config.rating_head == "residual":
-            ratings = ratings + enc.base[cells.cols] + enc.user_bias[cells.rows]
-        return ratings
-
-    def _encode_sparse(self, batch: SparseBatch) -> _Encoded:
-        """The encoder of ``forward_dense`` over a batch's rated cells (denoising in
-        training, every rating visible in eval)."""
+    def encode(self, batch: SparseBatch) -> Encoded:
+        """The network's one encoder, over a batch's rated cells: training (where it hides
+        ratings at random: denoising), validation and serving all run it. The first layer
+        gathers only the weight rows of the rated movies (see `sparse_ops.encode`)."""
         rows, cols, values = batch.rows, batch.cols, batch.values
         visible = torch.ones_like(values, dtype=torch.bool)
         if self.training and self.config.input_dropout > 0:
             visible = torch.rand_like(values) >= self.config.input_dropout
         vis = visible.to(values.dtype)
         n = values.new_zeros(batch.size).index_add_(0, rows, vis)
-        base = self.global_mean + self.movie_bias
-        sums = values.new_zeros(batch.size).index_add_(0, rows, (values - base[cols]) * vis)
+        base = self.global_mean + self.movie_bias[cols]
+        sums = values.new_zeros(batch.size).index_add_(0, rows, (values - base) * vis)
         user_bias = sums / (n + self.config.user_bias_reg)
-        pattern = RatingPattern.of(rows, cols, batch.size)
-        features = self._sparse_features(batch, vis, n, (base[cols] + user_bias[rows]).detach())
-        blocks = [pattern.movies + j * self.n_movies for j in range(features.shape[1])]
-        first = self.first_layer
-        h = encode(pattern, features, F.embedding(torch.cat(blocks), first.weight_t))
-        h = h + first.bias
+        pattern = batch.pattern
+        # the encoder sees the baseline as a constant: biases learn through the rating head
+        features = self._features(batch, vis, n, (base + user_bias[rows]).detach())
+        first = encode(pattern, features, self.first_layer.weight_t)
+        h, hidden = self.code(first)
+        return Encoded(h, hidden, visible, user_bias, pattern)
+
+    def code(self, first: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The top hidden layer and every hidden layer, from the first layer's product
+        without its bias (the rest of `encode`; the explainer feeds it leave-one-out
+        products)."""
+        h = first + self.first_layer.bias
         hidden = []
         for i, layer in enumerate(self.layers):
             h = layer(h) if i else h
             h = self.hidden_dropout(self.activation(h))
             hidden.append(h)
-        return _Encoded(h, tuple(hidden), visible, base, user_bias, pattern)
+        return h, tuple(hidden)
+
+    def rank_logits(self, h: torch.Tensor, user_bias: torch.Tensor) -> torch.Tensor:
+        """Ranking scores over the catalog (B x n_movies): the ranking head, or the rating
+        head where there is none."""
+        if self.rank_out is None:
+            return self.ratings_all(h, user_bias)
+        return torch.addmm(self.rank_out.bias, h, self.rank_out.weight.t())
+
+    def ratings_all(self, h: torch.Tensor, user_bias: torch.Tensor) -> torch.Tensor:
+        """The rating head (unclamped) over the catalog (B x n_movies)."""
+        ratings = torch.addmm(self.rate_out.bias, h, self.rate_out.weight.t())
+        if self.config.rating_head == "residual":
+            ratings = ratings + (self.global_mean + self.movie_bias) + user_bias[:, None]
+        return ratings
+
+    def ratings_at(
+        self, h: torch.Tensor, user_bias: torch.Tensor, cells: RatingPattern
+    ) -> torch.Tensor:
+        """The rating head (unclamped) at ``cells`` alone, for the users of ``h``."""
+        ratings = cell_dots(cells, h, self.rate_out.weight) + self.rate_out.bias[cells.cols]
+        if self.config.rating_head == "residual":
+            base = self.global_mean + self.movie_bias[cells.cols]
+            ratings = ratings + base + user_bias[cells.rows]
+        return ratings
 
     def _log_probs(
         self,
@@ -487,11 +285,12 @@ class StackedAutoencoder(nn.Module):
         total = total.index_add(0, rows, torch.exp(rated - top[rows]))
         return rated - (top + torch.log(total))[rows]
 
-    def _sparse_features(
+    def _features(
         self, batch: SparseBatch, vis: torch.Tensor, n: torch.Tensor, baseline: torch.Tensor
     ) -> torch.Tensor:
-        """The encoder input of ``_features`` at the rated cells: ratings x input blocks
-        (one column per block of the first layer's rows, see ``sparse_ops.encode``)."""
+        """The encoder input at the rated cells, one column per block of the first layer's
+        rows: the visible ratings (``inputs="ratings"``), or the rated indicator scaled by
+        1/sqrt(n) (implicit), or both it and the bias-centred ratings so scaled."""
         values = batch.values
         if self.config.inputs == "ratings":
             return (values * vis)[:, None]
@@ -499,35 +298,6 @@ class StackedAutoencoder(nn.Module):
         if self.config.inputs == "implicit":
             return implicit[:, None]
         return torch.stack([implicit, (values - baseline) * implicit], dim=1)
-
-    def _features(
-        self, x: torch.Tensor, vis: torch.Tensor, n: torch.Tensor, baseline: torch.Tensor
-    ) -> torch.Tensor:
-        if self.config.inputs == "ratings":
-            return x
-        norm = n.clamp(min=1.0).rsqrt()
-        implicit = vis * norm
-        if self.config.inputs == "implicit":
-            return implicit
-        return torch.cat([implicit, (x - baseline) * vis * norm], dim=1)
-
-
-SPARSE_MIN_WIDTH = 64
-
-
-def sparse_linear(layer: InputLayer, x: torch.Tensor) -> torch.Tensor:
-    """layer(x) for a mostly-zero input (rating vectors are ~1-5 % dense): sparse matmul
-    skips the zeros in the forward pass and in the weight gradient."""
-    if x.requires_grad or x.device.type != "cpu" or x.shape[0] == 0:
-        return layer(x)
-    if layer.out_features < SPARSE_MIN_WIDTH:  # narrow layers: converting costs more
-        return layer(x)
-    return torch.sparse.mm(x.to_sparse(), layer.weight_t) + layer.bias
-
-
-def dense_rows(rows: sp.csr_matrix, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Densify one minibatch of CSR rows into a float32 tensor (never the whole matrix)."""
-    return torch.from_numpy(sp.csr_matrix(rows).toarray().astype(np.float32, copy=False)).to(device)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -537,7 +307,8 @@ def model_device(model: nn.Module) -> torch.device:
 def predict(
     model: StackedAutoencoder, rows: sp.csr_matrix, batch_size: int = 1024
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, ratings) for each row of training-style ratings; ratings clamped.
+    """(scores, clamped ratings) over the catalog for each row of current ratings, through
+    `StackedAutoencoder.encode` in eval mode (the mode it found is restored).
 
     Works for any user, seen in training or not: the row is the user's current ratings.
     """
@@ -553,10 +324,11 @@ def predict(
     try:
         with torch.inference_mode():
             for start in range(0, rows.shape[0], batch_size):
-                out = model(dense_rows(rows[start : start + batch_size], device))
-                stop = start + out.scores.shape[0]
-                scores[start:stop] = out.scores.float().cpu().numpy()
-                ratings[start:stop] = out.ratings.clamp(lo, hi).float().cpu().numpy()
+                stop = min(start + batch_size, rows.shape[0])
+                enc = model.encode(SparseBatch.from_csr(rows[start:stop], device))
+                scores[start:stop] = model.rank_logits(enc.h, enc.user_bias).float().cpu().numpy()
+                rated = model.ratings_all(enc.h, enc.user_bias).clamp(lo, hi)
+                ratings[start:stop] = rated.float().cpu().numpy()
     finally:
         model.train(was_training)
     return scores, ratings
@@ -581,12 +353,9 @@ def kl_sparsity(hidden: tuple[torch.Tensor, ...], activation: str, rho: float) -
 
 
 __all__ = [
-    "PRESETS",
-    "ModelConfig",
-    "ModelOutput",
+    "Encoded",
+    "SparseBatch",
     "StackedAutoencoder",
-    "config_from",
-    "dense_rows",
     "kl_sparsity",
     "predict",
 ]

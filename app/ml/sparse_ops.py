@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -29,29 +30,45 @@ warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWa
 
 @dataclass(frozen=True)
 class RatingPattern:
-    """Where a batch's ratings are (``rows`` sorted), with each rated movie's slot among
-    the batch's distinct movies, in user-major and movie-major CSR order."""
+    """Where a batch's ratings are (``rows`` sorted), in user-major CSR order; each rated
+    movie's slot among the batch's distinct movies, and the movie-major order, are computed
+    when a gradient first needs them (inference reads the weights in place)."""
 
     rows: torch.Tensor
     cols: torch.Tensor
     n_users: int
-    movies: torch.Tensor
-    """the distinct rated movies, sorted: slot i is movie ``movies[i]``"""
-    slots: torch.Tensor
     user_ptr: torch.Tensor
-    by_movie: torch.Tensor
-    """a permutation of the ratings that groups them by movie (stable)"""
-    movie_ptr: torch.Tensor
 
     @classmethod
     def of(cls, rows: torch.Tensor, cols: torch.Tensor, n_users: int) -> RatingPattern:
         """``rows`` must be sorted (CSR order, as SparseBatch.from_csr makes them)."""
         user_ptr = torch.searchsorted(rows, torch.arange(n_users + 1, device=rows.device))
-        movies, slots = torch.unique(cols, return_inverse=True)
-        by_movie = torch.sort(slots, stable=True).indices
-        counts = torch.bincount(slots, minlength=movies.numel())
-        movie_ptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
-        return cls(rows, cols, n_users, movies, slots, user_ptr, by_movie, movie_ptr)
+        return cls(rows, cols, n_users, user_ptr)
+
+    @cached_property
+    def _distinct(self) -> tuple[torch.Tensor, torch.Tensor]:
+        movies, slots = torch.unique(self.cols, return_inverse=True)
+        return movies, slots
+
+    @property
+    def movies(self) -> torch.Tensor:
+        """The distinct rated movies, sorted: slot i is movie ``movies[i]``."""
+        return self._distinct[0]
+
+    @property
+    def slots(self) -> torch.Tensor:
+        """Each rating's movie slot."""
+        return self._distinct[1]
+
+    @cached_property
+    def by_movie(self) -> torch.Tensor:
+        """A permutation of the ratings that groups them by movie (stable)."""
+        return torch.sort(self.slots, stable=True).indices
+
+    @cached_property
+    def movie_ptr(self) -> torch.Tensor:
+        counts = torch.bincount(self.slots, minlength=self.movies.numel())
+        return torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
 
     @property
     def n_slots(self) -> int:
@@ -84,12 +101,38 @@ class RatingPattern:
         return torch.sparse.sampled_addmm(pattern, left, right.t(), beta=0.0).values()
 
 
-def encode(pattern: RatingPattern, values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Users x hidden: ``sum_j X_j @ weights[j*S : (j+1)*S]`` where ``X_j`` holds
-    ``values[:, j]`` at the pattern's cells and S is its slot count (one block of rows per
-    input feature, e.g. the indicator and the centred rating). ``values`` get no gradient."""
-    out: torch.Tensor = _Encode.apply(pattern, values.detach(), weights)
+def encode(pattern: RatingPattern, values: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
+    """Users x hidden: ``sum_j X_j @ layer[j*M : (j+1)*M]`` where ``X_j`` holds
+    ``values[:, j]`` at the pattern's cells and M is the catalog size (one block of the
+    layer's rows per input feature, e.g. the indicator and the centred rating). ``values``
+    get no gradient.
+
+    With a gradient to compute, the rows of the batch's distinct movies are gathered first
+    and the product and its backward run over that block (`_Encode`); without one the
+    bags read the layer's rows in place.
+    """
+    values = values.detach()
+    n_movies = layer.shape[0] // values.shape[1]
+    if torch.is_grad_enabled() and layer.requires_grad:
+        blocks = [pattern.movies + j * n_movies for j in range(values.shape[1])]
+        out: torch.Tensor = _Encode.apply(pattern, values, F.embedding(torch.cat(blocks), layer))
+        return out
+    offsets = pattern.user_ptr[:-1]
+    out = F.embedding_bag(pattern.cols, layer, offsets, per_sample_weights=values[:, 0], mode="sum")
+    for j in range(1, values.shape[1]):
+        out += F.embedding_bag(
+            pattern.cols + j * n_movies, layer, offsets, per_sample_weights=values[:, j], mode="sum"
+        )
     return out
+
+
+def cell_dots(pattern: RatingPattern, hidden: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``(hidden @ table.T)[users, movies]`` at the rated cells, never the whole product;
+    ``table`` holds one row per movie. With a gradient to compute, through the rows of the
+    batch's distinct movies (`rated_dot`); without one, one gather of each cell's rows."""
+    if torch.is_grad_enabled() and (table.requires_grad or hidden.requires_grad):
+        return rated_dot(pattern, hidden, F.embedding(pattern.movies, table))
+    return torch.einsum("ij,ij->i", hidden[pattern.rows], table[pattern.cols])
 
 
 def rated_dot(pattern: RatingPattern, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

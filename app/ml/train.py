@@ -17,20 +17,13 @@ import scipy.sparse as sp
 import torch
 
 from app.ml.blend import Validation, batch_users, best_ease, choose_blend, choose_item_path
+from app.ml.config import ModelConfig, rating_network_config
 from app.ml.data import RatingMatrix
 from app.ml.distributed import DistributedContext
 from app.ml.hybrid import BiasTerms, Blend, HybridModel, log_popularity
 from app.ml.item_path import ItemToItem, refitted
 from app.ml.metrics import RankingAccumulator, rating_metrics
-from app.ml.model import (
-    ModelConfig,
-    SparseBatch,
-    SparseOutput,
-    StackedAutoencoder,
-    kl_sparsity,
-    model_device,
-    rating_network_config,
-)
+from app.ml.model import SparseBatch, SparseOutput, StackedAutoencoder, kl_sparsity, model_device
 
 
 @dataclass

@@ -18,8 +18,8 @@ from typing import Any
 
 import optuna
 
+from app.ml.config import ModelConfig
 from app.ml.data import RatingMatrix
-from app.ml.model import ModelConfig
 from app.ml.train import EpochReport, TrainResult, refit_on_all, train_model
 
 TrialCallback = Callable[[dict[str, Any]], None]

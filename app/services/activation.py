@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db import transaction
 from app.models import ModelVersion
 from app.services import registry
-from app.services.recommender import Recommender
+from app.serving.recommender import Recommender
 
 
 def activate_and_preload(

@@ -17,11 +17,11 @@ from prometheus_client.metrics_core import Metric
 from sqlalchemy import distinct, func, select, text
 from sqlalchemy.orm import Session
 
+from app.jobs.queue import count_jobs_by_status
 from app.models import Movie, Rating, TrainingJob
 from app.observability import LATENCY, REQUESTS, multiprocess_dir
 from app.schemas import RequestStatsOut, RouteStatsOut, ServiceStatsOut
 from app.services import registry
-from app.services.jobs import count_jobs_by_status
 from app.services.ratings import EXACT_COUNT_BELOW, count_ratings
 
 

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from app.services.movielens import Progress, byte_counter, looked_for, zip_prefixes
+from app.movielens.files import Progress, byte_counter, looked_for, zip_prefixes
 
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens"
 DATASETS = ("ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-latest", "ml-latest-small")

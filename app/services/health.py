@@ -8,11 +8,11 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.jobs.queue import count_jobs_by_status
 from app.observability import RATINGS_TOTAL, TRAINING_JOBS
 from app.schemas import ReadinessOut
-from app.services.jobs import count_jobs_by_status
 from app.services.ratings import count_ratings
-from app.services.recommender import Recommender
+from app.serving.recommender import Recommender
 
 
 def readiness(engine: Engine, recommender: Recommender) -> ReadinessOut:

@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from app.ml.artifacts import ArtifactMeta, ArtifactStore, SavedArtifact
@@ -41,6 +41,21 @@ def active_version(session: Session) -> ModelVersion | None:
 
 def active_version_id(session: Session) -> str | None:
     return session.scalar(select(ModelVersion.version).where(ModelVersion.is_active.is_(True)))
+
+
+def upcoming_version_id(session: Session) -> str | None:
+    """The newest version registered after the active one (any, with none active): what an
+    activation will most likely switch to next, so serving processes preload it."""
+    active_since = (
+        select(ModelVersion.created_at).where(ModelVersion.is_active.is_(True)).scalar_subquery()
+    )
+    newer = or_(active_since.is_(None), ModelVersion.created_at > active_since)
+    return session.scalar(
+        select(ModelVersion.version)
+        .where(ModelVersion.is_active.is_(False), newer)
+        .order_by(ModelVersion.created_at.desc(), ModelVersion.version.desc())
+        .limit(1)
+    )
 
 
 def get_version(session: Session, version: str) -> ModelVersion:

@@ -46,8 +46,8 @@ def make_chunk():
 @pytest.fixture(scope="session")
 def trained(synthetic):
     """A small trained model with every part (deep snapshots, item path, blend)."""
+    from app.ml.config import config_from
     from app.ml.data import holdout_split
-    from app.ml.model import config_from
     from app.ml.train import train_model
 
     train, valid = holdout_split(synthetic, 0.1, seed=0)

@@ -21,6 +21,7 @@ from app.ml.artifacts import (
 )
 from app.ml.data import holdout_split
 from app.ml.model import StackedAutoencoder
+from app.ml.scoring import FoldInScorer
 
 
 @pytest.fixture()
@@ -46,13 +47,14 @@ def test_round_trip_identical_predictions(saved, synthetic) -> None:
     assert set(loaded.libraries) == {"torch", "numpy", "python"}
     assert model.rate_net.rank_out is None  # the rating network, with its own shape
     assert loaded.model.rate_net.config == model.rate_net.config != model.config
-    a = model.predict(synthetic.matrix[:20])
-    b = loaded.model.predict(synthetic.matrix[:20])
+    a = FoldInScorer(model).score_rows(synthetic.matrix[:20])
+    b = FoldInScorer(loaded.model).score_rows(synthetic.matrix[:20])
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     assert model.validated is not None and loaded.model.validated is not None
-    gated = model.as_validated().predict(synthetic.matrix[:20])  # every part before
-    reread = loaded.model.as_validated().predict(synthetic.matrix[:20])
+    rows = synthetic.matrix[:20]
+    gated = FoldInScorer(model.as_validated()).score_rows(rows)  # every part before the refit
+    reread = FoldInScorer(loaded.model.as_validated()).score_rows(rows)
     np.testing.assert_array_equal(gated[0], reread[0])
     np.testing.assert_array_equal(gated[1], reread[1])
     assert not np.allclose(gated[1], a[1])  # their refit on every rating
@@ -71,8 +73,13 @@ def test_separate_rating_snapshot_round_trips(tmp_path: Path, synthetic, trained
     loaded = load_artifact(path).model
     assert loaded.rate_net is not loaded.rank_net
     rows = synthetic.matrix[:5]
-    np.testing.assert_array_equal(split.predict(rows)[1], loaded.predict(rows)[1])
-    assert not np.allclose(model.with_blend(split.blend).predict(rows)[1], loaded.predict(rows)[1])
+    np.testing.assert_array_equal(
+        FoldInScorer(split).score_rows(rows)[1], FoldInScorer(loaded).score_rows(rows)[1]
+    )
+    assert not np.allclose(
+        FoldInScorer(model.with_blend(split.blend)).score_rows(rows)[1],
+        FoldInScorer(loaded).score_rows(rows)[1],
+    )
 
 
 def test_an_artifact_without_a_rating_network_config_still_loads(
@@ -175,7 +182,7 @@ def test_a_part_the_refit_kept_is_stored_once(tmp_path: Path, synthetic) -> None
     """The validated parts share what the refit left alone (here both networks: the item
     path ranks and the bias terms rate alone), so the artifact holds them once; what the
     refit changed (the item path) travels in both versions."""
-    from app.ml.model import config_from
+    from app.ml.config import config_from
     from app.ml.train import train_model
 
     train, valid = holdout_split(synthetic, 0.1, seed=0)
@@ -198,5 +205,6 @@ def test_a_part_the_refit_kept_is_stored_once(tmp_path: Path, synthetic) -> None
     assert (gated != served).nnz > 0
     rows = synthetic.matrix[:10]
     np.testing.assert_array_equal(
-        model.as_validated().predict(rows)[1], loaded.as_validated().predict(rows)[1]
+        FoldInScorer(model.as_validated()).score_rows(rows)[1],
+        FoldInScorer(loaded.as_validated()).score_rows(rows)[1],
     )

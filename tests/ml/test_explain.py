@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from app.ml.config import config_from
 from app.ml.data import RatingMatrix, build_rating_matrix, holdout_split
-from app.ml.explain import Explainer
+from app.ml.explain import Explainer, ItemSimilarity
 from app.ml.hybrid import HybridModel
-from app.ml.model import config_from
-from app.ml.serving import FoldInScorer, ItemTable
+from app.ml.scoring import FoldInScorer, ItemTable
 from app.ml.train import train_model
 
 DATA = Path(
@@ -35,26 +34,32 @@ def _brute_force_drops(
     scorer: FoldInScorer, cols: np.ndarray, values: np.ndarray, targets: np.ndarray
 ) -> np.ndarray:
     """The served score of each target, with every rating minus without rating j."""
-    full = scorer.scores(scorer.encode(cols, values))[targets]
+    full = _served(scorer, cols, values)[targets]
     drops = []
     for j in range(cols.size):
         keep = np.arange(cols.size) != j
-        drops.append(full - scorer.scores(scorer.encode(cols[keep], values[keep]))[targets])
+        drops.append(full - _served(scorer, cols[keep], values[keep])[targets])
     return np.array(drops)
 
 
+def _served(scorer: FoldInScorer, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The served scores of one user (a batch of one)."""
+    return scorer.scores(scorer.encode([cols], [values]))[0]
+
+
 def _targets(scorer: FoldInScorer, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
-    scores = scorer.scores(scorer.encode(cols, values))
+    scores = _served(scorer, cols, values)
     scores[cols] = -np.inf
     return np.argsort(-scores, kind="stable")[:10]
 
 
 def _check_exact(model: HybridModel, matrix: RatingMatrix, rows: list[int]) -> None:
-    scorer = model.scorer
+    scorer = FoldInScorer(model)
+    explainer = Explainer(scorer)
     for row in rows:
         cols, values = _user(matrix, row)
         targets = _targets(scorer, cols, values)
-        left_out, drops = scorer.explainer.score_drops(scorer.encode(cols, values), values, targets)
+        left_out, drops = explainer.score_drops(cols, values, targets)
         expected = _brute_force_drops(scorer, cols, values, targets)[left_out]
         np.testing.assert_allclose(drops, expected, atol=2e-4)
 
@@ -67,9 +72,10 @@ def test_leave_one_out_drops_match_brute_force(
     item-table layout, for users below and above the pre-selection threshold."""
     if layout == "padded":
         monkeypatch.setattr(ItemTable, "DENSE_MAX_BYTES", 0)
-    model = dataclasses.replace(trained.model)  # a fresh scorer: the layout applies
-    assert model.scorer.item_table is not None and model.blend.item_weight > 0
-    assert (model.scorer.item_table.dense is None) == (layout == "padded")
+    model = trained.model
+    table = FoldInScorer(model).item_table  # a fresh scorer: the layout applies
+    assert table is not None and model.blend.item_weight > 0
+    assert (table.dense is None) == (layout == "padded")
     monkeypatch.setattr(Explainer, "EXACT_UP_TO", 20)  # synthetic users rate ~27 movies
     _check_exact(model, synthetic, [0, 1, 2, *_heaviest_users(synthetic, 2)])
 
@@ -92,26 +98,27 @@ def test_every_input_encoding_is_explained_exactly(synthetic: RatingMatrix, over
 def test_the_first_reason_really_raised_the_score(trained, synthetic: RatingMatrix) -> None:
     """The contract's own test: removing an item's first "because" movie from the user's
     ratings lowers that item's served score; a rating that lowered it is never named."""
-    scorer = trained.model.scorer
+    scorer = FoldInScorer(trained.model)
+    explainer = Explainer(scorer)
     named = 0
     for row in range(0, 60, 3):
         cols, values = _user(synthetic, row)
         targets = _targets(scorer, cols, values)
-        reasons = scorer.explainer.because(scorer.encode(cols, values), values, targets)
-        before = scorer.scores(scorer.encode(cols, values))
+        reasons = explainer.because(cols, values, targets)
+        before = _served(scorer, cols, values)
         for target, positions in zip(targets, reasons, strict=True):
             assert len(positions) <= 3 and len(set(positions.tolist())) == len(positions)
             if not len(positions):
                 continue
             keep = np.arange(cols.size) != positions[0]
-            after = scorer.scores(scorer.encode(cols[keep], values[keep]))
+            after = _served(scorer, cols[keep], values[keep])
             assert after[target] < before[target]
             named += 1
     assert named > 100  # nearly every item of 20 users has a reason
 
 
 def test_similarity_ranks_the_movie_itself_first(trained) -> None:
-    similarity = trained.model.scorer.similarity
+    similarity = ItemSimilarity(FoldInScorer(trained.model))
     for col in (0, 5, 17):
         scores = similarity.scores(col)
         assert scores.shape == (trained.model.n_movies,)
@@ -148,8 +155,9 @@ def test_similar_movies_share_genres_on_ml100k() -> None:
     pairs = rng.integers(0, ids.size, size=(20_000, 2))
     random_share = np.mean([bool(movie_genres[a] & movie_genres[b]) for a, b in pairs if a != b])
     shares = []
+    similarity = ItemSimilarity(FoldInScorer(model))
     for col in np.flatnonzero(counts >= 20)[:300]:
-        scores = model.scorer.similarity.scores(int(col))
+        scores = similarity.scores(int(col))
         scores[col] = -np.inf
         top = np.argsort(-scores, kind="stable")[:10]
         shares.append(np.mean([bool(movie_genres[col] & movie_genres[t]) for t in top]))

@@ -13,9 +13,10 @@ from click.testing import CliRunner
 from app.cli import cli
 from app.ml import evaluate as ev
 from app.ml.baselines import Popularity
+from app.ml.config import config_from
 from app.ml.data import build_rating_matrix, holdout_split, per_user_holdout
-from app.ml.datasets import DatasetFormatError, Ratings, read_movielens
-from app.ml.model import config_from
+from app.movielens.files import MovieLensFormatError
+from app.movielens.ratings import Ratings, read_movielens
 
 # --------------------------------------------------------------------------- the split
 
@@ -164,13 +165,13 @@ def test_reader_drops_what_the_importer_drops(tmp_path: Path) -> None:
 def test_reader_explains_missing_files(tmp_path: Path) -> None:
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "ratings.dat").write_text("1::2::3::4\n")
-    with pytest.raises(DatasetFormatError, match="has ratings.dat but not movies.dat"):
+    with pytest.raises(MovieLensFormatError, match="has ratings.dat but not movies.dat"):
         read_movielens(tmp_path / "half")
     (tmp_path / "empty" / "sub").mkdir(parents=True)
-    with pytest.raises(DatasetFormatError, match="no MovieLens data"):
+    with pytest.raises(MovieLensFormatError, match="no MovieLens data"):
         read_movielens(tmp_path / "empty")
     (tmp_path / "not.zip").write_text("x")
-    with pytest.raises(DatasetFormatError, match="neither a folder nor a .zip"):
+    with pytest.raises(MovieLensFormatError, match="neither a folder nor a .zip"):
         read_movielens(tmp_path / "not.zip")
 
 

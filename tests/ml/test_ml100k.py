@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from app.ml.config import config_from
 from app.ml.evaluate import MODEL_ROW, evaluate_split, format_table
-from app.ml.model import config_from
 
 DATA = Path(
     os.environ.get("MOVIELENS_DIR", Path(__file__).parents[2].parent / "shared/data/ml-100k")

@@ -7,16 +7,20 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from app.ml.model import PRESETS, StackedAutoencoder, config_from, predict
+from app.ml.config import PRESETS, config_from
+from app.ml.model import SparseBatch, StackedAutoencoder, predict
+from tests.ml.dense_reference import dense_forward
 
 
 def test_forward_shapes() -> None:
     model = StackedAutoencoder(30, config_from("fast"))
-    x = torch.zeros(4, 30)
-    x[0, 3] = 4.0
-    x[1, 5] = 0.5
-    out = model(x)
-    assert out.scores.shape == (4, 30) and out.ratings.shape == (4, 30)
+    rows = sp.csr_matrix(([4.0, 0.5, 3.0], ([0, 1, 1], [3, 5, 9])), shape=(4, 30))
+    enc = model.encode(SparseBatch.from_csr(rows))
+    assert enc.h.shape == (4, 64) and enc.user_bias.shape == (4,)
+    assert model.rank_logits(enc.h, enc.user_bias).shape == (4, 30)
+    assert model.ratings_all(enc.h, enc.user_bias).shape == (4, 30)
+    out = model(SparseBatch.from_csr(rows))
+    assert out.ratings.shape == out.log_probs.shape == (3,)  # the rated cells alone
 
 
 def test_seed_preset_is_20_10_20_sigmoid() -> None:
@@ -72,9 +76,9 @@ def test_kl_sparsity_penalty() -> None:
 def test_sparse_and_overcomplete_configs_train_a_step() -> None:
     cfg = config_from("fast", hidden=(64, 32), sparsity_beta=0.1, activation="sigmoid")
     model = StackedAutoencoder(40, cfg)
-    x = torch.zeros(6, 40)
+    x = np.zeros((6, 40), dtype=np.float32)
     x[:, :5] = 3.0
-    out = model(x)
+    out = model(SparseBatch.from_csr(sp.csr_matrix(x)))
     loss = out.ratings.pow(2).mean() + kl_sparsity_value(out.hidden)
     loss.backward()
     assert all(p.grad is not None for p in model.layers.parameters())
@@ -87,16 +91,15 @@ def kl_sparsity_value(hidden: tuple[torch.Tensor, ...]) -> torch.Tensor:
 
 
 def test_sparse_training_forward_equals_the_dense_one(synthetic) -> None:
-    """Training runs on sparse batches; with noise off it must be the same network."""
-    from app.ml.model import SparseBatch
-
+    """Training runs on sparse batches; with noise off it must be the network as stated
+    densely (`dense_forward`)."""
     torch.manual_seed(0)
     for inputs in ("both", "implicit", "ratings"):
         net = StackedAutoencoder(synthetic.shape[1], config_from("fast", inputs=inputs)).eval()
         rows = synthetic.matrix[:17]
         batch = SparseBatch.from_csr(rows)
         with torch.no_grad():
-            dense = net(torch.from_numpy(rows.toarray()))
+            dense = dense_forward(net, torch.from_numpy(rows.toarray()))
             sparse = net(batch)
         r, c = batch.rows, batch.cols
         torch.testing.assert_close(sparse.ratings, dense.ratings[r, c], atol=1e-5, rtol=1e-5)
@@ -114,8 +117,6 @@ def test_sparse_training_gradients_equal_the_dense_ones(synthetic) -> None:
     """The sparse products (app/ml/sparse_ops.py) have hand-written backwards: each
     parameter's gradient must match autograd's through the dense network, for the exact
     softmax and for the sampled one (rated movies + corrected negatives)."""
-    from app.ml.model import SparseBatch
-
     torch.manual_seed(0)
     net = StackedAutoencoder(synthetic.shape[1], config_from("fast")).eval()
     rows = synthetic.matrix[:23]
@@ -127,7 +128,7 @@ def test_sparse_training_gradients_equal_the_dense_ones(synthetic) -> None:
     for sampled in (False, True):
         out = net(batch, negatives, log_q) if sampled else net(batch)
         got = _gradients(net, (weights * (out.ratings + out.log_probs)).sum())
-        dense = net(torch.from_numpy(rows.toarray()))
+        dense = dense_forward(net, torch.from_numpy(rows.toarray()))
         if sampled:
             rated = dense.scores[r, c]
             others = dense.scores[:, negatives] - log_q
@@ -143,8 +144,8 @@ def test_sparse_training_gradients_equal_the_dense_ones(synthetic) -> None:
 
 
 def test_validation_scores_equal_predict(synthetic) -> None:
-    """Validation scores through the sparse encoder: the same numbers as ``predict``
-    (dense rows in and out), ratings read at the held-out cells, clamped alike."""
+    """Validation scores (ratings at the held-out cells alone): the same numbers as
+    ``predict`` (every cell) and as the dense statement of the network."""
     from app.ml.train import validation_scores
 
     torch.manual_seed(0)
@@ -157,3 +158,6 @@ def test_validation_scores_equal_predict(synthetic) -> None:
         coo = cells.tocoo()
         np.testing.assert_allclose(scores, want_scores, atol=2e-5, rtol=1e-5)
         np.testing.assert_allclose(ratings, want_ratings[coo.row, coo.col], atol=2e-5, rtol=1e-5)
+        with torch.no_grad():
+            dense = dense_forward(net.eval(), torch.from_numpy(rows.toarray()))
+        np.testing.assert_allclose(scores, dense.scores.numpy(), atol=2e-5, rtol=1e-5)

@@ -1,37 +1,22 @@
-"""One forward pass: the serving scorer equals the training network and its own batch path."""
+"""One forward pass: serving's scores and ratings are the network's own forward
+(`StackedAutoencoder.encode` and its heads), for a batch of users and for one alike."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 
+from app.ml.config import config_from, rating_network_config
+from app.ml.explain import NetArrays
 from app.ml.hybrid import BiasTerms, Blend, HybridModel
 from app.ml.item_path import ItemToItem
-from app.ml.model import StackedAutoencoder, config_from, rating_network_config
-from app.ml.serving import (
-    GEMMS,
-    BatchScores,
-    FoldInScorer,
-    Int8Kernel,
-    ItemTable,
-    NetWeights,
-    QuantizedRanking,
-    UserBatch,
-    fastest_product,
-    standardise_,
-    top_many,
-    zscore,
-    zscore_one,
-)
-
-GEMMS_AS_BUILT = dict(GEMMS)
+from app.ml.model import StackedAutoencoder, predict
+from app.ml.scoring import FoldInScorer, ItemTable, top_many, zscore
+from tests.ml.dense_reference import dense_forward
 
 N_MOVIES = 50
 PLAIN = Blend(item_weight=0.0, popularity_penalty=0.0, rating_weight=1.0)
@@ -57,6 +42,19 @@ def _random_user(rng: np.random.Generator, rated: int) -> tuple[np.ndarray, np.n
     return cols, rng.choice(np.arange(1, 11) / 2, size=rated).astype(np.float32)
 
 
+def _rows(users: list[tuple[np.ndarray, np.ndarray]]) -> sp.csr_matrix:
+    rows = np.repeat(np.arange(len(users)), [cols.size for cols, _ in users])
+    cols = np.concatenate([cols for cols, _ in users])
+    values = np.concatenate([values for _, values in users])
+    return sp.csr_matrix((values, (rows, cols)), shape=(len(users), N_MOVIES), dtype=np.float32)
+
+
+def _bias_of(model: HybridModel, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The bias terms' prediction over the catalog for one user."""
+    user_bias = model.bias.user_biases(_rows([(cols, values)]))[0]
+    return model.bias.predict(user_bias, np.arange(N_MOVIES))
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -67,33 +65,50 @@ def _random_user(rng: np.random.Generator, rated: int) -> tuple[np.ndarray, np.n
         {"hidden": [32, 16], "activation": "selu", "dropout": 0.3},
     ],
 )
-def test_fold_in_matches_the_training_forward(overrides: dict) -> None:
+def test_serving_a_batch_is_the_networks_forward(overrides: dict) -> None:
+    """Scores and ratings served for a batch (the empty user included) are the network's
+    forward: its inference `predict`, and the dense statement of the network."""
     net = _net(**overrides)
-    scorer = _hybrid(net).scorer
+    scorer = FoldInScorer(_hybrid(net))
     rng = np.random.default_rng(1)
-    for rated in (1, 5, 30):
-        cols, values = _random_user(rng, rated)
-        row = np.zeros((1, N_MOVIES), dtype=np.float32)
-        row[0, cols] = values
-        with torch.inference_mode():
-            expected = net(torch.from_numpy(row))
-        state = scorer.encode(cols, values)
-        want = zscore(expected.scores.numpy())[0]
-        np.testing.assert_allclose(scorer.scores(state), want, atol=1e-4)
-        wanted = np.array([0, 7, N_MOVIES - 1])
-        np.testing.assert_allclose(
-            scorer.ratings(state, wanted),
-            expected.ratings[0, wanted].clamp(1.0, 5.0).numpy(),
-            atol=1e-5,
-        )
+    users = [_random_user(rng, rated) for rated in (1, 5, 30, 0)]
+    batch = scorer.encode([c for c, _ in users], [v for _, v in users])
+    rows = _rows(users)
+    forward_scores, forward_ratings = predict(net, rows)
+    with torch.inference_mode():
+        dense = dense_forward(net, torch.from_numpy(rows.toarray()))
+    served = scorer.scores(batch)
+    np.testing.assert_allclose(served, zscore(forward_scores.copy()), atol=1e-4)
+    np.testing.assert_allclose(served, zscore(dense.scores.numpy().copy()), atol=1e-4)
+    every = [np.arange(N_MOVIES)] * len(users)
+    ratings = np.stack(scorer.ratings(batch, every))
+    np.testing.assert_allclose(ratings, forward_ratings, atol=1e-5)
+    np.testing.assert_allclose(ratings, dense.ratings.clamp(1.0, 5.0).numpy(), atol=1e-5)
 
 
-def test_one_user_and_a_batch_give_the_same_answers(trained, synthetic) -> None:
-    """Serving (one user) and evaluation (batches) share the definitions, item path included,
-    for users seen in training and for a user the model has never seen."""
+def test_a_lone_user_is_a_batch_of_one(trained, synthetic) -> None:
+    """Each user served alone gets the row the batch gave them, scores and ratings."""
+    scorer = FoldInScorer(trained.model)
+    rng = np.random.default_rng(7)
+    cols = [np.sort(rng.choice(synthetic.shape[1], size=k, replace=False)) for k in (1, 4, 25)]
+    values = [rng.choice([1.0, 3.0, 4.5], size=c.size).astype(np.float32) for c in cols]
+    batch = scorer.encode(cols, values)
+    scores = scorer.scores(batch)
+    asked = [rng.choice(synthetic.shape[1], size=k, replace=False) for k in (10, 1, 5)]
+    ratings = scorer.ratings(batch, asked)
+    assert scores.shape == (len(cols), synthetic.shape[1])
+    for i in range(len(cols)):
+        alone = scorer.encode([cols[i]], [values[i]])
+        np.testing.assert_allclose(scorer.scores(alone)[0], scores[i], atol=1e-4)
+        np.testing.assert_allclose(scorer.ratings(alone, [asked[i]])[0], ratings[i], atol=1e-5)
+
+
+def test_serving_and_evaluation_give_the_same_answers(trained, synthetic) -> None:
+    """Serving (users with their rated movies) and evaluation (rows of a rating matrix)
+    share the definitions, item path included, for users seen in training and a stranger."""
     model = trained.model
     assert model.item_path is not None and model.blend.item_weight > 0
-    scorer = model.scorer
+    scorer = FoldInScorer(model)
     rng = np.random.default_rng(3)
     users = rng.choice(synthetic.shape[0], size=6, replace=False)
     rows = [synthetic.matrix[u] for u in users]
@@ -103,41 +118,41 @@ def test_one_user_and_a_batch_give_the_same_answers(trained, synthetic) -> None:
         shape=(1, synthetic.shape[1]),
         dtype=np.float32,
     )
-    batch = sp.vstack([*rows, stranger]).tocsr()
-    scores, ratings = model.predict(batch)
-    every = np.arange(synthetic.shape[1])
-    for i in range(batch.shape[0]):
-        row = batch[i]
-        state = scorer.encode(row.indices, row.data)
-        np.testing.assert_allclose(scorer.scores(state), scores[i], atol=1e-4)
-        np.testing.assert_allclose(scorer.ratings(state, every), ratings[i], atol=1e-4)
+    matrix = sp.vstack([*rows, stranger]).tocsr()
+    scores, ratings = scorer.score_rows(matrix)
+    batch = scorer.encode(
+        [matrix[i].indices for i in range(matrix.shape[0])],
+        [matrix[i].data for i in range(matrix.shape[0])],
+    )
+    np.testing.assert_allclose(scorer.scores(batch), scores, atol=1e-4)
+    every = [np.arange(synthetic.shape[1])] * matrix.shape[0]
+    np.testing.assert_allclose(np.stack(scorer.ratings(batch, every)), ratings, atol=1e-4)
 
 
-def test_the_scorer_reads_the_networks_own_weights_without_a_copy() -> None:
+def test_the_explainer_reads_the_networks_own_weights_without_a_copy() -> None:
     """A served 59k-movie model would otherwise hold every layer twice (~500 MB)."""
     net = _net()
-    weights = FoldInScorer(_hybrid(net)).rank_net
+    arrays = NetArrays(net)
     for array, tensor in (
-        (weights.first_t, net.layers[0].weight_t),
-        (weights.rate_w, net.rate_out.weight),
-        (weights.rank[0] if weights.rank is not None else None, net.rank_out.weight),
+        (arrays.first_t, net.layers[0].weight_t),
+        (arrays.rate_w, net.rate_out.weight),
+        (arrays.rank[0] if arrays.rank is not None else None, net.rank_out.weight),
     ):
         assert array is not None and np.shares_memory(array, tensor.detach().numpy())
 
 
 def test_rating_blend_zero_is_exactly_the_bias_terms() -> None:
     model = _hybrid(_net(), Blend(rating_weight=0.0))
+    scorer = FoldInScorer(model)
     cols, values = _random_user(np.random.default_rng(0), 8)
-    state = model.scorer.encode(cols, values)
-    every = np.arange(N_MOVIES)
-    expected = np.clip(model.bias.predict(model.bias.user_bias(cols, values), every), 1, 5)
-    np.testing.assert_allclose(model.scorer.ratings(state, every), expected, atol=1e-6)
+    served = scorer.ratings(scorer.encode([cols], [values]), [np.arange(N_MOVIES)])[0]
+    np.testing.assert_allclose(served, np.clip(_bias_of(model, cols, values), 1, 5), atol=1e-6)
 
 
 def test_the_rating_network_and_the_joint_head_fold_in_from_their_own_forward() -> None:
-    """Served ratings blend the rating network's training forward, the joint network's
-    rating head (each folding in its user bias from its own movie biases) and the bias
-    terms, for one user and for a batch alike."""
+    """Served ratings blend the rating network's forward, the joint network's rating head
+    (each folding in its user bias from its own movie biases) and the bias terms, served
+    and evaluated alike."""
     rank = _net()
     torch.manual_seed(1)
     rate = StackedAutoencoder(N_MOVIES, rating_network_config(rank.config))
@@ -146,19 +161,62 @@ def test_the_rating_network_and_the_joint_head_fold_in_from_their_own_forward() 
         rate.movie_bias.copy_(torch.linspace(0.6, -0.6, N_MOVIES))
     blend = Blend(rating_weight=0.5, joint_rating_weight=0.3)
     model = replace(_hybrid(rank, blend), rate_net=rate.eval())
-    scorer = model.scorer
+    scorer = FoldInScorer(model)
     cols, values = _random_user(np.random.default_rng(4), 12)
-    row = np.zeros((1, N_MOVIES), dtype=np.float32)
-    row[0, cols] = values
+    row = _rows([(cols, values)])
     with torch.inference_mode():
-        rated, joint = (net(torch.from_numpy(row)).ratings[0].numpy() for net in (rate, rank))
-    bias = model.bias.predict(model.bias.user_bias(cols, values), np.arange(N_MOVIES))
-    expected = np.clip(0.5 * rated + 0.3 * joint + 0.2 * bias, 1.0, 5.0)
-    state = scorer.encode(cols, values)
-    np.testing.assert_allclose(scorer.ratings(state, np.arange(N_MOVIES)), expected, atol=1e-5)
-    batch = scorer.score_rows(sp.csr_matrix(row))[1][0]
-    np.testing.assert_allclose(batch, expected, atol=1e-5)
+        x = torch.from_numpy(row.toarray())
+        rated, joint = (dense_forward(net, x).ratings[0].numpy() for net in (rate, rank))
+    expected = np.clip(0.5 * rated + 0.3 * joint + 0.2 * _bias_of(model, cols, values), 1, 5)
+    served = scorer.ratings(scorer.encode([cols], [values]), [np.arange(N_MOVIES)])[0]
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    np.testing.assert_allclose(scorer.score_rows(row)[1][0], expected, atol=1e-5)
     assert not np.allclose(rated, joint, atol=0.05)  # the two networks really differ
+
+
+def test_a_blend_of_the_item_path_alone_serves_without_the_deep_product(
+    trained, synthetic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """item_weight 1 (what models of 25M ratings chose): serving gives evaluation's scores
+    without ever computing the ranking layer's product over the catalog."""
+    model = trained.model.with_blend(replace(trained.model.blend, item_weight=1.0))
+    rows = synthetic.matrix[np.arange(0, 60, 12)]
+    scorer = FoldInScorer(model)
+    want, _ = scorer.score_rows(rows)  # evaluation computes every part
+
+    def computed(*_: object) -> None:
+        raise AssertionError("the deep ranking product was computed")
+
+    monkeypatch.setattr(scorer.rank_net, "rank_logits", computed)
+    batch = scorer.encode(
+        [rows[i].indices for i in range(rows.shape[0])],
+        [rows[i].data for i in range(rows.shape[0])],
+    )
+    np.testing.assert_allclose(scorer.scores(batch), want, atol=1e-5)
+
+
+def test_a_blend_without_the_rating_network_serves_ratings_without_it(
+    trained, synthetic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rating_weight 0 (what models of 25M ratings chose): serving gives evaluation's
+    ratings without ever running the rating network."""
+    blend = replace(trained.model.blend, rating_weight=0.0, joint_rating_weight=0.6)
+    model = trained.model.with_blend(blend)
+    assert model.rate_net is not model.rank_net
+    rows = synthetic.matrix[np.arange(0, 60, 12)]
+    scorer = FoldInScorer(model)
+    _, want = scorer.score_rows(rows)  # evaluation computes every part
+
+    def computed(*_: object) -> None:
+        raise AssertionError("the rating network was computed")
+
+    for name in ("encode", "ratings_at"):
+        monkeypatch.setattr(scorer.rate_net, name, computed)
+    cols = [rows[i].indices for i in range(rows.shape[0])]
+    values = [rows[i].data for i in range(rows.shape[0])]
+    everything = [np.arange(synthetic.shape[1])] * len(cols)
+    served = scorer.ratings(scorer.encode(cols, values), everything)
+    np.testing.assert_allclose(np.stack(served), want, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -202,239 +260,15 @@ def _path_scores(path: ItemToItem, users: list[np.ndarray]) -> np.ndarray:
     return path.score_rows(sp.csr_matrix((np.full(rows.size, 5.0), (rows, cols)), shape=shape))
 
 
-def test_one_user_z_score_is_the_batch_z_score() -> None:
+def test_zscore_standardises_each_row_in_place() -> None:
     rng = np.random.default_rng(6)
-    for values in (rng.normal(3.0, 2.0, 500), np.full(20, 1.5), rng.normal(size=1)):
-        row = values.astype(np.float32)
-        np.testing.assert_allclose(zscore_one(row.copy()), zscore(row[None, :])[0], atol=1e-5)
-
-
-def test_the_in_place_standardisation_is_the_z_score_times_its_weight() -> None:
-    rng = np.random.default_rng(12)
     rows = np.vstack([rng.normal(3.0, 2.0, 700), np.full(700, 1.5), rng.exponential(size=700)])
     rows = rows.astype(np.float32)
-    for scale in (1.0, 0.3):
-        got = standardise_(rows.copy(), scale)
-        assert got.dtype == np.float32
-        np.testing.assert_allclose(got, scale * zscore(rows), atol=1e-5)
-
-
-def test_a_batch_of_users_scores_as_each_user_alone(trained, synthetic) -> None:
-    """`scores_many` (the batched request path) gives each user's `scores`."""
-    scorer = trained.model.scorer
-    rng = np.random.default_rng(7)
-    states = []
-    for rated in (1, 4, 25, 60):
-        cols = np.sort(rng.choice(synthetic.shape[1], size=rated, replace=False))
-        states.append(scorer.encode(cols, rng.choice([1.0, 3.0, 4.5], size=rated)))
-    assert scorer.first_pass is None  # a small catalog: the float32 product, exact
-    batch = scorer.scores_many(UserBatch.of(states))
-    assert batch.values.shape == (len(states), synthetic.shape[1])
-    assert not batch.slack.any()
-    for row, state in zip(batch.values, states, strict=True):
-        np.testing.assert_allclose(row, scorer.scores(state), atol=1e-4)
-    single = scorer.scores_many(UserBatch.of(states[:1])).values[0]
-    np.testing.assert_allclose(single, scorer.scores(states[0]))
-
-
-def test_a_blend_of_the_item_path_alone_serves_without_the_deep_product(
-    trained, synthetic, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """item_weight 1 (what models of 25M ratings chose): serving gives evaluation's scores,
-    for one user and for a batch, without ever computing the ranking layer's product over
-    the catalog or building its int8 first pass."""
-    model = trained.model.with_blend(replace(trained.model.blend, item_weight=1.0))
-    rows = synthetic.matrix[np.arange(0, 60, 12)]
-    want, _ = model.predict(rows)  # evaluation computes every part
-    monkeypatch.setattr(FoldInScorer, "QUANTIZED_MIN_WEIGHTS", 0)
-    scorer = FoldInScorer(model)
-    assert scorer.first_pass is None
-
-    def computed(*_: object) -> None:
-        raise AssertionError("the deep ranking product was computed")
-
-    monkeypatch.setattr(NetWeights, "logits", computed)
-    monkeypatch.setattr(NetWeights, "logits_one", computed)
-    states = [scorer.encode(rows[i].indices, rows[i].data) for i in range(rows.shape[0])]
-    batch = scorer.scores_many(UserBatch.of(states))
-    assert not batch.slack.any()
-    np.testing.assert_allclose(batch.values, want, atol=1e-5)
-    for state, row in zip(states, want, strict=True):
-        np.testing.assert_allclose(scorer.scores(state), row, atol=1e-5)
-
-
-def test_a_blend_without_the_rating_network_serves_ratings_without_it(
-    trained, synthetic, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """rating_weight 0 (what models of 25M ratings chose): serving gives evaluation's
-    ratings, for one user and for a batch, without ever encoding the rating network."""
-    blend = replace(trained.model.blend, rating_weight=0.0, joint_rating_weight=0.6)
-    model = trained.model.with_blend(blend)
-    assert model.rate_net is not model.rank_net
-    rows = synthetic.matrix[np.arange(0, 60, 12)]
-    _, want = model.predict(rows)  # evaluation computes every part
-    scorer = FoldInScorer(model)
-    rate_net = scorer.rate_net
-
-    def computed(*_: object) -> None:
-        raise AssertionError("the rating network was computed")
-
-    for name in ("encode_user", "encode_batch", "cell_ratings"):
-        monkeypatch.setattr(rate_net, name, computed)
-    cols = [rows[i].indices for i in range(rows.shape[0])]
-    values = [rows[i].data for i in range(rows.shape[0])]
-    everything = [np.arange(synthetic.shape[1])] * len(cols)
-    batch = scorer.ratings_many(scorer.encode_many(cols, values), everything)
-    np.testing.assert_allclose(np.stack(batch), want, atol=1e-5)
-    for user_cols, user_values, row in zip(cols, values, want, strict=True):
-        state = scorer.encode(user_cols, user_values)
-        np.testing.assert_allclose(scorer.ratings(state, everything[0]), row, atol=1e-5)
-
-
-@pytest.mark.parametrize("sizes", [(1, 5, 30, 80), (12,)])
-def test_the_int8_first_pass_ranks_exactly_the_float32_top_n(
-    trained, synthetic, monkeypatch: pytest.MonkeyPatch, sizes: tuple[int, ...]
-) -> None:
-    """On a catalog large enough for it, a batch's scores come from `QuantizedRanking`,
-    a lone user's too: each row within its slack of the exact scores, and `top_many`
-    returns exactly the movies and scores the float32 pass ranks first, for any n."""
-    monkeypatch.setattr(FoldInScorer, "QUANTIZED_MIN_WEIGHTS", 0)
-    monkeypatch.setattr(QuantizedRanking, "faster_than", lambda *_: True)  # on any CPU
-    # a blend in which the deep ranking has a share (the fixture's item path alone ranks)
-    model = trained.model.with_blend(replace(trained.model.blend, item_weight=0.5))
-    scorer = FoldInScorer(model)  # the threshold is read when first_pass is built
-    assert scorer.first_pass is not None
-    rng = np.random.default_rng(13)
-    cols = [np.sort(rng.choice(synthetic.shape[1], size=k, replace=False)) for k in sizes]
-    values = [rng.choice([0.5, 2.0, 4.0, 5.0], size=c.size).astype(np.float32) for c in cols]
-    batch = scorer.encode_many(cols, values)
-    approximate = scorer.scores_many(batch)
-    exact = np.stack([scorer.scores(batch.user(i)) for i in range(len(batch))])
-    assert approximate.slack.min() > 0
-    assert (np.abs(approximate.values - exact).max(axis=1) <= approximate.slack).all()
-    for n in (1, 10, 60, synthetic.shape[1]):
-        rated = np.repeat(np.arange(len(cols)), [c.size for c in cols]), np.concatenate(cols)
-        approximate.values[rated] = exact[rated] = -np.inf
-        got = top_many(approximate, [n] * len(cols))
-        want = top_many(BatchScores.of_exact(exact), [n] * len(cols))
-        for (got_cols, got_scores), (want_cols, want_scores) in zip(got, want, strict=True):
-            np.testing.assert_array_equal(got_cols, want_cols)
-            np.testing.assert_allclose(got_scores, want_scores, atol=1e-4)
-
-
-def test_the_int8_first_pass_serves_only_where_it_is_measured_faster(
-    trained, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Whether int8 beats float32 depends on the CPU (oneDNN is exact and fast only with
-    VNNI): the first pass is timed against the float32 product at load, and a slower
-    kernel, whichever it is, is never the one that serves."""
-    monkeypatch.setattr(FoldInScorer, "QUANTIZED_MIN_WEIGHTS", 0)
-    model = trained.model.with_blend(replace(trained.model.blend, item_weight=0.5))
-
-    def slowed(call: Callable[..., Any]) -> Callable[..., Any]:
-        def slow(*args: Any) -> Any:
-            time.sleep(0.05)  # far slower than either product of this small layer
-            return call(*args)
-
-        return slow
-
-    monkeypatch.setattr(Int8Kernel, "product", slowed(Int8Kernel.product))
-    assert FoldInScorer(model).first_pass is None
-    monkeypatch.undo()
-    monkeypatch.setattr(FoldInScorer, "QUANTIZED_MIN_WEIGHTS", 0)
-    gemms = {name: slowed(gemm) for name, gemm in GEMMS_AS_BUILT.items()}
-    monkeypatch.setattr("app.ml.serving.GEMMS", gemms)
-    assert FoldInScorer(model).first_pass is not None
-
-
-def _int8_reference(h8: np.ndarray, codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    return (h8.astype(np.int64) @ codes.astype(np.int64).T) * scale.astype(np.float64)
-
-
-@pytest.mark.parametrize("users", [1, 8, 17])
-def test_the_int8_kernel_gives_the_exact_integer_products(users: int) -> None:
-    """Whichever kernel `Int8Kernel.fastest` picks (oneDNN's packed one where it is exact),
-    each cell is the integer dot product times the movie's scale, extremes included."""
-    rng = np.random.default_rng(21)
-    codes = rng.integers(-127, 128, size=(3000, 64)).astype(np.int8)
-    codes[0] = 127  # sums far past 16 bits
-    scale = rng.uniform(1e-3, 1e-2, size=3000).astype(np.float32)
-    h8 = rng.integers(-127, 128, size=(users, 64)).astype(np.int8)
-    h8[0] = 127
-    got = Int8Kernel.fastest(codes, scale).product(h8).double().numpy()
-    np.testing.assert_allclose(got, _int8_reference(h8, codes, scale), rtol=1e-6)
-
-
-def test_a_packed_kernel_that_is_not_exact_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The packed product is checked against int64 sums at load: where it differs (on a
-    CPU without VNNI its 16-bit sums saturate; elsewhere, weights packed from other codes
-    stand in for that), `_int_mm` serves."""
-    import app.ml.serving as serving
-
-    rng = np.random.default_rng(22)
-    codes = rng.integers(-127, 128, size=(500, 32)).astype(np.int8)
-    scale = np.full(500, 0.01, dtype=np.float32)
-    pack = serving._onednn_pack
-    if pack(codes) is None:
-        pytest.skip("this torch build has no oneDNN int8 linear")
-    if Int8Kernel.fastest(codes, scale).packed is not None:  # exact on this CPU
-        other = np.ascontiguousarray(codes // 2)
-        monkeypatch.setattr(serving, "_onednn_pack", lambda _codes: pack(other))
-    kernel = Int8Kernel.fastest(codes, scale)
-    assert kernel.packed is None and kernel.codes_t is not None
-    h8 = rng.integers(-127, 128, size=(4, 32)).astype(np.int8)
-    got = kernel.product(h8).double().numpy()
-    np.testing.assert_allclose(got, _int8_reference(h8, codes, scale), rtol=1e-6)
-
-
-def test_top_many_keeps_every_movie_the_slack_cannot_rule_out() -> None:
-    """Scores within a wide slack of the exact ones: the top n are found even when more
-    movies than the first top-k holds are near the n-th (the full scan), ties by index."""
-    rng = np.random.default_rng(14)
-    exact = rng.normal(size=(3, 500)).astype(np.float32)
-    exact[2, 100:110] = 5.0  # ten tied best movies
-    slack = np.array([0.0, 0.8, 0.8])
-    noisy = exact + (rng.uniform(-1, 1, size=exact.shape) * slack[:, None]).astype(np.float32)
-    noisy[0] = exact[0]
-    scores = BatchScores(noisy, slack, lambda rows, cols: exact[rows, cols])
-    for n in (1, 10, 50):
-        for row, (cols, found) in enumerate(top_many(scores, [n] * 3)):
-            want = np.lexsort((np.arange(500), -exact[row]))[:n]
-            np.testing.assert_array_equal(cols, want)
-            np.testing.assert_array_equal(found, exact[row, want])
-
-
-def test_a_batch_of_users_encodes_as_each_user_alone(trained, synthetic) -> None:
-    """`encode_many` (the batch path the request batches use) gives each user's `encode`."""
-    scorer = trained.model.scorer
-    rng = np.random.default_rng(8)
-    cols = [np.sort(rng.choice(synthetic.shape[1], size=k, replace=False)) for k in (1, 9, 40)]
-    values = [rng.choice([0.5, 2.0, 4.0, 5.0], size=c.size).astype(np.float32) for c in cols]
-    batch = scorer.encode_many(cols, values)
-    for i, c, v in zip(range(len(batch)), cols, values, strict=True):
-        got, want = batch.user(i), scorer.encode(c, v)
-        np.testing.assert_allclose(got.rank_hidden, want.rank_hidden, atol=1e-5)
-        np.testing.assert_allclose(got.rate_hidden, want.rate_hidden, atol=1e-5)
-        assert got.rank_user_bias == pytest.approx(want.rank_user_bias, abs=1e-5)
-        assert got.rate_user_bias == pytest.approx(want.rate_user_bias, abs=1e-5)
-        assert got.bias_user_bias == pytest.approx(want.bias_user_bias, abs=1e-5)
-        np.testing.assert_array_equal(got.cols, c)
-
-
-def test_a_batch_of_users_rates_as_each_user_alone(trained, synthetic) -> None:
-    """`ratings_many` (each user's top movies, rated in one pass) gives each user's
-    `ratings`, whatever the number of movies asked per user."""
-    scorer = trained.model.scorer
-    rng = np.random.default_rng(9)
-    cols = [np.sort(rng.choice(synthetic.shape[1], size=k, replace=False)) for k in (3, 12, 30)]
-    values = [rng.choice([1.0, 2.5, 4.0, 5.0], size=c.size).astype(np.float32) for c in cols]
-    asked = [rng.choice(synthetic.shape[1], size=k, replace=False) for k in (10, 1, 5)]
-    batch = scorer.encode_many(cols, values)
-    got = scorer.ratings_many(batch, asked)
-    for i, (c, v, movies) in enumerate(zip(cols, values, asked, strict=True)):
-        want = scorer.ratings(scorer.encode(c, v), movies)
-        assert got[i].shape == movies.shape
-        np.testing.assert_allclose(got[i], want, atol=1e-4)
+    want = (rows - rows.mean(axis=1, keepdims=True)) / (rows.std(axis=1, keepdims=True) + 1e-6)
+    copy = rows.copy()
+    got = zscore(copy)
+    assert got is copy and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_the_padded_item_table_keeps_rows_only_for_movies_with_weights() -> None:
@@ -457,41 +291,14 @@ def test_the_padded_item_table_keeps_rows_only_for_movies_with_weights() -> None
     np.testing.assert_allclose(padded.score_many(users), table.score_many(users), atol=1e-5)
 
 
-def test_the_ranking_product_uses_the_fastest_gemm_and_layout_and_every_one_agrees(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """`fastest_product` times the candidates on the layer itself (each GEMM on the torch
-    layer's transposed view and on a contiguous copy): a slow GEMM or a slow layout is
-    never chosen, and whichever is chosen gives the same logits."""
-    rng = np.random.default_rng(11)
-    layer = rng.normal(size=(300, 16)).astype(np.float32)  # movies x hidden, as torch has it
-    h = rng.normal(size=(5, 16)).astype(np.float32)
-    for right in (layer.T, np.ascontiguousarray(layer.T)):
-        for gemm in GEMMS.values():
-            product = gemm(h, right)
-            np.testing.assert_allclose(
-                product, h @ layer.T.astype(np.float64), rtol=1e-5, atol=1e-4
-            )
-            assert product.dtype == np.float32
-
-    def slow_when(is_slow: Callable[[str, np.ndarray], bool], name: str) -> Callable[..., Any]:
-        def gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            if is_slow(name, b):
-                time.sleep(0.05)  # slower than any real GEMM of this size, even on a loaded machine
-            return GEMMS_AS_BUILT[name](a, b)
-
-        return gemm
-
-    def patch(is_slow: Callable[[str, np.ndarray], bool]) -> None:
-        gemms = {name: slow_when(is_slow, name) for name in GEMMS_AS_BUILT}
-        monkeypatch.setattr("app.ml.serving.GEMMS", gemms)
-
-    for slow_one in GEMMS_AS_BUILT:
-        patch(lambda name, _b, slow_one=slow_one: name == slow_one)
-        assert fastest_product(layer.T).gemm != slow_one
-    patch(lambda _name, b: not b.flags.c_contiguous)
-    chosen = fastest_product(layer.T)
-    assert chosen.layout == "contiguous" and chosen.layer_t.flags.c_contiguous
-    patch(lambda _name, b: b.flags.c_contiguous)
-    chosen = fastest_product(layer.T)
-    assert chosen.layout == "view" and np.shares_memory(chosen.layer_t, layer)
+def test_top_many_lists_the_best_finite_scores_best_first_ties_by_index() -> None:
+    rng = np.random.default_rng(14)
+    scores = rng.normal(size=(3, 500)).astype(np.float32)
+    scores[1, 100:110] = 5.0  # ten tied best movies
+    scores[2, 3:] = -np.inf  # three movies left to list
+    for n in (1, 10, 50):
+        for row, (cols, found) in enumerate(top_many(scores, [n] * 3)):
+            finite = np.flatnonzero(np.isfinite(scores[row]))
+            want = finite[np.lexsort((finite, -scores[row, finite]))][:n]
+            np.testing.assert_array_equal(cols, want)
+            np.testing.assert_array_equal(found, scores[row, want])

@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from app.ml.baselines import EASE, Bias, Popularity
+from app.ml.config import config_from, rating_network_config
 from app.ml.data import holdout_split
 from app.ml.hybrid import BiasTerms
 from app.ml.metrics import evaluate_scorer
-from app.ml.model import StackedAutoencoder, config_from, rating_network_config
+from app.ml.model import StackedAutoencoder
+from app.ml.scoring import FoldInScorer
 from app.ml.train import EpochReport, HeadBest, stage_deadlines, train_model, validate
 
 
@@ -26,7 +28,7 @@ def test_training_beats_popularity_bias_and_ease(synthetic) -> None:
     assert 1 <= result.best_epoch <= len(reports)
     assert result.metrics["best_epoch"] == result.best_epoch
     chunk = test.to_chunk()
-    model = evaluate_scorer(result.model.predict, rest, chunk)
+    model = evaluate_scorer(FoldInScorer(result.model).score_rows, rest, chunk)
     pop = evaluate_scorer(Popularity().fit(rest), rest, chunk)
     bias = evaluate_scorer(Bias().fit(rest), rest, chunk)
     ease = evaluate_scorer(EASE(250.0).fit(rest), rest, chunk)
@@ -148,12 +150,14 @@ def test_every_served_part_is_refitted_on_every_rating(synthetic) -> None:
     gate = served.as_validated()
     assert gate.validated is None and validated.as_validated() is validated
     rows = rest.matrix[:40]
-    for got, want in zip(gate.predict(rows), validated.predict(rows), strict=True):
+    for got, want in zip(
+        FoldInScorer(gate).score_rows(rows), FoldInScorer(validated).score_rows(rows), strict=True
+    ):
         np.testing.assert_array_equal(got, want)
     assert metrics["refit_seconds"] > 0
     chunk = test.to_chunk()
-    refitted = evaluate_scorer(served.predict, rest, chunk)
-    before = evaluate_scorer(validated.predict, rest, chunk)
+    refitted = evaluate_scorer(FoldInScorer(served).score_rows, rest, chunk)
+    before = evaluate_scorer(FoldInScorer(validated).score_rows, rest, chunk)
     assert refitted["rmse"] < before["rmse"] + 0.005, (refitted, before)
     assert refitted["ndcg@10"] > before["ndcg@10"] - 0.02, (refitted, before)
 
@@ -212,7 +216,7 @@ def test_rating_never_loses_to_its_bias_terms(synthetic) -> None:
     assert metrics["valid_deep_rmse"] > metrics["valid_bias_rmse"] + 0.5
     assert metrics["rating_weight"] + metrics["joint_rating_weight"] <= 0.1
     assert metrics["valid_rmse"] <= metrics["valid_bias_rmse"] + 1e-9
-    served = evaluate_scorer(result.model.predict, rest, test.to_chunk())
+    served = evaluate_scorer(FoldInScorer(result.model).score_rows, rest, test.to_chunk())
     bias = evaluate_scorer(Bias(10.0, 5.0).fit(train), rest, test.to_chunk())
     assert served["rmse"] <= bias["rmse"] + 0.01, (served, bias)
 
@@ -288,7 +292,7 @@ def test_a_spent_time_limit_keeps_every_part_at_its_best_so_far(synthetic) -> No
     assert limited.metrics["time_limited"] == 1.0
     assert "refit_seconds" not in limited.metrics
     assert limited.model.item_path is not None
-    scores, ratings = limited.model.predict(valid.matrix[:5])
+    scores, ratings = FoldInScorer(limited.model).score_rows(valid.matrix[:5])
     assert np.isfinite(scores).all() and np.isfinite(ratings).all()
     free = train_model(train, valid, config.model_copy(update={"epochs": 2}), threads=1)
     assert free.metrics["time_limited"] == 0.0 and "refit_seconds" in free.metrics

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from app.ml.config import config_from
 from app.ml.data import holdout_split
-from app.ml.model import config_from
 from app.ml.tuning import search
 
 

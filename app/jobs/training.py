@@ -13,14 +13,14 @@ import numpy as np
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from app.config import TrainingSettings
+from app.config import Settings
 from app.db import create_session_factory, transaction
 from app.ml import artifacts
 from app.ml.blend import Validation, validation_figures
+from app.ml.config import ModelConfig, config_from
 from app.ml.data import IdMap, RatingChunk, RatingMatrix, build_rating_matrix, holdout_split
 from app.ml.distributed import DistributedContext
 from app.ml.hybrid import HybridModel
-from app.ml.model import ModelConfig, config_from
 from app.ml.train import EpochReport, TrainResult, make_validation, train_model
 from app.ml.tuning import TrialCallback, search
 from app.models import ModelVersion, Rating
@@ -69,16 +69,14 @@ def load_rating_matrix(engine: Engine) -> RatingMatrix:
     return matrix
 
 
-def resolve_config(
-    training: TrainingSettings, overrides: dict[str, Any] | None = None
-) -> ModelConfig:
+def resolve_config(training: Settings, overrides: dict[str, Any] | None = None) -> ModelConfig:
     """The preset (the request's, else TRAIN_PRESET) with the overrides applied.
 
     Resolved once, where the request is made: a job stores the result, so the process
     that trains it never resolves again against its own settings.
     """
     overrides = dict(overrides or {})
-    preset = overrides.pop("preset", None) or training.preset
+    preset = overrides.pop("preset", None) or training.train_preset
     return config_from(preset, **overrides)
 
 
@@ -111,14 +109,19 @@ class TrainedModel:
 
 
 def train_and_register(
-    training: TrainingSettings,
+    training: Settings,
     engine: Engine,
     config: ModelConfig,
     on_epoch: Callable[[EpochReport], None] | None = None,
     on_trial: TrialCallback | None = None,
     budget_seconds: float | None = None,
+    preload_wait: float = 0.0,
 ) -> TrainingOutcome | None:
     """Train on everything in the database, then publish: save, register, gate, activate.
+
+    ``preload_wait``: seconds a model that replaces an active one stays registered before
+    its activation, for the serving processes to preload it (`preload_seconds`; the job
+    process and `saerec train` wait, a caller with no server beside it need not).
 
     Under torchrun (`saerec train --distributed`) every rank trains on its shard of the
     users and only rank 0 publishes and returns an outcome; the others return None.
@@ -126,11 +129,11 @@ def train_and_register(
     trained = train(training, engine, config, on_epoch, on_trial, budget_seconds)
     if not DistributedContext.current().is_main:
         return None
-    return publish(training, engine, trained)
+    return publish(training, engine, trained, preload_wait)
 
 
 def train(
-    training: TrainingSettings,
+    training: Settings,
     engine: Engine,
     config: ModelConfig,
     on_epoch: Callable[[EpochReport], None] | None = None,
@@ -148,7 +151,7 @@ def train(
     train_part, valid = holdout_split(matrix, config.validation_fraction, config.seed)
     del matrix  # its ratings live on in the two parts
     log.info("training_started", **data.size)
-    budget = training.budget_seconds if budget_seconds is None else budget_seconds
+    budget = training.train_budget_seconds if budget_seconds is None else budget_seconds
     search_report: dict[str, Any] | None = None
     if budget > 0 and not DistributedContext.current().active:
         found = search(
@@ -163,7 +166,7 @@ def train(
             on_epoch,
             device=training.device,
             threads=training.torch_threads,
-            deadline=time.monotonic() + training.max_seconds,
+            deadline=time.monotonic() + training.train_max_seconds,
         )
     metrics: dict[str, Any] = {k: _plain(v) for k, v in result.metrics.items()}
     if search_report is not None:
@@ -172,7 +175,9 @@ def train(
     return TrainedModel(result, config, data, validation, metrics, started)
 
 
-def publish(training: TrainingSettings, engine: Engine, trained: TrainedModel) -> TrainingOutcome:
+def publish(
+    training: Settings, engine: Engine, trained: TrainedModel, preload_wait: float = 0.0
+) -> TrainingOutcome:
     """Save the artifact and its report, register it, and activate it if it passes the gate."""
     data = trained.data
     meta = artifacts.ArtifactMeta(
@@ -187,7 +192,7 @@ def publish(training: TrainingSettings, engine: Engine, trained: TrainedModel) -
     candidate = Candidate(trained.result.model, data.movies, trained.validation)
     history = epoch_history(trained.result.history)
     outcome = _register_and_gate(
-        training, engine, store, meta, trained.config, saved, candidate, history
+        training, engine, store, meta, trained.config, saved, candidate, history, preload_wait
     )
     outcome.seconds = time.perf_counter() - trained.started
     outcome.report_paths = report_paths
@@ -242,7 +247,7 @@ class Candidate:
 
 def quality_gate(
     session: Session,
-    training: TrainingSettings,
+    training: Settings,
     candidate: Candidate,
     incumbent: ModelVersion | None,
 ) -> dict[str, Any]:
@@ -277,10 +282,10 @@ def _figures(figures: dict[str, float]) -> dict[str, float]:
 
 
 def _compare(
-    mine: dict[str, float], theirs: dict[str, float], training: TrainingSettings
+    mine: dict[str, float], theirs: dict[str, float], training: Settings
 ) -> dict[str, Any]:
-    ndcg_floor = theirs.get("ndcg@10", 0.0) * (1.0 - training.gate_ndcg_margin)
-    rmse_ceiling = theirs.get("rmse", np.inf) + training.gate_rmse_margin
+    ndcg_floor = theirs.get("ndcg@10", 0.0) * (1.0 - training.quality_gate_ndcg_margin)
+    rmse_ceiling = theirs.get("rmse", np.inf) + training.quality_gate_margin
     problems = []
     if mine.get("ndcg@10", 0.0) < ndcg_floor:
         problems.append(f"NDCG@10 {mine.get('ndcg@10', 0.0):.4f} < {ndcg_floor:.4f}")
@@ -292,7 +297,7 @@ def _compare(
 
 
 def _register_and_gate(
-    training: TrainingSettings,
+    training: Settings,
     engine: Engine,
     store: artifacts.ArtifactStore,
     meta: artifacts.ArtifactMeta,
@@ -300,28 +305,55 @@ def _register_and_gate(
     saved: artifacts.SavedArtifact,
     candidate: Candidate,
     history: list[dict[str, Any]] | None = None,
+    preload_wait: float = 0.0,
 ) -> TrainingOutcome:
-    """One transaction: the gate's verdict, the new row, its activation, the pruning.
+    """The gate's verdict, the new row and the pruning in one transaction; the activation
+    in it too, unless the model replaces an active one and ``preload_wait`` > 0: then it
+    is activated that much later, in a second transaction, if the active version is
+    still the one it was gated against: in between every serving process's poll preloads
+    it (`ModelLifecycle.refresh`), so the first answers after the switch wait for no load.
 
     The per-epoch history goes on the row only: the outcome (printed by `saerec train`,
     copied onto the job) keeps the summary figures.
     """
-    with transaction(create_session_factory(engine)) as session:
-        verdict = quality_gate(session, training, candidate, registry.active_version(session))
+    factory = create_session_factory(engine)
+    with transaction(factory) as session:
+        incumbent = registry.active_version(session)
+        incumbent_id = incumbent.version if incumbent is not None else None
+        verdict = quality_gate(session, training, candidate, incumbent)
         # the verdict goes on the row (the artifact was written before the gate ran)
         meta = replace(meta, metrics={**meta.metrics, "quality_gate": verdict})
         row_meta = replace(meta, metrics={**meta.metrics, "history": history or []})
         registry.register_version(session, row_meta, config.model_dump(mode="json"), saved)
-        if verdict["passed"]:
+        later = preload_wait > 0 and incumbent_id is not None
+        activated = bool(verdict["passed"]) and not later
+        if activated:
             registry.activate(session, meta.version)
-        pruned = registry.prune_versions(session, store, training.keep_versions)
+        pruned = registry.prune_versions(session, store, training.keep_model_versions)
+    if verdict["passed"] and later:
+        time.sleep(preload_wait)
+        with transaction(factory) as session:
+            if registry.active_version_id(session) == incumbent_id:
+                registry.activate(session, meta.version)
+                activated = True
+            else:
+                verdict = {"passed": False, "reason": "another version was activated meanwhile"}
     log.info(
         "model_registered",
         version=meta.version,
-        activated=verdict["passed"],
+        activated=activated,
         gate=verdict["reason"],
         pruned=pruned,
     )
     return TrainingOutcome(
-        meta.version, meta.metrics, verdict["passed"], verdict["reason"], 0.0, meta.data_size
+        meta.version, meta.metrics, activated, verdict["reason"], 0.0, meta.data_size
     )
+
+
+PRELOAD_MAX_SECONDS = 10.0
+
+
+def preload_seconds(settings: Settings) -> float:
+    """How long a registered replacement waits for the serving processes to preload it:
+    two of their polls and a second for the load, at most PRELOAD_MAX_SECONDS."""
+    return min(2 * settings.model_poll_seconds + 1.0, PRELOAD_MAX_SECONDS)

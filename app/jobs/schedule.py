@@ -17,12 +17,12 @@ from prometheus_client import Counter
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.config import TrainingSettings
+from app.config import Settings
 from app.db import transaction
+from app.jobs.queue import enqueue, open_job
 from app.models import ModelVersion, Rating, TrainingJob, utcnow
 from app.observability import get_logger
 from app.services.errors import ConflictError
-from app.services.jobs import enqueue, open_job
 from app.services.ratings import count_ratings
 
 log = get_logger("saerec.schedule")
@@ -55,7 +55,7 @@ class RetrainSchedule:
 
     def __init__(
         self,
-        training: TrainingSettings,
+        training: Settings,
         check_seconds: float | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:

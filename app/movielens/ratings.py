@@ -1,53 +1,24 @@
-"""Read any MovieLens layout the importer reads, without a database, for offline evaluation.
-
-The importer (app/services/movielens.py) writes to the database, which app/ml must not;
-it parses and validates rating lines with this module's functions, so the two read the
-same rows the same way. Input: a folder (or a folder holding one data folder) or a .zip
-(with or without a top folder); ml-100k ``u.data`` + ``u.item``, ml-1m/10m
-``ratings.dat`` + ``movies.dat`` (``::``), ml-latest/20m/25m ``ratings.csv`` +
-``movies.csv`` (header). Ratings need integer ids, a half-star rating in [0.5, 5] and a
-movie in the catalog; a repeated (user, movie) pair keeps its first row. What is dropped
-is counted in ``skipped``.
+"""Rating lines parsed and validated in blocks with numpy, and a whole data set read
+without a database (offline evaluation), with the importer's rules: integer ids, a
+half-star rating in [0.5, 5], a movie of the catalog, the first row of a repeated
+(user, movie) pair; what is dropped is counted in ``skipped``.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import warnings
-import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO
 
 import numpy as np
 
+from app.movielens.files import ID_LIMIT, Layout, Source, open_source
+
 BLOCK_BYTES = 16 * 1024 * 1024
-ID_LIMIT = 2**53  # ids arrive as float64; above this they would lose precision
 _ONE_BYTE_SEP = b"\x1f"  # stand-in for the two-byte "::" of the .dat files
-
-
-@dataclass(frozen=True)
-class Layout:
-    """One file-format family: its ratings file, separator and catalog file."""
-
-    name: str
-    ratings_file: str
-    ratings_sep: bytes
-    movies_file: str
-
-
-LAYOUTS = (
-    Layout("ml-100k", "u.data", b"\t", "u.item"),
-    Layout("ml-1m", "ratings.dat", b"::", "movies.dat"),
-    Layout("ml-latest", "ratings.csv", b",", "movies.csv"),
-)
-
-
-class DatasetFormatError(ValueError):
-    """The path holds no MovieLens layout we know, or an incomplete one."""
 
 
 @dataclass
@@ -77,107 +48,6 @@ class Ratings:
             name if name is not None else self.name,
             self.layout,
         )
-
-
-# --------------------------------------------------------------------------- sources
-
-
-class _Source:
-    """A folder or a folder inside a zip archive, seen as one directory of files."""
-
-    def __init__(
-        self,
-        label: str,
-        folder: Path | None = None,
-        archive: zipfile.ZipFile | None = None,
-        prefix: str = "",
-    ) -> None:
-        self.label, self.folder, self.archive, self.prefix = label, folder, archive, prefix
-        self.names = set(archive.namelist()) if archive is not None else set()
-
-    def has(self, name: str) -> bool:
-        if self.archive is not None:
-            return self.prefix + name in self.names
-        return self.folder is not None and (self.folder / name).is_file()
-
-    def open(self, name: str) -> IO[bytes]:
-        if self.archive is not None:
-            return self.archive.open(self.prefix + name)
-        assert self.folder is not None
-        return (self.folder / name).open("rb")
-
-
-def _layout_of(source: _Source) -> Layout | None:
-    """The layout whose ratings file is there; without its catalog file it is an error."""
-    for layout in LAYOUTS:
-        if source.has(layout.ratings_file):
-            if not source.has(layout.movies_file):
-                raise DatasetFormatError(
-                    f"{source.label} has {layout.ratings_file} but not {layout.movies_file}"
-                )
-            return layout
-    return None
-
-
-def _no_layout(path: Path) -> DatasetFormatError:
-    wanted = "; ".join(f"{lay.ratings_file} + {lay.movies_file}" for lay in LAYOUTS)
-    return DatasetFormatError(f"no MovieLens data in {path}; looked for {wanted}")
-
-
-def _folder_source(path: Path) -> tuple[_Source, Layout]:
-    """The folder itself, else the one sub-folder that holds a layout."""
-    found = []
-    for folder in [path, *sorted(p for p in path.iterdir() if p.is_dir())]:
-        source = _Source(str(folder), folder=folder)
-        layout = _layout_of(source)
-        if layout is not None:
-            if folder == path:
-                return source, layout
-            found.append((source, layout))
-    if len(found) != 1:
-        if found:
-            names = ", ".join(s.label for s, _ in found)
-            raise DatasetFormatError(f"{path} holds several MovieLens folders ({names})")
-        raise _no_layout(path)
-    return found[0]
-
-
-def _zip_source(path: Path, archive: zipfile.ZipFile) -> tuple[_Source, Layout]:
-    """The archive's top level, else its first folder that holds a ratings file."""
-    markers = {layout.ratings_file for layout in LAYOUTS}
-    prefixes = set()
-    for name in archive.namelist():
-        pure = PurePosixPath(name)
-        if pure.name in markers and len(pure.parts) <= 2 and "__MACOSX" not in pure.parts:
-            prefixes.add("" if len(pure.parts) == 1 else pure.parts[0] + "/")
-    for prefix in sorted(prefixes):
-        source = _Source(f"{path}!{prefix}", archive=archive, prefix=prefix)
-        layout = _layout_of(source)
-        if layout is not None:
-            return source, layout
-    raise _no_layout(path)
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-def _catalog(source: _Source, layout: Layout) -> np.ndarray:
-    """Sorted unique movie ids of the catalog file (first field of each line)."""
-    with source.open(layout.movies_file) as handle:
-        raw = handle.read()
-    ids: list[int] = []
-    if layout.name == "ml-latest":
-        text = raw.decode("utf-8", errors="replace").lstrip("\ufeff")
-        first_fields = (row[0] for row in csv.reader(io.StringIO(text, newline="")) if row)
-    else:
-        sep = "|" if layout.name == "ml-100k" else "::"
-        text = raw.decode("latin-1")
-        first_fields = (line.split(sep, 1)[0] for line in text.splitlines())
-    for value in first_fields:
-        value = value.strip()
-        if value.isdigit() and 1 <= int(value) < ID_LIMIT:
-            ids.append(int(value))
-    return np.unique(np.array(ids, dtype=np.int64))
 
 
 def line_blocks(
@@ -347,7 +217,7 @@ def valid_ratings(values: np.ndarray, catalog: np.ndarray, skipped: Counter[str]
     return keep & in_catalog
 
 
-def _read_rows(source: _Source, layout: Layout, skipped: Counter[str]) -> np.ndarray:
+def _read_rows(source: Source, layout: Layout, skipped: Counter[str]) -> np.ndarray:
     """Every parseable rating line as (user, movie, rating, timestamp) float64 rows."""
     parts = []
     with source.open(layout.ratings_file) as handle:
@@ -369,19 +239,13 @@ def _first_of_pairs(users: np.ndarray, movies: np.ndarray) -> np.ndarray:
 def read_movielens(path: str | Path) -> Ratings:
     """All usable ratings and the catalog of a MovieLens folder or .zip (any layout)."""
     path = Path(path)
-    if not path.exists():
-        raise DatasetFormatError(f"{path} does not exist")
-    if path.is_dir():
-        return _read(*_folder_source(path), name=path.name)
-    if not zipfile.is_zipfile(path):
-        raise DatasetFormatError(f"{path} is neither a folder nor a .zip archive")
-    with zipfile.ZipFile(path) as archive:
-        return _read(*_zip_source(path, archive), name=path.stem)
+    with open_source(path) as (source, layout):
+        return _read(source, layout, name=path.stem if path.is_file() else path.name)
 
 
-def _read(source: _Source, layout: Layout, name: str) -> Ratings:
+def _read(source: Source, layout: Layout, name: str) -> Ratings:
     skipped: Counter[str] = Counter()
-    catalog = _catalog(source, layout)
+    catalog = np.array(sorted(layout.read_movies(source, skipped)), dtype=np.int64)
     values = _read_rows(source, layout, skipped)
     values = values[valid_ratings(values, catalog, skipped)]
     users, movies = values[:, 0].astype(np.int64), values[:, 1].astype(np.int64)

@@ -1,0 +1,1 @@
+"""Retraining jobs: the queue, the process that runs one, the launcher and the schedule."""

@@ -1,0 +1,140 @@
+"""Running one claimed job inside its own process: train, report epochs, heartbeat."""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.db import create_session_factory
+from app.models import TrainingJob, utcnow
+from app.observability import get_logger
+
+if TYPE_CHECKING:  # torch stays out of the API process until a model is needed
+    from app.ml.config import ModelConfig
+    from app.ml.train import EpochReport
+
+from app.jobs.queue import HEARTBEAT_SECONDS, fail_job, get_job, host, update_job
+
+log = get_logger("saerec.jobs")
+
+
+def run_job(training: Settings, engine: Engine, job_id: str) -> None:
+    """Train for a claimed job, reporting each epoch; any error ends the job as failed."""
+    from app.jobs.training import preload_seconds, train_and_register
+
+    factory = create_session_factory(engine)
+    update_job(factory, job_id, worker=f"{host()}:{os.getpid()}", heartbeat_at=utcnow())
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(factory, job_id, stop), daemon=True)
+    beat.start()
+    try:
+        with factory() as session:
+            config = job_config(training, get_job(session, job_id))
+        outcome = train_and_register(
+            training,
+            engine,
+            config,
+            on_epoch=epoch_reporter(factory, job_id),
+            on_trial=_trial_reporter(factory, job_id, training.train_budget_seconds),
+            preload_wait=preload_seconds(training),
+        )
+        assert outcome is not None  # jobs never run under torchrun
+        metrics = {**outcome.metrics, "activated": outcome.activated}
+        update_job(
+            factory,
+            job_id,
+            status="succeeded",
+            progress=1.0,
+            metrics=metrics,
+            model_version=outcome.version,
+            finished_at=utcnow(),
+        )
+    except BaseException as exc:
+        fail_job(factory, job_id, f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        stop.set()
+
+
+def job_config(training: Settings, job: TrainingJob) -> ModelConfig:
+    """The config resolved when the job was queued (re-resolved only for older rows)."""
+    from app.jobs.training import resolve_config
+    from app.ml.config import ModelConfig
+
+    if job.config is None:  # queued before revision 0004
+        return resolve_config(training, job.overrides)
+    return ModelConfig.model_validate(job.config)
+
+
+def epoch_reporter(factory: sessionmaker[Session], job_id: str) -> Callable[[EpochReport], None]:
+    """Each epoch's figures, progress and ETA onto the job row."""
+    seconds: list[float] = []
+
+    def on_epoch(report: EpochReport) -> None:
+        seconds.append(report.seconds)
+        update_job(
+            factory,
+            job_id,
+            epoch=report.epoch,
+            epochs=report.epochs,
+            progress=min(1.0, report.epoch / max(1, report.epochs)),
+            metrics={**_epoch_metrics(report), "eta_seconds": epochs_eta(report, seconds)},
+            heartbeat_at=utcnow(),
+        )
+
+    return on_epoch
+
+
+def epochs_eta(report: EpochReport, seconds: list[float]) -> float:
+    """Seconds the remaining epochs take at the mean pace so far: an upper bound, since early
+    stopping may end sooner; what follows the epochs (item path, blend, the rating network,
+    the refit) is not in it."""
+    remaining = max(0, report.epochs - report.epoch)
+    return round(sum(seconds) / max(1, len(seconds)) * remaining, 1)
+
+
+def _trial_reporter(
+    factory: sessionmaker[Session], job_id: str, budget: float
+) -> Callable[[dict[str, Any]], None]:
+    """During a search, progress is the share of the budget spent; each trial is shown."""
+    started = time.monotonic()
+
+    def on_trial(record: dict[str, Any]) -> None:
+        update_job(
+            factory,
+            job_id,
+            progress=min(0.99, (time.monotonic() - started) / max(budget, 1e-9)),
+            metrics={"search": {"trials": record["trial"] + 1, "last_trial": record}},
+            heartbeat_at=utcnow(),
+        )
+
+    return on_trial
+
+
+def _epoch_metrics(report: EpochReport) -> dict[str, Any]:
+    """The report's figures, rounded for the job row and the dashboard; a figure not
+    measured (NaN: no validation split, no ranking head) is null, which JSON columns take
+    (PostgreSQL refuses NaN)."""
+    return {k: _json_number(v) for k, v in report.as_dict().items()}
+
+
+def _json_number(value: Any) -> Any:
+    if not isinstance(value, float):
+        return value
+    return None if math.isnan(value) else round(value, 5)
+
+
+def _heartbeat(factory: sessionmaker[Session], job_id: str, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_SECONDS):
+        try:
+            update_job(factory, job_id, heartbeat_at=utcnow())
+        except Exception as exc:  # the next beat may succeed; the job goes on regardless
+            log.warning("heartbeat_failed", job_id=job_id, error=str(exc))

@@ -1,0 +1,157 @@
+"""Ranking: pure functions of a served model and a batch of users' ratings, timed by stage."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from prometheus_client import Counter, Summary
+
+from app.ml.scoring import top_many
+from app.serving.catalog import NO_IDS
+from app.serving.filters import Filters, filter_scores
+from app.serving.lifecycle import ServingModel
+
+
+@dataclass(frozen=True)
+class RecommendRequest:
+    """What a recommendation request asks for; hashable, so it is part of the answer key."""
+
+    user_id: int
+    n: int = 10
+    genres: tuple[str, ...] = ()
+    """any of these genres (none: every genre)"""
+    exclude: tuple[int, ...] = ()
+    """movie ids the caller does not want listed this time"""
+    explain: bool = False
+
+
+# Where an uncached answer's time goes (the benchmark prints it): per stage, the seconds
+# spent and the answers they were spent on, both counted once per batch (an observation
+# per answer cost more than some stages).
+RECOMMEND_STAGE_SECONDS = Counter(
+    "saerec_recommend_stage_seconds",
+    "Seconds spent per stage of recommendations answered by the model (answer cache misses)",
+    ["stage"],
+)
+
+
+RECOMMEND_STAGE_ANSWERS = Counter(
+    "saerec_recommend_stage_answers", "Answers the stage's seconds were spent on", ["stage"]
+)
+
+
+STAGES = ("db_read", "fold_in", "filtering", "ranking", "items")
+
+
+_STAGE = {
+    stage: (RECOMMEND_STAGE_SECONDS.labels(stage), RECOMMEND_STAGE_ANSWERS.labels(stage))
+    for stage in STAGES
+}
+
+
+# How many requests share a batch's read and forward pass (see `Batcher`): its mean is
+# what amortises the per-batch cost, and it grows with the load.
+RECOMMEND_BATCH = Summary(
+    "saerec_recommend_batch_requests", "Recommendation requests answered per batch"
+)
+
+
+def observe_stage(stage: str, seconds: float, answers: int = 1) -> None:
+    """Count ``seconds`` spent on ``answers`` answers (a batch's, or one)."""
+    spent, counted = _STAGE[stage]
+    spent.inc(seconds)
+    counted.inc(answers)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A request waiting for its batch's forward pass."""
+
+    index: int
+    request: RecommendRequest
+    filters: Filters
+    key: tuple
+    model: ServingModel
+    cols: np.ndarray
+    ratings: np.ndarray
+
+
+def by_model(pending: list[Pending]) -> list[tuple[ServingModel, list[Pending]]]:
+    """Pending fold-ins grouped by the model that answers them (one, but for a swap)."""
+    groups: dict[int, tuple[ServingModel, list[Pending]]] = {}
+    for job in pending:
+        groups.setdefault(id(job.model), (job.model, []))[1].append(job)
+    return list(groups.values())
+
+
+# -- ranking: pure functions of a model and the users' ratings ----------------------------
+def rank_batch(
+    model: ServingModel, jobs: list[Pending], since: float
+) -> list[list[dict[str, Any]]]:
+    """The top n of each encoded user; each stage's time is counted (see STAGES)."""
+    batch = model.scorer.encode([j.cols for j in jobs], [j.ratings for j in jobs])
+    scores = model.scorer.scores(batch)  # a fresh array: ours to overwrite
+    folded = time.perf_counter()
+    filter_scores(scores, model, [j.cols for j in jobs], [j.filters for j in jobs])
+    filtered = time.perf_counter()
+    tops = top_many(scores, [job.request.n for job in jobs])
+    predicted = model.scorer.ratings(batch, [top for top, _ in tops])
+    ranked = time.perf_counter()
+    listed = model.catalog.items
+    answers = [
+        listed(top, exact, ratings) for (top, exact), ratings in zip(tops, predicted, strict=True)
+    ]
+    for job, (top, _), items in zip(jobs, tops, answers, strict=True):
+        if job.request.explain:
+            _add_reasons(model, job, top, items)
+    done = time.perf_counter()
+    size = len(jobs)
+    observe_stage("fold_in", folded - since, size)
+    observe_stage("filtering", filtered - folded, size)
+    observe_stage("ranking", ranked - filtered, size)
+    observe_stage("items", done - ranked, size)
+    return answers
+
+
+def _add_reasons(
+    model: ServingModel,
+    job: Pending,
+    top: np.ndarray,
+    items: list[dict[str, Any]],
+) -> None:
+    """Each item's "because": the user's ratings that raised its score most (exactly, by
+    leaving each out; see `app.ml.explain`)."""
+    reasons = model.explainer.because(job.cols, job.ratings, top)
+    titles, ids = model.catalog.titles, model.catalog.movie_ids
+    for item, positions in zip(items, reasons, strict=True):
+        item["because"] = [
+            {
+                "movie_id": int(ids[job.cols[p]]),
+                "title": titles[job.cols[p]],
+                "rating": float(job.ratings[p]),
+            }
+            for p in positions.tolist()
+        ]
+
+
+def predicted_items(
+    model: ServingModel, ids: np.ndarray, values: np.ndarray, wanted: list[int]
+) -> list[dict[str, Any]]:
+    """The model's rating for each wanted movie; the mean bias for movies it does not know."""
+    cols = model.loaded.movies.index_of(np.array(wanted, dtype=np.int64))
+    known = model.known(ids, values) if len(ids) else None
+    rated, ratings = known if known is not None else (NO_IDS, np.zeros(0, np.float32))
+    batch = model.scorer.encode([rated], [ratings])
+    predicted = model.scorer.ratings(batch, [np.where(cols >= 0, cols, 0)])[0]
+    fallback = float(model.loaded.model.bias.mean)
+    return [
+        {
+            "movie_id": m,
+            "predicted_rating": round(float(p) if c >= 0 else fallback, 4),
+            "known_to_model": bool(c >= 0),
+        }
+        for m, c, p in zip(wanted, cols, predicted, strict=True)
+    ]

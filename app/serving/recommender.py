@@ -1,0 +1,277 @@
+"""Serving: the active model, fold-in of a user's current ratings, and the popular fallback.
+
+Read your writes: every request reads the registry's active version in the same database
+round trip as the user's ratings and is answered by exactly that version, loading it first
+when this process has not yet (one load at a time per process; the others wait for it).
+So once an activation has committed, no later request to any process sees the old model.
+Loaded models are immutable snapshots kept in a small cache, which makes a rollback to a
+recent version instant. The popular list is swapped by one reference assignment.
+
+Four collaborators, composed by `Recommender` (which also owns the inference executor):
+`ModelLifecycle` (which version is served: load, keep, swap), `UserReader` (the per-user
+read: ratings, dismissals, hidden movies, active version), `Popularity` (the fallback list)
+and the ranking functions (`rank_batch`, `predicted_items`); every list that recommends
+(model, popular, similar movies) passes through one `Filters`; answers are cached in
+`AnswerCache`, outside the immutable models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, select
+
+from app.config import Settings
+from app.db import create_session_factory
+from app.ml.scoring import top_many
+from app.models import Movie
+from app.observability import RECOMMEND_LATENCY, get_logger
+from app.services.errors import NotFoundError, UnavailableError
+from app.serving import lifecycle, popular
+from app.serving.batcher import Batcher
+from app.serving.cache import AnswerCache
+from app.serving.catalog import NO_IDS
+from app.serving.filters import Filters, filter_scores
+from app.serving.lifecycle import ModelLifecycle, ServingModel
+from app.serving.popular import Popularity, PopularList
+from app.serving.ranking import (
+    RECOMMEND_BATCH,
+    Pending,
+    RecommendRequest,
+    by_model,
+    observe_stage,
+    predicted_items,
+    rank_batch,
+)
+from app.serving.reader import UserRead, UserReader
+
+log = get_logger("saerec.recommender")
+
+
+INFERENCE_THREADS = 1
+"""threads computing answers at once in a process (the executor): batches share a thread's
+forward pass; a second thread only fought the event loop for the GIL."""
+TORCH_THREADS = 1
+"""torch/BLAS threads inside one inference: the workers already use the cores."""
+
+
+class Recommender:
+    """One per process: answers requests by composing the served model (`ModelLifecycle`),
+    the user's read (`UserReader`), the popular fallback (`Popularity`), the answer cache
+    and the ranking functions below. Owns the inference executor, behind async methods."""
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        threads = self._threads = INFERENCE_THREADS
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="recommend")
+        self._batcher: Batcher | None = None
+        self._sessions = create_session_factory(engine)
+        self.models = ModelLifecycle(
+            self._sessions,
+            settings.model_dir,
+            lifecycle.CACHED_VERSIONS,
+            lifecycle.RETRY_SECONDS,
+        )
+        self.reader = UserReader(engine, threads)
+        self.popularity = Popularity(self._sessions, popular.PRIOR_COUNT, popular.REFRESH_SECONDS)
+        self.answers = AnswerCache(settings.answer_cache_size)
+
+    # -- the async face: inference runs on the executor, never on the event loop ----------
+    async def recommendations(self, request: RecommendRequest) -> dict[str, Any]:
+        """Requests that arrive together share one forward pass (see `Batcher`)."""
+        return await self._loop_batcher().recommend(request)
+
+    async def similar_movies(
+        self, movie_id: int, n: int, genres: tuple[str, ...]
+    ) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.similar, movie_id, n, genres)
+
+    async def predictions(self, user_id: int, movie_ids: list[int]) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.predict, user_id, movie_ids)
+
+    def shutdown(self) -> None:
+        """Stop the executor: queued work is dropped, running work is not waited for."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.reader.dispose()
+
+    def _loop_batcher(self) -> Batcher:
+        """The batcher of the running event loop (one loop per process in production)."""
+        batcher = self._batcher
+        if batcher is None or batcher.loop is not asyncio.get_running_loop():
+            batcher = self._batcher = Batcher(self._executor, self.recommend_many, self._threads)
+        return batcher
+
+    # -- following the registry and the ratings -------------------------------------------
+    @property
+    def version(self) -> str | None:
+        return self.models.version
+
+    @property
+    def model_error(self) -> str | None:
+        return self.models.error
+
+    def refresh_model(self) -> bool:
+        """Preload the registry's active version (see `ModelLifecycle.refresh`)."""
+        return self.models.refresh()
+
+    def preload_model(self, version: str) -> None:
+        """Load `version` without serving it yet (see `ModelLifecycle.preload`)."""
+        self.models.preload(version)
+
+    def refresh_popular(self) -> None:
+        self.popularity.refresh()
+
+    def refresh_popular_if_due(self) -> bool:
+        """The timer's rebuild (see `Popularity.interval`)."""
+        return self.popularity.refresh_if_due()
+
+    def popular(self) -> PopularList:
+        return self.popularity.current()
+
+    # -- answering ------------------------------------------------------------------------
+    def read_users(self, user_ids: Sequence[int]) -> list[UserRead]:
+        """The users' current ratings and the active version, in one round trip."""
+        return self.reader.read_many(user_ids, self.models.generation)  # generation: first
+
+    def read_user(self, user_id: int) -> UserRead:
+        return self.read_users([user_id])[0]
+
+    def user_ratings(self, user_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """The user's current ratings as (movie ids, ratings)."""
+        return self.read_user(user_id).ratings()
+
+    def recommend(self, request: RecommendRequest) -> dict[str, Any]:
+        answer = self.recommend_many([request])[0]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def recommend_many(self, requests: list[RecommendRequest]) -> list[dict[str, Any] | Exception]:
+        """Answers for the requests, in order; a request that failed gets its exception
+        instead, so one bad read does not fail the others.
+
+        One read for the whole batch, made after every request in it arrived, so read your
+        writes holds per request as for one: each is answered from its user's ratings and
+        the version active at that read. The forward passes of the cache misses then run as
+        one batch per model: one matrix product over the catalog instead of one per user,
+        and the per-call overhead of each numpy step paid once per batch.
+        """
+        started = time.perf_counter()
+        RECOMMEND_BATCH.observe(len(requests))
+        try:
+            reads = self.read_users([request.user_id for request in requests])
+        except Exception as exc:  # e.g. the database away: every request's 503
+            return [exc] * len(requests)
+        answers: list[dict[str, Any] | Exception] = []
+        pending: list[Pending] = []
+        for index, (request, read) in enumerate(zip(requests, reads, strict=True)):
+            answer: dict[str, Any] | Exception
+            try:
+                answer = self._start(request, read, index, pending)
+            except Exception as exc:  # e.g. a model that fails to load: this request's
+                answer = exc
+            answers.append(answer)
+        read_at = time.perf_counter()
+        for model, group in by_model(pending):
+            for job, items in zip(group, rank_batch(model, group, read_at), strict=True):
+                self.answers.remember(job.key, items)
+                answers[job.index] = _answer(
+                    job.request.user_id, model.version, "autoencoder", items
+                )
+        if pending:
+            share = len(pending) / len(requests)  # the read served the cache hits too
+            observe_stage("db_read", (read_at - started) * share, len(pending))
+        elapsed = time.perf_counter() - started
+        for answer in answers:
+            if isinstance(answer, dict):
+                RECOMMEND_LATENCY.labels(answer["strategy"]).observe(elapsed)
+        return answers
+
+    def _start(
+        self, request: RecommendRequest, read: UserRead, index: int, pending: list[Pending]
+    ) -> dict[str, Any]:
+        """Answer one read from the cache or the popular list, or queue a fold-in
+        (the placeholder answer is replaced once the batch has run).
+
+        The answer key is everything the answer depends on: the version, the row as read
+        (ratings, dismissals, hidden movies) and the request itself (n, genres, exclude,
+        explain), so a new dismissal or a movie hidden a moment ago is a new key.
+        """
+        user_id = request.user_id
+        model = self.models.model_for(read.version, read.generation)  # one per request
+        key = (model.version if model else None, read.key, request)
+        if model is not None and (cached := self.answers.get(key)) is not None:
+            return _answer(user_id, model.version, "autoencoder", cached)
+        movie_ids, ratings = read.ratings()
+        filters = Filters.of(request.genres, request.exclude, read.dismissed(), read.hidden())
+        known = model.known(movie_ids, ratings) if model is not None and len(movie_ids) else None
+        if model is not None and known is not None:
+            pending.append(Pending(index, request, filters, key, model, *known))
+            return {}
+        items = self.popularity.items(movie_ids, request.n, filters)
+        if request.explain:  # nothing of the user's raised a popular movie's score
+            items = [{**item, "because": []} for item in items]
+        return _answer(user_id, model.version if model else None, "popular", items)
+
+    def similar(self, movie_id: int, n: int, genres: tuple[str, ...]) -> dict[str, Any]:
+        """The movies the served model finds most alike (never the movie itself, never a
+        hidden one, only the asked genres); for a movie the model does not know, the
+        popular movies within its own genres. 404 for an unknown movie."""
+        movie_genres = self._movie_genres(movie_id)
+        read = self.reader.read_catalog_state(self.models.generation)
+        model = self.models.model_for(read.version, read.generation)
+        filters = Filters.of(genres, (movie_id,), read.hidden())
+        col = int(model.columns(np.array([movie_id]))[0]) if model is not None else -1
+        if model is None or col < 0:
+            within = filters if genres else Filters(filters.blocked, tuple(movie_genres))
+            items = self.popularity.items(NO_IDS, n, within)
+            return _similar_answer(movie_id, model, "popular", items)
+        scores = model.similarity.scores(col)[None, :]
+        filter_scores(scores, model, [np.array([col])], [filters])
+        top, exact = top_many(scores, [n])[0]
+        items = model.catalog.items(top, exact)
+        return _similar_answer(movie_id, model, "autoencoder", items)
+
+    def _movie_genres(self, movie_id: int) -> list[str]:
+        with self._sessions() as session:
+            movie = session.get(Movie, movie_id)
+            if movie is None:
+                raise NotFoundError(f"movie {movie_id} not found")
+            return movie.genre_names
+
+    def predict(self, user_id: int, movie_ids: list[int]) -> dict[str, Any]:
+        """Predicted ratings by the version active at the read (same rule as recommend)."""
+        read = self.read_user(user_id)
+        model = self.models.model_for(read.version, read.generation)
+        if model is None:
+            raise UnavailableError(
+                self.model_error or "no model is trained yet; POST /admin/retrain"
+            )
+        wanted = list(dict.fromkeys(movie_ids))
+        self._check_movies_exist(wanted)
+        items = predicted_items(model, *read.ratings(), wanted)
+        return {"user_id": user_id, "model_version": model.version, "items": items}
+
+    def _check_movies_exist(self, movie_ids: list[int]) -> None:
+        with self._sessions() as session:
+            existing = set(session.scalars(select(Movie.id).where(Movie.id.in_(movie_ids))))
+        missing = [m for m in movie_ids if m not in existing]
+        if missing:
+            raise NotFoundError({"message": "unknown movie ids", "movie_ids": missing})
+
+
+def _similar_answer(
+    movie_id: int, model: ServingModel | None, strategy: str, items: list[dict[str, Any]]
+) -> dict[str, Any]:
+    version = model.version if model else None
+    return {"movie_id": movie_id, "model_version": version, "strategy": strategy, "items": items}
+
+
+def _answer(user_id: int, version: str | None, strategy: str, items: list) -> dict[str, Any]:
+    return {"user_id": user_id, "model_version": version, "strategy": strategy, "items": items}
