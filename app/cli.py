@@ -18,7 +18,7 @@ from app.services.downloads import DATASETS
 
 if TYPE_CHECKING:  # torch loads only for the commands that train or evaluate
     from app.ml.config import ModelConfig
-    from app.ml.train import EpochReport
+    from app.ml.train import EpochReport, PhaseReport
 
 log = get_logger("saerec.cli")
 
@@ -234,20 +234,35 @@ class _LazyBar:
             self.bar.close()
 
 
-def _epoch_bar(total: int, enabled: bool) -> tuple[_LazyBar, Callable[[EpochReport], None]]:
-    lazy = _LazyBar(total=total, desc="training", unit="epoch", disable=not enabled)
+def _training_bar(
+    total: int, enabled: bool
+) -> tuple[_LazyBar, Callable[[EpochReport], None], Callable[[PhaseReport], None]]:
+    """One bar through every phase of training: the joint network's epochs with their
+    figures, then the rating network's epochs, the item path's closed forms, the blend and
+    the refit, each named as it starts (so the bar never sits silent after the epochs)."""
+    lazy = _LazyBar(total=total, desc="network", unit="step", disable=not enabled)
+    shown = {"phase": "network"}
 
     def on_epoch(report: EpochReport) -> None:
-        bar = lazy.get()
-        bar.total = report.epochs
-        bar.set_postfix(
+        lazy.get().set_postfix(
             loss=f"{report.train_loss:.4f}",
             rmse=f"{report.valid_rmse:.4f}",
             ndcg=f"{report.valid_ndcg:.4f}",
+            refresh=False,
         )
-        bar.update(1)
 
-    return lazy, on_epoch
+    def on_phase(report: PhaseReport) -> None:
+        bar = lazy.get()
+        if report.phase != shown["phase"]:
+            shown["phase"] = report.phase
+            bar.set_description(report.phase, refresh=False)
+            bar.set_postfix(refresh=False)
+            bar.reset(total=report.steps)
+        bar.total = report.steps
+        bar.n = report.step
+        bar.refresh()
+
+    return lazy, on_epoch, on_phase
 
 
 def _say_how_training_ended(metrics: dict[str, Any], epochs: int) -> None:
@@ -352,7 +367,7 @@ def train(
             click.echo(f"model {active} is already active; not training")
             return
     budget = settings.train_budget_seconds if budget is None else budget
-    bar, on_epoch = _epoch_bar(config.epochs, progress and not budget)
+    bar, on_epoch, on_phase = _training_bar(config.epochs, progress and not budget)
     trials, on_trial = _trial_bar(budget, progress and bool(budget))
     try:
         outcome = train_and_register(
@@ -360,6 +375,7 @@ def train(
             engine,
             config,
             on_epoch=on_epoch,
+            on_phase=on_phase,
             on_trial=on_trial,
             budget_seconds=budget,
             preload_wait=preload_seconds(settings),

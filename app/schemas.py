@@ -374,6 +374,11 @@ class JobOut(BaseModel):
     progress: Annotated[float, AfterValidator(lambda value: round(value, 4))]
     epoch: int
     epochs: int
+    phase: Literal["network", "rating network", "item path", "blend", "refit"] | None = Field(
+        description="the phase of training the job is in, or was in last (progress covers "
+        "them all): the joint network's epochs, the rating network's, the item path, the "
+        "blend, the refit on every rating"
+    )
     metrics: dict[str, Any]
     model_version: str | None
     error: str | None

@@ -117,6 +117,9 @@ def test_retrain_job_runs_in_a_child_process_and_activates(
         assert job["status"] == "succeeded", job["error"]
         assert job["progress"] == 1.0 and job["epoch"] >= 1
         assert job["metrics"]["activated"] is True
+        assert job["phase"] == "refit"  # the last phase, after the epochs
+        for phase in ("network", "rating_network", "item_path", "blend", "refit"):
+            assert job["metrics"][f"seconds_{phase}"] >= 0.0, phase
         models = client.get("/admin/models", headers=admin_headers).json()
         assert [m["version"] for m in models if m["active"]] == [job["model_version"]]
         wait_for(lambda: client.get("/readyz").json()["model_version"] == job["model_version"])
@@ -244,13 +247,37 @@ def test_each_epoch_puts_progress_and_an_eta_on_the_job(
     report(EpochReport(2, 10, 1.2, 0.93, 0.25, 4.0))
     with TestClient(create_app(seeded.model_copy(update={"run_worker_in_api": False}))) as client:
         job = client.get(f"/admin/jobs/{job_id}", headers=admin_headers).json()
-        assert (job["epoch"], job["epochs"], job["progress"]) == (2, 10, 0.2)
+        assert (job["epoch"], job["epochs"], job["phase"]) == (2, 10, "network")
+        assert job["progress"] == runner.overall_progress("network", 2, 10) == 0.11
         assert job["metrics"]["eta_seconds"] == 24.0  # 8 epochs left at 3 s
         assert job["metrics"]["valid_rmse"] == 0.93
         assert job["metrics"]["valid_mae"] is None  # not measured: null, never NaN
         report(EpochReport(10, 10, 1.0, 0.9, 0.3, 3.0))
         job = client.get(f"/admin/jobs/{job_id}", headers=admin_headers).json()
-        assert job["progress"] == 1.0 and job["metrics"]["eta_seconds"] == 0.0
+        assert job["progress"] == 0.55 and job["metrics"]["eta_seconds"] == 0.0
+
+
+def test_the_job_progress_moves_through_every_named_phase(
+    seeded: Settings, engine: Engine, admin_headers: dict
+) -> None:
+    """After the epochs, the rating network, the item path, the blend and the refit each
+    say their name on the job, and the progress only grows, up to 1 at the refit's end."""
+    from app.ml.train import PHASES, PhaseReport
+
+    factory = create_session_factory(engine)
+    with transaction(factory) as session:
+        job_id = jobs.enqueue(session, seeded, {"preset": "fast"}).id
+    report = runner.phase_reporter(factory, job_id)
+    seen: list[tuple[str, float]] = []
+    with TestClient(create_app(seeded.model_copy(update={"run_worker_in_api": False}))) as client:
+        for phase in PHASES[1:]:
+            for step in (0, 1, 3):
+                report(PhaseReport(phase, step, 3))
+                job = client.get(f"/admin/jobs/{job_id}", headers=admin_headers).json()
+                seen.append((job["phase"], job["progress"]))
+    assert [phase for phase, _ in seen[::3]] == list(PHASES[1:])
+    progress = [value for _, value in seen]
+    assert progress == sorted(progress) and progress[0] == 0.55 and progress[-1] == 1.0
 
 
 def test_stale_running_job_is_failed_on_start(seeded: Settings, engine: Engine) -> None:

@@ -188,12 +188,14 @@ def test_train_on_an_empty_database_shows_its_error_without_a_bar(tmp_path: Path
     )
     assert result.returncode == 1
     assert "training needs ratings" in result.stderr
-    assert "%" not in result.stderr and "training:" not in result.stderr
+    assert "%" not in result.stderr and "network:" not in result.stderr
 
 
-def test_train_says_when_early_stopping_ended_it(tmp_path: Path) -> None:
-    """The bar stops short of its total; the command says why, not just '38/60 63 %'."""
+def test_train_says_when_early_stopping_ended_it_and_names_every_phase(tmp_path: Path) -> None:
+    """The bar stops short of its total; the command says why, not just '38/60 63 %'. After
+    the epochs the bar goes on through every phase of training, each named."""
     from app.db import create_db_engine, upgrade_schema
+    from app.ml.train import PHASES
     from tests.factories import seed_synthetic
 
     url = f"sqlite:///{tmp_path / 'seeded.db'}"
@@ -214,3 +216,5 @@ def test_train_says_when_early_stopping_ended_it(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "early stopping after" in result.stderr and "of 200 epochs" in result.stderr
+    for phase in PHASES:
+        assert f"{phase}: " in result.stderr, phase

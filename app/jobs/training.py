@@ -21,7 +21,7 @@ from app.ml.config import ModelConfig, config_from
 from app.ml.data import IdMap, RatingChunk, RatingMatrix, build_rating_matrix, holdout_split
 from app.ml.distributed import DistributedContext
 from app.ml.hybrid import HybridModel
-from app.ml.train import EpochReport, TrainResult, make_validation, train_model
+from app.ml.train import EpochReport, PhaseReport, TrainResult, make_validation, train_model
 from app.ml.tuning import TrialCallback, search
 from app.models import ModelVersion, Rating
 from app.observability import get_logger
@@ -116,6 +116,7 @@ def train_and_register(
     on_trial: TrialCallback | None = None,
     budget_seconds: float | None = None,
     preload_wait: float = 0.0,
+    on_phase: Callable[[PhaseReport], None] | None = None,
 ) -> TrainingOutcome | None:
     """Train on everything in the database, then publish: save, register, gate, activate.
 
@@ -126,7 +127,7 @@ def train_and_register(
     Under torchrun (`saerec train --distributed`) every rank trains on its shard of the
     users and only rank 0 publishes and returns an outcome; the others return None.
     """
-    trained = train(training, engine, config, on_epoch, on_trial, budget_seconds)
+    trained = train(training, engine, config, on_epoch, on_trial, budget_seconds, on_phase)
     if not DistributedContext.current().is_main:
         return None
     return publish(training, engine, trained, preload_wait)
@@ -139,6 +140,7 @@ def train(
     on_epoch: Callable[[EpochReport], None] | None = None,
     on_trial: TrialCallback | None = None,
     budget_seconds: float | None = None,
+    on_phase: Callable[[PhaseReport], None] | None = None,
 ) -> TrainedModel:
     """Fit a model on the database's ratings; nothing is saved or registered.
 
@@ -167,6 +169,7 @@ def train(
             device=training.device,
             threads=training.torch_threads,
             deadline=time.monotonic() + training.train_max_seconds,
+            on_phase=on_phase,
         )
     metrics: dict[str, Any] = {k: _plain(v) for k, v in result.metrics.items()}
     if search_report is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -117,15 +117,27 @@ def _remap(csr: sp.csr_matrix, movies: IdMap, target: IdMap) -> sp.csr_matrix:
 
 
 def choose_item_path(
-    train: sp.csr_matrix, validation: Validation, config: ModelConfig
+    train: sp.csr_matrix,
+    validation: Validation,
+    config: ModelConfig,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[ItemToItem, dict[str, float]]:
     """The item path best on validation NDCG@10: each variant (`app.ml.item_path.variants`)
     at the middle ridge strength, then the best variant at the grid's other strengths (5
     closed forms rather than 9: each is cubic in the movies, 8,000 at most). Returns it and
-    every candidate's NDCG (keyed by `candidate_name`)."""
+    every candidate's NDCG (keyed by `candidate_name`); ``on_step(done, of)`` after each."""
     tried: dict[str, float] = {}
     fitted: list[tuple[float, ItemToItem, CoOccurrence]] = []
-    for variant in variants(config.item_liked_weight, config.relevant_threshold):
+    kinds = variants(config.item_liked_weight, config.relevant_threshold)
+    others = [] if config.item_lambda else [f for f in LAMBDA_FACTORS if f != 1.0]
+    steps = len(kinds) + len(others)
+
+    def step() -> None:
+        if on_step is not None:
+            on_step(len(tried), steps)
+
+    step()
+    for variant in kinds:
         co = CoOccurrence.of(
             train, config.relevant_threshold, config.item_max_movies, variant.min_rating
         )
@@ -133,15 +145,17 @@ def choose_item_path(
         path = fit_item_to_item(co, lam, variant.liked_weight, config.item_neighbors)
         fitted.append((_ndcg(path, validation), path, co))
         tried[candidate_name(variant, lam)] = fitted[-1][0]
+        step()
     best_ndcg, best, co = max(fitted, key=lambda f: f[0])
     del fitted
-    if not config.item_lambda:
-        for factor in (f for f in LAMBDA_FACTORS if f != 1.0):
-            path = fit_item_to_item(co, best.lam * factor, best.liked_weight, config.item_neighbors)
-            ndcg = _ndcg(path, validation)
-            tried[candidate_name(path, path.lam)] = ndcg
-            if ndcg > best_ndcg:
-                best_ndcg, best = ndcg, path
+    lam = best.lam
+    for factor in others:
+        path = fit_item_to_item(co, lam * factor, best.liked_weight, config.item_neighbors)
+        ndcg = _ndcg(path, validation)
+        tried[candidate_name(path, path.lam)] = ndcg
+        step()
+        if ndcg > best_ndcg:
+            best_ndcg, best = ndcg, path
     return best, tried
 
 

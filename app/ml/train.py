@@ -61,6 +61,55 @@ class TrainResult:
         return self.model.rating_scale
 
 
+PHASES = ("network", "rating network", "item path", "blend", "refit")
+"""Training's phases in order: the joint network's epochs, the rating network's, the item
+path's closed forms, the blend's grid, the refit of every served part on every rating."""
+
+
+@dataclass(frozen=True)
+class PhaseReport:
+    """The phase training is in (one of `PHASES`) and how far: ``step`` of ``steps``
+    (epochs, or closed forms for the item path)."""
+
+    phase: str
+    step: int
+    steps: int
+
+
+class Phases:
+    """Hands each phase's progress to ``on_phase`` (a bar, the job row) and times the
+    phases: their seconds go into the metrics as ``seconds_<phase>``."""
+
+    def __init__(self, on_phase: Callable[[PhaseReport], None] | None = None) -> None:
+        self.on_phase = on_phase
+        self.seconds: dict[str, float] = {}
+        self._current: str | None = None
+        self._since = time.perf_counter()
+
+    def report(self, phase: str, step: int, steps: int) -> None:
+        self._clock(phase)
+        if self.on_phase is not None:
+            self.on_phase(PhaseReport(phase, step, steps))
+
+    def stepper(self, phase: str) -> Callable[[int, int], None]:
+        """``report`` for one phase, as a (step, steps) callback."""
+        return lambda step, steps: self.report(phase, step, steps)
+
+    def epochs(self, phase: str) -> Callable[[EpochReport], None]:
+        """``report`` for a network's phase, as an ``on_epoch`` callback."""
+        return lambda epoch: self.report(phase, epoch.epoch, epoch.epochs)
+
+    def metrics(self) -> dict[str, float]:
+        self._clock(None)
+        return {f"seconds_{name.replace(' ', '_')}": t for name, t in self.seconds.items()}
+
+    def _clock(self, phase: str | None) -> None:
+        now = time.perf_counter()
+        if self._current is not None:
+            self.seconds[self._current] = self.seconds.get(self._current, 0.0) + now - self._since
+        self._current, self._since = phase, now
+
+
 def pick_device(device: str | None = None) -> torch.device:
     """CUDA when available, else CPU; an explicit ``device`` wins."""
     if device:
@@ -391,21 +440,34 @@ def train_model(
     threads: int | None = None,
     deadline: float | None = None,
     refit: bool = True,
+    on_phase: Callable[[PhaseReport], None] | None = None,
 ) -> TrainResult:
     """Deep snapshots, then the item path and the blend chosen on ``valid`` (same maps), then
-    (``refit`` and ``config.refit``) the rating parts fitted again on all the ratings."""
+    (``refit`` and ``config.refit``) every served part fitted again on all the ratings.
+
+    ``on_epoch`` follows the joint network's epochs (learning curves); ``on_phase`` every
+    phase of `PHASES`, so a bar or a job's progress never stalls after the epochs."""
     if train.shape != valid.shape:
         raise ValueError("train and valid must share the same user and movie maps")
     if threads:
         torch.set_num_threads(threads)
     started = time.perf_counter()
+    phases = Phases(on_phase)
     joint_end, rating_end = stage_deadlines(deadline)
-    nets = train_network(train, valid, config, on_epoch, device, joint_end)
+    phases.report("network", 0, config.epochs)
+    network_epoch = phases.epochs("network")
+
+    def each_epoch(report: EpochReport) -> None:
+        network_epoch(report)
+        if on_epoch is not None:
+            on_epoch(report)
+
+    nets = train_network(train, valid, config, each_epoch, device, joint_end)
     time_limited = joint_end is not None and time.monotonic() >= joint_end
-    rating = train_rating_network(train, valid, config, device, rating_end)
+    rating = train_rating_network(train, valid, config, device, rating_end, phases)
     time_limited |= rating_end is not None and time.monotonic() >= rating_end
     network_seconds = time.perf_counter() - started
-    model, choice = assemble(train, valid, config, nets, rating)
+    model, choice = assemble(train, valid, config, nets, rating, phases)
     seconds = time.perf_counter() - started
     metrics: dict[str, float] = {
         f"valid_{k}": float(v)
@@ -433,7 +495,10 @@ def train_model(
         metrics["rating_network_epoch"] = rating.rate_epoch
         metrics["rating_network_epochs"] = len(rating.history)
     result = TrainResult(model, nets.history, nets.rank_epoch, metrics, seconds)
-    return refit_on_all(result, train, valid, config, device, deadline) if refit else result
+    if refit:
+        result = refit_on_all(result, train, valid, config, device, deadline, phases)
+    result.metrics.update(phases.metrics())
+    return result
 
 
 # How a deadline is shared out, cumulatively: the joint network stops at its best epochs
@@ -460,6 +525,7 @@ def refit_on_all(
     config: ModelConfig,
     device: str | None = None,
     deadline: float | None = None,
+    phases: Phases | None = None,
 ) -> TrainResult:
     """The validated model with every part the blend uses fitted again on every rating,
     validation included, with what validation chose: each network for its best epochs, the
@@ -474,6 +540,7 @@ def refit_on_all(
     """
     if not config.refit or valid.nnz == 0 or _late(deadline):
         return result
+    phases = phases or Phases()
     started = time.perf_counter()
     full = RatingMatrix(train.matrix + valid.matrix, train.users, train.movies)
     served, metrics = result.model, dict(result.metrics)
@@ -488,19 +555,31 @@ def refit_on_all(
         not config.rating_network and blend.rating_weight > 0
     )
     epochs_needed = max(rank_epoch, rate_epoch)
-    if (deep_ranks or joint_rates) and _fits(result.history, epochs_needed, growth, deadline):
+    joint = (deep_ranks or joint_rates) and _fits(result.history, epochs_needed, growth, deadline)
+    rating_epochs = int(metrics.get("rating_network_epoch", 0))
+    rated = config.rating_network and blend.rating_weight > 0
+    steps = (epochs_needed if joint else 0) + (rating_epochs if rated else 0) + 1
+    done = 0
+
+    def refit_epoch(report: EpochReport) -> None:
+        phases.report("refit", done + report.epoch, steps)
+
+    phases.report("refit", 0, steps)
+    if joint:
         nets = train_network(
-            full, nothing, config, None, device, deadline, (rank_epoch, rate_epoch)
+            full, nothing, config, refit_epoch, device, deadline, (rank_epoch, rate_epoch)
         )
+        done += epochs_needed
         rank_net = nets.rank_net
         rate_net = rate_net if config.rating_network else nets.rate_net
         metrics["refit_joint_network"] = 1.0
-    if config.rating_network and blend.rating_weight > 0 and not _late(deadline):
-        epochs = max(1, int(metrics["rating_network_epoch"]))
+    if rated and not _late(deadline):
+        epochs = max(1, rating_epochs)
         settings = rating_network_config(config)
         rate_net = train_network(
-            full, nothing, settings, None, device, deadline, (epochs, epochs)
+            full, nothing, settings, refit_epoch, device, deadline, (epochs, epochs)
         ).rate_net
+        done += rating_epochs
         metrics["refit_rating_network"] = 1.0
     if item_path is not None and blend.item_weight > 0:
         item_path = refitted(
@@ -508,6 +587,7 @@ def refit_on_all(
             config.item_max_movies, config.item_neighbors,
         )  # fmt: skip
         metrics["refit_item_lambda"] = item_path.lam
+    phases.report("refit", steps, steps)
     model = replace(
         served,
         rank_net=rank_net,
@@ -542,15 +622,21 @@ def train_rating_network(
     config: ModelConfig,
     device: str | None = None,
     deadline: float | None = None,
+    phases: Phases | None = None,
 ) -> NetworkResult | None:
     """The rating-only network (``config.rating_network``), kept at its best RMSE epoch.
 
-    Its epochs are not reported through ``on_epoch``: the learning curves and the job's
-    progress follow the joint network, which takes most of the time.
+    Its epochs are reported as the "rating network" phase, not through ``on_epoch``: the
+    learning curves follow the joint network.
     """
     if not config.rating_network:
         return None
-    return train_network(train, valid, rating_network_config(config), None, device, deadline)
+    settings = rating_network_config(config)
+    on_epoch = None
+    if phases is not None:
+        phases.report("rating network", 0, settings.epochs)
+        on_epoch = phases.epochs("rating network")
+    return train_network(train, valid, settings, on_epoch, device, deadline)
 
 
 def make_validation(train: RatingMatrix, valid: RatingMatrix, config: ModelConfig) -> Validation:
@@ -565,14 +651,17 @@ def assemble(
     config: ModelConfig,
     nets: NetworkResult,
     rating: NetworkResult | None = None,
+    phases: Phases | None = None,
 ) -> tuple[HybridModel, dict[str, object]]:
     """Fit the item path and bias terms on ``train`` and choose the blend on ``valid``; the
     served ratings come from the rating network when there is one."""
+    phases = phases or Phases()
     validation = make_validation(train, valid, config)
     item_path: ItemToItem | None = None
     lambdas: dict[str, float] = {}
     if config.item_path and validation.rows.shape[0]:
-        item_path, lambdas = choose_item_path(train.matrix, validation, config)
+        on_step = phases.stepper("item path")
+        item_path, lambdas = choose_item_path(train.matrix, validation, config, on_step)
     model = HybridModel(
         config,
         nets.rank_net,
@@ -586,6 +675,8 @@ def assemble(
     if validation.rows.shape[0] == 0:
         return model, {"figures": {}, "bias_rmse": math.nan, "deep_rmse": math.nan,
                        "popularity_ndcg@10": math.nan}  # fmt: skip
+    phases.report("blend", 0, 1)
     blend, choice = choose_blend(model, validation, best_ease(lambdas))
+    phases.report("blend", 1, 1)
     choice["item_paths"] = lambdas
     return model.with_blend(blend), choice
