@@ -243,8 +243,27 @@ def fit_ease(train: RatingMatrix, params: Params, seed: int) -> UserScorer:
     return implicit_scorer(train, params["input"], score_rows)
 
 
+def beyond_edges(axes: dict[str, tuple[Sequence[float], float]]) -> Stage:
+    """One step further along each axis (``value * step``, or ``/ step``) where the winner
+    sits at the grid's edge: a choice at the edge says the grid was too narrow."""
+
+    def stage(best: Params | None) -> list[Params]:
+        out: list[Params] = []
+        for key, (values, step) in axes.items():
+            if best is None or best[key] not in (min(values), max(values)):
+                continue
+            value = best[key] * step if best[key] == max(values) else best[key] / step
+            out.append({**best, key: type(best[key])(value)})
+        return out
+
+    return stage
+
+
 def ease_stages(lambdas: Sequence[float]) -> tuple[Stage, ...]:
-    return (lambda _best: [{"lambda": lam} for lam in lambdas],)
+    return (
+        lambda _best: [{"lambda": lam} for lam in lambdas],
+        beyond_edges({"lambda": (lambdas, 2.0)}),
+    )
 
 
 def fit_als(train: RatingMatrix, params: Params, seed: int) -> UserScorer:
@@ -436,6 +455,8 @@ def _grid(**axes: Sequence[Any]) -> Stage:
     return stage
 
 
+ALS_FACTORS, ALS_REGULARIZATION, ALS_ALPHA = (32, 64, 128), (1.0, 10.0, 100.0), (1.0, 10.0)
+
 PEERS: dict[str, Peer] = {
     "ease-all": Peer(
         fit_ease, NDCG, ease_stages(EASE_LAMBDAS), ease_stages((250.0, 500.0)), {"input": "all"}
@@ -449,10 +470,17 @@ PEERS: dict[str, Peer] = {
         (
             _grid(
                 input=INPUTS,
-                factors=(32, 64, 128),
-                regularization=(1.0, 10.0, 100.0),
-                alpha=(1.0, 10.0),
+                factors=ALS_FACTORS,
+                regularization=ALS_REGULARIZATION,
+                alpha=ALS_ALPHA,
                 iterations=(15,),
+            ),
+            beyond_edges(
+                {
+                    "factors": (ALS_FACTORS, 2),
+                    "regularization": (ALS_REGULARIZATION, 3.0),
+                    "alpha": (ALS_ALPHA, 3.0),
+                }
             ),
         ),
         (
@@ -472,14 +500,14 @@ PEERS: dict[str, Peer] = {
     "recvae": Peer(
         fit_cornac_implicit(make_recvae, recvae_eval_mode),
         NDCG,
-        epoch_stages({}, 10, (5, 20)),
+        epoch_stages({}, 5, (15,)),
         epoch_stages({}, 1, (2,)),
         {},
     ),
     "bivaecf": Peer(
         fit_cornac_implicit(make_bivaecf),
         NDCG,
-        epoch_stages({}, 100, (200, 300)),
+        epoch_stages({}, 50, (100, 200)),
         epoch_stages({}, 2, (3,)),
         {},
     ),
