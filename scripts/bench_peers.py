@@ -695,6 +695,17 @@ def main(argv: list[str] | None = None) -> None:
         run(args)
 
 
+def model_figures(accuracy: dict[str, Any] | None, protocol: str) -> dict[str, Any] | None:
+    """bench_accuracy's model figures for this data set, if they are on the same split."""
+    if accuracy is None:
+        return None
+    if accuracy.get("protocol") != protocol:
+        log(f"--model-json: {accuracy.get('protocol')!r} is not {protocol!r}; no ratios")
+        return None
+    figures: dict[str, Any] = accuracy["model"]
+    return figures
+
+
 def run(args: argparse.Namespace) -> None:
     models: dict[str, Any] = {}
     if args.model_json:
@@ -710,12 +721,12 @@ def run(args: argparse.Namespace) -> None:
     }
     for name in args.datasets:
         loaded = dataset_folds(name, root, args.quick, args.valid_seed)
-        model = models.get(name, {}).get("model")
         if isinstance(loaded, str):
             log(f"{name}: {loaded}")
             out["skipped"][name] = loaded
             continue
         protocol, folds = loaded
+        model = model_figures(models.get(name), protocol)
         if name == "ml-100k" and args.quick:
             name = "ml-100k/u1"  # not the u1..u5 means
         peers: dict[str, dict[str, Any]] = {}
