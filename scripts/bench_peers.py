@@ -514,9 +514,13 @@ PEERS: dict[str, Peer] = {
     "svd": Peer(
         fit_surprise("SVD"),
         RMSE,
-        (
-            _grid(n_factors=(50, 100), n_epochs=(20,), lr_all=(0.005,), reg_all=(0.05, 0.1)),
-            lambda best: [{**(best or {}), "n_epochs": 40, "lr_all": 0.01}],
+        (  # regularisation and schedule together: the better reg differs per schedule
+            lambda _best: [
+                {"n_factors": f, "n_epochs": e, "lr_all": lr, "reg_all": r}
+                for f in (50, 100)
+                for e, lr in ((20, 0.005), (40, 0.01))
+                for r in (0.05, 0.1, 0.2)
+            ],
         ),
         (_grid(n_factors=(10,), n_epochs=(3,), lr_all=(0.005,), reg_all=(0.05,)),),
         {},
