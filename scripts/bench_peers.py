@@ -21,7 +21,10 @@ The implicit peers also choose their input (every rating or ratings >= 4) on val
 A peer ranks only the movies in its own input (a library cannot score the others); a user
 whose input row is empty gets the popularity order. Rating peers predict the training mean
 for a movie they cannot score, as the protocol's fallback does. Epoch counts are grid
-points (each a fit of its own: the libraries restart their optimisers on every fit).
+points (each a fit of its own: the libraries restart their optimisers on every fit). The
+grids are small, so a full run stays practical on two cores: the aim is a fair,
+validation-tuned figure, not the best one a long search could find. RecVAE's seconds
+include the train-set NDCG@100 that cornac's fit computes after every epoch.
 
 Output: per data set, each peer's NDCG@10, coverage@10, RMSE (rating peers), chosen
 hyperparameters and seconds, the strongest peer (NDCG@10) and the best peer (RMSE);
