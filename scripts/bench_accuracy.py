@@ -44,7 +44,7 @@ from threadpoolctl import threadpool_limits
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.ml.config import ModelConfig  # noqa: E402
+from app.ml.config import ModelConfig, config_from  # noqa: E402
 from app.ml.evaluate import (  # noqa: E402
     BIAS_ROW,
     MODEL_ROW,
@@ -52,7 +52,6 @@ from app.ml.evaluate import (  # noqa: E402
     evaluate_holdout,
     evaluate_splits,
 )
-from app.ml.model import config_from  # noqa: E402
 from app.movielens.ratings import Ratings, read_movielens  # noqa: E402
 
 DATASETS = (
@@ -152,33 +151,43 @@ def generated_25m_shape(users: int, movies: int, ratings: int, seed: int) -> Rat
 # --------------------------------------------------------------------------- runs
 
 
-def run_dataset(
-    name: str, root: Path, config: ModelConfig, quick: bool, threads: int | None
-) -> dict[str, Any] | str:
-    """The evaluation result of one data set, or a string saying why it was skipped."""
+ML100K_SPLITS = ("u1", "u2", "u3", "u4", "u5")
+
+
+def load_dataset(name: str, root: Path) -> Path | Ratings | str:
+    """ml-100k: its folder (the u1..u5 files); any other set: its ratings; a str: why absent."""
     ml100k = root / "ml-100k"
     if name == "ml-100k":
         if not (ml100k / "u1.base").is_file():
             return f"skipped: MovieLens 100k splits not found in {ml100k} (set MOVIELENS_DIR)"
-        splits = ("u1",) if quick else ("u1", "u2", "u3", "u4", "u5")
-        return evaluate_splits(ml100k, config, splits=splits, threads=threads)
-    if name == "ml-1m-half":
+        return ml100k
+    if name in ("ml-1m-half", "ml-1m-600"):
         folder = root / "ml-1m-half"
         if not (folder / "ratings.dat").is_file():
             return f"skipped: {folder}/ratings.dat not found (set MOVIELENS_DIR)"
-        return evaluate_holdout(folder, config, threads=threads)
+        if name == "ml-1m-half":
+            return read_movielens(folder)
+        return every_nth_user(folder, USER_STRIDE)
     if name == "sparse-100k":
         if not (ml100k / "u.data").is_file():
             return f"skipped: {ml100k}/u.data not found (set MOVIELENS_DIR)"
-        return evaluate_holdout(sparse_100k(ml100k), config, threads=threads)
-    if name == "ml-1m-600":
-        folder = root / "ml-1m-half"
-        if not (folder / "ratings.dat").is_file():
-            return f"skipped: {folder}/ratings.dat not found (set MOVIELENS_DIR)"
-        return evaluate_holdout(every_nth_user(folder, USER_STRIDE), config, threads=threads)
+        return sparse_100k(ml100k)
     if name == "gen25m-1500":
-        return evaluate_holdout(generated_25m_shape(**GENERATED), config, threads=threads)
-    return evaluate_holdout(synthetic_large(**SYNTHETIC), config, threads=threads)
+        return generated_25m_shape(**GENERATED)
+    return synthetic_large(**SYNTHETIC)
+
+
+def run_dataset(
+    name: str, root: Path, config: ModelConfig, quick: bool, threads: int | None
+) -> dict[str, Any] | str:
+    """The evaluation result of one data set, or a string saying why it was skipped."""
+    source = load_dataset(name, root)
+    if isinstance(source, str):
+        return source
+    if isinstance(source, Path):
+        splits = ML100K_SPLITS[:1] if quick else ML100K_SPLITS
+        return evaluate_splits(source, config, splits=splits, threads=threads)
+    return evaluate_holdout(source, config, threads=threads)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

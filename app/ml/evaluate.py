@@ -163,6 +163,30 @@ def evaluate_train_test(
     }
 
 
+def file_split(base_path: str | Path, test_path: str | Path) -> tuple[RatingMatrix, RatingChunk]:
+    """A ``.base``/``.test`` pair as (train matrix over the catalog, test ratings)."""
+    base, test = read_split_file(base_path), read_split_file(test_path)
+    catalog = np.union1d(base[1], test[1])
+    return build_rating_matrix([base], movie_ids=catalog), test
+
+
+def holdout(
+    ratings: Ratings, seed: int = HOLDOUT_SEED, fraction: float = HOLDOUT_FRACTION
+) -> tuple[RatingMatrix, RatingChunk]:
+    """docs/evaluation.md's per-user holdout as (train matrix over the catalog, test ratings)."""
+    train_chunk, test = per_user_holdout(
+        ratings.users, ratings.movies, ratings.ratings, ratings.timestamps, seed, fraction
+    )
+    catalog = np.union1d(ratings.catalog, ratings.movies)
+    return build_rating_matrix([train_chunk], movie_ids=catalog), test
+
+
+def holdout_label(
+    ratings: Ratings, seed: int = HOLDOUT_SEED, fraction: float = HOLDOUT_FRACTION
+) -> str:
+    return f"{ratings.name or 'data set'} per-user holdout (seed {seed}, {fraction:.0%})"
+
+
 def evaluate_split(
     base_path: str | Path,
     test_path: str | Path,
@@ -173,9 +197,7 @@ def evaluate_split(
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Train on base, score base+test with the protocol; rows for the model and baselines."""
-    base, test = read_split_file(base_path), read_split_file(test_path)
-    catalog = np.union1d(base[1], test[1])
-    full = build_rating_matrix([base], movie_ids=catalog)
+    full, test = file_split(base_path, test_path)
     result = evaluate_train_test(
         full, test, config, baselines, on_epoch=on_epoch, device=device, threads=threads
     )
@@ -204,11 +226,7 @@ def evaluate_holdout(
     The movie axis is the data set's catalog, so coverage is over the whole catalog.
     """
     ratings = data if isinstance(data, Ratings) else read_movielens(data)
-    train_chunk, test = per_user_holdout(
-        ratings.users, ratings.movies, ratings.ratings, ratings.timestamps, seed, fraction
-    )
-    catalog = np.union1d(ratings.catalog, ratings.movies)
-    full = build_rating_matrix([train_chunk], movie_ids=catalog)
+    full, test = holdout(ratings, seed, fraction)
     result = evaluate_train_test(
         full,
         test,
@@ -219,8 +237,7 @@ def evaluate_holdout(
         device=device,
         threads=threads,
     )
-    label = f"{ratings.name or 'data set'} per-user holdout (seed {seed}, {fraction:.0%})"
-    return {"split": label, "skipped": ratings.skipped, **result}
+    return {"split": holdout_label(ratings, seed, fraction), "skipped": ratings.skipped, **result}
 
 
 def evaluate_splits(

@@ -17,9 +17,14 @@ import scipy.sparse as sp
 
 from app.ml.data import RatingChunk, RatingMatrix, reindex
 
-Scorer = Callable[[sp.csr_matrix], tuple[np.ndarray | None, np.ndarray | None]]
+ScorerOutput = tuple[np.ndarray | None, np.ndarray | None]
+Scorer = Callable[[sp.csr_matrix], ScorerOutput]
 """Rows of training ratings (users x movies CSR) -> (scores, predicted ratings), either
 may be None when the model does not produce it (e.g. popularity has no ratings)."""
+UserScorer = Callable[[np.ndarray, sp.csr_matrix], ScorerOutput]
+"""(users' row positions in the training matrix, -1 for users it lacks; their training
+rows) -> as ``Scorer``: for models that keep a learned vector per training user (matrix
+factorisation, ALS) instead of folding the user in from the row."""
 
 RELEVANT_THRESHOLD = 4.0
 
@@ -157,6 +162,21 @@ def evaluate_scorer(
     mean and are counted in ``fallback_ratings``. Users unknown to training are ranked from
     an empty row; relevant movies outside the movie map count in the recall denominator.
     """
+    return evaluate_user_scorer(
+        lambda _users, rows: scorer(rows), train, test, k, scale, batch_size, threshold
+    )
+
+
+def evaluate_user_scorer(
+    scorer: UserScorer,
+    train: RatingMatrix,
+    test: RatingChunk,
+    k: int = 10,
+    scale: tuple[float, float] | None = None,
+    batch_size: int = 1024,
+    threshold: float = RELEVANT_THRESHOLD,
+) -> dict[str, float]:
+    """``evaluate_scorer`` for a scorer that is also told which training users it scores."""
     scale = scale or train.scale()
     mean = train.mean()
     users_t, movies_t, ratings_t = (np.asarray(a) for a in test)
@@ -173,7 +193,7 @@ def evaluate_scorer(
     for start in range(0, test_users.size, batch_size):
         batch = test_users[start : start + batch_size]
         rows = train.matrix[batch]
-        scores, ratings = scorer(rows)
+        scores, ratings = scorer(batch, rows)
         test_rows = test_csr[batch]
         if scores is not None:
             extra = _extra_relevant(
@@ -236,7 +256,7 @@ def _extra_relevant(
 
 
 def _rank_new_users(
-    scorer: Scorer,
+    scorer: UserScorer,
     acc: RankingAccumulator,
     new_users: np.ndarray,
     users_t: np.ndarray,
@@ -258,6 +278,6 @@ def _rank_new_users(
         rows_idx[~known & (ratings_t[sel] >= threshold)], minlength=new_users.size
     ).astype(np.float64)
     empty = sp.csr_matrix((new_users.size, train.shape[1]), dtype=np.float32)
-    scores, _ = scorer(empty)
+    scores, _ = scorer(np.full(new_users.size, -1, dtype=np.int64), empty)
     if scores is not None:
         acc.add(scores, empty, test_rows, extra)
