@@ -36,6 +36,9 @@ CA_BUNDLE=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 HOST_PYTHON=${PYTHON:-python3}
 mkdir -p "$WORK"
 
+# Waits are generous (minutes) and end as soon as the answer comes: on a busy 2-core host the
+# compose API once took over 120 s to answer /readyz.
+
 # ---------------------------------------------------------------- reporting
 declare -a SUMMARY=()
 STEP_NAME=""
@@ -106,11 +109,15 @@ with urllib.request.urlopen(request, timeout=10) as answer:
 PY
 }
 
-# wait_for URL SECONDS: polls until the URL answers 2xx
+# wait_for URL SECONDS CONTAINER: polls until the URL answers 2xx; shows the container's log
+# when it does not
 wait_for() {
   local deadline=$((SECONDS + $2))
   until http_get "$1" >/dev/null 2>&1; do
-    [ $SECONDS -lt $deadline ] || fail "$1 did not answer within $2 s"
+    if [ $SECONDS -ge $deadline ]; then
+      podman logs --tail 40 "$3" >&2 || true
+      fail "$1 did not answer within $2 s"
+    fi
     sleep 1
   done
 }
@@ -318,11 +325,11 @@ podman run -d --name "$NAME-api" --network "$NETWORK" -p "127.0.0.1:$PORT:8000" 
   -e DATABASE_URL="$DATABASE_URL" -e AUTO_MIGRATE=false -e ADMIN_TOKEN="$ADMIN_TOKEN" \
   "$IMAGE" >/dev/null 2>"$WORK/serve.log"  # podman: no systemd for healthcheck timers
 served_at=$SECONDS
-wait_for "http://127.0.0.1:$PORT/readyz" 120
+wait_for "http://127.0.0.1:$PORT/readyz" 300 "$NAME-api"
 note "readyz: $(http_get "http://127.0.0.1:$PORT/readyz")"
 
 step "HEALTHCHECK reports healthy"
-wait_healthy "$NAME-api" 120
+wait_healthy "$NAME-api" 300
 note "health: $(health_status "$NAME-api") $((SECONDS - served_at)) s after start"
 TIME_TO_HEALTHY=$((SECONDS - served_at))
 
@@ -399,8 +406,8 @@ until [ "$(compose_state migrate)" = "exited 0" ]; do
 done
 compose up -d --no-deps api worker >>"$WORK/compose.log" 2>&1 \
   || { tail -30 "$WORK/compose.log" >&2; fail "compose up api worker"; }
-wait_for "http://127.0.0.1:$API_PORT/readyz" 120
-wait_healthy "$(container_of api)" 120
+wait_for "http://127.0.0.1:$API_PORT/readyz" 300 "$(container_of api)"
+wait_healthy "$(container_of api)" 300
 for service in db api worker; do
   [ "$(compose_state $service)" = "running 0" ] || fail "$service is $(compose_state $service)"
 done
