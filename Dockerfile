@@ -2,17 +2,32 @@
 # saerec: multi-stage build. The build stage resolves dependencies into a virtualenv
 # (torch from PyTorch's CPU wheel index, never a CUDA build); the runtime stage copies
 # only that venv and the source, runs as a non-root user, and has no compilers.
+#
+#   docker build -t saerec .
+#
+# Build arguments, for builds away from Docker Hub and download.pytorch.org (mirrors,
+# air-gapped hosts; scripts/container-check.sh uses them):
+#   BASE_IMAGE       a Python 3.11 image on Debian bookworm with `python` and venv
+#   TORCH_INDEX_URL  a PEP 503 index that serves the CPU build of torch
+#   PIP_INDEX_URL    the index of everything else (PyPI or a mirror of it)
+#   TORCH_VERSION    the torch release installed (pyproject.toml accepts a range)
+#   PIP_CERT         a CA bundle for pip where TLS is re-signed by a proxy
 
-ARG PYTHON_VERSION=3.11
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 
-FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+FROM ${BASE_IMAGE} AS build
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_VERSION=2.13.0
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG PIP_CERT=""
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
-# torch first, in its own layer (it changes rarely), from the CPU index: the ==2.13.0 pin
-# in pyproject.toml is then already met and pip never reaches for a CUDA build
+# torch first, in its own layer (it changes rarely): the CPU index's build (2.13.0+cpu ranks
+# above PyPI's CUDA 2.13.0); pyproject.toml's range is then already met and `pip install .`
+# never reaches for a CUDA build
 RUN python -m venv /opt/venv \
- && pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+ && pip install --extra-index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app ./app
@@ -20,7 +35,7 @@ RUN pip install . && pip uninstall -y pip setuptools wheel 2>/dev/null; \
     find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + ; \
     find /opt/venv -name 'tests' -path '*site-packages/*/tests' -prune -exec rm -rf {} +
 
-FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
+FROM ${BASE_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="saerec" \
       org.opencontainers.image.description="Movie recommendations from a stacked autoencoder"
 ENV PATH=/opt/venv/bin:$PATH \

@@ -60,15 +60,16 @@ PY
   fi
 fi
 
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-if ! .venv/bin/python -c "import app, torch" 2>/dev/null || [ pyproject.toml -nt .venv/.installed ]; then
-  echo "installing saerec and its dependencies into .venv (pip install -e '.[dev]'):" >&2
+# The runtime only: what serving and training need (no test or lint tools; scripts/test.sh
+# adds those).
+. scripts/venv.sh
+if ! .venv/bin/python -c "import app, torch" 2>/dev/null || [ pyproject.toml -nt .venv/.installed ]
+then
+  echo "installing saerec and what it runs on into .venv (pip install -e .):" >&2
   echo "  torch (the autoencoder; the largest download, about a minute or more), numpy," \
-       "scipy, FastAPI, SQLAlchemy, Alembic, Optuna, and the test tools" >&2
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install -e '.[dev]'
-  touch .venv/.installed
+       "scipy, FastAPI, SQLAlchemy, Alembic, Optuna" >&2
 fi
+ensure_venv "" app torch
 export PATH="$PWD/.venv/bin:$PATH"
 
 if $DOWNLOAD; then

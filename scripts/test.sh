@@ -4,16 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
-fi
-if ! .venv/bin/python -c "import app, pytest, torch" 2>/dev/null \
-   || [ pyproject.toml -nt .venv/.installed ]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[dev]'
-  touch .venv/.installed
-fi
+# saerec with the dev extra (pytest, ruff, mypy, schemathesis, ...), torch's CPU build first
+. scripts/venv.sh
+ensure_venv dev app pytest torch
 
 if [ -z "${TEST_DATABASE_URL:-}" ]; then
   if .venv/bin/python - <<'PY' 2>/dev/null
