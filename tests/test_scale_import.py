@@ -113,7 +113,7 @@ def test_generated_data_imports_in_bulk_and_again_as_a_no_op(
 
     first = import_movielens(engine, tiny)
 
-    bulk = "_PostgresBulkWriter" if engine.dialect.name == "postgresql" else "_SqliteBulkWriter"
+    bulk = "PostgresBulkWriter" if engine.dialect.name == "postgresql" else "_SqliteBulkWriter"
     assert used == [bulk]
     assert first.skipped == {}
     assert (first.movies_added, first.ratings_added) == (SHAPE["movies"], SHAPE["ratings"])

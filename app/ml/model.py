@@ -238,12 +238,16 @@ class StackedAutoencoder(nn.Module):
             hidden.append(h)
         return h, tuple(hidden)
 
-    def rank_logits(self, h: torch.Tensor, user_bias: torch.Tensor) -> torch.Tensor:
+    def rank_logits(
+        self, h: torch.Tensor, user_bias: torch.Tensor, head_t: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Ranking scores over the catalog (B x n_movies): the ranking head, or the rating
-        head where there is none."""
+        head where there is none. ``head_t``: the ranking head's weights laid out hidden x
+        movies, contiguous, where a caller keeps them so (`FoldInScorer`)."""
         if self.rank_out is None:
             return self.ratings_all(h, user_bias)
-        return torch.addmm(self.rank_out.bias, h, self.rank_out.weight.t())
+        weight_t = self.rank_out.weight.t() if head_t is None else head_t
+        return torch.addmm(self.rank_out.bias, h, weight_t)
 
     def ratings_all(self, h: torch.Tensor, user_bias: torch.Tensor) -> torch.Tensor:
         """The rating head (unclamped) over the catalog (B x n_movies)."""

@@ -121,6 +121,16 @@ class FoldInScorer:
         self.rate_apart = self.rate_net is not self.rank_net
 
     @cached_property
+    def rank_head_t(self) -> torch.Tensor | None:
+        """The ranking head as hidden x movies, contiguous (one copy, built at load): MKL
+        multiplied a request batch by the layer's transposed view ~3.5x slower (one user
+        at 9,742 movies: 1.7 against 0.47 ms). None where the deep part does not rank."""
+        head = self.rank_net.rank_out
+        if head is None or self.deep_share == 0:
+            return None
+        return head.weight.detach().t().contiguous()
+
+    @cached_property
     def item_table(self) -> ItemTable | None:
         """Built on first use: only serving needs it (the recommender builds it at load)."""
         if self.item_path is None or self.item_share == 0:
@@ -159,7 +169,8 @@ class FoldInScorer:
         deep = None
         if self.deep_share > 0:
             with torch.inference_mode():
-                logits = self.rank_net.rank_logits(batch.rank.h, batch.rank.user_bias)
+                rank = batch.rank
+                logits = self.rank_net.rank_logits(rank.h, rank.user_bias, self.rank_head_t)
             deep = zscore(logits.numpy())
         return self.blend_scores(deep, item, self.blend)
 
@@ -195,7 +206,7 @@ class FoldInScorer:
         csr = sp.csr_matrix(rows, dtype=np.float32)
         with torch.inference_mode():
             enc = self.rank_net.encode(SparseBatch.from_csr(csr))
-            deep = self.rank_net.rank_logits(enc.h, enc.user_bias).numpy()
+            deep = self.rank_net.rank_logits(enc.h, enc.user_bias, self.rank_head_t).numpy()
         item = zscore(self.item_path.score_rows(csr)) if self.item_path is not None else None
         return zscore(deep), item
 

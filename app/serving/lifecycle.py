@@ -58,6 +58,7 @@ class ServingModel:
         scorer = FoldInScorer(loaded.model)
         model = cls(version, loaded, catalog, scorer, _column_table(loaded.movies.ids))
         _ = model.scorer.item_table  # built now, not by the first requests
+        _ = model.scorer.rank_head_t
         return model
 
     @functools.cached_property
