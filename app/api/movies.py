@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Query, status
 from pydantic import Field
 
 from app.api.deps import AdminDep, MovieId, SessionDep
-from app.schemas import MAX_ID, NO_NUL, MovieHiddenIn, MovieIn, MovieOut, MoviesPage
+from app.schemas import MAX_ID, NO_NUL, MovieHiddenIn, MovieIn, MovieOut, MoviesPage, QueryGenre
 from app.services import movies as service
 
 router = APIRouter(tags=["movies"])
@@ -18,11 +18,8 @@ router = APIRouter(tags=["movies"])
 def list_movies(
     session: SessionDep,
     genre: Annotated[
-        str | None,
+        QueryGenre | None,
         Query(
-            min_length=1,
-            max_length=64,
-            pattern=NO_NUL,
             description="movies of this genre (case-insensitive); one the catalog lacks lists none",
         ),
     ] = None,

@@ -10,13 +10,12 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Query, Response
-from pydantic import Field
 
 from app.api.deps import MovieId, RecommenderDep, UserId
 from app.schemas import (
-    NO_NUL,
     PositiveId,
     PredictionsOut,
+    QueryGenre,
     RecommendationQuery,
     RecommendationsOut,
     SimilarMoviesOut,
@@ -32,7 +31,7 @@ def _json(answer: dict[str, Any]) -> Response:
 
 
 Genres = Annotated[
-    list[Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)]] | None,
+    list[QueryGenre] | None,
     Query(max_length=20, description="repeatable: movies in any of these genres"),
 ]
 
