@@ -278,7 +278,8 @@ done
 DATA=${MOVIELENS_DIR:-}
 if [ -z "$DATA" ] && [ -f ../shared/data/ml-100k/u.data ]; then DATA=$(cd ../shared/data/ml-100k && pwd); fi
 if [ -z "$DATA" ]; then
-  # no MovieLens here: 300 users x 200 movies in ml-100k's layout, fixed seed
+  # no MovieLens here: 300 users x 200 movies in ml-100k's layout (u.item: id, title,
+  # release date, video date, URL, 19 genre flags), fixed seed
   DATA=$WORK/synthetic-ml-100k
   mkdir -p "$DATA"
   "$HOST_PYTHON" - "$DATA" <<'PY'
@@ -289,7 +290,7 @@ genres = [rng.randrange(19) for _ in range(200)]
 with open(folder / "u.item", "w", encoding="latin-1") as items:
     for movie in range(1, 201):
         flags = ["1" if g == genres[movie - 1] else "0" for g in range(19)]
-        items.write(f"{movie}|Movie {movie} (1990)|01-Jan-1990||" + "|".join(flags) + "\n")
+        items.write(f"{movie}|Movie {movie} (1990)|01-Jan-1990|||" + "|".join(flags) + "\n")
 with open(folder / "u.data", "w") as ratings:
     for user in range(1, 301):
         taste = rng.randrange(19)
