@@ -67,6 +67,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_accuracy import DATASETS, ML100K_SPLITS, data_dir, load_dataset  # noqa: E402
 
+from app.ml.baselines import EaseDual  # noqa: E402
 from app.ml.data import RatingChunk, RatingMatrix, build_rating_matrix, per_user_holdout  # noqa: E402
 from app.ml.evaluate import EASE_LAMBDAS, file_split, holdout, holdout_label  # noqa: E402
 from app.ml.metrics import RELEVANT_THRESHOLD, ScorerOutput, UserScorer, evaluate_user_scorer  # noqa: E402
@@ -225,23 +226,12 @@ def rating_scorer(train: RatingMatrix, predict: Callable[[np.ndarray], np.ndarra
 
 
 def fit_ease(train: RatingMatrix, params: Params, seed: int) -> UserScorer:
-    """EASE in its dual (Woodbury) form: users x users systems, never movies x movies.
-
-    P = (X'X + lambda I)^-1 = (I - X' K^-1 X) / lambda with K = X X' + lambda I, and EASE's
-    scores x B = x - (x P) / diag(P): the same model as app.ml.baselines.EASE (the tests
-    check it) at a cost linear in the catalog, which the catalog-heavy sets need.
-    """
-    lam = float(params["lambda"])
-    x = interactions(train.matrix, params["input"]).astype(np.float64)
-    gram_users = (x @ x.T).toarray()
-    gram_users[np.diag_indices_from(gram_users)] += lam
-    k_inv_x = np.linalg.solve(gram_users, x.toarray())  # K^-1 X, users x movies
-    diag_p = (1.0 - np.asarray(x.multiply(k_inv_x).sum(axis=0)).ravel()) / lam
+    """EASE in its dual form (`app.ml.baselines.EaseDual`) on the chosen input: linear in
+    the catalog, which the catalog-heavy sets need."""
+    dual = EaseDual.fit(interactions(train.matrix, params["input"]), float(params["lambda"]))
 
     def score_rows(users: np.ndarray, rows: sp.csr_matrix) -> np.ndarray:
-        dense = rows.astype(np.float64).toarray()
-        xp = (dense - (rows @ x.T).toarray() @ k_inv_x) / lam  # x P, a BLAS product
-        return dense - xp / diag_p
+        return dual.scores(rows)
 
     return implicit_scorer(train, params["input"], score_rows)
 

@@ -62,7 +62,7 @@ def test_dual_ease_scores_as_the_baseline_ease(fold: Any, positives: str) -> Non
     train = fold.train
     scorer = bench.fit_ease(train, {"lambda": 50.0, "input": positives}, seed=1)
     x = bench.interactions(train.matrix, positives)
-    reference = EASE(50.0).fit(RatingMatrix(x, train.users, train.movies))
+    reference = EASE(50.0, form="primal").fit(RatingMatrix(x, train.users, train.movies))
     users = np.arange(train.shape[0])
     ours, ratings = scorer(users, train.matrix)
     theirs, _ = reference(x)

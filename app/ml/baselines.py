@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -113,16 +115,27 @@ class Bias(Baseline):
 
 
 class EASE(Baseline):
-    """EASE (Steck 2019): closed-form item-item linear autoencoder on the rated indicator."""
+    """EASE (Steck 2019): closed-form item-item linear autoencoder on the rated indicator.
+
+    Fitted in whichever form is smaller: the movies x movies weights, or, where there are
+    fewer users than movies (the catalog-heavy sets), the dual `EaseDual`: a 20,000-movie
+    catalog's primal inverse is 1.6 GB and minutes of work, its 1,500-user dual a second.
+    """
 
     name = "EASE"
 
-    def __init__(self, lam: float = 250.0) -> None:
+    def __init__(self, lam: float = 250.0, form: Literal["smaller", "primal", "dual"] = "smaller"):
         self.lam = lam
+        self.form = form
         self.name = f"EASE (lambda {lam:g})"
 
     def _fit(self, train: RatingMatrix) -> None:
         x = (train.matrix > 0).astype(np.float64)
+        self.dual: EaseDual | None = None
+        fewer_users = x.shape[0] < x.shape[1]
+        if self.form == "dual" or (self.form == "smaller" and fewer_users):
+            self.dual = EaseDual.fit(x, self.lam)
+            return
         gram = (x.T @ x).toarray()
         gram[np.diag_indices_from(gram)] += self.lam
         inv = np.linalg.inv(gram)
@@ -132,7 +145,38 @@ class EASE(Baseline):
 
     def __call__(self, rows: sp.csr_matrix) -> ScorerOutput:
         x = (sp.csr_matrix(rows) > 0).astype(np.float32)
+        if self.dual is not None:
+            return self.dual.scores(x), None
         return np.asarray(x @ self.weights), None
+
+
+@dataclass(frozen=True)
+class EaseDual:
+    """EASE through users x users systems (Woodbury), never movies x movies.
+
+    P = (X'X + lambda I)^-1 = (I - X' K^-1 X) / lambda with K = X X' + lambda I, and EASE's
+    scores x B = x - (x P) / diag(P): the same model as the primal weights, at a cost
+    linear in the catalog.
+    """
+
+    x: sp.csr_matrix
+    k_inv_x: np.ndarray  # K^-1 X, users x movies
+    diag_p: np.ndarray
+    lam: float
+
+    @classmethod
+    def fit(cls, x: sp.csr_matrix, lam: float) -> EaseDual:
+        x = sp.csr_matrix(x, dtype=np.float64)
+        gram_users = (x @ x.T).toarray()
+        gram_users[np.diag_indices_from(gram_users)] += lam
+        k_inv_x = np.linalg.solve(gram_users, x.toarray())
+        diag_p = (1.0 - np.asarray(x.multiply(k_inv_x).sum(axis=0)).ravel()) / lam
+        return cls(x, k_inv_x, diag_p, lam)
+
+    def scores(self, rows: sp.csr_matrix) -> np.ndarray:
+        dense = rows.astype(np.float64).toarray()
+        xp = (dense - (rows @ self.x.T).toarray() @ self.k_inv_x) / self.lam  # x P
+        return dense - xp / self.diag_p
 
 
 BASELINES: dict[str, Callable[[], Baseline]] = {

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from app.ml.baselines import EASE
+from app.ml.data import RatingMatrix
 from app.ml.item_path import CoOccurrence, fit_item_to_item
 
 
@@ -15,7 +16,7 @@ def test_without_liked_weight_or_pruning_the_path_is_ease(synthetic) -> None:
     n = synthetic.shape[1]
     co = CoOccurrence.of(synthetic.matrix, threshold=4.0, max_movies=n)
     path = fit_item_to_item(co, lam=50.0, liked_weight=0.0, neighbors=n)
-    ease = EASE(50.0).fit(synthetic)
+    ease = EASE(50.0, form="primal").fit(synthetic)
     got = path.weights.toarray()
     np.testing.assert_allclose(got, ease.weights, atol=2e-5)
 
@@ -50,3 +51,13 @@ def test_a_gram_matrix_that_is_not_positive_definite_is_refused(synthetic) -> No
     co = CoOccurrence.of(synthetic.matrix, threshold=4.0, max_movies=20)
     with pytest.raises(np.linalg.LinAlgError):
         fit_item_to_item(co, lam=-1e9, liked_weight=0.0, neighbors=5)
+
+
+@pytest.mark.parametrize("users", [12, 200])
+def test_ease_dual_form_scores_as_its_primal_weights(synthetic, users: int) -> None:
+    """The users x users form (chosen where users are fewer than movies) is the same model."""
+    sample = RatingMatrix(synthetic.matrix[:users], synthetic.users, synthetic.movies)
+    primal = EASE(50.0, form="primal").fit(sample)
+    dual = EASE(50.0, form="dual").fit(sample)
+    rows = synthetic.matrix[users - 5 : users + 5]  # trained and unseen users alike
+    np.testing.assert_allclose(dual(rows)[0], primal(rows)[0], rtol=1e-4, atol=1e-4)
