@@ -72,7 +72,7 @@ async def session_recommendations(
         _unique(body.genre),
         _unique(body.exclude),
         body.explain,
-        SessionRatings.of((r.movie_id, r.rating) for r in body.ratings),
+        SessionRatings.of((r["movie_id"], r["rating"]) for r in body.ratings),
     )
     return _json(await recommender.recommendations(request))
 
