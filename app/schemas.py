@@ -170,6 +170,37 @@ class MoviesPage(BaseModel):
     items: list[MovieOut]
 
 
+class TrendingQuery(BaseModel):
+    """The query string of GET /movies/trending (as `RecommendationQuery`: exactly what is
+    checked is published, unknown names are 422)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n: int = Field(10, ge=1, le=100, description="how many movies to list")
+    days: int = Field(7, ge=1, le=365, description="the window: ratings of the last days")
+    genre: list[QueryGenre] | None = Field(
+        None, max_length=20, description="repeatable: movies in any of these genres"
+    )
+
+
+class TrendingItem(BaseModel):
+    movie_id: int
+    title: str
+    year: int | None
+    genres: list[str]
+    score: float = Field(
+        description="recent positive ratings weighted by their damped share of the movie's "
+        "recent ratings (see app/services/trending.py): higher means more trending"
+    )
+    recent_ratings: int = Field(description="ratings within the window")
+    recent_positive: int = Field(description="ratings of 4 stars or more within the window")
+
+
+class TrendingOut(BaseModel):
+    days: int
+    items: list[TrendingItem]
+
+
 class MovieHiddenIn(StrictBody):
     hidden: StrictBool  # true or false, as the schema says; lax pydantic also takes "no", 1
 
