@@ -32,6 +32,7 @@ from app.observability import (
     get_logger,
 )
 from app.services.errors import ServiceError
+from app.services.trending import TrendingLists
 from app.serving import popular
 from app.serving.recommender import TORCH_THREADS, Recommender
 
@@ -197,6 +198,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.session_factory = create_session_factory(engine)
         recommender = Recommender(engine, settings)
         app.state.recommender = recommender
+        app.state.trending = TrendingLists(settings.trending_cache_seconds)
         # Both before the first request: no request pays for loading or for the popular list.
         _try(recommender.refresh_model, "initial_model_load")
         _try(recommender.refresh_popular, "initial_popular_build")

@@ -33,10 +33,17 @@ def ratings_of(movie_id: int, stars: list[float], age_seconds: int) -> list[dict
 
 @pytest.fixture
 def api(settings: Settings, engine: Engine, admin_headers: dict[str, str]) -> Iterator[TestClient]:
+    yield from serve(settings, engine, admin_headers, cache_seconds=0)
+
+
+def serve(
+    settings: Settings, engine: Engine, headers: dict[str, str], cache_seconds: float
+) -> Iterator[TestClient]:
     add_movies(engine, CATALOG)
-    quiet = settings.model_copy(update={"run_worker_in_api": False})
+    update = {"run_worker_in_api": False, "trending_cache_seconds": cache_seconds}
+    quiet = settings.model_copy(update=update)
     with TestClient(create_app(quiet)) as client:
-        client.headers.update(admin_headers)
+        client.headers.update(headers)
         post_ratings(
             client,
             ratings_of(1, [5.0] * 40, 30 * DAY)  # loved a month ago
@@ -126,3 +133,17 @@ def test_bad_trending_queries_are_422(api: TestClient) -> None:
     for query in BAD_QUERIES:
         answer = api.get(f"/movies/trending?{query}")
         assert answer.status_code == 422, (query, answer.text)
+
+
+def test_a_kept_list_still_drops_a_movie_hidden_since(
+    settings: Settings, engine: Engine, admin_headers: dict[str, str]
+) -> None:
+    """With lists kept an hour, new ratings wait for the next read; hiding does not."""
+    for client in serve(settings, engine, admin_headers, cache_seconds=3600):
+        assert trending(client) == [2, 1, 3]
+        post_ratings(client, ratings_of(6, [4.5] * 60, 60))
+        assert trending(client) == [2, 1, 3], "the kept list"
+        assert trending(client, days=8)[0] == 6, "another window: read now"
+        assert client.patch("/admin/movies/2", json={"hidden": True}).status_code == 200
+        assert trending(client) == [1, 3]
+        assert trending(client, n=1) == [1]

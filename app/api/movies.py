@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query, status
 from pydantic import Field
 
-from app.api.deps import AdminDep, MovieId, SessionDep
+from app.api.deps import AdminDep, MovieId, SessionDep, TrendingDep
 from app.schemas import (
     MAX_ID,
     NO_NUL,
@@ -20,7 +20,6 @@ from app.schemas import (
     TrendingQuery,
 )
 from app.services import movies as service
-from app.services import trending
 
 router = APIRouter(tags=["movies"])
 
@@ -46,9 +45,11 @@ def list_movies(
 
 # Declared before /movies/{movie_id}, which would otherwise take "trending" for an id.
 @router.get("/movies/trending", response_model=TrendingOut)
-def trending_movies(session: SessionDep, query: Annotated[TrendingQuery, Query()]) -> TrendingOut:
+def trending_movies(
+    session: SessionDep, lists: TrendingDep, query: Annotated[TrendingQuery, Query()]
+) -> TrendingOut:
     """Movies by their recent positive ratings, damped (see app/services/trending.py)."""
-    return trending.trending_movies(session, query.n, query.days, query.genre or [])
+    return lists.top(session, query.n, query.days, query.genre or [])
 
 
 @router.get("/movies/{movie_id}", response_model=MovieOut, responses={404: {}})
