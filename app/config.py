@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     """where artifacts are written, and read (and cached, for a remote artifact) from."""
     answer_cache_size: int = Field(default=20_000, ge=0)
     """answers kept per model version (0 = no answer cache): memory against repeat hits."""
+    trending_cache_seconds: float = Field(default=10.0, ge=0)
+    """how long a process reuses a trending list (0 = every request reads the window);
+    hidden movies are re-checked on every request all the same."""
     model_poll_seconds: float = Field(default=2.0, gt=0)
     """how often an idle process looks for a new version to preload (requests follow the
     registry on their own: read your writes)."""

@@ -32,6 +32,7 @@ from app.observability import (
     get_logger,
 )
 from app.services.errors import ServiceError
+from app.services.trending import TrendingLists
 from app.serving import popular
 from app.serving.recommender import TORCH_THREADS, Recommender
 
@@ -139,6 +140,20 @@ def _integer_bounds(node: Any) -> None:
             _integer_bounds(value)
 
 
+def _repeatable_sent_once(schema: dict[str, Any]) -> None:
+    """A repeatable query parameter sent once (`?genre=Drama`) is a list of one: in a query
+    string one item and a one-item array are the same text, so the schema admits the item
+    alone too (else a fuzzer's "not an array" case is that very text, and accepted)."""
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            for param in operation.get("parameters", []):
+                choices = param.get("schema", {}).get("anyOf")
+                if param.get("in") != "query" or not choices:
+                    continue
+                arrays = [c for c in choices if c.get("type") == "array" and "items" in c]
+                choices.extend(array["items"] for array in arrays)
+
+
 def _truthful_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     """app.openapi, finished so that it states exactly what the server accepts."""
     generate = app.openapi
@@ -147,6 +162,7 @@ def _truthful_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
         if app.openapi_schema is None:
             schema = generate()
             _note_unknown_query(schema)
+            _repeatable_sent_once(schema)
             _integer_bounds(schema)
         return app.openapi_schema or generate()
 
@@ -182,6 +198,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.session_factory = create_session_factory(engine)
         recommender = Recommender(engine, settings)
         app.state.recommender = recommender
+        app.state.trending = TrendingLists(settings.trending_cache_seconds)
         # Both before the first request: no request pays for loading or for the popular list.
         _try(recommender.refresh_model, "initial_model_load")
         _try(recommender.refresh_popular, "initial_popular_build")

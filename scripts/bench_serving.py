@@ -17,12 +17,14 @@ and measures, each route on the same server:
 
 It also prints whether the issue's targets hold (2 workers, uncached), where the server's
 time went per answer (the `saerec_recommend_stage_*` counters from /metrics), and with the
-answer cache off what `explain=true` and `/movies/{id}/similar` cost one request at a time.
+answer cache off what `explain=true` and `/movies/{id}/similar` cost one request at a time,
+and what an anonymous session (POST /recommendations) costs beside the stored user whose
+ratings it sends (``--session-rounds``; the ratio, target at most 1.1).
 Then, on the last server, it drives recommendations while a retrain job runs and its model
 is swapped in, counting every non-200 answer (``--no-swap`` skips it). Prints JSON.
 
     .venv/bin/python scripts/bench_serving.py [--catalog synthetic] [--workers 2,1]
-        [--answer-cache 0] [--seconds 15] [--no-swap]
+        [--answer-cache 0] [--seconds 15] [--no-swap] [--session-rounds 400]
 """
 
 from __future__ import annotations
@@ -371,6 +373,12 @@ def parse_args() -> argparse.Namespace:
         "--feature-rounds", type=int, default=400, help="requests per explain/similar figure"
     )
     parser.add_argument(
+        "--session-rounds",
+        type=int,
+        default=400,
+        help="pairs of (stored user, anonymous session of its ratings) requests timed",
+    )
+    parser.add_argument(
         "--workers", default="2,1", help="comma list of `saerec serve --workers` values"
     )
     parser.add_argument(
@@ -502,6 +510,8 @@ def measure(
     if cache == 0 and args.feature_rounds:
         n_movies = args.movies if args.catalog == "synthetic" else 1682
         result["feature_costs"] = feature_costs(base, max_user, n_movies, args.feature_rounds)
+    if cache == 0 and args.session_rounds:
+        result["session_costs"] = session_costs(base, max_user, args.session_rounds)
     if cache == 0 and workers == TARGET_WORKERS:
         min_ratio, max_p99 = TARGETS[args.catalog]
         result["targets"] = {
@@ -554,6 +564,66 @@ def feature_costs(base: str, max_user: int, n_movies: int, rounds: int) -> dict[
         "explain_target_met": explain_extra <= EXPLAIN_MAX_EXTRA_MS,
         "similar_p50_ms": p50("similar"),
         "similar_to_recommendations_p50": round(p50("similar") / p50("paired"), 3),
+    }
+
+
+SESSION_MAX_EXTRA = 0.10  # issue 30: a session costs at most 10 % more than a stored user
+
+
+def _timed_post(client: httpx.Client, url: str, body: dict[str, Any]) -> float:
+    started = time.perf_counter()
+    response = client.post(url, json=body)
+    elapsed = time.perf_counter() - started
+    if response.status_code != 200:
+        raise RuntimeError(f"{url}: {response.status_code} {response.text[:200]}")
+    return elapsed
+
+
+def session_costs(base: str, max_user: int, rounds: int) -> dict[str, Any]:
+    """What an anonymous session (POST /recommendations with a user's ratings in the body)
+    costs beside the stored user it copies (GET /users/{id}/recommendations), one request at
+    a time, in a shuffled order per round so drift hits both alike; the ratings are fetched
+    before the timing. With the answer cache off, both run the model every time."""
+    rng = random.Random(11)
+    times: dict[str, list[float]] = {"user": [], "session": []}
+    with httpx.Client(base_url=base, timeout=30) as client:
+        users = [rng.randint(1, max_user) for _ in range(rounds)]
+        sessions = {}
+        for user in set(users):
+            page = client.get(f"/users/{user}/ratings", params={"limit": 1000}).json()
+            sessions[user] = [
+                {"movie_id": r["movie_id"], "rating": r["rating"]} for r in page["items"]
+            ]
+        for user in users:
+            calls = [
+                ("user", lambda u=user: _timed_get(client, f"/users/{u}/recommendations?n=10")),
+                (
+                    "session",
+                    lambda u=user: _timed_post(
+                        client, "/recommendations", {"ratings": sessions[u], "n": 10}
+                    ),
+                ),
+            ]
+            rng.shuffle(calls)
+            for name, call in calls:
+                times[name].append(call())
+
+    def pct(name: str, q: float) -> float:
+        ordered = sorted(times[name])
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3, 3)
+
+    ratio = round(pct("session", 0.5) / pct("user", 0.5), 3)
+    return {
+        "rounds": rounds,
+        "ratings_per_session_mean": round(statistics.mean(len(sessions[u]) for u in users), 1),
+        "user_p50_ms": pct("user", 0.5),
+        "user_p90_ms": pct("user", 0.9),
+        "session_p50_ms": pct("session", 0.5),
+        "session_p90_ms": pct("session", 0.9),
+        "ratio_session_to_user_p50": ratio,
+        "ratio_session_to_user_p90": round(pct("session", 0.9) / pct("user", 0.9), 3),
+        "target_max_ratio": 1 + SESSION_MAX_EXTRA,
+        "target_met": ratio <= 1 + SESSION_MAX_EXTRA,
     }
 
 

@@ -4,7 +4,8 @@ The browser test starts `saerec serve` on a temporary SQLite database with one t
 model, then drives Debian's headless Chromium through Selenium: a wrong token shows no
 data, the right one shows the versions with their learning curves, a retrain started from
 the form is followed to 100 %, an older version is rolled back to (confirming), a user's
-ratings sit beside their explained recommendations, and similar movies open for a movie.
+ratings sit beside their explained recommendations, an anonymous session's ratings (typed
+in) get theirs, and similar movies open for a movie.
 Screenshots at desktop (1280x800) and phone (390x844) size land in the test's tmp_path.
 """
 
@@ -244,6 +245,18 @@ def _show_user(driver: Any, user_id: int, rated: int) -> None:
     _wait(driver, lambda d: _css(d, "#recs-list li"), what="the recommendations")
 
 
+def _add_session_rating(driver: Any, movie_id: int, rating: str) -> None:
+    """Rate a movie in "try a session"; a movie the catalog has shows up in its table."""
+    from selenium.webdriver.support.ui import Select
+
+    _fill(driver, "#session-movie", str(movie_id))
+    Select(_css(driver, "#session-rating")[0]).select_by_value(rating)
+    _css(driver, "#session-add")[0].click()
+    if movie_id < 1000:
+        row = f'#session-table tr[data-movie="{movie_id}"]'
+        _wait(driver, lambda d: _css(d, row), what=f"movie {movie_id} in the session")
+
+
 def _show_similar(driver: Any, movie_id: int, answer: httpx.Response) -> None:
     """Open similar movies; `answer` is what the API says, for the count to expect."""
     _fill(driver, "#movie-id", str(movie_id))
@@ -350,6 +363,41 @@ def test_dashboard_in_a_real_browser(
         assert shown.startswith("because you rated ")
         for reason in item["because"]:
             assert f"{reason['title']} ★{reason['rating']:g}" in shown
+
+    # a session: a few rated movies (an unknown one refused, one removed and rated again),
+    # then their explained recommendations, as the API answers them
+    for movie_id, rating in ((1, "5"), (3, "4.5"), (8, "1")):
+        _add_session_rating(driver, movie_id, rating)
+    _add_session_rating(driver, 999999, "4")
+    _wait(driver, lambda d: "does not exist" in _text(d, "#session-message"), what="a 404")
+    assert len(_css(driver, "#session-table tbody tr")) == 3
+    _css(driver, '#session-table tr[data-movie="8"] button')[0].click()
+    _wait(driver, lambda d: len(_css(d, "#session-table tbody tr")) == 2, what="a removal")
+    _add_session_rating(driver, 8, "1")
+    assert "Movie 3 (1953)" in _text(driver, "#session-table") and "★4.5" in _text(
+        driver, '#session-table tr[data-movie="3"]'
+    )
+    _css(driver, "#session-show")[0].click()
+    session = [{"movie_id": 1, "rating": 5.0}, {"movie_id": 3, "rating": 4.5}]
+    session.append({"movie_id": 8, "rating": 1.0})
+    answer = api.post("/recommendations", json={"ratings": session, "n": 10, "explain": True})
+    assert answer.status_code == 200, answer.text
+    expected = [item["movie_id"] for item in answer.json()["items"]]
+    _wait(
+        driver,
+        lambda d: (
+            [int(li.get_attribute("data-movie")) for li in _css(d, "#session-recs-list li")]
+            == expected
+            != []
+        ),
+        what="the session's recommendations",
+    )
+    assert answer.json()["strategy"] in _text(driver, "#session-recs h3")
+    for item in answer.json()["items"]:
+        if item["because"]:
+            shown = _text(driver, f'#session-recs-list li[data-movie="{item["movie_id"]}"]')
+            assert all(f"{r['title']} ★{r['rating']:g}" in shown for r in item["because"])
+    assert api.get("/users/1/ratings").json()["total"] == 8, "a session stores nothing"
 
     # similar movies: a movie that does not exist, then one that does
     _fill(driver, "#movie-id", "999999")

@@ -27,7 +27,7 @@ from app.models import ModelVersion, Movie
 from app.serving import catalog as catalog_module
 from app.serving import lifecycle, popular, ranking
 from app.serving.popular import Popularity, build_popular_list
-from app.serving.ranking import RecommendRequest
+from app.serving.ranking import RecommendRequest, SessionRatings
 from app.serving.recommender import Recommender
 from tests.factories import LENIENT_GATE, TINY_TRAINING, seed_synthetic
 from tests.reliability_helpers import run_together
@@ -507,13 +507,16 @@ def test_uncached_answers_report_time_by_stage(seeded: Settings, trained: Traini
 
 def test_a_batch_answers_as_each_request_alone(seeded: Settings, trained: TrainingOutcome) -> None:
     """Requests that share a batch (concurrent traffic) get the answers they get alone:
-    model, popular fallback and genre filter mixed, in order."""
+    model, popular fallback, genre filter and anonymous sessions mixed, in order."""
     uncached = seeded.model_copy(update={"answer_cache_size": 0})
+    session = SessionRatings.of([(3, 5.0), (1, 4.5), (8, 1.0)])
     requests = [
         RecommendRequest(1, 5),
+        RecommendRequest(None, 6, session=session),
         RecommendRequest(999, 3),
         RecommendRequest(2, 4, ("Comedy",)),
         RecommendRequest(3, 7, exclude=(5,)),
+        RecommendRequest(None, 2, ("Drama",), explain=True, session=session),
         RecommendRequest(1, 2, explain=True),
     ]
     with TestClient(create_app(uncached)) as client:
@@ -521,7 +524,8 @@ def test_a_batch_answers_as_each_request_alone(seeded: Settings, trained: Traini
         alone = [recommender.recommend(request) for request in requests]
         together = recommender.recommend_many(requests)
     assert [a["strategy"] for a in alone] == [t["strategy"] for t in together]
-    assert alone[1]["strategy"] == "popular" and alone[0]["strategy"] == "autoencoder"
+    assert alone[2]["strategy"] == "popular" and alone[0]["strategy"] == "autoencoder"
+    assert alone[1]["strategy"] == "autoencoder" and alone[1]["user_id"] is None
     for one, many in zip(alone, together, strict=True):
         assert [i["movie_id"] for i in one["items"]] == [i["movie_id"] for i in many["items"]]
         for a, b in zip(one["items"], many["items"], strict=True):

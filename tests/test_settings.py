@@ -21,6 +21,7 @@ ENV = {
     "AUTO_MIGRATE": "false",
     "MODEL_DIR": "/srv/saerec/models",
     "ANSWER_CACHE_SIZE": "0",
+    "TRENDING_CACHE_SECONDS": "2.5",
     "MODEL_POLL_SECONDS": "0.5",
     "METRICS_DIR": "/run/saerec-metrics",
     "TRAIN_PRESET": "fast",

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.schemas import MAX_ID, NO_NUL
+from app.services.trending import TrendingLists
 from app.serving.recommender import Recommender
 
 
@@ -34,6 +35,10 @@ def get_engine(request: Request) -> Engine:
 
 def get_session_factory(request: Request) -> sessionmaker[Session]:
     return request.app.state.session_factory
+
+
+def get_trending_lists(request: Request) -> TrendingLists:
+    return request.app.state.trending
 
 
 async def get_recommender(request: Request) -> Recommender:
@@ -52,6 +57,7 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 # For a use case that commits before it acts (activation, then the model preload).
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
+TrendingDep = Annotated[TrendingLists, Depends(get_trending_lists)]
 # scope="function": commit before the response is sent. With FastAPI's default ("request")
 # the commit ran after a 201 had gone out, so a commit that failed (database gone, a
 # constraint) was acknowledged to the client as stored.

@@ -7,8 +7,18 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query, status
 from pydantic import Field
 
-from app.api.deps import AdminDep, MovieId, SessionDep
-from app.schemas import MAX_ID, NO_NUL, MovieHiddenIn, MovieIn, MovieOut, MoviesPage, QueryGenre
+from app.api.deps import AdminDep, MovieId, SessionDep, TrendingDep
+from app.schemas import (
+    MAX_ID,
+    NO_NUL,
+    MovieHiddenIn,
+    MovieIn,
+    MovieOut,
+    MoviesPage,
+    QueryGenre,
+    TrendingOut,
+    TrendingQuery,
+)
 from app.services import movies as service
 
 router = APIRouter(tags=["movies"])
@@ -31,6 +41,15 @@ def list_movies(
     include_hidden: Annotated[bool, Query(description="also list hidden movies")] = False,
 ) -> MoviesPage:
     return service.search_movies(session, q, genre, limit, offset, include_hidden)
+
+
+# Declared before /movies/{movie_id}, which would otherwise take "trending" for an id.
+@router.get("/movies/trending", response_model=TrendingOut)
+def trending_movies(
+    session: SessionDep, lists: TrendingDep, query: Annotated[TrendingQuery, Query()]
+) -> TrendingOut:
+    """Movies by their recent positive ratings, damped (see app/services/trending.py)."""
+    return lists.top(session, query.n, query.days, query.genre or [])
 
 
 @router.get("/movies/{movie_id}", response_model=MovieOut, responses={404: {}})

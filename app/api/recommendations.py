@@ -18,9 +18,11 @@ from app.schemas import (
     QueryGenre,
     RecommendationQuery,
     RecommendationsOut,
+    SessionRecommendationsIn,
+    SessionRecommendationsOut,
     SimilarMoviesOut,
 )
-from app.serving.ranking import RecommendRequest
+from app.serving.ranking import RecommendRequest, SessionRatings
 
 router = APIRouter(tags=["recommendations"])
 
@@ -50,6 +52,27 @@ async def recommendations(
         _unique(query.genre or []),
         _unique(query.exclude or []),
         query.explain,
+    )
+    return _json(await recommender.recommendations(request))
+
+
+@router.post(
+    "/recommendations",
+    response_model=SessionRecommendationsOut,
+    responses={404: {"description": "unknown movie ids"}},
+)
+async def session_recommendations(
+    recommender: RecommenderDep, body: SessionRecommendationsIn
+) -> Response:
+    """An anonymous session: its ratings are folded in as a stored user's are, through the
+    same batcher, model and filters; nothing is stored."""
+    request = RecommendRequest(
+        None,
+        body.n,
+        _unique(body.genre),
+        _unique(body.exclude),
+        body.explain,
+        SessionRatings.of((r["movie_id"], r["rating"]) for r in body.ratings),
     )
     return _json(await recommender.recommendations(request))
 

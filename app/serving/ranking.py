@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,16 +18,42 @@ from app.serving.lifecycle import ServingModel
 
 
 @dataclass(frozen=True)
+class SessionRatings:
+    """An anonymous session's ratings: the (movie ids, ratings) row that a stored user's
+    read gives, sent with the request instead. Sorted by movie id, as a user's rows are
+    read (so the same ratings in another order are the same answer key)."""
+
+    movie_ids: tuple[int, ...]
+    ratings: tuple[float, ...]
+
+    @classmethod
+    def of(cls, pairs: Iterable[tuple[int, float]]) -> SessionRatings:
+        ordered = sorted(pairs)
+        return cls(tuple(m for m, _ in ordered), tuple(r for _, r in ordered))
+
+    @functools.cached_property
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """As the reader parses a user's row: int64 movie ids, float32 stars."""
+        return (
+            np.array(self.movie_ids, dtype=np.int64),
+            np.array(self.ratings, dtype=np.float32),
+        )
+
+
+@dataclass(frozen=True)
 class RecommendRequest:
     """What a recommendation request asks for; hashable, so it is part of the answer key."""
 
-    user_id: int
+    user_id: int | None
+    """None: an anonymous session, whose ratings come with the request"""
     n: int = 10
     genres: tuple[str, ...] = ()
     """any of these genres (none: every genre)"""
     exclude: tuple[int, ...] = ()
     """movie ids the caller does not want listed this time"""
     explain: bool = False
+    session: SessionRatings | None = None
+    """an anonymous session's ratings (user_id None), folded in instead of a stored user's"""
 
 
 # Where an uncached answer's time goes (the benchmark prints it): per stage, the seconds

@@ -111,12 +111,13 @@ class UserReader:
         if self._owns_engine:
             self._engine.dispose()
 
-    def read_many(self, user_ids: Sequence[int], generation: int) -> list[UserRead]:
-        """One `UserRead` per id, in order.
+    def read_many(self, user_ids: Sequence[int | None], generation: int) -> list[UserRead]:
+        """One `UserRead` per id, in order; None (an anonymous session) reads no ratings
+        and no dismissals, only what every request reads (hidden movies, active version).
 
         `generation`: the model switch count taken before this read (see `model_for`).
         """
-        ratings, dismissed, hidden, version = self._read(user_ids)
+        ratings, dismissed, hidden, version = self._read([u for u in user_ids if u is not None])
         return [
             UserRead(
                 (*ratings.get(user, (None, None)), dismissed.get(user), hidden),

@@ -135,7 +135,7 @@ class Recommender:
         return self.popularity.current()
 
     # -- answering ------------------------------------------------------------------------
-    def read_users(self, user_ids: Sequence[int]) -> list[UserRead]:
+    def read_users(self, user_ids: Sequence[int | None]) -> list[UserRead]:
         """The users' current ratings and the active version, in one round trip."""
         return self.reader.read_many(user_ids, self.models.generation)  # generation: first
 
@@ -208,7 +208,11 @@ class Recommender:
         key = (model.version if model else None, read.key, request)
         if model is not None and (cached := self.answers.get(key)) is not None:
             return _answer(user_id, model.version, "autoencoder", cached)
-        movie_ids, ratings = read.ratings()
+        if request.session is None:
+            movie_ids, ratings = read.ratings()
+        else:  # a session's ratings are its row: the same fold-in, filters and batch
+            movie_ids, ratings = request.session.arrays
+            self._check_session_movies(movie_ids, model)
         filters = Filters.of(request.genres, request.exclude, read.dismissed(), read.hidden())
         known = model.known(movie_ids, ratings) if model is not None and len(movie_ids) else None
         if model is not None and known is not None:
@@ -218,6 +222,18 @@ class Recommender:
         if request.explain:  # nothing of the user's raised a popular movie's score
             items = [{**item, "because": []} for item in items]
         return _answer(user_id, model.version if model else None, "popular", items)
+
+    def _check_session_movies(self, movie_ids: np.ndarray, model: ServingModel | None) -> None:
+        """404 listing a session's movies the catalog lacks, as a batch of ratings does.
+
+        Movies are never deleted (the API has no way to), so one the served model or the
+        popular list knows exists: only the others, movies added since, cost a query.
+        """
+        unknown = movie_ids if model is None else movie_ids[model.columns(movie_ids) < 0]
+        if unknown.size:
+            unknown = unknown[~np.isin(unknown, self.popular().catalog.movie_ids)]
+        if unknown.size:
+            self._check_movies_exist(unknown.tolist())
 
     def similar(self, movie_id: int, n: int, genres: tuple[str, ...]) -> dict[str, Any]:
         """The movies the served model finds most alike (never the movie itself, never a
@@ -273,5 +289,5 @@ def _similar_answer(
     return {"movie_id": movie_id, "model_version": version, "strategy": strategy, "items": items}
 
 
-def _answer(user_id: int, version: str | None, strategy: str, items: list) -> dict[str, Any]:
+def _answer(user_id: int | None, version: str | None, strategy: str, items: list) -> dict[str, Any]:
     return {"user_id": user_id, "model_version": version, "strategy": strategy, "items": items}

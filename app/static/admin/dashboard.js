@@ -24,6 +24,7 @@
     statsTimer: null,
     titles: new Map(), // movie id -> title (or null when the catalog has none)
     user: null,
+    session: new Map(), // movie id -> stars: the ratings of "try a session", in order added
   };
 
   // -- DOM helpers ----------------------------------------------------------------------
@@ -201,11 +202,12 @@
     state.watching = null;
     clearInterval(state.statsTimer);
     state.statsTimer = null;
-    for (const id of ["stats", "stats-routes", "models", "jobs", "job-watch", "user-ratings", "user-recs", "similar"]) {
+    state.session.clear();
+    for (const id of ["stats", "stats-routes", "models", "jobs", "job-watch", "user-ratings", "user-recs", "session-ratings", "session-recs", "similar"]) {
       $(id).replaceChildren();
     }
     $("job-watch").hidden = true;
-    for (const id of ["stats-message", "models-message", "retrain-message", "user-message", "similar-message"]) {
+    for (const id of ["stats-message", "models-message", "retrain-message", "user-message", "session-message", "similar-message"]) {
       message(id, "");
     }
     $("dashboard").hidden = true;
@@ -654,17 +656,74 @@
         because(item, strategy))));
   }
 
-  function renderRecommendations(body, explained) {
+  function renderRecommendations(body, explained, pane = "user-recs", listId = "recs-list") {
     const head = h("h3", null, "Recommendations ",
       h("span", { class: "badge " + body.strategy, text: body.strategy }),
       body.model_version ? h("span", { class: "muted small mono", text: ` ${body.model_version}` }) : null);
     const notes = [];
     if (!explained) notes.push(h("p", { class: "alert warn small", text: "This server does not explain recommendations (explain=true is refused)." }));
-    if (body.strategy === "popular") notes.push(h("p", { class: "muted small", text: "The popular list: no active model, or the model does not know this user." }));
+    const who = body.user_id === null ? "these movies" : "this user";
+    if (body.strategy === "popular") notes.push(h("p", { class: "muted small", text: `The popular list: no active model, or the model does not know ${who}.` }));
     const list = body.items.length
-      ? movieList(body.items, body.strategy, "recs-list")
+      ? movieList(body.items, body.strategy, listId)
       : h("p", { class: "muted", text: "Nothing left to recommend." });
-    $("user-recs").replaceChildren(head, ...notes, list);
+    $(pane).replaceChildren(head, ...notes, list);
+  }
+
+  // -- try a session ------------------------------------------------------------------------------
+  async function addSessionRating(movieId, rating) {
+    message("session-message", "");
+    try {
+      const movie = await api(`movies/${movieId}`);
+      state.titles.set(movieId, Promise.resolve(movie.title));
+    } catch (err) {
+      const why = err.status === 404 ? `Movie ${movieId} does not exist (404).` : `Movie ${movieId} unavailable: ${describe(err)}`;
+      message("session-message", why, "error");
+      return;
+    }
+    state.session.delete(movieId); // a movie rated again moves to the end with its new stars
+    state.session.set(movieId, rating);
+    renderSession();
+  }
+
+  function renderSession() {
+    const pane = $("session-ratings");
+    const title = h("h3", { text: `Session ratings (${state.session.size})` });
+    if (!state.session.size) {
+      pane.replaceChildren(title, h("p", { class: "muted", text: "No ratings yet: add a movie id and its stars." }));
+      return;
+    }
+    const rows = [...state.session].map(([movieId, rating]) => {
+      const cell = h("td", { "data-label": "Movie", class: "movie-title" }, h("span", { class: "muted", text: `#${movieId}` }));
+      movieTitle(movieId).then((t) => cell.replaceChildren(t || `#${movieId}`));
+      const remove = h("button", { type: "button", class: "secondary small", text: "Remove", onclick: () => {
+        state.session.delete(movieId);
+        renderSession();
+      } });
+      return h("tr", { "data-movie": movieId }, cell,
+        h("td", { "data-label": "Rating", class: "stars", text: stars(rating) }),
+        h("td", { "data-label": "" }, remove));
+    });
+    pane.replaceChildren(title,
+      h("div", { class: "table-wrap" }, h("table", { class: "compact", id: "session-table" },
+        h("thead", null, h("tr", null, h("th", { text: "Movie" }), h("th", { text: "Rating" }), h("th", { text: "" }))),
+        h("tbody", null, rows))));
+  }
+
+  async function showSession() {
+    message("session-message", "");
+    if (!state.session.size) {
+      message("session-message", "Add at least one rating first.", "error");
+      return;
+    }
+    const ratings = [...state.session].map(([movie_id, rating]) => ({ movie_id, rating }));
+    $("session-recs").replaceChildren(h("p", { class: "muted", text: "Loading recommendations…" }));
+    try {
+      const body = await api("recommendations", { method: "POST", body: { ratings, n: 10, explain: true } });
+      if (state.signedIn) renderRecommendations(body, true, "session-recs", "session-recs-list");
+    } catch (err) {
+      $("session-recs").replaceChildren(h("p", { class: "alert error", text: `Recommendations unavailable: ${describe(err)}` }));
+    }
   }
 
   // -- similar movies -------------------------------------------------------------------------
@@ -716,6 +775,19 @@
       const id = positiveId($("user-id").value);
       if (id === null) message("user-message", "A user id is a positive whole number.", "error");
       else showUser(id);
+    });
+    $("session-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const id = positiveId($("session-movie").value);
+      if (id === null) message("session-message", "A movie id is a positive whole number.", "error");
+      else addSessionRating(id, Number($("session-rating").value));
+    });
+    $("session-show").addEventListener("click", showSession);
+    $("session-clear").addEventListener("click", () => {
+      state.session.clear();
+      renderSession();
+      $("session-recs").replaceChildren();
+      message("session-message", "");
     });
     $("similar-form").addEventListener("submit", (event) => {
       event.preventDefault();
