@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import types
-from collections import Counter
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -294,9 +293,7 @@ class SessionRecommendationsIn(StrictBody):
     ratings: list[SessionRatingIn] = Field(
         min_length=1,
         max_length=MAX_SESSION_RATINGS,
-        description="each movie at most once (a movie rated twice: 422)",
-        # what JSON Schema can say of it: no two equal items (the server: no two of a movie)
-        json_schema_extra={"uniqueItems": True},
+        description="a movie rated more than once keeps its last rating, as in a batch",
     )
     n: Annotated[int, Field(ge=1, le=100), INTEGER_ONLY] = Field(
         10, description="how many movies to list"
@@ -310,15 +307,6 @@ class SessionRecommendationsIn(StrictBody):
     explain: StrictBool = Field(
         False, description="add each item's `because`: the session's ratings that raised it"
     )
-
-    @field_validator("ratings")
-    @classmethod
-    def _each_movie_once(cls, ratings: list[SessionRatingIn]) -> list[SessionRatingIn]:
-        counts = Counter(r["movie_id"] for r in ratings)
-        repeated = sorted(movie_id for movie_id, count in counts.items() if count > 1)
-        if repeated:
-            raise ValueError(f"each movie may be rated once; rated more than once: {repeated}")
-        return ratings
 
 
 class SessionRecommendationsOut(_Recommendations):

@@ -224,17 +224,6 @@ def engine_config() -> SchemathesisConfig:
             "generation": {"max-examples": ENGINE_EXAMPLES, "database": "none"},
             "phases": {"stateful": {"enabled": False}},
             "cache": {"enabled": False},
-            "operations": [
-                {
-                    # A session rates each movie once: JSON Schema can refuse two equal
-                    # items (uniqueItems) but not two of one movie with other stars, so
-                    # only here is a schema-valid body's 422 expected (tests/test_sessions).
-                    "include-name": "POST /recommendations",
-                    "checks": {
-                        "positive_data_acceptance": {"expected-statuses": ["2xx", "404", "422"]}
-                    },
-                }
-            ],
         }
     )
 

@@ -121,7 +121,6 @@ ONE = {"movie_id": 1, "rating": 4.0}
 BAD_SESSIONS: list[dict[str, Any]] = [
     {"ratings": []},
     {},
-    {"ratings": [ONE] * 2},
     {"ratings": [{"movie_id": m, "rating": 4.0} for m in range(1, 1002)]},
     {"ratings": [{"movie_id": 1, "rating": 0}]},
     {"ratings": [{"movie_id": 1, "rating": 4.2}]},
@@ -144,3 +143,21 @@ def test_bad_sessions_are_422(seeded: Settings) -> None:
             answer = client.post("/recommendations", json=body)
             assert answer.status_code == 422, (body, answer.text)
             assert answer.json()["detail"]
+
+
+def test_a_movie_rated_twice_keeps_its_last_rating(seeded: Settings, engine: Engine) -> None:
+    """As in a batch of ratings: the answer is the one for the last rating alone."""
+    assert train_tiny(seeded, engine).activated
+    with TestClient(create_app(seeded)) as client:
+        others = session_of(client, 3, 0)[1:]
+        movie = session_of(client, 3, 0)[0]["movie_id"]
+        twice = [{"movie_id": movie, "rating": 1.0}, *others, {"movie_id": movie, "rating": 5.0}]
+        once = [*others, {"movie_id": movie, "rating": 5.0}]
+        low = [*others, {"movie_id": movie, "rating": 1.0}]
+        answers = [
+            client.post("/recommendations", json={"ratings": r, "n": 20}).json()
+            for r in (twice, once, low)
+        ]
+        assert answers[0]["strategy"] == "autoencoder"
+        assert answers[0] == answers[1]
+        assert answers[0] != answers[2]  # the rating changes the answer: the last one counted

@@ -21,14 +21,15 @@ from app.serving.lifecycle import ServingModel
 class SessionRatings:
     """An anonymous session's ratings: the (movie ids, ratings) row that a stored user's
     read gives, sent with the request instead. Sorted by movie id, as a user's rows are
-    read (so the same ratings in another order are the same answer key)."""
+    read (so the same ratings in another order are the same answer key); a movie rated
+    more than once keeps its last rating, as a batch of ratings stores it."""
 
     movie_ids: tuple[int, ...]
     ratings: tuple[float, ...]
 
     @classmethod
     def of(cls, pairs: Iterable[tuple[int, float]]) -> SessionRatings:
-        ordered = sorted(pairs)
+        ordered = sorted(dict(pairs).items())
         return cls(tuple(m for m, _ in ordered), tuple(r for _, r in ordered))
 
     @functools.cached_property
