@@ -108,7 +108,7 @@ def test_a_damaged_chunk_is_refused_by_its_checksum(
     assert not ArtifactStore(settings.model_dir).path(version).exists(), "nothing written"
 
 
-def _mapping_of(pid: int, path: Path) -> tuple[int, int]:
+def mapped_memory(pid: int, path: Path) -> tuple[int, int]:
     """(Rss, Pss) in kB of the process's mappings of ``path``, from /proc/PID/smaps."""
     rss = pss = 0
     inside = False
@@ -139,7 +139,7 @@ def test_two_workers_share_one_mapped_copy_of_the_weights(
             for user_id in (1, 2):
                 body = client.get(f"/users/{user_id}/recommendations").json()
                 assert (body["strategy"], body["model_version"]) == ("autoencoder", version)
-        mapped = {pid: _mapping_of(pid, cached) for pid in clients}
+        mapped = {pid: mapped_memory(pid, cached) for pid in clients}
     for pid, (rss, pss) in mapped.items():
         assert rss > 1000, f"worker {pid} maps {cached}: {mapped}"
         assert pss <= 0.6 * rss, f"worker {pid}'s pages are its own: {mapped}"
