@@ -48,7 +48,7 @@ def chunked(settings: Settings, engine: Engine) -> tuple[Settings, str]:
     return small, outcome.version
 
 
-def test_an_artifact_of_many_chunks_is_stored_once_and_served(
+def test_an_artifact_of_many_chunks_is_stored_once_and_served_without_its_cache(
     chunked: tuple[Settings, str], engine: Engine
 ) -> None:
     settings, version = chunked
@@ -66,28 +66,21 @@ def test_an_artifact_of_many_chunks_is_stored_once_and_served(
     # one stored copy: the chunks are the only bytes the database holds for a version
     assert "artifact" not in {c["name"] for c in inspect(engine).get_columns("model_versions")}
 
-    shutil.rmtree(settings.model_dir)  # the cache is gone: the next load fetches it again
+    # MODEL_DIR deleted while serving: the loaded model reads its mapping, not the path
     with TestClient(create_app(settings)) as client:
-        body = client.get("/users/1/recommendations").json()
+        before = client.get("/users/1/recommendations").json()
+        assert (before["strategy"], before["model_version"]) == ("autoencoder", version)
+        shutil.rmtree(settings.model_dir)
+        assert client.get("/users/1/recommendations").json() == before
+        body = client.get("/users/2/recommendations").json()
         assert (body["strategy"], body["model_version"]) == ("autoencoder", version)
+        assert client.get("/readyz").json()["detail"] is None
+    # the next load (another process, a restart) fetches the file again from the chunks
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/users/1/recommendations").json() == before
         listed = client.get("/admin/models", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
         assert [m["artifact_bytes"] for m in listed.json()] == [len(joined)]
     assert sha256_of(cached) == hashlib.sha256(joined).hexdigest()
-
-
-def test_deleting_model_dir_while_serving_changes_nothing(
-    chunked: tuple[Settings, str], engine: Engine
-) -> None:
-    """The loaded model reads its mapping, not the path: the file's removal is unseen."""
-    settings, version = chunked
-    with TestClient(create_app(settings)) as client:
-        before = client.get("/users/1/recommendations").json()
-        shutil.rmtree(settings.model_dir)
-        for user_id in (1, 2, 3):
-            body = client.get(f"/users/{user_id}/recommendations").json()
-            assert (body["strategy"], body["model_version"]) == ("autoencoder", version)
-        assert client.get("/users/1/recommendations").json() == before
-        assert client.get("/readyz").json()["detail"] is None
 
 
 def test_a_damaged_chunk_is_refused_by_its_checksum(
