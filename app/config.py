@@ -62,7 +62,12 @@ class Settings(BaseSettings):
 
     # -- serving -------------------------------------------------------------------------
     model_dir: Path = Path("./var/models")
-    """where artifacts are written, and read (and cached, for a remote artifact) from."""
+    """where training writes artifacts and every process keeps its cache of them, loaded
+    memory-mapped (one copy per host in page cache); the database holds the one stored copy,
+    so the folder may be deleted at any time (a missing file is fetched again)."""
+    artifact_chunk_bytes: int = Field(default=64 * 2**20, ge=1024, le=512 * 2**20)
+    """size of the pieces a model artifact is stored in, in the database (a chunk at a time
+    is held in memory while one is registered or fetched)."""
     answer_cache_size: int = Field(default=20_000, ge=0)
     """answers kept per model version (0 = no answer cache): memory against repeat hits."""
     trending_cache_seconds: float = Field(default=10.0, ge=0)

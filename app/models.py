@@ -141,10 +141,10 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     data_size: Mapped[dict[str, Any]] = mapped_column(JSON)
     data_fingerprint: Mapped[str] = mapped_column(String(128))
+    # Where the training process wrote it; every process serves its own MODEL_DIR's copy.
     artifact_path: Mapped[str] = mapped_column(String(1000))
-    # The artifact itself, so replicas on other hosts need no shared volume: each process
-    # keeps a local copy under MODEL_DIR and fetches the bytes only when it lacks one.
-    artifact: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    # The artifact itself lives in model_artifact_chunks (the one stored copy, so replicas
+    # on other hosts need no shared volume); these say what the chunks must add up to.
     artifact_sha256: Mapped[str | None] = mapped_column(String(64))
     artifact_bytes: Mapped[int | None] = mapped_column(BigInteger)
     is_active: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -161,6 +161,22 @@ class ModelVersion(Base):
             postgresql_where=text("is_active"),
         ),
     )
+
+
+class ModelArtifactChunk(Base):
+    """One piece of a version's artifact, in order: PostgreSQL refuses a value over 1 GB,
+    and a chunk at a time is all a writer or a reader holds in memory. Each carries its
+    own checksum, so a damaged chunk is named and refused before anything is written."""
+
+    __tablename__ = "model_artifact_chunks"
+
+    version: Mapped[str] = mapped_column(
+        String(64), ForeignKey("model_versions.version", ondelete="CASCADE"), primary_key=True
+    )
+    chunk_index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
 
 
 class TrainingJob(Base):

@@ -522,6 +522,10 @@ class ModelVersionOut(BaseModel):
     data_size: dict[str, Any]
     data_fingerprint: str
     artifact_path: str
+    artifact_bytes: int | None = Field(
+        description="the artifact's size: what the version takes in the database (and in "
+        "each host's MODEL_DIR cache); null on versions registered before it was recorded"
+    )
 
 
 class RouteStatsOut(BaseModel):

@@ -350,7 +350,7 @@ def bench_kill_training(url: str, work: Path, label: str) -> dict[str, Any]:
 
 
 def bench_corrupt_artifact(url: str, work: Path) -> dict[str, Any]:
-    from tests.factories import LENIENT_GATE, seed_synthetic
+    from tests.factories import LENIENT_GATE, damage_stored_artifact, seed_synthetic
     from tests.test_recommendations_api import train_tiny
 
     settings, engine = fresh_settings(url, work, model_poll_seconds=0.2)
@@ -371,12 +371,7 @@ def bench_corrupt_artifact(url: str, work: Path) -> dict[str, Any]:
                 update(ModelVersion).where(ModelVersion.version == version).values(is_active=True)
             )
 
-    with Session(engine) as session, session.begin():
-        session.execute(
-            update(ModelVersion)
-            .where(ModelVersion.version == second.version)
-            .values(artifact=b"corrupt")
-        )
+    damage_stored_artifact(engine, second.version, b"corrupt")
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
 
         def ask() -> dict[str, Any]:

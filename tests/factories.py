@@ -106,3 +106,19 @@ WEAK_TRAINING = {
 
 # gate margins wide enough that any retrain is activated (tests of swapping, not of the gate)
 LENIENT_GATE = {"quality_gate_margin": 100.0, "quality_gate_ndcg_margin": 0.99}
+
+
+def damage_stored_artifact(engine: Engine, version: str, data: bytes | None) -> None:
+    """Damage the registry's copy of a version's artifact: its first chunk's bytes replaced
+    by ``data`` (its checksum left as it was), or every chunk deleted (None)."""
+    from sqlalchemy import delete, update
+
+    from app.models import ModelArtifactChunk
+
+    mine = ModelArtifactChunk.version == version
+    with Session(engine) as session, session.begin():
+        if data is None:
+            session.execute(delete(ModelArtifactChunk).where(mine))
+        else:
+            first = mine & (ModelArtifactChunk.chunk_index == 0)
+            session.execute(update(ModelArtifactChunk).where(first).values(data=data))

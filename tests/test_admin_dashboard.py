@@ -301,6 +301,10 @@ def test_dashboard_in_a_real_browser(
     drawn = _css(driver, "#models svg.curve.ndcg polyline")[0].get_attribute("points").split()
     assert len(drawn) == len(stored["history"]) == stored["epochs_run"] >= 1
     assert f"{stored['valid_ndcg@10']:.4f}" in card.text
+    size = api.get("/admin/models").json()[0]["artifact_bytes"]
+    assert _text(driver, "#models-total") == (
+        f"1 version kept · {size / 1024:.1f} KiB of model artifacts stored"
+    )
     _wait(driver, lambda d: _text(d, "#stat-ratings").startswith("Ratings\n480"), what="stats")
     assert "60" in _text(driver, "#stat-users") and "40" in _text(driver, "#stat-movies")
     assert _css(driver, "#routes-table tbody tr")

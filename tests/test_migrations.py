@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 
 from app.db import upgrade_schema
 from app.models import Base
@@ -37,3 +37,48 @@ def test_downgrade_to_base_and_back(engine: Engine) -> None:
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
     upgrade_schema(engine)
     assert "ratings" in inspect(engine).get_table_names()
+
+
+def test_stored_artifacts_move_into_chunks_and_back(engine: Engine) -> None:
+    """0009 moves each artifact from the old column into checksummed chunks; its
+    downgrade joins them back."""
+    import hashlib
+    import os
+
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import JSON, Boolean, DateTime, LargeBinary, String, column, select, table
+
+    from app.db import MIGRATIONS_DIR
+    from app.models import utcnow
+
+    config = Config(str(MIGRATIONS_DIR.parent / "alembic.ini"))
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    old = table(
+        "model_versions",
+        *(column(name, String) for name in ("version", "data_fingerprint", "artifact_path")),
+        *(column(name, JSON) for name in ("config", "metrics", "data_size")),
+        column("artifact", LargeBinary),
+        column("is_active", Boolean),
+        column("created_at", DateTime),
+    )
+    payload = os.urandom(300_000)
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0008")
+        conn.execute(
+            old.insert().values(
+                version="v-old", data_fingerprint="f", artifact_path="gone.pt", config={},
+                metrics={}, data_size={}, artifact=payload, is_active=False, created_at=utcnow(),
+            )
+        )  # fmt: skip
+        command.upgrade(config, "head")
+        chunks = conn.execute(
+            text("SELECT chunk_index, data, sha256, size FROM model_artifact_chunks")
+        ).all()
+        assert [(c[0], bytes(c[1]), c[2], c[3]) for c in chunks] == [
+            (0, payload, hashlib.sha256(payload).hexdigest(), len(payload))
+        ]
+        command.downgrade(config, "0008")
+        assert bytes(conn.scalar(select(old.c.artifact))) == payload
+        command.upgrade(config, "head")

@@ -29,7 +29,7 @@ from app.serving import lifecycle, popular, ranking
 from app.serving.popular import Popularity, build_popular_list
 from app.serving.ranking import RecommendRequest, SessionRatings
 from app.serving.recommender import Recommender
-from tests.factories import LENIENT_GATE, TINY_TRAINING, seed_synthetic
+from tests.factories import LENIENT_GATE, TINY_TRAINING, damage_stored_artifact, seed_synthetic
 from tests.reliability_helpers import run_together
 
 
@@ -232,8 +232,7 @@ def test_unrecoverable_artifact_falls_back_to_popular_and_readyz_says_why(
     seeded: Settings, trained: TrainingOutcome, engine: Engine
 ) -> None:
     _artifact_file(seeded, trained.version).write_bytes(b"corrupted")
-    with Session(engine) as session, session.begin():
-        session.execute(update(ModelVersion).values(artifact=b"also corrupted"))
+    damage_stored_artifact(engine, trained.version, b"also corrupted")
     with TestClient(create_app(seeded)) as client:
         body = client.get("/users/1/recommendations").json()
         assert body["strategy"] == "popular"
@@ -329,14 +328,14 @@ def test_concurrent_requests_share_one_load_and_a_rollback_loads_nothing(
         assert len(loads) == 2, "a recently served version is kept loaded"
 
 
+def _failed_loads() -> float:
+    """This process's failed model loads so far (the registry outlives each test's app)."""
+    return REGISTRY.get_sample_value("saerec_model_loads_total", {"result": "failed"}) or 0.0
+
+
 def _corrupt(settings: Settings, engine: Engine, version: str) -> None:
     _artifact_file(settings, version).write_bytes(b"corrupted")
-    with Session(engine) as session, session.begin():
-        session.execute(
-            update(ModelVersion)
-            .where(ModelVersion.version == version)
-            .values(artifact=b"also corrupted")
-        )
+    damage_stored_artifact(engine, version, b"also corrupted")
 
 
 def test_a_version_that_cannot_load_leaves_the_previous_model_answering(
@@ -344,16 +343,19 @@ def test_a_version_that_cannot_load_leaves_the_previous_model_answering(
 ) -> None:
     lenient = no_polling.model_copy(update={**LENIENT_GATE})
     old = train_tiny(lenient, engine).version
+    failed_before = _failed_loads()
     with TestClient(create_app(no_polling)) as client:
         broken = train_tiny(lenient, engine, seed=7).version
         _corrupt(no_polling, engine, broken)
         for user_id in (1, 2, 3):
             body = client.get(f"/users/{user_id}/recommendations").json()
             assert (body["strategy"], body["model_version"]) == ("autoencoder", old)
-        assert [p.parent.name for p in loads] == [old, broken], "tried once, not per request"
+        # refused by the stored copy's checksum before any file is written or loaded
+        assert [p.parent.name for p in loads] == [old]
         ready = client.get("/readyz").json()
         assert ready["model_version"] == old and broken in ready["detail"]
         assert 'saerec_model_loads_total{result="failed"}' in client.get("/metrics").text
+        assert _failed_loads() == failed_before + 1, "tried once, not per request"
         _activate_elsewhere(engine, old)  # rolled back: nothing is wrong any more
         client.get("/users/1/recommendations")
         assert client.get("/readyz").json()["detail"] is None

@@ -21,7 +21,7 @@ from app.jobs.training import TrainingOutcome
 from app.main import create_app
 from app.ml.artifacts import ArtifactStore
 from app.models import ModelVersion
-from tests.factories import TINY_TRAINING, WEAK_TRAINING, seed_synthetic
+from tests.factories import TINY_TRAINING, WEAK_TRAINING, damage_stored_artifact, seed_synthetic
 from tests.reliability_helpers import wait_for
 from tests.test_recommendations_api import train_tiny
 
@@ -142,13 +142,6 @@ def _damage_file(path: Path, how: str) -> None:
         path.unlink()
 
 
-def _damage_stored_copy(engine: Engine, version: str, payload: bytes | None) -> None:
-    with Session(engine) as session, session.begin():
-        session.execute(
-            update(ModelVersion).where(ModelVersion.version == version).values(artifact=payload)
-        )
-
-
 def test_damaged_artifact_heals_or_falls_back_to_popular_and_says_why(
     trained: tuple[Settings, TrainingOutcome], engine: Engine, capfd: pytest.CaptureFixture
 ) -> None:
@@ -169,7 +162,7 @@ def test_damaged_artifact_heals_or_falls_back_to_popular_and_says_why(
     for file_damage, stored in (("delete", b"corrupt"), ("truncate", None)):
         for path in Path(settings.model_dir).rglob(f"{active.version}*.pt"):
             _damage_file(path, file_damage)
-        _damage_stored_copy(engine, active.version, stored)
+        damage_stored_artifact(engine, active.version, stored)
         with TestClient(create_app(quiet), raise_server_exceptions=False) as client:
             body = client.get("/users/1/recommendations", params={"n": 5})
             assert body.status_code == 200
@@ -202,7 +195,7 @@ def test_switching_to_a_broken_version_keeps_the_loaded_model(
     second = train_tiny(quiet, engine, **WEAK_TRAINING)  # the gate keeps it inactive
     assert not second.activated
     next(Path(settings.model_dir).rglob(f"{second.version}*.pt")).write_bytes(b"corrupt")
-    _damage_stored_copy(engine, second.version, b"corrupt")
+    damage_stored_artifact(engine, second.version, b"corrupt")
     with TestClient(create_app(quiet), raise_server_exceptions=False) as client:
         assert client.get("/readyz").json()["model_version"] == first.version
         _activate(engine, second.version)

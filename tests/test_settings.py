@@ -20,6 +20,7 @@ ENV = {
     "DB_POOL_SIZE": "7",
     "AUTO_MIGRATE": "false",
     "MODEL_DIR": "/srv/saerec/models",
+    "ARTIFACT_CHUNK_BYTES": "1048576",
     "ANSWER_CACHE_SIZE": "0",
     "TRENDING_CACHE_SECONDS": "2.5",
     "MODEL_POLL_SECONDS": "0.5",

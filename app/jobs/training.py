@@ -327,7 +327,9 @@ def _register_and_gate(
         # the verdict goes on the row (the artifact was written before the gate ran)
         meta = replace(meta, metrics={**meta.metrics, "quality_gate": verdict})
         row_meta = replace(meta, metrics={**meta.metrics, "history": history or []})
-        registry.register_version(session, row_meta, config.model_dump(mode="json"), saved)
+        registry.register_version(
+            session, row_meta, config.model_dump(mode="json"), saved, training.artifact_chunk_bytes
+        )
         later = preload_wait > 0 and incumbent_id is not None
         activated = bool(verdict["passed"]) and not later
         if activated:

@@ -7,21 +7,27 @@ knows where an artifact lives (``<model_dir>/<version>/<version>.pt``); every fi
 written to a temporary name beside its target and moved into place with ``os.replace``
 (`write_atomically`), so a reader never sees a half-written file. Loading uses
 ``torch.load(weights_only=True)``: no pickled code is ever executed.
+
+The file under MODEL_DIR is a cache of the registry's copy (the database holds the bytes,
+in chunks): it is streamed to disk, never held whole in memory, and loaded memory-mapped
+(``mmap=True``, read-only use of a private mapping), so every process of a host serving one
+version reads the same page-cache pages. torch's archive is an uncompressed zip whose
+tensors lie aligned: the network's weights are views into the mapping, used in place.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import platform
 import secrets
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import scipy.sparse as sp
@@ -106,18 +112,24 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def write_atomically(path: Path, data: bytes | memoryview) -> Path:
+def write_atomically(path: Path, data: bytes | memoryview | Callable[[BinaryIO], None]) -> Path:
     """Write a hidden temp file beside ``path``, fsync it, rename: all or nothing.
 
-    A writer killed mid-way leaves only the hidden ``.<name>.*.tmp`` file, which no
-    reader looks for.
+    ``data`` is the bytes, or a function that writes them to the open file (so a large
+    artifact streams to disk). A writer killed mid-way, or one that raises, leaves no file
+    but the hidden ``.<name>.*.tmp`` one, which no reader looks for (and which a raising
+    writer removes). A file already in place is replaced, never modified: a process that
+    maps the old one keeps reading the old bytes.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            if callable(data):
+                data(handle)
+            else:
+                handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -125,6 +137,15 @@ def write_atomically(path: Path, data: bytes | memoryview) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def sha256_of(path: Path) -> str | None:
+    """The file's SHA-256 (read in blocks), or None when it cannot be read."""
+    try:
+        with Path(path).open("rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -139,23 +160,21 @@ class ArtifactMeta:
 
 @dataclass(frozen=True)
 class SavedArtifact:
-    """An artifact as written: where it lies and its bytes (which the registry stores)."""
+    """An artifact as written: where it lies, its checksum and size (the registry streams
+    the file into the database; the bytes are never held in memory whole)."""
 
     path: Path
-    payload: memoryview
+    sha256: str
+    size: int
 
 
-def encode_artifact(model: HybridModel, movies: IdMap, meta: ArtifactMeta) -> memoryview:
-    """The artifact file's bytes: weights, id map and metadata in one torch archive.
-
-    A view of the archive's buffer, not a copy of it: at 25M ratings the archive is
-    ~680 MB, and ``getvalue()`` held it twice while the artifact was saved and registered.
-    """
+def artifact_payload(model: HybridModel, movies: IdMap, meta: ArtifactMeta) -> dict[str, Any]:
+    """What the artifact holds: weights, id map and metadata, for one ``torch.save``."""
     if len(movies) != model.n_movies:
         raise ValueError(f"movie map has {len(movies)} ids, the model {model.n_movies} outputs")
     if tuple(model.rating_scale) != tuple(float(v) for v in model.rank_net.rating_scale):
         raise ValueError("the model's rating scale differs from its network's (the one saved)")
-    payload = {
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "version": meta.version,
@@ -167,9 +186,6 @@ def encode_artifact(model: HybridModel, movies: IdMap, meta: ArtifactMeta) -> me
         "data_size": _plain(meta.data_size),
         "libraries": library_versions(),
     }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return buffer.getbuffer()
 
 
 class ArtifactStore:
@@ -187,20 +203,49 @@ class ArtifactStore:
     def path(self, version: str) -> Path:
         return self.folder(version) / f"{version}{SUFFIX}"
 
-    def write(self, version: str, payload: bytes | memoryview) -> Path:
-        """Put already-encoded bytes (say, fetched from the registry) in place."""
-        return write_atomically(self.path(version), payload)
+    def write(self, version: str, chunks: Iterable[bytes], sha256: str) -> Path:
+        """Stream already-encoded bytes (say, fetched from the registry) into place, one
+        chunk at a time; refused (no file written) unless they hash to ``sha256``."""
+
+        def copy(handle: BinaryIO) -> None:
+            digest = hashlib.sha256()
+            for chunk in chunks:
+                digest.update(chunk)
+                handle.write(chunk)
+            if digest.hexdigest() != sha256:
+                raise ArtifactError(
+                    f"the artifact of version {version} fails its checksum: "
+                    f"sha256 {digest.hexdigest()}, the registry says {sha256}"
+                )
+
+        return write_atomically(self.path(version), copy)
 
     def save(self, model: HybridModel, movies: IdMap, meta: ArtifactMeta) -> SavedArtifact:
-        payload = encode_artifact(model, movies, meta)
-        return SavedArtifact(self.write(meta.version, payload), payload)
+        """Write the artifact straight to its file (no in-memory archive)."""
+        payload = artifact_payload(model, movies, meta)
+        path = write_atomically(self.path(meta.version), lambda handle: torch.save(payload, handle))
+        digest = sha256_of(path)
+        if digest is None:
+            raise ArtifactError(f"model artifact {path} vanished as it was written")
+        return SavedArtifact(path, digest, path.stat().st_size)
 
     def prune(self, version: str) -> None:
         shutil.rmtree(self.folder(version), ignore_errors=True)
 
 
+RANK_HEAD = "rank_out.weight"
+
+
 def _state(net: StackedAutoencoder) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    """The state dict as saved. The ranking head (movies x hidden) is laid out hidden-major
+    (a transposed view of a hidden x movies tensor; ``torch.save`` keeps strides): serving
+    multiplies by its transpose, which is then contiguous in the mapped file as it is, so no
+    process builds its own copy (`FoldInScorer.rank_head_t`)."""
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    head = state.get(RANK_HEAD)
+    if head is not None and not head.t().is_contiguous():
+        state[RANK_HEAD] = head.t().contiguous().t()
+    return state
 
 
 def _model_payload(model: HybridModel) -> dict[str, Any]:
@@ -323,7 +368,7 @@ def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ArtifactError(f"model artifact not found: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # torch raises many types for a damaged zip/pickle
         raise ArtifactError(
             f"model artifact {path} is unreadable (truncated or corrupted): "
@@ -400,9 +445,10 @@ __all__ = [
     "ArtifactStore",
     "LoadedModel",
     "SavedArtifact",
+    "artifact_payload",
     "data_fingerprint",
-    "encode_artifact",
     "load_artifact",
     "new_version_id",
+    "sha256_of",
     "write_atomically",
 ]

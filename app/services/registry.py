@@ -1,23 +1,33 @@
-"""Model registry: which versions exist, which one serves, and rollback."""
+"""Model registry: which versions exist, which one serves, and rollback.
+
+The database holds the one stored copy of each artifact, in checksummed chunks
+(`ModelArtifactChunk`); MODEL_DIR is each host's cache of them (`local_artifact`).
+"""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.ml.artifacts import ArtifactMeta, ArtifactStore, SavedArtifact
-from app.models import ModelVersion, utcnow
+from app.ml.artifacts import ArtifactError, ArtifactMeta, ArtifactStore, SavedArtifact, sha256_of
+from app.models import ModelArtifactChunk, ModelVersion, utcnow
 from app.services.errors import NotFoundError
 
 
 def register_version(
-    session: Session, meta: ArtifactMeta, config: dict[str, Any], saved: SavedArtifact
+    session: Session,
+    meta: ArtifactMeta,
+    config: dict[str, Any],
+    saved: SavedArtifact,
+    chunk_bytes: int,
 ) -> ModelVersion:
-    """An inactive row holding the artifact's bytes as they were written (no re-read)."""
+    """An inactive row, and the artifact's file streamed into chunks of ``chunk_bytes``
+    (one chunk in memory at a time); refused if the file no longer hashes as written."""
     row = ModelVersion(
         version=meta.version,
         config=config,
@@ -25,14 +35,55 @@ def register_version(
         data_size=meta.data_size,
         data_fingerprint=meta.data_fingerprint,
         artifact_path=str(saved.path),
-        artifact=saved.payload,
-        artifact_sha256=hashlib.sha256(saved.payload).hexdigest(),
-        artifact_bytes=len(saved.payload),
+        artifact_sha256=saved.sha256,
+        artifact_bytes=saved.size,
         is_active=False,
     )
     session.add(row)
     session.flush()
+    digest, size = hashlib.sha256(), 0
+    with saved.path.open("rb") as handle:
+        for index, chunk in enumerate(iter(lambda: handle.read(chunk_bytes), b"")):
+            digest.update(chunk)
+            size += len(chunk)
+            session.execute(
+                insert(ModelArtifactChunk).values(
+                    version=meta.version,
+                    chunk_index=index,
+                    data=chunk,
+                    sha256=hashlib.sha256(chunk).hexdigest(),
+                    size=len(chunk),
+                )
+            )
+    if digest.hexdigest() != saved.sha256 or size != saved.size:
+        raise ArtifactError(f"{saved.path} changed between its writing and its registration")
     return row
+
+
+def artifact_chunks(session: Session, version: str) -> Iterator[bytes]:
+    """The version's artifact, a verified chunk at a time, each read with its own query (a
+    server-side cursor would hold a transaction open; this holds one chunk in memory).
+    ArtifactError names a chunk that is missing or fails its checksum."""
+    listing = session.execute(
+        select(ModelArtifactChunk.chunk_index, ModelArtifactChunk.sha256)
+        .where(ModelArtifactChunk.version == version)
+        .order_by(ModelArtifactChunk.chunk_index)
+    ).all()
+    if not listing:
+        raise ArtifactError(f"the registry holds no artifact for model version {version!r}")
+    for expected_index, (index, sha256) in enumerate(listing):
+        if index != expected_index:
+            raise ArtifactError(f"chunk {expected_index} of model version {version!r} is missing")
+        data = session.scalar(
+            select(ModelArtifactChunk.data).where(
+                ModelArtifactChunk.version == version, ModelArtifactChunk.chunk_index == index
+            )
+        )
+        if data is None or hashlib.sha256(data).hexdigest() != sha256:
+            raise ArtifactError(
+                f"chunk {index} of model version {version!r} fails its checksum: refused"
+            )
+        yield bytes(data)
 
 
 def active_version(session: Session) -> ModelVersion | None:
@@ -82,35 +133,21 @@ def activate(session: Session, version: str) -> ModelVersion:
     return row
 
 
-def _sha256_of(path: Path) -> str | None:
-    try:
-        with path.open("rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
-    except OSError:
-        return None
-
-
 def local_artifact(session: Session, row: ModelVersion, model_dir: Path) -> Path:
-    """A verified local copy of the version's artifact, fetched from the database if needed.
+    """This host's cached copy of the version's artifact, verified by its checksum.
 
-    The registered path serves when it exists and matches the stored checksum (one host,
-    or a shared volume); otherwise the bytes come from the database into MODEL_DIR, so a
-    replica on another host, or a local file that was damaged, heals itself.
+    The cache under MODEL_DIR serves when it matches; a missing or damaged file is fetched
+    again from the database, chunk by verified chunk, into a temporary file renamed into
+    place once the whole artifact's checksum holds (a process that maps the old file keeps
+    it). ArtifactError when the database's copy is damaged: nothing is written.
     """
-    registered = Path(row.artifact_path)
     if row.artifact_sha256 is None:
-        return registered  # registered before artifacts were stored: trust the file
+        return Path(row.artifact_path)  # registered before artifacts were stored: trust it
     store = ArtifactStore(model_dir)
     cached = store.path(row.version)
-    for candidate in (registered, cached):
-        if _sha256_of(candidate) == row.artifact_sha256:
-            return candidate
-    payload = session.scalar(
-        select(ModelVersion.artifact).where(ModelVersion.version == row.version)
-    )
-    if payload is None or hashlib.sha256(payload).hexdigest() != row.artifact_sha256:
-        return registered  # nothing trustworthy to fetch: loading will say what is wrong
-    return store.write(row.version, payload)
+    if sha256_of(cached) == row.artifact_sha256:
+        return cached
+    return store.write(row.version, artifact_chunks(session, row.version), row.artifact_sha256)
 
 
 def list_versions(session: Session) -> list[ModelVersion]:
@@ -121,12 +158,23 @@ def list_versions(session: Session) -> list[ModelVersion]:
     )
 
 
+def rollback_target(rows: list[ModelVersion]) -> ModelVersion | None:
+    """The version that served before the active one: the inactive one activated last."""
+    served = [r for r in rows if not r.is_active and r.activated_at is not None]
+    return max(served, key=lambda r: r.activated_at or utcnow(), default=None)
+
+
 def prune_versions(session: Session, store: ArtifactStore, keep: int) -> list[str]:
-    """Drop the oldest inactive versions beyond `keep` (rows and their artifact folders)."""
+    """Drop the oldest versions beyond `keep` (rows, chunks and cached folders); the active
+    version and the rollback target are kept whatever the count."""
     rows = list_versions(session)
-    inactive = [r for r in rows if not r.is_active]
-    doomed = inactive[max(0, keep - 1) :] if any(r.is_active for r in rows) else inactive[keep:]
+    target = rollback_target(rows)
+    protected = {r.version for r in rows if r.is_active} | ({target.version} if target else set())
+    room = max(0, keep - len(protected))
+    others = [r for r in rows if r.version not in protected]  # newest first
+    doomed = others[room:]
     for row in doomed:
         store.prune(row.version)
+        session.execute(delete(ModelArtifactChunk).where(ModelArtifactChunk.version == row.version))
         session.delete(row)
     return [r.version for r in doomed]

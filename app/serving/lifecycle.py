@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.ml.artifacts import ArtifactError, LoadedModel, load_artifact
+from app.ml.artifacts import ArtifactError, ArtifactStore, LoadedModel, load_artifact
 from app.ml.explain import Explainer, ItemSimilarity
 from app.ml.scoring import FoldInScorer
 from app.observability import MODEL_INFO, MODEL_LOADS, get_logger
@@ -222,7 +222,7 @@ class ModelLifecycle:
         try:
             with self._sessions() as session:
                 row = registry.get_version(session, version)
-                path = row.artifact_path
+                path = str(ArtifactStore(self._model_dir).path(version))
                 loaded = load_artifact(registry.local_artifact(session, row, self._model_dir))
                 catalog = load_catalog(session, loaded.movies.ids)
         except Exception as exc:  # a broken artifact, a pruned row, the database away

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from app.ml.artifacts import (
@@ -17,9 +18,11 @@ from app.ml.artifacts import (
     data_fingerprint,
     load_artifact,
     new_version_id,
+    sha256_of,
     write_atomically,
 )
 from app.ml.data import holdout_split
+from app.ml.hybrid import Blend
 from app.ml.model import StackedAutoencoder
 from app.ml.scoring import FoldInScorer
 
@@ -104,15 +107,24 @@ def test_store_layout_bytes_and_prune(saved, tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path)
     assert path == store.path(version) == tmp_path / version / f"{version}.pt"
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
-    copy = ArtifactStore(tmp_path / "replica").write(version, path.read_bytes())
+    digest = sha256_of(path)
+    assert digest is not None
+    replica = ArtifactStore(tmp_path / "replica")
+    pieces = [path.read_bytes()[i : i + 1000] for i in range(0, path.stat().st_size, 1000)]
+    copy = replica.write(version, iter(pieces), digest)
     assert load_artifact(copy).version == version
     store.prune(version)
     assert not store.folder(version).exists() and copy.exists()
+    with pytest.raises(ArtifactError, match="fails its checksum"):
+        replica.write(version, iter([b"damaged", *pieces[1:]]), digest)
+    assert sha256_of(copy) == digest  # a refused fetch leaves the file in place untouched
+    assert [p.name for p in copy.parent.iterdir()] == [copy.name]
 
 
-def test_saved_bytes_are_the_file(tmp_path: Path, synthetic, trained) -> None:
+def test_saved_checksum_and_size_are_the_file(tmp_path: Path, synthetic, trained) -> None:
     saved = ArtifactStore(tmp_path).save(trained.model, synthetic.movies, ArtifactMeta("v1"))
-    assert saved.path.read_bytes() == saved.payload
+    assert saved.sha256 == sha256_of(saved.path)
+    assert saved.size == saved.path.stat().st_size
 
 
 def test_rating_scale_is_stored_once(saved) -> None:
@@ -208,3 +220,32 @@ def test_a_part_the_refit_kept_is_stored_once(tmp_path: Path, synthetic) -> None
         FoldInScorer(model.as_validated()).score_rows(rows)[1],
         FoldInScorer(loaded.as_validated()).score_rows(rows)[1],
     )
+
+
+def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[5] == str(path):
+            start, stop = (int(v, 16) for v in fields[0].split("-"))
+            ranges.append((start, stop))
+    return ranges
+
+
+def test_loaded_weights_are_read_in_place_from_the_mapped_file(saved) -> None:
+    """The networks' weights, and the ranking head serving multiplies by, are views into the
+    file's mapping (no per-process copy); a forward pass reads them there."""
+    path, _, _ = saved
+    loaded = load_artifact(path)
+    ranges = _mapped_ranges(path)
+    assert ranges, "the artifact is memory-mapped"
+    scorer = FoldInScorer(loaded.model.with_blend(Blend(item_weight=0.0)))  # the deep part ranks
+    head_t = scorer.rank_head_t
+    assert head_t is not None
+    net = loaded.model.rank_net
+    for tensor in (net.first_layer.weight_t, net.rate_out.weight, head_t):
+        assert any(start <= tensor.data_ptr() < stop for start, stop in ranges)
+    assert net.rank_out is not None and head_t.data_ptr() == net.rank_out.weight.data_ptr()
+    n_movies = loaded.model.n_movies
+    user = sp.csr_matrix(([4.0, 2.0], ([0, 0], [0, n_movies - 1])), shape=(1, n_movies))
+    assert np.isfinite(scorer.score_rows(user)[0]).all()

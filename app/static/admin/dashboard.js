@@ -67,6 +67,14 @@
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   const number = (n) => (n === null || n === undefined ? "–" : new Intl.NumberFormat("en").format(n));
+  // Sizes in binary units: "681.2 MiB"; "–" when unknown (versions registered before sizes).
+  function bytes(n) {
+    if (typeof n !== "number" || !Number.isFinite(n)) return "–";
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+    return i === 0 ? `${n} B` : `${n.toFixed(1)} ${units[i]}`;
+  }
   const fixed = (v, digits = 4) => (typeof v === "number" && Number.isFinite(v) ? v.toFixed(digits) : "–");
   const stars = (r) => "★" + Number(r).toString();
   const ms = (v) => (typeof v === "number" ? (v < 10 ? v.toFixed(2) : v.toFixed(0)) + " ms" : "–");
@@ -288,7 +296,11 @@
       return;
     }
     const active = models.find((m) => m.active);
-    box.replaceChildren(...models.map((m, i) => versionCard(m, active, m.active || i === 0)));
+    // What retention keeps costs this much in the database (and in each host's cache).
+    const total = models.reduce((sum, m) => sum + (m.artifact_bytes || 0), 0);
+    const summary = h("p", { id: "models-total", class: "muted small",
+      text: `${models.length} version${models.length === 1 ? "" : "s"} kept · ${bytes(total)} of model artifacts stored` });
+    box.replaceChildren(summary, ...models.map((m, i) => versionCard(m, active, m.active || i === 0)));
   }
 
   function versionCard(v, active, open) {
@@ -310,6 +322,7 @@
       ["rating network", m.rating_network_epoch !== undefined
         ? `best epoch ${m.rating_network_epoch} of ${m.rating_network_epochs}${m.refit_seconds !== undefined ? ", refitted on all ratings" : ""}`
         : "–"],
+      ["artifact", bytes(v.artifact_bytes)],
       ["data", `${number(size.users)} users · ${number(size.movies)} movies · ${number(size.ratings)} ratings`],
     ];
     return h("article", { class: "version" + (v.active ? " is-active" : ""), "data-version": v.version },
