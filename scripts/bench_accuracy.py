@@ -31,6 +31,7 @@ JSON goes to stdout, progress to stderr.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -145,7 +146,8 @@ def generated_25m_shape(users: int, movies: int, ratings: int, seed: int) -> Rat
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp), users=users, movies=movies, ratings=ratings, seed=seed)
         loaded = read_movielens(tmp)
-    return loaded
+    # named by its shape, not by the temporary folder: bench_peers matches splits by name
+    return dataclasses.replace(loaded, name=f"generated-{users}x{movies}")
 
 
 # --------------------------------------------------------------------------- runs
