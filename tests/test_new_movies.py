@@ -138,3 +138,24 @@ def test_the_next_retrain_takes_a_new_movie_in(
         assert NEW in listed(client, ODD_USER)
         model = recommender.models.model_for(retrained.version, recommender.models.generation)
         assert model.n_trained == 41 and not len(model.new)
+
+
+def test_each_process_builds_its_new_movies_from_the_database(
+    trained: Settings, admin_headers: dict[str, str]
+) -> None:
+    """Two processes share only the database: each refresh reads it, and both then answer
+    alike (the same model, the same new movies, the same scores)."""
+    with (
+        serving_a_new_movie(trained, admin_headers) as first,
+        TestClient(create_app(trained)) as second,
+    ):
+        second.app.state.recommender.refresh_new_movies()  # type: ignore[attr-defined]
+        assert NEW in listed(second, ODD_USER)
+        assert NEW not in listed(first, ODD_USER), "not refreshed yet"
+        first.app.state.recommender.refresh_new_movies()  # type: ignore[attr-defined]
+        query = {"n": 20, "explain": True}
+        answers = [
+            client.get(f"/users/{ODD_USER}/recommendations", params=query).json()
+            for client in (first, second)
+        ]
+        assert answers[0] == answers[1]
