@@ -24,10 +24,12 @@ from app.ml.hybrid import BiasTerms
 
 Array = np.ndarray
 
-NEIGHBOURS = 30
-"""trained movies a new movie is scored from: enough to average out one odd co-rating."""
-SHRINK = 10.0
-"""co-raters at which a similarity keeps half its weight: two raters in common are chance."""
+NEIGHBOURS = 20
+"""trained movies a new movie is scored from: enough to average out one odd co-rating,
+few enough to stay specific (more diluted it towards the user's mean; docs/benchmarks.md)."""
+SHRINK = 2.0
+"""co-raters at which a similarity keeps half its weight: a lone co-rater is chance. Small:
+larger values favoured popular neighbours and ranked worse (docs/benchmarks.md)."""
 
 
 @dataclass(frozen=True)
