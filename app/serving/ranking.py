@@ -157,21 +157,18 @@ def _add_reasons(
     """Each item's "because": the user's ratings that raised its score most (exactly, by
     leaving each out; see `app.ml.explain`). A new movie's score is a weighted mean of
     its neighbours' (`app.ml.new_movies`), so is each rating's share of it."""
-    n = model.n_trained
+    n, columns = model.n_trained, model.new.columns
     new = top >= n
-    if new.any():
-        columns = model.new.columns
-        rows = top[new] - n
-        targets = np.concatenate([top[~new], columns.neighbours[rows].ravel()])
-        left_out, drops = model.explainer.score_drops(job.cols, job.ratings, targets)
-        trained = int((~new).sum())
-        mixed = np.empty((drops.shape[0], top.size), dtype=drops.dtype)
-        mixed[:, ~new] = drops[:, :trained]
-        by_neighbour = drops[:, trained:].reshape(drops.shape[0], rows.size, -1)
-        mixed[:, new] = np.einsum("pek,ek->pe", by_neighbour, columns.weights[rows])
-        reasons = model.explainer.raised(left_out, mixed)
-    else:
-        reasons = model.explainer.because(job.cols, job.ratings, top)
+    rows = top[new] - n
+    width = columns.neighbours.shape[1]
+    targets = np.concatenate([top[~new], columns.neighbours[rows].ravel()])
+    left_out, drops = model.explainer.score_drops(job.cols, job.ratings, targets)
+    trained = top.size - rows.size
+    mixed = np.empty((drops.shape[0], top.size), dtype=drops.dtype)
+    mixed[:, ~new] = drops[:, :trained]
+    by_neighbour = drops[:, trained:].reshape(drops.shape[0], rows.size, width)
+    mixed[:, new] = np.einsum("pek,ek->pe", by_neighbour, columns.weights[rows])
+    reasons = model.explainer.raised(left_out, mixed)
     titles, ids = model.catalog.titles, model.catalog.movie_ids
     for item, positions in zip(items, reasons, strict=True):
         item["because"] = [
