@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 
 from app.config import Settings
 from app.main import create_app
+from app.serving import new_movies
 from tests.factories import LENIENT_GATE, seed_synthetic
 from tests.test_recommendations_api import train_tiny
 
@@ -159,3 +160,28 @@ def test_each_process_builds_its_new_movies_from_the_database(
             for client in (first, second)
         ]
         assert answers[0] == answers[1]
+
+
+def test_the_most_rated_new_movies_are_served_up_to_the_cap_as_ratings_grow(
+    trained: Settings, admin_headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(new_movies, "MAX_NEW_MOVIES", 1)
+    with serving_a_new_movie(trained, admin_headers) as client:
+        other = {"movie_id": NEW + 1, "title": "Newer (2026)", "genres": ["Drama"]}
+        assert client.post("/movies", json=other, headers=admin_headers).status_code == 201
+        recommender = client.app.state.recommender  # type: ignore[attr-defined]
+
+        def served() -> list[int]:
+            recommender.refresh_new_movies()
+            version = recommender.version
+            model = recommender.models.model_for(version, recommender.models.generation)
+            return list(model.new.movie_ids)
+
+        assert served() == [NEW], "15 ratings against none"
+        more = [
+            {"user_id": user, "movie_id": NEW + 1, "rating": 4.0, "timestamp": 3_000_000}
+            for user in range(2, 40, 2)
+        ]
+        assert client.post("/ratings/batch", json={"ratings": more}).status_code == 200
+        assert served() == [NEW + 1], "19 ratings against 15"
+        assert NEW + 1 in listed(client, EVEN_USER)
