@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     model_poll_seconds: float = Field(default=2.0, gt=0)
     """how often an idle process looks for a new version to preload (requests follow the
     registry on their own: read your writes)."""
+    new_movies_refresh_seconds: float = Field(default=60.0, gt=0, le=180)
+    """how often a process re-reads the movies added since its model was trained, so they
+    are recommended from their ratings before a retrain (at most 3 minutes behind)."""
     metrics_dir: Path | None = None
     """where `serve --workers N` (N > 1) creates each start's folder for prometheus-client's
     multiprocess mode; None = the system's temporary directory."""

@@ -217,6 +217,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(
                 _every(popular.REFRESH_SECONDS, recommender.refresh_popular_if_due)
             ),
+            # movies added since the model was trained, recommended before a retrain
+            asyncio.create_task(
+                _every(settings.new_movies_refresh_seconds, recommender.refresh_new_movies)
+            ),
         ]
         log.info(
             "started",

@@ -337,7 +337,9 @@ class PredictionItem(BaseModel):
     movie_id: int
     predicted_rating: float
     known_to_model: bool = Field(
-        description="false for movies added after training: the training mean is returned"
+        description="false for a movie the model neither trained on nor holds as new (not "
+        "yet rated, or past the new movies served): the training mean is returned; a rated "
+        "movie added after training is predicted from the bias terms and its own ratings"
     )
 
 

@@ -24,6 +24,7 @@ ENV = {
     "ANSWER_CACHE_SIZE": "0",
     "TRENDING_CACHE_SECONDS": "2.5",
     "MODEL_POLL_SECONDS": "0.5",
+    "NEW_MOVIES_REFRESH_SECONDS": "90",
     "METRICS_DIR": "/run/saerec-metrics",
     "TRAIN_PRESET": "fast",
     "TRAIN_BUDGET_SECONDS": "60",

@@ -276,6 +276,11 @@ class Explainer:
         """Per target, the positions (into ``cols``) of up to ``limit`` ratings that raised
         its score, largest rise first; a rating that lowered it is never named."""
         left_out, drops = self.score_drops(cols, values, targets)
+        return self.raised(left_out, drops, limit)
+
+    @staticmethod
+    def raised(left_out: Array, drops: Array, limit: int = 3) -> list[Array]:
+        """`because` from `score_drops`' answer (or any mix of its columns)."""
         order = np.argsort(-drops, axis=0, kind="stable")[:limit]  # left_out is ascending
         raised = np.take_along_axis(drops, order, axis=0) > 0
         return [left_out[o[r]] for o, r in zip(order.T, raised.T, strict=True)]

@@ -34,6 +34,25 @@ class Catalog:
             return np.zeros(len(self.movie_ids), dtype=bool)
         return found[0] if len(found) == 1 else np.logical_or.reduce(found)
 
+    def followed_by(self, other: Catalog) -> Catalog:
+        """This catalog with ``other``'s movies appended (a model's new movies after its own)."""
+        if not len(other.movie_ids):
+            return self
+        n, m = len(self.movie_ids), len(other.movie_ids)
+        none = np.zeros(n, dtype=bool), np.zeros(m, dtype=bool)
+        masks = {
+            genre: np.concatenate(
+                [self.genre_masks.get(genre, none[0]), other.genre_masks.get(genre, none[1])]
+            )
+            for genre in {*self.genre_masks, *other.genre_masks}
+        }
+        return Catalog(
+            np.concatenate([self.movie_ids, other.movie_ids]),
+            self.titles + other.titles,
+            self.genres + other.genres,
+            masks,
+        )
+
     def items(
         self, indices: np.ndarray, scores: np.ndarray, predicted: np.ndarray | None = None
     ) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ import gc
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +22,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.ml.artifacts import ArtifactError, ArtifactStore, LoadedModel, load_artifact
 from app.ml.explain import Explainer, ItemSimilarity
-from app.ml.scoring import FoldInScorer
+from app.ml.scoring import FoldInScorer, UserBatch
 from app.observability import MODEL_INFO, MODEL_LOADS, get_logger
 from app.services import registry
 from app.serving.catalog import Catalog, load_catalog
+from app.serving.new_movies import NewMovies, read_new_movies
 
 log = get_logger("saerec.recommender")
 
@@ -43,13 +44,20 @@ def _column_table(ids: np.ndarray) -> np.ndarray | None:
 @dataclass(frozen=True, eq=False)
 class ServingModel:
     """One loaded version, immutable: everything a request needs is built before it serves
-    (the answers it gives are cached by `AnswerCache`, which may mutate)."""
+    (the answers it gives are cached by `AnswerCache`, which may mutate).
+
+    Its scores cover the trained movies (columns 0..n-1) then the new movies of ``new``
+    (`app.serving.new_movies`): a refresh of those is a new `ServingModel` of the same
+    version, swapped in by one reference assignment; a request keeps the one it started with.
+    """
 
     version: str
     loaded: LoadedModel
     catalog: Catalog
+    """the trained movies' titles and genres, then the new movies'"""
     scorer: FoldInScorer
     column_of: np.ndarray | None
+    new: NewMovies = field(default_factory=NewMovies.empty)
 
     @classmethod
     def build(cls, version: str, loaded: LoadedModel, catalog: Catalog) -> ServingModel:
@@ -60,6 +68,33 @@ class ServingModel:
         _ = model.scorer.item_table  # built now, not by the first requests
         _ = model.scorer.rank_head_t
         return model
+
+    def with_new_movies(self, new: NewMovies) -> ServingModel:
+        """The same version serving ``new``; what depends on the trained model only (the
+        explainer, the similarity) is shared, not built again."""
+        trained = self.catalog
+        if len(self.new):
+            n = self.n_trained
+            trained = Catalog(
+                trained.movie_ids[:n],
+                trained.titles[:n],
+                trained.genres[:n],
+                {genre: mask[:n] for genre, mask in trained.genre_masks.items()},
+            )
+        model = replace(self, catalog=trained.followed_by(new.catalog), new=new)
+        for built in ("explainer", "similarity"):
+            if built in self.__dict__:
+                model.__dict__[built] = self.__dict__[built]
+        return model
+
+    @property
+    def n_trained(self) -> int:
+        return self.scorer.n_movies
+
+    @property
+    def answer_key(self) -> tuple[str, int]:
+        """What of the model an answer depends on: its version and its new movies."""
+        return self.version, self.new.stamp
 
     @functools.cached_property
     def explainer(self) -> Explainer:
@@ -72,22 +107,76 @@ class ServingModel:
         return ItemSimilarity(self.scorer)
 
     def columns(self, movie_ids: np.ndarray) -> np.ndarray:
+        """Each movie's column in the served scores (a new movie's after the trained ones),
+        -1 for a movie the model neither was trained on nor holds as new."""
         table = self.column_of
         if table is None:
-            return self.loaded.movies.index_of(movie_ids)
-        return table.take(np.minimum(movie_ids, table.size - 1))
+            cols = self.loaded.movies.index_of(movie_ids)
+        else:
+            cols = table.take(np.minimum(movie_ids, table.size - 1))
+        if len(self.new) and (missing := cols < 0).any():
+            at = self.new.positions(movie_ids[missing])
+            cols[missing] = np.where(at >= 0, at + self.n_trained, -1)
+        return cols
 
     def known(
         self, movie_ids: np.ndarray, ratings: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray] | None:
-        """The model columns the user rated and those ratings; None if the model knows none."""
+        """The trained columns the user rated and those ratings (what the networks fold
+        in); None if the model was trained on none of them."""
         cols = self.columns(movie_ids)
-        known = cols >= 0
+        known = (cols >= 0) & (cols < self.n_trained)
         if not known.all():  # movies added after training: rare, so checked, not filtered
             if not known.any():
                 return None
             cols, ratings = cols[known], ratings[known]
         return cols, ratings
+
+    def rated(self, movie_ids: np.ndarray) -> np.ndarray:
+        """The columns of the movies a user rated, new ones included (never to list)."""
+        cols = self.columns(movie_ids)
+        return cols[cols >= 0]
+
+    def ties(self, col: int) -> bool:
+        """Whether column ``col`` is tied to the trained movies (a new movie may share no
+        rater with any: then nothing is known of it but its ratings)."""
+        n = self.n_trained
+        return col < n or bool(self.new.columns.weights[col - n].sum() > 0)
+
+    def similar_scores(self, col: int) -> np.ndarray:
+        """Similarity of every served movie to column ``col`` (see `Recommender.similar`)."""
+        n = self.n_trained
+        columns = self.new.columns
+        if col < n:
+            alike = self.similarity.scores(col)[None, :]
+            return columns.scores(alike, self.scorer.popularity, 0.0)[0]
+        scores = np.full(n + len(columns), -np.inf, dtype=np.float32)
+        weights = columns.weights[col - n]
+        tied = weights > 0
+        scores[columns.neighbours[col - n][tied]] = weights[tied]
+        return scores
+
+    def scores(self, batch: UserBatch) -> np.ndarray:
+        """Ranking scores over the trained then the new movies (a fresh array)."""
+        scorer = self.scorer
+        trained = scorer.scores(batch)
+        return self.new.columns.scores(trained, scorer.popularity, scorer.blend.popularity_penalty)
+
+    def ratings(self, batch: UserBatch, cols: list[np.ndarray]) -> list[np.ndarray]:
+        """Predicted ratings at each user's served columns: the model's at trained ones,
+        the bias terms with the movie's own bias at new ones."""
+        n = self.n_trained
+        predicted = self.scorer.ratings(batch, [np.where(c < n, c, 0) for c in cols])
+        for row, (user_cols, values) in enumerate(zip(cols, predicted, strict=True)):
+            new = user_cols >= n
+            if new.any():
+                values[new] = self.new.columns.ratings(
+                    self.scorer.bias,
+                    batch.bias_user_bias[row],
+                    user_cols[new] - n,
+                    self.scorer.scale,
+                )
+        return predicted
 
 
 @dataclass(frozen=True)
@@ -228,7 +317,7 @@ class ModelLifecycle:
         except Exception as exc:  # a broken artifact, a pruned row, the database away
             self._load_failed(version, path, exc)
             return None
-        model = ServingModel.build(version, loaded, catalog)
+        model = self._with_new_movies(ServingModel.build(version, loaded, catalog))
         # Everything alive now (modules, the model, the catalog) lives as long as the process
         # serves: out of the collector's sight, a full collection no longer walks it. Those
         # walks (~0.1 s with the GIL held) were the p99 of every route, /healthz included.
@@ -244,6 +333,37 @@ class ModelLifecycle:
             ms=round((time.perf_counter() - started) * 1e3),
         )
         return model
+
+    def _with_new_movies(self, model: ServingModel) -> ServingModel:
+        """``model`` with the database's new movies; as it is when they cannot be read
+        (the next `refresh_new_movies` tries again)."""
+        try:
+            with self._sessions() as session:
+                new = read_new_movies(session, model.loaded, model.new)
+        except Exception as exc:
+            log.warning(
+                "new_movies_failed", version=model.version, error=f"{type(exc).__name__}: {exc}"
+            )
+            return model
+        return model if new is model.new else model.with_new_movies(new)
+
+    def refresh_new_movies(self) -> bool:
+        """Rebuild the served model's new movies (`app.serving.new_movies`); True when they
+        changed. The same version with other new movies: swapped by one assignment, no
+        generation change (read your writes is about versions, and the version stays)."""
+        current = self._model
+        if current is None:
+            return False
+        updated = self._with_new_movies(current)
+        if updated is current:
+            return False
+        with self._swap_lock:
+            if self._model is not current:  # another version meanwhile: its own turn next
+                return False
+            self._model = updated
+            if current.version in self._recent:
+                self._recent[current.version] = updated
+        return True
 
     def _load_failed(self, version: str, path: str | None, exc: Exception) -> None:
         kind = "" if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: "

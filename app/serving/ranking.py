@@ -104,8 +104,11 @@ class Pending:
     filters: Filters
     key: tuple
     model: ServingModel
+    rated: np.ndarray
+    """the columns of every movie the user rated, new movies' included (never listed)"""
     cols: np.ndarray
     ratings: np.ndarray
+    """the trained columns rated and their ratings: what the networks fold in"""
 
 
 def by_model(pending: list[Pending]) -> list[tuple[ServingModel, list[Pending]]]:
@@ -122,12 +125,12 @@ def rank_batch(
 ) -> list[list[dict[str, Any]]]:
     """The top n of each encoded user; each stage's time is counted (see STAGES)."""
     batch = model.scorer.encode([j.cols for j in jobs], [j.ratings for j in jobs])
-    scores = model.scorer.scores(batch)  # a fresh array: ours to overwrite
+    scores = model.scores(batch)  # a fresh array: ours to overwrite
     folded = time.perf_counter()
-    filter_scores(scores, model, [j.cols for j in jobs], [j.filters for j in jobs])
+    filter_scores(scores, model, [j.rated for j in jobs], [j.filters for j in jobs])
     filtered = time.perf_counter()
     tops = top_many(scores, [job.request.n for job in jobs])
-    predicted = model.scorer.ratings(batch, [top for top, _ in tops])
+    predicted = model.ratings(batch, [top for top, _ in tops])
     ranked = time.perf_counter()
     listed = model.catalog.items
     answers = [
@@ -152,8 +155,20 @@ def _add_reasons(
     items: list[dict[str, Any]],
 ) -> None:
     """Each item's "because": the user's ratings that raised its score most (exactly, by
-    leaving each out; see `app.ml.explain`)."""
-    reasons = model.explainer.because(job.cols, job.ratings, top)
+    leaving each out; see `app.ml.explain`). A new movie's score is a weighted mean of
+    its neighbours' (`app.ml.new_movies`), so is each rating's share of it."""
+    n, columns = model.n_trained, model.new.columns
+    new = top >= n
+    rows = top[new] - n
+    width = columns.neighbours.shape[1]
+    targets = np.concatenate([top[~new], columns.neighbours[rows].ravel()])
+    left_out, drops = model.explainer.score_drops(job.cols, job.ratings, targets)
+    trained = top.size - rows.size
+    mixed = np.empty((drops.shape[0], top.size), dtype=drops.dtype)
+    mixed[:, ~new] = drops[:, :trained]
+    by_neighbour = drops[:, trained:].reshape(drops.shape[0], rows.size, width)
+    mixed[:, new] = np.einsum("pek,ek->pe", by_neighbour, columns.weights[rows])
+    reasons = model.explainer.raised(left_out, mixed)
     titles, ids = model.catalog.titles, model.catalog.movie_ids
     for item, positions in zip(items, reasons, strict=True):
         item["because"] = [
@@ -169,12 +184,13 @@ def _add_reasons(
 def predicted_items(
     model: ServingModel, ids: np.ndarray, values: np.ndarray, wanted: list[int]
 ) -> list[dict[str, Any]]:
-    """The model's rating for each wanted movie; the mean bias for movies it does not know."""
-    cols = model.loaded.movies.index_of(np.array(wanted, dtype=np.int64))
+    """The model's rating for each wanted movie (a new movie's from the bias terms and its
+    own ratings); the training mean for a movie it neither trained on nor holds as new."""
+    cols = model.columns(np.array(wanted, dtype=np.int64))
     known = model.known(ids, values) if len(ids) else None
     rated, ratings = known if known is not None else (NO_IDS, np.zeros(0, np.float32))
     batch = model.scorer.encode([rated], [ratings])
-    predicted = model.scorer.ratings(batch, [np.where(cols >= 0, cols, 0)])[0]
+    predicted = model.ratings(batch, [np.where(cols >= 0, cols, 0)])[0]
     fallback = float(model.loaded.model.bias.mean)
     return [
         {

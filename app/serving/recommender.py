@@ -124,6 +124,10 @@ class Recommender:
         """Load `version` without serving it yet (see `ModelLifecycle.preload`)."""
         self.models.preload(version)
 
+    def refresh_new_movies(self) -> bool:
+        """Re-read the served model's new movies (see `ModelLifecycle.refresh_new_movies`)."""
+        return self.models.refresh_new_movies()
+
     def refresh_popular(self) -> None:
         self.popularity.refresh()
 
@@ -205,7 +209,7 @@ class Recommender:
         """
         user_id = request.user_id
         model = self.models.model_for(read.version, read.generation)  # one per request
-        key = (model.version if model else None, read.key, request)
+        key = (model.answer_key if model else None, read.key, request)
         if model is not None and (cached := self.answers.get(key)) is not None:
             return _answer(user_id, model.version, "autoencoder", cached)
         if request.session is None:
@@ -216,7 +220,8 @@ class Recommender:
         filters = Filters.of(request.genres, request.exclude, read.dismissed(), read.hidden())
         known = model.known(movie_ids, ratings) if model is not None and len(movie_ids) else None
         if model is not None and known is not None:
-            pending.append(Pending(index, request, filters, key, model, *known))
+            rated = model.rated(movie_ids)
+            pending.append(Pending(index, request, filters, key, model, rated, *known))
             return {}
         items = self.popularity.items(movie_ids, request.n, filters)
         if request.explain:  # nothing of the user's raised a popular movie's score
@@ -238,17 +243,21 @@ class Recommender:
     def similar(self, movie_id: int, n: int, genres: tuple[str, ...]) -> dict[str, Any]:
         """The movies the served model finds most alike (never the movie itself, never a
         hidden one, only the asked genres); for a movie the model does not know, the
-        popular movies within its own genres. 404 for an unknown movie."""
+        popular movies within its own genres. 404 for an unknown movie.
+
+        A new movie's (`app.serving.new_movies`) are its neighbours by co-rating, most
+        alike first; new movies appear in a trained movie's list by the weighted mean of
+        their neighbours' similarity, as their ranking scores are made."""
         movie_genres = self._movie_genres(movie_id)
         read = self.reader.read_catalog_state(self.models.generation)
         model = self.models.model_for(read.version, read.generation)
         filters = Filters.of(genres, (movie_id,), read.hidden())
         col = int(model.columns(np.array([movie_id]))[0]) if model is not None else -1
-        if model is None or col < 0:
+        if model is None or col < 0 or not model.ties(col):
             within = filters if genres else Filters(filters.blocked, tuple(movie_genres))
             items = self.popularity.items(NO_IDS, n, within)
             return _similar_answer(movie_id, model, "popular", items)
-        scores = model.similarity.scores(col)[None, :]
+        scores = model.similar_scores(col)[None, :]
         filter_scores(scores, model, [np.array([col])], [filters])
         top, exact = top_many(scores, [n])[0]
         items = model.catalog.items(top, exact)
