@@ -262,7 +262,17 @@ class RecommendationQuery(BaseModel):
     )
 
 
+RecommendationId = Annotated[
+    str,
+    Field(
+        description="this answer's impression: every answer gets a new one, a cached one too",
+        pattern=r"^[0-9a-f]{32}$",
+    ),
+]
+
+
 class _Recommendations(BaseModel):
+    recommendation_id: RecommendationId
     model_version: str | None
     strategy: Literal["autoencoder", "popular"]
     items: list[RecommendationItem]
@@ -324,6 +334,7 @@ class SimilarItem(BaseModel):
 
 
 class SimilarMoviesOut(BaseModel):
+    recommendation_id: RecommendationId
     movie_id: int
     model_version: str | None
     strategy: Literal["autoencoder", "popular"] = Field(

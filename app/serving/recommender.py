@@ -37,6 +37,7 @@ from app.serving.batcher import Batcher
 from app.serving.cache import AnswerCache
 from app.serving.catalog import NO_IDS
 from app.serving.filters import Filters, filter_scores
+from app.serving.impressions import ImpressionRecorder
 from app.serving.lifecycle import ModelLifecycle, ServingModel
 from app.serving.popular import Popularity, PopularList
 from app.serving.ranking import (
@@ -79,6 +80,12 @@ class Recommender:
         self.reader = UserReader(engine, threads)
         self.popularity = Popularity(self._sessions, popular.PRIOR_COUNT, popular.REFRESH_SECONDS)
         self.answers = AnswerCache(settings.answer_cache_size)
+        self.impressions = ImpressionRecorder(
+            engine,
+            settings.impression_queue_size,
+            settings.record_impressions,
+            settings.impression_retention_days,
+        )
 
     # -- the async face: inference runs on the executor, never on the event loop ----------
     async def recommendations(self, request: RecommendRequest) -> dict[str, Any]:
@@ -96,8 +103,10 @@ class Recommender:
         return await loop.run_in_executor(self._executor, self.predict, user_id, movie_ids)
 
     def shutdown(self) -> None:
-        """Stop the executor: queued work is dropped, running work is not waited for."""
+        """Stop the executor (queued work is dropped, running work is not waited for), then
+        write the impressions still queued."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.impressions.close()
         self.reader.dispose()
 
     def _loop_batcher(self) -> Batcher:
@@ -188,10 +197,23 @@ class Recommender:
             share = len(pending) / len(requests)  # the read served the cache hits too
             observe_stage("db_read", (read_at - started) * share, len(pending))
         elapsed = time.perf_counter() - started
-        for answer in answers:
+        for index, answer in enumerate(answers):
             if isinstance(answer, dict):
                 RECOMMEND_LATENCY.labels(answer["strategy"]).observe(elapsed)
+                answers[index] = self._shown(answer)
         return answers
+
+    def _shown(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """The answer as it goes out: a new recommendation_id, its impression queued.
+
+        Outside the answer cache: a cached answer shown again is a new impression."""
+        rid = self.impressions.record(
+            answer["user_id"],
+            answer["model_version"],
+            answer["strategy"],
+            [item["movie_id"] for item in answer["items"]],
+        )
+        return {"recommendation_id": rid, **answer}
 
     def _start(
         self, request: RecommendRequest, read: UserRead, index: int, pending: list[Pending]
@@ -247,12 +269,18 @@ class Recommender:
         if model is None or col < 0:
             within = filters if genres else Filters(filters.blocked, tuple(movie_genres))
             items = self.popularity.items(NO_IDS, n, within)
-            return _similar_answer(movie_id, model, "popular", items)
+            return self._similar_shown(_similar_answer(movie_id, model, "popular", items))
         scores = model.similarity.scores(col)[None, :]
         filter_scores(scores, model, [np.array([col])], [filters])
         top, exact = top_many(scores, [n])[0]
         items = model.catalog.items(top, exact)
-        return _similar_answer(movie_id, model, "autoencoder", items)
+        return self._similar_shown(_similar_answer(movie_id, model, "autoencoder", items))
+
+    def _similar_shown(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """A similar-movies list is an impression too: no user, the control's version."""
+        movie_ids = [item["movie_id"] for item in answer["items"]]
+        rid = self.impressions.record(None, answer["model_version"], answer["strategy"], movie_ids)
+        return {"recommendation_id": rid, **answer}
 
     def _movie_genres(self, movie_id: int) -> list[str]:
         with self._sessions() as session:
