@@ -254,8 +254,9 @@ class Impression(Base):
 
 
 class ImpressionItem(Base):
-    """One movie of an impression, at its position. `shown_at` is unix seconds, the scale of
-    `ratings.timestamp`, so attribution compares two integers on both databases; the
+    """One movie of an impression, at its position. `shown_at` is unix milliseconds (an
+    integer, so attribution compares integers with `ratings.timestamp`, whole seconds, on
+    both databases, and two impressions a moment apart keep their order); the
     (user, movie, time) index finds the latest impression that showed a rated movie."""
 
     __tablename__ = "impression_items"

@@ -580,3 +580,25 @@ class ServiceStatsOut(BaseModel):
     served_version: str | None = Field(description="the version this process has loaded")
     jobs: dict[str, int] = Field(description="training jobs by status")
     requests: RequestStatsOut
+
+
+Interval = Annotated[list[float], Field(min_length=2, max_length=2)]
+
+
+class OnlineFiguresOut(BaseModel):
+    """What impressions led to (app/services/online.py): ratings of shown movies
+    attributed to the latest impression that showed them, within the window."""
+
+    impressions: int
+    users: int = Field(description="distinct users among the impressions (sessions: none)")
+    hits: int = Field(description="attributed ratings of 4 stars or more")
+    hit_rate: float | None = Field(
+        description="impressions followed by at least one hit / impressions (null: none)"
+    )
+    ci95: Interval | None = Field(description="Wilson's 95 % interval of hit_rate")
+    mean_shown_rating: float | None = Field(description="mean of the attributed ratings")
+
+
+class ModelOnlineOut(OnlineFiguresOut):
+    version: str
+    window_seconds: int = Field(description="ATTRIBUTION_WINDOW_SECONDS")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, status
@@ -19,11 +20,12 @@ from app.schemas import (
     NO_NUL,
     JobOut,
     JobQueuedOut,
+    ModelOnlineOut,
     ModelVersionOut,
     RetrainIn,
     ServiceStatsOut,
 )
-from app.services import activation, dashboard, registry
+from app.services import activation, dashboard, online, registry
 
 router = APIRouter(
     prefix="/admin",
@@ -91,3 +93,19 @@ def activate_model(
 ) -> ModelVersionOut:
     row = activation.activate_and_preload(sessions, recommender, version)
     return ModelVersionOut.model_validate(row)
+
+
+@router.get("/models/{version}/online", response_model=ModelOnlineOut, responses={404: {}})
+def model_online(
+    _admin: AdminDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    version: ModelVersionId,
+    since: Annotated[
+        datetime | None, Query(description="only impressions shown from then on (ISO 8601)")
+    ] = None,
+) -> ModelOnlineOut:
+    registry.get_version(session, version)  # 404 for an unknown version
+    window = settings.attribution_window_seconds
+    found = online.figures(session, window, version=version, since=since)
+    return ModelOnlineOut(version=version, window_seconds=window, **found.as_dict())

@@ -186,7 +186,7 @@ class ImpressionRecorder:
                 "position": position,
                 "user_id": s.user_id,
                 "movie_id": movie_id,
-                "shown_at": int(s.at),
+                "shown_at": int(s.at * 1000),
             }
             for s in batch
             for position, movie_id in enumerate(s.movie_ids)
