@@ -436,6 +436,14 @@ def _retrain_model() -> type[BaseModel]:
 
     preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
     fields: dict[str, Any] = {"preset": (preset, _optional("model preset (default: TRAIN_PRESET)"))}
+    share = Annotated[float, Field(gt=0.0, lt=1.0, strict=True)]
+    fields["experiment_share"] = (
+        share,
+        _optional(
+            "a model that passes the quality gate starts an experiment against the active "
+            "one, this share of the users in its arm, instead of being activated"
+        ),
+    )
     for name, info in ModelConfig.model_fields.items():
         annotation = _API_TYPES.get(name, info.annotation)
         annotated = _strict(_annotated(annotation, info.metadata))
@@ -602,3 +610,51 @@ class OnlineFiguresOut(BaseModel):
 class ModelOnlineOut(OnlineFiguresOut):
     version: str
     window_seconds: int = Field(description="ATTRIBUTION_WINDOW_SECONDS")
+
+
+VersionName = Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)]
+
+
+class ExperimentIn(StrictBody):
+    candidate: VersionName = Field(description="the model version to try beside the active one")
+    share: Annotated[float, Field(gt=0.0, lt=1.0, strict=True)] = Field(
+        description="the share of users in the candidate arm"
+    )
+
+
+class ExperimentStopIn(StrictBody):
+    promote: StrictBool = Field(description="activate the candidate as the experiment ends")
+
+
+class ExperimentOut(BaseModel):
+    """An experiments row as the API shows it."""
+
+    model_config = ConfigDict(from_attributes=True, populate_by_name=True)
+
+    experiment_id: str = Field(validation_alias="id")
+    control: str = Field(description="the version active when it started")
+    candidate: str
+    share: float
+    status: Literal["running", "stopped", "promoted"]
+    started_at: Timestamp
+    stopped_at: Timestamp | None
+
+
+class ExperimentsOut(BaseModel):
+    items: list[ExperimentOut] = Field(description="newest first")
+
+
+class ArmOut(OnlineFiguresOut):
+    arm: Literal["control", "candidate"]
+    version: str
+
+
+class DifferenceOut(BaseModel):
+    hit_rate: float | None = Field(description="the candidate's hit rate minus the control's")
+    ci95: Interval | None = Field(description="Newcombe's 95 % interval of the difference")
+
+
+class ExperimentReportOut(ExperimentOut):
+    arms: list[ArmOut]
+    difference: DifferenceOut
+    verdict: Literal["candidate better", "control better", "no difference", "not enough data"]

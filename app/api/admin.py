@@ -18,6 +18,11 @@ from app.api.deps import (
 from app.jobs import queue as jobs
 from app.schemas import (
     NO_NUL,
+    ExperimentIn,
+    ExperimentOut,
+    ExperimentReportOut,
+    ExperimentsOut,
+    ExperimentStopIn,
     JobOut,
     JobQueuedOut,
     ModelOnlineOut,
@@ -25,7 +30,7 @@ from app.schemas import (
     RetrainIn,
     ServiceStatsOut,
 )
-from app.services import activation, dashboard, online, registry
+from app.services import activation, dashboard, experiments, online, registry
 
 router = APIRouter(
     prefix="/admin",
@@ -109,3 +114,60 @@ def model_online(
     window = settings.attribution_window_seconds
     found = online.figures(session, window, version=version, since=since)
     return ModelOnlineOut(version=version, window_seconds=window, **found.as_dict())
+
+
+ExperimentId = Annotated[str, Path(max_length=36, pattern=NO_NUL)]
+
+
+@router.post(
+    "/experiments",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ExperimentOut,
+    responses={
+        404: {"description": "unknown candidate version"},
+        409: {"description": "one is running (its id), or no active version to compare with"},
+    },
+)
+def start_experiment(
+    _admin: AdminDep,
+    sessions: SessionFactoryDep,
+    recommender: RecommenderDep,
+    body: ExperimentIn,
+) -> ExperimentOut:
+    row = experiments.start(sessions, recommender, body.candidate, body.share)
+    return ExperimentOut.model_validate(row)
+
+
+@router.get("/experiments", response_model=ExperimentsOut)
+def list_experiments(_admin: AdminDep, session: SessionDep) -> ExperimentsOut:
+    rows = experiments.list_experiments(session)
+    return ExperimentsOut(items=[ExperimentOut.model_validate(row) for row in rows])
+
+
+@router.get("/experiments/{experiment_id}", response_model=ExperimentReportOut, responses={404: {}})
+def get_experiment(
+    _admin: AdminDep, session: SessionDep, settings: SettingsDep, experiment_id: ExperimentId
+) -> ExperimentReportOut:
+    row = experiments.get(session, experiment_id)
+    found = experiments.report(
+        session, row, settings.attribution_window_seconds, settings.experiment_min_impressions
+    )
+    return ExperimentReportOut.model_validate(
+        {**ExperimentOut.model_validate(row).model_dump(), **vars(found)}
+    )
+
+
+@router.post(
+    "/experiments/{experiment_id}/stop",
+    response_model=ExperimentOut,
+    responses={404: {}, 409: {"description": "the experiment is not running"}},
+)
+def stop_experiment(
+    _admin: AdminDep,
+    sessions: SessionFactoryDep,
+    recommender: RecommenderDep,
+    experiment_id: ExperimentId,
+    body: ExperimentStopIn,
+) -> ExperimentOut:
+    row = experiments.stop(sessions, recommender, experiment_id, body.promote)
+    return ExperimentOut.model_validate(row)

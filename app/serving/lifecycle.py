@@ -174,6 +174,14 @@ class ModelLifecycle:
         which every request that read the new version would wait)."""
         self._cached_or_loaded(version)
 
+    def arm_model(self, version: str) -> ServingModel | None:
+        """An experiment's candidate, loaded beside the served model and never swapped in
+        (the control stays the process's current one); None when it cannot load."""
+        model = self._cached_or_loaded(version)
+        if model is not None and version in self._recent:
+            self._recent.move_to_end(version)  # in use: the last one the cache would drop
+        return model
+
     def model_for(self, wanted: str | None, generation: int) -> ServingModel | None:
         """The model that answers a read which saw `wanted` as active.
 

@@ -49,7 +49,7 @@ from app.serving.ranking import (
     predicted_items,
     rank_batch,
 )
-from app.serving.reader import UserRead, UserReader
+from app.serving.reader import RunningExperiment, UserRead, UserReader
 
 log = get_logger("saerec.recommender")
 
@@ -182,7 +182,7 @@ class Recommender:
         for index, (request, read) in enumerate(zip(requests, reads, strict=True)):
             answer: dict[str, Any] | Exception
             try:
-                answer = self._start(request, read, index, pending)
+                answer = self._start(request, read, index, pending, self._arm(request, read))
             except Exception as exc:  # e.g. a model that fails to load: this request's
                 answer = exc
             answers.append(answer)
@@ -200,26 +200,51 @@ class Recommender:
         for index, answer in enumerate(answers):
             if isinstance(answer, dict):
                 RECOMMEND_LATENCY.labels(answer["strategy"]).observe(elapsed)
-                answers[index] = self._shown(answer)
+                answers[index] = self._shown(answer, reads[index].experiment)
         return answers
 
-    def _shown(self, answer: dict[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def _arm(request: RecommendRequest, read: UserRead) -> str | None:
+        """The experiment arm of a stored user (None: no experiment, or a session)."""
+        if read.experiment is None or request.user_id is None:
+            return None
+        return read.experiment.arm_of(request.user_id)
+
+    def _shown(
+        self, answer: dict[str, Any], experiment: RunningExperiment | None
+    ) -> dict[str, Any]:
         """The answer as it goes out: a new recommendation_id, its impression queued.
 
-        Outside the answer cache: a cached answer shown again is a new impression."""
+        Outside the answer cache: a cached answer shown again is a new impression. An
+        experiment's impressions name their arm by the version that answered: a candidate
+        that could not load answered as the control, and is left out of both arms.
+        """
+        arm = None
+        if experiment is not None and answer["user_id"] is not None:
+            arm = "candidate" if answer["model_version"] == experiment.candidate else "control"
+            if arm == "control" and experiment.arm_of(answer["user_id"]) == "candidate":
+                arm = None
         rid = self.impressions.record(
             answer["user_id"],
             answer["model_version"],
             answer["strategy"],
             [item["movie_id"] for item in answer["items"]],
+            experiment.id if experiment is not None and arm else None,
+            arm,
         )
         return {"recommendation_id": rid, **answer}
 
     def _start(
-        self, request: RecommendRequest, read: UserRead, index: int, pending: list[Pending]
+        self,
+        request: RecommendRequest,
+        read: UserRead,
+        index: int,
+        pending: list[Pending],
+        arm: str | None = None,
     ) -> dict[str, Any]:
         """Answer one read from the cache or the popular list, or queue a fold-in
-        (the placeholder answer is replaced once the batch has run).
+        (the placeholder answer is replaced once the batch has run). A user in an
+        experiment's candidate arm is answered by the candidate version, else the active one.
 
         The answer key is everything the answer depends on: the version, the row as read
         (ratings, dismissals, hidden movies) and the request itself (n, genres, exclude,
@@ -227,6 +252,8 @@ class Recommender:
         """
         user_id = request.user_id
         model = self.models.model_for(read.version, read.generation)  # one per request
+        if arm == "candidate" and read.experiment is not None:
+            model = self.models.arm_model(read.experiment.candidate) or model
         key = (model.version if model else None, read.key, request)
         if model is not None and (cached := self.answers.get(key)) is not None:
             return _answer(user_id, model.version, "autoencoder", cached)
