@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -215,3 +216,53 @@ def test_a_retrain_with_an_experiment_share_starts_an_experiment_instead(
     with Session(engine) as db:
         job = db.get(TrainingJob, queued.json()["job_id"])
         assert job is not None and job.overrides["experiment_share"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("control_hits", "candidate_hits", "verdict"),
+    [(150, 50, "control better"), (100, 104, "no difference"), (20, 90, "candidate better")],
+)
+def test_the_verdict_follows_the_interval_of_the_difference(
+    engine: Engine, control_hits: int, candidate_hits: int, verdict: str
+) -> None:
+    """200 impressions per arm, one movie each, rated 5 (a hit) or 2 a second later."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert
+
+    from app.models import Experiment, ImpressionItem, Rating
+    from app.services import experiments
+    from tests.factories import add_movies, synthetic_catalog
+
+    add_movies(engine, synthetic_catalog(1))
+    now = time.time()
+    impressions, items, ratings = [], [], []
+    for arm, hits in (("control", control_hits), ("candidate", candidate_hits)):
+        for i in range(200):
+            user = (1 if arm == "control" else 1000) + i
+            rid = f"{arm[:3]}{i:029d}"
+            impressions.append(
+                {"id": rid, "user_id": user, "model_version": arm, "strategy": "autoencoder",
+                 "experiment_id": "e", "arm": arm, "shown_at": datetime.fromtimestamp(now, UTC)}
+            )  # fmt: skip
+            items.append(
+                {"impression_id": rid, "position": 0, "user_id": user, "movie_id": 1,
+                 "shown_at": int(now * 1000)}
+            )  # fmt: skip
+            stars = 5.0 if i < hits else 2.0
+            ratings.append(
+                {"user_id": user, "movie_id": 1, "rating": stars, "timestamp": int(now) + 1}
+            )
+    with engine.begin() as conn:
+        conn.execute(insert(Impression), impressions)
+        conn.execute(insert(ImpressionItem), items)
+        conn.execute(insert(Rating), ratings)
+    with Session(engine) as db:
+        row = Experiment(id="e", control="control", candidate="candidate", share=0.5)
+        found = experiments.report(db, row, 3600, min_impressions=200)
+        too_few = experiments.report(db, row, 3600, min_impressions=201)
+    arms = {arm["arm"]: arm for arm in found.arms}
+    assert arms["control"]["hits"] == control_hits and arms["candidate"]["hits"] == candidate_hits
+    assert found.difference["hit_rate"] == pytest.approx((candidate_hits - control_hits) / 200)
+    assert found.verdict == verdict
+    assert too_few.verdict == "not enough data"
