@@ -266,3 +266,23 @@ def test_the_verdict_follows_the_interval_of_the_difference(
     assert found.difference["hit_rate"] == pytest.approx((candidate_hits - control_hits) / 200)
     assert found.verdict == verdict
     assert too_few.verdict == "not enough data"
+
+
+def test_an_idle_process_preloads_the_running_experiments_candidate(
+    two_versions: tuple[Settings, str, str], engine: Engine, admin_headers: dict[str, str]
+) -> None:
+    """The poll loads the candidate before a user of its arm asks (an older version is not
+    the "upcoming" one the poll preloads anyway)."""
+    from app.models import Experiment
+
+    settings, weak, good = two_versions
+    with TestClient(create_app(settings.model_copy(update={"model_poll_seconds": 300}))) as client:
+        recommender = client.app.state.recommender  # type: ignore[attr-defined]
+        activate(client, admin_headers, good)
+        assert recommender.version == good
+        with Session(engine) as db, db.begin():
+            db.add(Experiment(id="e", control=good, candidate=weak, share=0.5))
+        recommender.models._recent.pop(weak, None)  # as a process that never loaded it
+        recommender.refresh_model()
+        assert weak in recommender.models.loaded_versions
+        assert recommender.version == good, "preloaded, not served"

@@ -109,6 +109,11 @@ def upcoming_version_id(session: Session) -> str | None:
     )
 
 
+def experiment_candidate_id(session: Session) -> str | None:
+    """The running experiment's candidate version, if one runs (serving preloads it)."""
+    return session.scalar(select(Experiment.candidate).where(Experiment.status == "running"))
+
+
 def get_version(session: Session, version: str) -> ModelVersion:
     row = session.get(ModelVersion, version)
     if row is None:

@@ -146,7 +146,8 @@ class ModelLifecycle:
 
     def refresh(self) -> bool:
         """Load the registry's active version if it differs from ours; True on a swap.
-        Then preload the version registered after it (`registry.upcoming_version_id`).
+        Then preload the version registered after it (`registry.upcoming_version_id`) and
+        a running experiment's candidate, which answers some users beside it.
 
         Requests already follow the registry on their own; this poll only preloads, so a
         quiet process has a new model ready before its first request asks for it: one
@@ -157,6 +158,7 @@ class ModelLifecycle:
         with self._sessions() as session:
             wanted = registry.active_version_id(session)
             upcoming = registry.upcoming_version_id(session)
+            candidate = registry.experiment_candidate_id(session)
         swapped = False
         if wanted == self.version:
             self.error = None  # e.g. rolled back to the model we serve
@@ -164,8 +166,9 @@ class ModelLifecycle:
             before = self._model
             self.model_for(wanted, generation)
             swapped = self._model is not before
-        if upcoming is not None and upcoming not in self._recent:
-            self._cached_or_loaded(upcoming)
+        for version in (upcoming, candidate):
+            if version is not None and version not in self._recent:
+                self._cached_or_loaded(version)
         return swapped
 
     def preload(self, version: str) -> None:
