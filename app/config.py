@@ -79,6 +79,18 @@ class Settings(BaseSettings):
     new_movies_refresh_seconds: float = Field(default=60.0, gt=0, le=180)
     """how often a process re-reads the movies added since its model was trained, so they
     are recommended from their ratings before a retrain (at most 3 minutes behind)."""
+    record_impressions: bool = True
+    """record every recommendation answer as an impression (false: answers still carry a
+    recommendation_id, nothing is written; for measuring what recording costs)."""
+    impression_queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
+    """impressions a process holds for its writer; past it they are dropped (and counted
+    in /metrics), never the answers: the bound on what a database that lags costs memory."""
+    impression_retention_days: float | None = Field(default=90.0, gt=0)
+    """impressions older than this are deleted by each process's writer (None: kept)."""
+    attribution_window_seconds: int = Field(default=7 * 86_400, ge=1)
+    """how long after an impression a rating of a movie it showed counts for it."""
+    experiment_min_impressions: int = Field(default=500, ge=1)
+    """impressions each arm needs before an experiment's report gives a verdict."""
     metrics_dir: Path | None = None
     """where `serve --workers N` (N > 1) creates each start's folder for prometheus-client's
     multiprocess mode; None = the system's temporary directory."""

@@ -124,6 +124,13 @@ class Rating(Base):
     )
 
 
+def unique_where(name: str, column: str, condition: str) -> Index:
+    """A unique index over the rows that meet `condition` only (the same SQL on both
+    databases): "one of these at a time", enforced whichever process or replica writes."""
+    where = text(condition)
+    return Index(name, column, unique=True, sqlite_where=where, postgresql_where=where)
+
+
 JOB_STATUSES = ("queued", "running", "succeeded", "failed")
 JOB_TRIGGERS = ("admin", "schedule")
 OPEN_JOB_STATUSES = ("queued", "running")
@@ -213,12 +220,83 @@ class TrainingJob(Base):
         ),
         CheckConstraint("\"trigger\" IN ('admin', 'schedule')", name="known_trigger"),
         # One open (queued or running) job per queue, enforced by the database itself.
-        Index(
-            "uq_training_jobs_single_open",
-            "queue",
-            unique=True,
-            sqlite_where=text(_OPEN_JOB),
-            postgresql_where=text(_OPEN_JOB),
-        ),
+        unique_where("uq_training_jobs_single_open", "queue", _OPEN_JOB),
         Index("ix_training_jobs_status", "status", "created_at"),
+    )
+
+
+EXPERIMENT_STATUSES = ("running", "stopped", "promoted")
+ARMS = ("control", "candidate")
+
+
+class Impression(Base):
+    """One recommendation answer as shown: who asked, which version and arm answered, when.
+
+    Append-only, written off the request path in batches (`app.serving.impressions`);
+    pruned by age. The movies, in order, are its `ImpressionItem` rows."""
+
+    __tablename__ = "impressions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # the recommendation_id
+    user_id: Mapped[int | None] = mapped_column(BigInteger)  # None: a session, a movie list
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    strategy: Mapped[str] = mapped_column(String(16))
+    experiment_id: Mapped[str | None] = mapped_column(String(36))
+    arm: Mapped[str | None] = mapped_column(String(16))
+    shown_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        # the online figures of a version since a time; the retention prune (a range)
+        Index("ix_impressions_version_shown", "model_version", "shown_at"),
+        Index("ix_impressions_experiment", "experiment_id", "arm"),
+        Index("ix_impressions_shown_at", "shown_at"),
+    )
+
+
+class ImpressionItem(Base):
+    """One movie of an impression, at its position. `shown_at` is unix milliseconds (an
+    integer, so attribution compares integers with `ratings.timestamp`, whole seconds, on
+    both databases, and two impressions a moment apart keep their order); the
+    (user, movie, time) index finds the latest impression that showed a rated movie."""
+
+    __tablename__ = "impression_items"
+
+    impression_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("impressions.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    user_id: Mapped[int | None] = mapped_column(BigInteger)
+    movie_id: Mapped[int] = mapped_column(BigInteger)
+    shown_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        Index("ix_impression_items_user_movie_shown", "user_id", "movie_id", "shown_at"),
+    )
+
+
+_RUNNING = "status = 'running'"
+
+
+class Experiment(Base):
+    """A candidate version served to a share of the users beside the active one (control).
+
+    Not foreign keys to model_versions: a finished experiment keeps naming versions that
+    retention may have pruned since; a running one's versions are kept by the prune."""
+
+    __tablename__ = "experiments"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    control: Mapped[str] = mapped_column(String(64))
+    candidate: Mapped[str] = mapped_column(String(64))
+    share: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("status IN ('running', 'stopped', 'promoted')", name="known_status"),
+        CheckConstraint("share > 0 AND share < 1", name="share_between_0_and_1"),
+        # One running experiment, whichever process or replica starts one.
+        unique_where("uq_experiments_single_running", "status", _RUNNING),
+        Index("ix_experiments_started_at", "started_at"),
     )

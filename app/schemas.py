@@ -262,7 +262,17 @@ class RecommendationQuery(BaseModel):
     )
 
 
+RecommendationId = Annotated[
+    str,
+    Field(
+        description="this answer's impression: every answer gets a new one, a cached one too",
+        pattern=r"^[0-9a-f]{32}$",
+    ),
+]
+
+
 class _Recommendations(BaseModel):
+    recommendation_id: RecommendationId
     model_version: str | None
     strategy: Literal["autoencoder", "popular"]
     items: list[RecommendationItem]
@@ -324,6 +334,7 @@ class SimilarItem(BaseModel):
 
 
 class SimilarMoviesOut(BaseModel):
+    recommendation_id: RecommendationId
     movie_id: int
     model_version: str | None
     strategy: Literal["autoencoder", "popular"] = Field(
@@ -427,6 +438,14 @@ def _retrain_model() -> type[BaseModel]:
 
     preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
     fields: dict[str, Any] = {"preset": (preset, _optional("model preset (default: TRAIN_PRESET)"))}
+    share = Annotated[float, Field(gt=0.0, lt=1.0, strict=True)]
+    fields["experiment_share"] = (
+        share,
+        _optional(
+            "a model that passes the quality gate starts an experiment against the active "
+            "one, this share of the users in its arm, instead of being activated"
+        ),
+    )
     for name, info in ModelConfig.model_fields.items():
         annotation = _API_TYPES.get(name, info.annotation)
         annotated = _strict(_annotated(annotation, info.metadata))
@@ -571,3 +590,73 @@ class ServiceStatsOut(BaseModel):
     served_version: str | None = Field(description="the version this process has loaded")
     jobs: dict[str, int] = Field(description="training jobs by status")
     requests: RequestStatsOut
+
+
+Interval = Annotated[list[float], Field(min_length=2, max_length=2)]
+
+
+class OnlineFiguresOut(BaseModel):
+    """What impressions led to (app/services/online.py): ratings of shown movies
+    attributed to the latest impression that showed them, within the window."""
+
+    impressions: int
+    users: int = Field(description="distinct users among the impressions (sessions: none)")
+    hits: int = Field(description="attributed ratings of 4 stars or more")
+    hit_rate: float | None = Field(
+        description="impressions followed by at least one hit / impressions (null: none)"
+    )
+    ci95: Interval | None = Field(description="Wilson's 95 % interval of hit_rate")
+    mean_shown_rating: float | None = Field(description="mean of the attributed ratings")
+
+
+class ModelOnlineOut(OnlineFiguresOut):
+    version: str
+    window_seconds: int = Field(description="ATTRIBUTION_WINDOW_SECONDS")
+
+
+VersionName = Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)]
+
+
+class ExperimentIn(StrictBody):
+    candidate: VersionName = Field(description="the model version to try beside the active one")
+    share: Annotated[float, Field(gt=0.0, lt=1.0, strict=True)] = Field(
+        description="the share of users in the candidate arm"
+    )
+
+
+class ExperimentStopIn(StrictBody):
+    promote: StrictBool = Field(description="activate the candidate as the experiment ends")
+
+
+class ExperimentOut(BaseModel):
+    """An experiments row as the API shows it."""
+
+    model_config = ConfigDict(from_attributes=True, populate_by_name=True)
+
+    experiment_id: str = Field(validation_alias="id")
+    control: str = Field(description="the version active when it started")
+    candidate: str
+    share: float
+    status: Literal["running", "stopped", "promoted"]
+    started_at: Timestamp
+    stopped_at: Timestamp | None
+
+
+class ExperimentsOut(BaseModel):
+    items: list[ExperimentOut] = Field(description="newest first")
+
+
+class ArmOut(OnlineFiguresOut):
+    arm: Literal["control", "candidate"]
+    version: str
+
+
+class DifferenceOut(BaseModel):
+    hit_rate: float | None = Field(description="the candidate's hit rate minus the control's")
+    ci95: Interval | None = Field(description="Newcombe's 95 % interval of the difference")
+
+
+class ExperimentReportOut(ExperimentOut):
+    arms: list[ArmOut]
+    difference: DifferenceOut
+    verdict: Literal["candidate better", "control better", "no difference", "not enough data"]

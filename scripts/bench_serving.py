@@ -393,6 +393,12 @@ def parse_args() -> argparse.Namespace:
         help="comma list of ANSWER_CACHE_SIZE values, one server each (0 = every request "
         "runs the model; the issue's targets are for 0)",
     )
+    parser.add_argument(
+        "--impressions",
+        default="on",
+        help="comma list of RECORD_IMPRESSIONS values (on, off), one server each; with both, "
+        "`recording_cost` is each pair's uncached recommendations req/s, on / off",
+    )
     return parser.parse_args()
 
 
@@ -430,11 +436,14 @@ def prepare_model(
     return json.loads(output), time.perf_counter() - started, max_user
 
 
-def start_server(env: dict[str, str], cache: int, workers: int) -> tuple[subprocess.Popen, str]:
+def start_server(
+    env: dict[str, str], cache: int, workers: int, impressions: bool = True
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    record = "true" if impressions else "false"
     server = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", str(workers)],
-        env={**env, "ANSWER_CACHE_SIZE": str(cache)},
+        env={**env, "ANSWER_CACHE_SIZE": str(cache), "RECORD_IMPRESSIONS": record},
         cwd=ROOT,
     )
     return server, f"http://127.0.0.1:{port}"
@@ -701,9 +710,37 @@ def swap_under_load(
     }
 
 
+def impression_counts(base: str) -> dict[str, float]:
+    """Impressions the server wrote and dropped (all reasons), from its /metrics."""
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    counts = {"impressions_recorded": 0.0, "impressions_dropped": 0.0}
+    for family in text_string_to_metric_families(text):
+        for name, key in (
+            ("saerec_impressions_recorded", "impressions_recorded"),
+            ("saerec_impressions_dropped", "impressions_dropped"),
+        ):
+            if family.name == name:
+                counts[key] += sum(s.value for s in family.samples if s.name.endswith("_total"))
+    return counts
+
+
+def recording_cost(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Recommendations req/s with impressions recorded / without, per workers and cache."""
+    pairs: dict[tuple[int, int], dict[str, float]] = {}
+    for run in runs:
+        key = (run["workers"], run["answer_cache_size"])
+        pairs.setdefault(key, {})[run["impressions"]] = run["recommendations"]["req_per_s"]
+    return [
+        {"workers": w, "answer_cache_size": c, "ratio_on_to_off": round(r["on"] / r["off"], 3)}
+        for (w, c), r in pairs.items()
+        if {"on", "off"} <= set(r)
+    ]
+
+
 def main() -> None:
     args = parse_args()
     caches = [int(x) for x in str(args.answer_cache).split(",") if x.strip()]
+    recording = [x.strip() == "on" for x in str(args.impressions).split(",") if x.strip()]
     worker_counts = [int(x) for x in str(args.workers).split(",") if x.strip()]
     tool = args.tool if args.tool != "auto" else ("wrk" if shutil.which("wrk") else "httpx")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="saerec-bench-"))
@@ -723,12 +760,15 @@ def main() -> None:
         runs = []
         for workers in worker_counts:
             for cache in caches:
-                if server is not None:
-                    stop_server(server)
-                server, base = start_server(env, cache, workers)
-                first = wait_ready(base)
-                log(f"{workers} worker(s), answer cache {cache}: {tool}, {args.seconds}s ...")
-                runs.append(measure(server, base, args, tool, max_user, cache, workers))
+                for record in recording:
+                    if server is not None:
+                        stop_server(server)
+                    server, base = start_server(env, cache, workers, record)
+                    first = wait_ready(base)
+                    on = "on" if record else "off"
+                    log(f"{workers} worker(s), cache {cache}, impressions {on}: {tool} ...")
+                    run = measure(server, base, args, tool, max_user, cache, workers)
+                    runs.append({**run, "impressions": on, **impression_counts(base)})
         assert server is not None, "give at least one --answer-cache value"
         result = {
             "benchmark": "serving",
@@ -750,6 +790,7 @@ def main() -> None:
                 "ndcg@10_valid": trained["metrics"].get("valid_ndcg@10"),
             },
             "runs": runs,
+            "recording_cost": recording_cost(runs),
             "swap": None if args.no_swap else swap_under_load(base, args, tool, max_user),
         }
         print(json.dumps(result, indent=2))

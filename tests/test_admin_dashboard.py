@@ -446,6 +446,89 @@ def test_dashboard_in_a_real_browser(
     print(f"\nscreenshots in {tmp_path} ({time.monotonic() - started:.1f} s)")
 
 
+def _retrained(api: httpx.Client) -> str:
+    """A retrain through the API, followed to its end: the new version."""
+    queued = api.post("/admin/retrain", json=RETRAIN_BODY)
+    assert queued.status_code == 202, queued.text
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job = api.get(f"/admin/jobs/{queued.json()['job_id']}").json()
+        if job["status"] in ("succeeded", "failed"):
+            assert job["status"] == "succeeded", job["error"]
+            return job["model_version"]
+        time.sleep(0.2)
+    raise AssertionError("the retrain did not finish")
+
+
+@pytest.mark.slow
+def test_experiments_in_a_real_browser(
+    browser: Any, live_server: tuple[str, str], tmp_path: Path
+) -> None:
+    """Online figures beside each version; an experiment started from the form with both
+    arms' hit rates and intervals; the candidate promoted, confirming."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import Select
+
+    base, first_version = live_server
+    api = httpx.Client(base_url=base, headers=AUTH, timeout=30)
+    second_version = _retrained(api)  # active now (a lenient gate): the first is a candidate
+    for user in range(1, 21):
+        assert api.get(f"/users/{user}/recommendations").status_code == 200
+    online_url = f"/admin/models/{second_version}/online"
+    while api.get(online_url).json()["impressions"] < 20:  # the writer's next batch
+        time.sleep(0.1)
+    driver = browser
+    _viewport(driver, 1280, 800, mobile=False)
+    driver.get(f"{base}/admin/")
+    _fill(driver, "#token", ADMIN_TOKEN)
+    _css(driver, "#sign-in")[0].click()
+    _wait(driver, lambda d: len(_css(d, "#models .version")) == 2, what="both versions")
+    online = f'.online[data-version="{second_version}"]'
+    _wait(driver, lambda d: "20 impressions" in _text(d, online), what="the online figures")
+    assert "hit rate 0.0 %" in _text(driver, online)
+    first_online = f'.online[data-version="{first_version}"]'
+    _wait(driver, lambda d: "no impressions yet" in _text(d, first_online), what="none for it")
+
+    Select(_css(driver, "#experiment-candidate")[0]).select_by_value(first_version)
+    _fill(driver, "#experiment-share", "0.5")
+    _css(driver, "#experiment-start")[0].click()
+    alert = _wait(driver, expected_conditions.alert_is_present(), what="the confirmation")
+    assert first_version in alert.text and "50 %" in alert.text
+    alert.accept()
+    card = "#experiments .experiment"
+    _wait(driver, lambda d: "running" in _text(d, card), what="the running experiment")
+    (running,) = api.get("/admin/experiments").json()["items"]
+    assert (running["candidate"], running["control"]) == (first_version, second_version)
+    assert _css(driver, "#experiment-start")[0].get_attribute("disabled") is not None
+
+    for user in range(1, 41):  # traffic for both arms
+        assert api.get(f"/users/{user}/recommendations").status_code == 200
+    report = api.get(f"/admin/experiments/{running['experiment_id']}").json()
+    while min(arm["impressions"] for arm in report["arms"]) == 0:  # the writer's next batch
+        time.sleep(0.1)
+        report = api.get(f"/admin/experiments/{running['experiment_id']}").json()
+    _css(driver, "#experiments-refresh")[0].click()
+    for arm in ("control", "candidate"):
+        row = f'{card} tr[data-arm="{arm}"]'
+        _wait(driver, lambda d, row=row: "%" in _text(d, f"{row} td.ci"), what=f"the {arm} arm")
+        assert _text(driver, f"{row} td.hit-rate") == "0.0 %"
+    assert "verdict: not enough data" in _text(driver, card)
+    _screenshots(driver, tmp_path, "experiments")
+
+    _css(driver, f"{card} button.experiment-promote")[0].click()
+    alert = _wait(driver, expected_conditions.alert_is_present(), what="the confirmation")
+    assert first_version in alert.text
+    alert.accept()
+    _wait(driver, lambda d: "promoted" in _text(d, card), what="the promoted experiment")
+    assert [m["version"] for m in api.get("/admin/models").json() if m["active"]] == [first_version]
+    _wait(
+        driver,
+        lambda d: "is-active" in _attr(d, f'.version[data-version="{first_version}"]', "class"),
+        what="the promoted version active",
+    )
+    api.close()
+
+
 @pytest.mark.slow
 def test_dashboard_says_when_admin_is_disabled(
     browser: Any, sqlite_template: Path, tmp_path: Path

@@ -82,3 +82,33 @@ def test_stored_artifacts_move_into_chunks_and_back(engine: Engine) -> None:
         command.downgrade(config, "0008")
         assert bytes(conn.scalar(select(old.c.artifact))) == payload
         command.upgrade(config, "head")
+
+
+def test_0010_adds_impressions_and_experiments_and_takes_them_away(engine: Engine) -> None:
+    """0010's tables come and go; one running experiment is the database's own rule."""
+    import pytest
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy.exc import IntegrityError
+
+    from app.db import MIGRATIONS_DIR
+
+    new = {"impressions", "impression_items", "experiments"}
+    config = Config(str(MIGRATIONS_DIR.parent / "alembic.ini"))
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0009")
+        assert not new & set(inspect(conn).get_table_names())
+        command.upgrade(config, "head")
+        assert new <= set(inspect(conn).get_table_names())
+    row = (
+        "INSERT INTO experiments (id, control, candidate, share, status, started_at)"
+        " VALUES (:id, 'a', 'b', 0.5, :status, CURRENT_TIMESTAMP)"
+    )
+    with engine.begin() as conn:
+        conn.execute(text(row), {"id": "e1", "status": "running"})
+        conn.execute(text(row), {"id": "e2", "status": "stopped"})
+        conn.execute(text(row), {"id": "e3", "status": "promoted"})
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(text(row), {"id": "e4", "status": "running"})

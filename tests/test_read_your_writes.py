@@ -19,6 +19,7 @@ import pytest
 
 from app.config import Settings
 from app.db import create_db_engine
+from app.serving.reader import RunningExperiment
 from tests.conftest import ADMIN_TOKEN, _truncate_all
 from tests.factories import LENIENT_GATE, TINY_TRAINING, seed_synthetic
 from tests.test_multiprocess import pid_of, pinned, running_server
@@ -142,3 +143,36 @@ def test_every_later_answer_comes_from_the_version_just_activated(
         lines.append(_report("rollback (activate answered 200)", active_at, answers))
     with capsys.disabled():
         print("\n" + "\n  ".join(lines))
+
+
+def test_experiment_arms_and_a_promotion_hold_in_every_worker(
+    deployment: tuple[str, int], tmp_path: Path
+) -> None:
+    """Each user gets their arm's version from whichever worker answers (the experiment is
+    read with the active version); once a promotion has answered 200 every later answer
+    comes from the candidate."""
+    url, workers = deployment
+    with (
+        running_server(url, tmp_path, workers, **SERVER_ENV) as base,
+        pinned(base, workers) as clients,
+        httpx.Client(base_url=base, headers=HEADERS, timeout=30) as admin,
+    ):
+        candidate, _ = _retrain(admin, 1, clients)
+        control, _ = _retrain(admin, 2, clients)  # the active one
+        started = admin.post("/admin/experiments", json={"candidate": candidate, "share": 0.5})
+        assert started.status_code == 201, started.text
+        experiment_id = started.json()["experiment_id"]
+        arm = RunningExperiment(experiment_id, candidate, 0.5).arm_of
+        answers = _answers(clients, ANSWERS, predictions=False)
+        wrong = [
+            body
+            for *_, body in answers
+            if body["model_version"]
+            != (candidate if arm(body["user_id"]) == "candidate" else control)
+        ]
+        assert not wrong, wrong[:3]
+        assert {body["model_version"] for *_, body in answers} == {candidate, control}
+        assert len({pid for pid, *_ in answers}) == workers
+        promoted = admin.post(f"/admin/experiments/{experiment_id}/stop", json={"promote": True})
+        assert promoted.status_code == 200, promoted.text
+        _assert_all_from(_answers(clients, ANSWERS), candidate, workers)

@@ -451,19 +451,24 @@ def test_predictions_run_on_the_inference_executor(
 def test_answer_cache_gives_the_uncached_answer_and_follows_new_ratings(
     seeded: Settings, trained: TrainingOutcome
 ) -> None:
+    def answer(client: TestClient) -> dict[str, Any]:
+        body = client.get("/users/4/recommendations", params={"n": 7}).json()
+        del body["recommendation_id"]  # new with every answer, a cached one too
+        return body
+
     uncached = seeded.model_copy(update={"answer_cache_size": 0})
     with TestClient(create_app(uncached)) as client:
-        expected = client.get("/users/4/recommendations", params={"n": 7}).json()
+        expected = answer(client)
     with TestClient(create_app(seeded)) as client:
-        first = client.get("/users/4/recommendations", params={"n": 7}).json()
-        again = client.get("/users/4/recommendations", params={"n": 7}).json()
+        first = answer(client)
+        again = answer(client)
         assert first == again == expected
         top = first["items"][0]["movie_id"]
         client.post("/ratings", json={"user_id": 4, "movie_id": top, "rating": 1})
-        after = client.get("/users/4/recommendations", params={"n": 7}).json()
+        after = answer(client)
         assert top not in {item["movie_id"] for item in after["items"]}
         client.delete(f"/users/4/ratings/{top}")
-        assert client.get("/users/4/recommendations", params={"n": 7}).json() == expected
+        assert answer(client) == expected
 
 
 def test_the_hot_path_read_returns_every_half_star_exactly(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, status
@@ -17,13 +18,19 @@ from app.api.deps import (
 from app.jobs import queue as jobs
 from app.schemas import (
     NO_NUL,
+    ExperimentIn,
+    ExperimentOut,
+    ExperimentReportOut,
+    ExperimentsOut,
+    ExperimentStopIn,
     JobOut,
     JobQueuedOut,
+    ModelOnlineOut,
     ModelVersionOut,
     RetrainIn,
     ServiceStatsOut,
 )
-from app.services import activation, dashboard, registry
+from app.services import activation, dashboard, experiments, online, registry
 
 router = APIRouter(
     prefix="/admin",
@@ -91,3 +98,76 @@ def activate_model(
 ) -> ModelVersionOut:
     row = activation.activate_and_preload(sessions, recommender, version)
     return ModelVersionOut.model_validate(row)
+
+
+@router.get("/models/{version}/online", response_model=ModelOnlineOut, responses={404: {}})
+def model_online(
+    _admin: AdminDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    version: ModelVersionId,
+    since: Annotated[
+        datetime | None, Query(description="only impressions shown from then on (ISO 8601)")
+    ] = None,
+) -> ModelOnlineOut:
+    registry.get_version(session, version)  # 404 for an unknown version
+    window = settings.attribution_window_seconds
+    found = online.figures(session, window, version=version, since=since)
+    return ModelOnlineOut(version=version, window_seconds=window, **found.as_dict())
+
+
+ExperimentId = Annotated[str, Path(max_length=36, pattern=NO_NUL)]
+
+
+@router.post(
+    "/experiments",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ExperimentOut,
+    responses={
+        404: {"description": "unknown candidate version"},
+        409: {"description": "one is running (its id), or no active version to compare with"},
+    },
+)
+def start_experiment(
+    _admin: AdminDep,
+    sessions: SessionFactoryDep,
+    recommender: RecommenderDep,
+    body: ExperimentIn,
+) -> ExperimentOut:
+    row = experiments.start(sessions, recommender, body.candidate, body.share)
+    return ExperimentOut.model_validate(row)
+
+
+@router.get("/experiments", response_model=ExperimentsOut)
+def list_experiments(_admin: AdminDep, session: SessionDep) -> ExperimentsOut:
+    rows = experiments.list_experiments(session)
+    return ExperimentsOut(items=[ExperimentOut.model_validate(row) for row in rows])
+
+
+@router.get("/experiments/{experiment_id}", response_model=ExperimentReportOut, responses={404: {}})
+def get_experiment(
+    _admin: AdminDep, session: SessionDep, settings: SettingsDep, experiment_id: ExperimentId
+) -> ExperimentReportOut:
+    row = experiments.get(session, experiment_id)
+    found = experiments.report(
+        session, row, settings.attribution_window_seconds, settings.experiment_min_impressions
+    )
+    return ExperimentReportOut.model_validate(
+        {**ExperimentOut.model_validate(row).model_dump(), **vars(found)}
+    )
+
+
+@router.post(
+    "/experiments/{experiment_id}/stop",
+    response_model=ExperimentOut,
+    responses={404: {}, 409: {"description": "the experiment is not running"}},
+)
+def stop_experiment(
+    _admin: AdminDep,
+    sessions: SessionFactoryDep,
+    recommender: RecommenderDep,
+    experiment_id: ExperimentId,
+    body: ExperimentStopIn,
+) -> ExperimentOut:
+    row = experiments.stop(sessions, recommender, experiment_id, body.promote)
+    return ExperimentOut.model_validate(row)

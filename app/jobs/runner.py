@@ -37,7 +37,8 @@ def run_job(training: Settings, engine: Engine, job_id: str) -> None:
     beat.start()
     try:
         with factory() as session:
-            config = job_config(training, get_job(session, job_id))
+            job = get_job(session, job_id)
+            config = job_config(training, job)
         outcome = train_and_register(
             training,
             engine,
@@ -46,9 +47,12 @@ def run_job(training: Settings, engine: Engine, job_id: str) -> None:
             on_phase=phase_reporter(factory, job_id),
             on_trial=_trial_reporter(factory, job_id, training.train_budget_seconds),
             preload_wait=preload_seconds(training),
+            experiment_share=job.overrides.get("experiment_share"),
         )
         assert outcome is not None  # jobs never run under torchrun
         metrics = {**outcome.metrics, "activated": outcome.activated}
+        if outcome.experiment_id is not None:
+            metrics["experiment_id"] = outcome.experiment_id
         update_job(
             factory,
             job_id,

@@ -25,7 +25,7 @@ from app.ml.train import EpochReport, PhaseReport, TrainResult, make_validation,
 from app.ml.tuning import TrialCallback, search
 from app.models import ModelVersion, Rating
 from app.observability import get_logger
-from app.services import registry
+from app.services import experiments, registry
 
 log = get_logger("saerec.training")
 CHUNK_ROWS = 200_000
@@ -44,6 +44,7 @@ class TrainingOutcome:
     seconds: float
     data_size: dict[str, int] = field(default_factory=dict)
     report_paths: dict[str, str] = field(default_factory=dict)
+    experiment_id: str | None = None  # started instead of an activation (experiment_share)
 
 
 def stream_rating_chunks(engine: Engine, chunk_rows: int = CHUNK_ROWS) -> Iterator[RatingChunk]:
@@ -76,6 +77,7 @@ def resolve_config(training: Settings, overrides: dict[str, Any] | None = None) 
     that trains it never resolves again against its own settings.
     """
     overrides = dict(overrides or {})
+    overrides.pop("experiment_share", None)  # what to do with the model, not how to train it
     preset = overrides.pop("preset", None) or training.train_preset
     return config_from(preset, **overrides)
 
@@ -117,6 +119,7 @@ def train_and_register(
     budget_seconds: float | None = None,
     preload_wait: float = 0.0,
     on_phase: Callable[[PhaseReport], None] | None = None,
+    experiment_share: float | None = None,
 ) -> TrainingOutcome | None:
     """Train on everything in the database, then publish: save, register, gate, activate.
 
@@ -124,13 +127,16 @@ def train_and_register(
     its activation, for the serving processes to preload it (`preload_seconds`; the job
     process and `saerec train` wait, a caller with no server beside it need not).
 
+    ``experiment_share``: a model that passes the gate starts an experiment against the
+    active one, that share of the users in its arm, instead of being activated.
+
     Under torchrun (`saerec train --distributed`) every rank trains on its shard of the
     users and only rank 0 publishes and returns an outcome; the others return None.
     """
     trained = train(training, engine, config, on_epoch, on_trial, budget_seconds, on_phase)
     if not DistributedContext.current().is_main:
         return None
-    return publish(training, engine, trained, preload_wait)
+    return publish(training, engine, trained, preload_wait, experiment_share)
 
 
 def train(
@@ -179,7 +185,11 @@ def train(
 
 
 def publish(
-    training: Settings, engine: Engine, trained: TrainedModel, preload_wait: float = 0.0
+    training: Settings,
+    engine: Engine,
+    trained: TrainedModel,
+    preload_wait: float = 0.0,
+    experiment_share: float | None = None,
 ) -> TrainingOutcome:
     """Save the artifact and its report, register it, and activate it if it passes the gate."""
     data = trained.data
@@ -195,7 +205,16 @@ def publish(
     candidate = Candidate(trained.result.model, data.movies, trained.validation)
     history = epoch_history(trained.result.history)
     outcome = _register_and_gate(
-        training, engine, store, meta, trained.config, saved, candidate, history, preload_wait
+        training,
+        engine,
+        store,
+        meta,
+        trained.config,
+        saved,
+        candidate,
+        history,
+        preload_wait,
+        experiment_share,
     )
     outcome.seconds = time.perf_counter() - trained.started
     outcome.report_paths = report_paths
@@ -309,12 +328,16 @@ def _register_and_gate(
     candidate: Candidate,
     history: list[dict[str, Any]] | None = None,
     preload_wait: float = 0.0,
+    experiment_share: float | None = None,
 ) -> TrainingOutcome:
     """The gate's verdict, the new row and the pruning in one transaction; the activation
     in it too, unless the model replaces an active one and ``preload_wait`` > 0: then it
     is activated that much later, in a second transaction, if the active version is
     still the one it was gated against: in between every serving process's poll preloads
     it (`ModelLifecycle.refresh`), so the first answers after the switch wait for no load.
+
+    With ``experiment_share`` and an active version, a model that passes starts an
+    experiment against it in the same transaction instead (none if one is running).
 
     The per-epoch history goes on the row only: the outcome (printed by `saerec train`,
     copied onto the job) keeps the summary figures.
@@ -330,10 +353,16 @@ def _register_and_gate(
         registry.register_version(
             session, row_meta, config.model_dump(mode="json"), saved, training.artifact_chunk_bytes
         )
-        later = preload_wait > 0 and incumbent_id is not None
-        activated = bool(verdict["passed"]) and not later
+        trying = experiment_share is not None and incumbent_id is not None
+        later = preload_wait > 0 and incumbent_id is not None and not trying
+        activated = bool(verdict["passed"]) and not later and not trying
         if activated:
             registry.activate(session, meta.version)
+        experiment_id = None
+        if verdict["passed"] and trying and experiment_share is not None:
+            experiment_id = experiments.start_if_none_running(
+                session, meta.version, experiment_share
+            )
         pruned = registry.prune_versions(session, store, training.keep_model_versions)
     if verdict["passed"] and later:
         time.sleep(preload_wait)
@@ -351,7 +380,13 @@ def _register_and_gate(
         pruned=pruned,
     )
     return TrainingOutcome(
-        meta.version, meta.metrics, activated, verdict["reason"], 0.0, meta.data_size
+        meta.version,
+        meta.metrics,
+        activated,
+        verdict["reason"],
+        0.0,
+        meta.data_size,
+        experiment_id=experiment_id,
     )
 
 

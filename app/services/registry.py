@@ -15,7 +15,7 @@ from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.ml.artifacts import ArtifactError, ArtifactMeta, ArtifactStore, SavedArtifact, sha256_of
-from app.models import ModelArtifactChunk, ModelVersion, utcnow
+from app.models import Experiment, ModelArtifactChunk, ModelVersion, utcnow
 from app.services.errors import NotFoundError
 
 
@@ -109,6 +109,11 @@ def upcoming_version_id(session: Session) -> str | None:
     )
 
 
+def experiment_candidate_id(session: Session) -> str | None:
+    """The running experiment's candidate version, if one runs (serving preloads it)."""
+    return session.scalar(select(Experiment.candidate).where(Experiment.status == "running"))
+
+
 def get_version(session: Session, version: str) -> ModelVersion:
     row = session.get(ModelVersion, version)
     if row is None:
@@ -170,6 +175,10 @@ def prune_versions(session: Session, store: ArtifactStore, keep: int) -> list[st
     rows = list_versions(session)
     target = rollback_target(rows)
     protected = {r.version for r in rows if r.is_active} | ({target.version} if target else set())
+    trying = session.execute(  # a running experiment's arms
+        select(Experiment.control, Experiment.candidate).where(Experiment.status == "running")
+    ).first()
+    protected |= set(trying or ())
     room = max(0, keep - len(protected))
     others = [r for r in rows if r.version not in protected]  # newest first
     doomed = others[room:]

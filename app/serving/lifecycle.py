@@ -235,7 +235,8 @@ class ModelLifecycle:
 
     def refresh(self) -> bool:
         """Load the registry's active version if it differs from ours; True on a swap.
-        Then preload the version registered after it (`registry.upcoming_version_id`).
+        Then preload the version registered after it (`registry.upcoming_version_id`) and
+        a running experiment's candidate, which answers some users beside it.
 
         Requests already follow the registry on their own; this poll only preloads, so a
         quiet process has a new model ready before its first request asks for it: one
@@ -246,6 +247,7 @@ class ModelLifecycle:
         with self._sessions() as session:
             wanted = registry.active_version_id(session)
             upcoming = registry.upcoming_version_id(session)
+            candidate = registry.experiment_candidate_id(session)
         swapped = False
         if wanted == self.version:
             self.error = None  # e.g. rolled back to the model we serve
@@ -253,8 +255,9 @@ class ModelLifecycle:
             before = self._model
             self.model_for(wanted, generation)
             swapped = self._model is not before
-        if upcoming is not None and upcoming not in self._recent:
-            self._cached_or_loaded(upcoming)
+        for version in (upcoming, candidate):
+            if version is not None and version not in self._recent:
+                self._cached_or_loaded(version)
         return swapped
 
     def preload(self, version: str) -> None:
@@ -262,6 +265,14 @@ class ModelLifecycle:
         commit, so that the swap needs no load (seconds for a 60,000-movie catalog, during
         which every request that read the new version would wait)."""
         self._cached_or_loaded(version)
+
+    def arm_model(self, version: str) -> ServingModel | None:
+        """An experiment's candidate, loaded beside the served model and never swapped in
+        (the control stays the process's current one); None when it cannot load."""
+        model = self._cached_or_loaded(version)
+        if model is not None and version in self._recent:
+            self._recent.move_to_end(version)  # in use: the last one the cache would drop
+        return model
 
     def model_for(self, wanted: str | None, generation: int) -> ServingModel | None:
         """The model that answers a read which saw `wanted` as active.

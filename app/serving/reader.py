@@ -3,6 +3,7 @@ active version, in one statement (one snapshot, one round trip)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,25 +29,34 @@ from app.serving.catalog import NO_IDS
 # stars): SQLite formats integers far faster than floats (the read took ~40 % less time).
 # Both aggregates of a user walk the same rows in one order. (Not one packed integer per
 # rating: movie ids go up to 2**63 - 1.)
-# Row shape: (kind, user_id, movie ids, half stars, active version).
+# The catalog's row also names the running experiment (id, candidate, share; one at most,
+# a partial unique index finds it), so each arm's answer follows the experiment's start,
+# stop or promotion as an activation is followed: read your writes, per arm.
+# Row shape: (kind, user_id, movie ids, half stars, active version, experiment id,
+# candidate, share).
 RATINGS, DISMISSALS = 0, 1  # the row kinds (2: the catalog's row)
+_NO_EXPERIMENT = ", NULL, NULL, CAST(NULL AS REAL)"  # typed: PostgreSQL unions by type
+_EXPERIMENT = "".join(
+    f", (SELECT {column} FROM experiments WHERE status = 'running')"
+    for column in ("id", "candidate", "share")
+)
 
 
 USERS_STATE_SQL = {
     "sqlite": "SELECT 0, user_id, group_concat(movie_id),"
-    " group_concat(CAST(rating * 2 AS INTEGER)), NULL FROM ratings"
+    f" group_concat(CAST(rating * 2 AS INTEGER)), NULL{_NO_EXPERIMENT} FROM ratings"
     " WHERE user_id IN (SELECT value FROM json_each(?)) GROUP BY user_id"
-    " UNION ALL SELECT 1, user_id, group_concat(movie_id), NULL, NULL FROM dismissals"
-    " WHERE user_id IN (SELECT value FROM json_each(?)) GROUP BY user_id"
+    f" UNION ALL SELECT 1, user_id, group_concat(movie_id), NULL, NULL{_NO_EXPERIMENT}"
+    " FROM dismissals WHERE user_id IN (SELECT value FROM json_each(?)) GROUP BY user_id"
     " UNION ALL SELECT 2, NULL, (SELECT group_concat(id) FROM movies WHERE hidden = 1), NULL,"
-    " (SELECT version FROM model_versions WHERE is_active = 1)",
+    f" (SELECT version FROM model_versions WHERE is_active = 1){_EXPERIMENT}",
     "postgresql": "SELECT 0, user_id, string_agg(movie_id::text, ','),"
-    " string_agg(CAST(rating * 2 AS INTEGER)::text, ','), NULL FROM ratings"
+    f" string_agg(CAST(rating * 2 AS INTEGER)::text, ','), NULL{_NO_EXPERIMENT} FROM ratings"
     " WHERE user_id = ANY(%s::bigint[]) GROUP BY user_id"
-    " UNION ALL SELECT 1, user_id, string_agg(movie_id::text, ','), NULL, NULL"
+    f" UNION ALL SELECT 1, user_id, string_agg(movie_id::text, ','), NULL, NULL{_NO_EXPERIMENT}"
     " FROM dismissals WHERE user_id = ANY(%s::bigint[]) GROUP BY user_id"
     " UNION ALL SELECT 2, NULL, (SELECT string_agg(id::text, ',') FROM movies WHERE hidden),"
-    " NULL, (SELECT version FROM model_versions WHERE is_active)",
+    f" NULL, (SELECT version FROM model_versions WHERE is_active){_EXPERIMENT}",
 }
 
 
@@ -74,6 +84,25 @@ def _parse_user_ratings(row: tuple) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass(frozen=True)
+class RunningExperiment:
+    """The experiment a read saw running: which version its candidate arm gets, and what
+    share of the users it gets them (`arm_of`)."""
+
+    id: str
+    candidate: str
+    share: float
+
+    def arm_of(self, user_id: int | None) -> str:
+        """The candidate arm when a stable hash of (experiment, user) falls below the share:
+        the same user gets the same arm from every process and every restart (blake2b,
+        not Python's per-process salted hash()). Anonymous sessions are the control's."""
+        if user_id is None:
+            return "control"
+        digest = hashlib.blake2b(f"{self.id}:{user_id}".encode(), digest_size=8).digest()
+        return "candidate" if int.from_bytes(digest, "big") < self.share * 2**64 else "control"
+
+
+@dataclass(frozen=True)
 class UserRead:
     """What a read said about one user: the raw columns of their ratings (movie ids, half
     stars), their dismissals and the hidden movies (None where there were none), and the
@@ -82,6 +111,7 @@ class UserRead:
     row: tuple
     version: str | None
     generation: int  # the recommender's switch count before the read (see _model_for)
+    experiment: RunningExperiment | None = None
 
     @property
     def key(self) -> object:
@@ -117,39 +147,47 @@ class UserReader:
 
         `generation`: the model switch count taken before this read (see `model_for`).
         """
-        ratings, dismissed, hidden, version = self._read([u for u in user_ids if u is not None])
+        ratings, dismissed, hidden, version, experiment = self._read(
+            [u for u in user_ids if u is not None]
+        )
         return [
             UserRead(
                 (*ratings.get(user, (None, None)), dismissed.get(user), hidden),
                 version,
                 generation,
+                experiment,
             )
             for user in user_ids
         ]
 
     def read_catalog_state(self, generation: int) -> UserRead:
         """The hidden movies and the active version only (lists about a movie, no user)."""
-        _, _, hidden, version = self._read(())
-        return UserRead((None, None, None, hidden), version, generation)
+        _, _, hidden, version, experiment = self._read(())
+        return UserRead((None, None, None, hidden), version, generation, experiment)
 
     def statement(self, user_ids: Sequence[int]) -> tuple[str, tuple[object, ...]]:
         """The read's SQL and its parameters for these users (the benchmark EXPLAINs it)."""
         wanted: object = json.dumps(list(user_ids)) if self._sqlite else list(user_ids)
         return self._sql, (wanted, wanted)
 
-    def _read(self, user_ids: Sequence[int]) -> tuple[dict, dict, Any, str | None]:
-        """(ratings by user, dismissals by user, hidden movies, active version), raw."""
+    def _read(
+        self, user_ids: Sequence[int]
+    ) -> tuple[dict, dict, Any, str | None, RunningExperiment | None]:
+        """(ratings by user, dismissals by user, hidden movies, active version, running
+        experiment), raw."""
         ratings: dict[int, tuple[Any, Any]] = {}
         dismissed: dict[int, Any] = {}
-        hidden, version = None, None
-        for kind, user, ids, halves, active in self._rows(*self.statement(user_ids)):
+        hidden, version, experiment = None, None, None
+        for kind, user, ids, halves, active, *running in self._rows(*self.statement(user_ids)):
             if kind == RATINGS:
                 ratings[user] = (ids, halves)
             elif kind == DISMISSALS:
                 dismissed[user] = ids
             else:
                 hidden, version = ids, active
-        return ratings, dismissed, hidden, version
+                if running[0] is not None:
+                    experiment = RunningExperiment(running[0], running[1], float(running[2]))
+        return ratings, dismissed, hidden, version, experiment
 
     def _rows(self, sql: str, params: tuple[object, ...]) -> list[tuple]:
         """The statement's rows: indexed lookups on the primary keys' user prefix.

@@ -37,6 +37,7 @@ from app.serving.batcher import Batcher
 from app.serving.cache import AnswerCache
 from app.serving.catalog import NO_IDS
 from app.serving.filters import Filters, filter_scores
+from app.serving.impressions import ImpressionRecorder
 from app.serving.lifecycle import ModelLifecycle, ServingModel
 from app.serving.popular import Popularity, PopularList
 from app.serving.ranking import (
@@ -48,7 +49,7 @@ from app.serving.ranking import (
     predicted_items,
     rank_batch,
 )
-from app.serving.reader import UserRead, UserReader
+from app.serving.reader import RunningExperiment, UserRead, UserReader
 
 log = get_logger("saerec.recommender")
 
@@ -79,6 +80,12 @@ class Recommender:
         self.reader = UserReader(engine, threads)
         self.popularity = Popularity(self._sessions, popular.PRIOR_COUNT, popular.REFRESH_SECONDS)
         self.answers = AnswerCache(settings.answer_cache_size)
+        self.impressions = ImpressionRecorder(
+            engine,
+            settings.impression_queue_size,
+            settings.record_impressions,
+            settings.impression_retention_days,
+        )
 
     # -- the async face: inference runs on the executor, never on the event loop ----------
     async def recommendations(self, request: RecommendRequest) -> dict[str, Any]:
@@ -96,8 +103,10 @@ class Recommender:
         return await loop.run_in_executor(self._executor, self.predict, user_id, movie_ids)
 
     def shutdown(self) -> None:
-        """Stop the executor: queued work is dropped, running work is not waited for."""
+        """Stop the executor (queued work is dropped, running work is not waited for), then
+        write the impressions still queued."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.impressions.close()
         self.reader.dispose()
 
     def _loop_batcher(self) -> Batcher:
@@ -177,7 +186,7 @@ class Recommender:
         for index, (request, read) in enumerate(zip(requests, reads, strict=True)):
             answer: dict[str, Any] | Exception
             try:
-                answer = self._start(request, read, index, pending)
+                answer = self._start(request, read, index, pending, self._arm(request, read))
             except Exception as exc:  # e.g. a model that fails to load: this request's
                 answer = exc
             answers.append(answer)
@@ -192,16 +201,54 @@ class Recommender:
             share = len(pending) / len(requests)  # the read served the cache hits too
             observe_stage("db_read", (read_at - started) * share, len(pending))
         elapsed = time.perf_counter() - started
-        for answer in answers:
+        for index, answer in enumerate(answers):
             if isinstance(answer, dict):
                 RECOMMEND_LATENCY.labels(answer["strategy"]).observe(elapsed)
+                answers[index] = self._shown(answer, reads[index].experiment)
         return answers
 
+    @staticmethod
+    def _arm(request: RecommendRequest, read: UserRead) -> str | None:
+        """The experiment arm of a stored user (None: no experiment, or a session)."""
+        if read.experiment is None or request.user_id is None:
+            return None
+        return read.experiment.arm_of(request.user_id)
+
+    def _shown(
+        self, answer: dict[str, Any], experiment: RunningExperiment | None
+    ) -> dict[str, Any]:
+        """The answer as it goes out: a new recommendation_id, its impression queued.
+
+        Outside the answer cache: a cached answer shown again is a new impression. An
+        experiment's impressions name their arm by the version that answered: a candidate
+        that could not load answered as the control, and is left out of both arms.
+        """
+        arm = None
+        if experiment is not None and answer["user_id"] is not None:
+            arm = "candidate" if answer["model_version"] == experiment.candidate else "control"
+            if arm == "control" and experiment.arm_of(answer["user_id"]) == "candidate":
+                arm = None
+        rid = self.impressions.record(
+            answer["user_id"],
+            answer["model_version"],
+            answer["strategy"],
+            [item["movie_id"] for item in answer["items"]],
+            experiment.id if experiment is not None and arm else None,
+            arm,
+        )
+        return {"recommendation_id": rid, **answer}
+
     def _start(
-        self, request: RecommendRequest, read: UserRead, index: int, pending: list[Pending]
+        self,
+        request: RecommendRequest,
+        read: UserRead,
+        index: int,
+        pending: list[Pending],
+        arm: str | None = None,
     ) -> dict[str, Any]:
         """Answer one read from the cache or the popular list, or queue a fold-in
-        (the placeholder answer is replaced once the batch has run).
+        (the placeholder answer is replaced once the batch has run). A user in an
+        experiment's candidate arm is answered by the candidate version, else the active one.
 
         The answer key is everything the answer depends on: the version, the row as read
         (ratings, dismissals, hidden movies) and the request itself (n, genres, exclude,
@@ -209,6 +256,8 @@ class Recommender:
         """
         user_id = request.user_id
         model = self.models.model_for(read.version, read.generation)  # one per request
+        if arm == "candidate" and read.experiment is not None:
+            model = self.models.arm_model(read.experiment.candidate) or model
         key = (model.answer_key if model else None, read.key, request)
         if model is not None and (cached := self.answers.get(key)) is not None:
             return _answer(user_id, model.version, "autoencoder", cached)
@@ -256,12 +305,18 @@ class Recommender:
         if model is None or col < 0 or not model.ties(col):
             within = filters if genres else Filters(filters.blocked, tuple(movie_genres))
             items = self.popularity.items(NO_IDS, n, within)
-            return _similar_answer(movie_id, model, "popular", items)
-        scores = model.similar_scores(col)[None, :]
+            return self._similar_shown(_similar_answer(movie_id, model, "popular", items))
+        scores = model.similarity.scores(col)[None, :]
         filter_scores(scores, model, [np.array([col])], [filters])
         top, exact = top_many(scores, [n])[0]
         items = model.catalog.items(top, exact)
-        return _similar_answer(movie_id, model, "autoencoder", items)
+        return self._similar_shown(_similar_answer(movie_id, model, "autoencoder", items))
+
+    def _similar_shown(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """A similar-movies list is an impression too: no user, the control's version."""
+        movie_ids = [item["movie_id"] for item in answer["items"]]
+        rid = self.impressions.record(None, answer["model_version"], answer["strategy"], movie_ids)
+        return {"recommendation_id": rid, **answer}
 
     def _movie_genres(self, movie_id: int) -> list[str]:
         with self._sessions() as session:

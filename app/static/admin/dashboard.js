@@ -15,6 +15,7 @@
   const ROUTES_SHOWN = 8;
   const POLL_MS = 1000;
   const STATS_EVERY_MS = 15000;
+  const EXPERIMENTS_SHOWN = 5;
   const SVG_NS = "http://www.w3.org/2000/svg";
 
   const state = {
@@ -194,6 +195,7 @@
     renderModels(models);
     loadStats();
     loadJobs();
+    loadExperiments();
     state.statsTimer = setInterval(() => {
       if (document.visibilityState === "visible") loadStats();
     }, STATS_EVERY_MS);
@@ -211,11 +213,11 @@
     clearInterval(state.statsTimer);
     state.statsTimer = null;
     state.session.clear();
-    for (const id of ["stats", "stats-routes", "models", "jobs", "job-watch", "user-ratings", "user-recs", "session-ratings", "session-recs", "similar"]) {
+    for (const id of ["stats", "stats-routes", "models", "experiments", "experiment-candidate", "jobs", "job-watch", "user-ratings", "user-recs", "session-ratings", "session-recs", "similar"]) {
       $(id).replaceChildren();
     }
     $("job-watch").hidden = true;
-    for (const id of ["stats-message", "models-message", "retrain-message", "user-message", "session-message", "similar-message"]) {
+    for (const id of ["stats-message", "models-message", "experiments-message", "retrain-message", "user-message", "session-message", "similar-message"]) {
       message(id, "");
     }
     $("dashboard").hidden = true;
@@ -301,6 +303,36 @@
     const summary = h("p", { id: "models-total", class: "muted small",
       text: `${models.length} version${models.length === 1 ? "" : "s"} kept · ${bytes(total)} of model artifacts stored` });
     box.replaceChildren(summary, ...models.map((m, i) => versionCard(m, active, m.active || i === 0)));
+    for (const m of models) loadOnline(m.version);
+    fillCandidates(models);
+  }
+
+  // A version's online figures (what its impressions led to), beside its offline ones.
+  async function loadOnline(version) {
+    const slot = document.querySelector(`.online[data-version="${CSS.escape(version)}"]`);
+    if (!slot) return;
+    try {
+      const o = await api(`admin/models/${encodeURIComponent(version)}/online`);
+      slot.replaceChildren(h("span", { class: "muted", text: "online " }),
+        h("b", { text: onlineText(o) }));
+    } catch (err) {
+      slot.textContent = `online figures unavailable: ${describe(err)}`;
+    }
+  }
+
+  function interval(ci) {
+    return Array.isArray(ci) ? `${(ci[0] * 100).toFixed(1)}–${(ci[1] * 100).toFixed(1)} %` : "–";
+  }
+
+  function rate(p) {
+    return typeof p === "number" ? `${(p * 100).toFixed(1)} %` : "–";
+  }
+
+  function onlineText(o) {
+    if (!o.impressions) return "no impressions yet";
+    const mean = o.mean_shown_rating === null ? "–" : stars(o.mean_shown_rating.toFixed(2));
+    return `${number(o.impressions)} impressions · ${number(o.users)} users · ${number(o.hits)} hits · ` +
+      `hit rate ${rate(o.hit_rate)} (95 % ${interval(o.ci95)}) · mean shown rating ${mean}`;
   }
 
   function versionCard(v, active, open) {
@@ -333,6 +365,7 @@
         action),
       h("ul", { class: "figures" }, figures.map(([k, val]) => h("li", null, `${k} `, h("b", { text: String(val) })))),
       gate ? h("div", { class: "gate", text: `Quality gate: ${gate.passed ? "passed" : "refused"} — ${gate.reason}` }) : null,
+      h("div", { class: "gate online", "data-version": v.version, text: "online …" }),
       learningCurves(m, open));
   }
 
@@ -406,6 +439,108 @@
     }
     await loadModels();
     loadStats();
+  }
+
+  // -- experiments ------------------------------------------------------------------------------
+  function fillCandidates(models) {
+    const select = $("experiment-candidate");
+    const wanted = select.value;
+    const options = models.filter((m) => !m.active).map((m) =>
+      h("option", { value: m.version, text: m.version, selected: m.version === wanted }));
+    select.replaceChildren(...options);
+  }
+
+  async function loadExperiments() {
+    try {
+      const list = await api("admin/experiments");
+      const shown = list.items.slice(0, EXPERIMENTS_SHOWN);
+      const reports = await Promise.all(shown.map((e) => api(`admin/experiments/${encodeURIComponent(e.experiment_id)}`)));
+      renderExperiments(reports);
+    } catch (err) {
+      if (state.signedIn) message("experiments-message", `Experiments unavailable: ${describe(err)}`, "error");
+    }
+  }
+
+  function renderExperiments(reports) {
+    const running = reports.some((r) => r.status === "running");
+    $("experiment-start").disabled = running;
+    if (!reports.length) {
+      $("experiments").replaceChildren(h("p", { class: "muted", text: "No experiment yet." }));
+      return;
+    }
+    $("experiments").replaceChildren(...reports.map(experimentCard));
+  }
+
+  function experimentCard(e) {
+    const rows = e.arms.map((a) => h("tr", { "data-arm": a.arm },
+      h("td", { "data-label": "Arm", text: a.arm }),
+      h("td", { "data-label": "Version", class: "mono small", text: a.version }),
+      h("td", { "data-label": "Users", text: number(a.users) }),
+      h("td", { "data-label": "Impressions", text: number(a.impressions) }),
+      h("td", { "data-label": "Hits", text: number(a.hits) }),
+      h("td", { "data-label": "Hit rate", class: "hit-rate", text: rate(a.hit_rate) }),
+      h("td", { "data-label": "95 % interval", class: "ci", text: interval(a.ci95) })));
+    const d = e.difference;
+    const diff = typeof d.hit_rate === "number"
+      ? `candidate − control: ${(d.hit_rate * 100).toFixed(1)} points (95 % ${Array.isArray(d.ci95) ? d.ci95.map((x) => (x * 100).toFixed(1)).join(" to ") : "–"})`
+      : "candidate − control: –";
+    const actions = e.status === "running" ? [
+      h("button", { type: "button", class: "secondary experiment-stop", text: "Stop",
+        onclick: () => stopExperiment(e, false) }),
+      h("button", { type: "button", class: "experiment-promote", text: "Promote the candidate",
+        onclick: () => stopExperiment(e, true) }),
+    ] : [];
+    return h("article", { class: "version experiment" + (e.status === "running" ? " is-active" : ""), "data-experiment": e.experiment_id },
+      h("div", { class: "version-head" },
+        h("span", { class: "version-name", text: `${Math.round(e.share * 100)} % of users on the candidate` }),
+        h("span", { class: "badge " + (e.status === "running" ? "running" : e.status === "promoted" ? "active" : ""), text: e.status }),
+        h("span", { class: "muted small grow", text: `started ${when(e.started_at)}` + (e.stopped_at ? ` · ended ${when(e.stopped_at)}` : "") }),
+        ...actions),
+      h("div", { class: "table-wrap" }, h("table", { class: "compact arms" },
+        h("thead", null, h("tr", null, ...["Arm", "Version", "Users", "Impressions", "Hits", "Hit rate", "95 % interval"].map((t) => h("th", { text: t })))),
+        h("tbody", null, rows))),
+      h("div", { class: "gate difference", text: diff }),
+      h("div", { class: "gate verdict" }, "verdict: ", h("b", { text: e.verdict })));
+  }
+
+  async function startExperiment(event) {
+    event.preventDefault();
+    const candidate = $("experiment-candidate").value;
+    const share = Number($("experiment-share").value);
+    if (!candidate) {
+      message("experiments-message", "Pick a candidate version (an inactive one).", "error");
+      return;
+    }
+    if (!(share > 0 && share < 1)) {
+      message("experiments-message", "The share is a number between 0 and 1, e.g. 0.5.", "error");
+      return;
+    }
+    const question = `Start an experiment: ${Math.round(share * 100)} % of users get model version ${candidate}, the others the active one?`;
+    if (!window.confirm(question)) return;
+    $("experiment-start").disabled = true;
+    try {
+      const row = await api("admin/experiments", { method: "POST", body: { candidate, share } });
+      message("experiments-message", `Experiment ${row.experiment_id} is running.`, "ok");
+    } catch (err) {
+      if (state.signedIn) message("experiments-message", `The experiment did not start: ${describe(err)}`, "error");
+    }
+    await loadExperiments();
+  }
+
+  async function stopExperiment(e, promote) {
+    const question = promote
+      ? `Promote: end the experiment and make ${e.candidate} the active version? Every recommendation will come from it from now on.`
+      : `Stop the experiment? Every user gets the active version ${e.control} again.`;
+    if (!window.confirm(question)) return;
+    for (const b of document.querySelectorAll(".experiment button")) b.disabled = true;
+    try {
+      const row = await api(`admin/experiments/${encodeURIComponent(e.experiment_id)}/stop`, { method: "POST", body: { promote } });
+      message("experiments-message", promote ? `Promoted: ${row.candidate} is now active.` : "The experiment is stopped.", "ok");
+    } catch (err) {
+      if (state.signedIn) message("experiments-message", `Stopping failed: ${describe(err)}`, "error");
+    }
+    await loadExperiments();
+    if (promote) await loadModels();
   }
 
   // -- training jobs ----------------------------------------------------------------------------
@@ -782,6 +917,8 @@
     $("stats-refresh").addEventListener("click", loadStats);
     $("models-refresh").addEventListener("click", loadModels);
     $("jobs-refresh").addEventListener("click", loadJobs);
+    $("experiments-refresh").addEventListener("click", loadExperiments);
+    $("experiment-form").addEventListener("submit", startExperiment);
     $("retrain-form").addEventListener("submit", startRetrain);
     $("user-form").addEventListener("submit", (event) => {
       event.preventDefault();

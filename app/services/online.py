@@ -1,0 +1,166 @@
+"""How the shown recommendations did: ratings attributed to impressions, hit rates and
+their intervals, per model version or per experiment arm.
+
+Attribution is computed when the figures are read, not when a rating is written: a rating
+of a movie counts for the latest impression that showed that movie to that user at or
+before the rating's time, within the attribution window. Reading it keeps the rating
+writes (single and batch upserts) exactly as they were, cannot miss an impression the
+background writer had not flushed yet when the rating came in, and follows a replaced
+rating to its last value. Each step is an index range: the version's (or arm's)
+impressions by time, their items by primary key, the rating by its key, and "no later
+impression showed it" on impression_items (user_id, movie_id, shown_at); so the read
+grows with the impressions asked about, not with the ratings table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, case, exists, func, or_, select
+from sqlalchemy.orm import Session, aliased
+
+from app.models import Impression, ImpressionItem, Rating
+
+HIT = 4.0
+"""a rating at least this high is a hit."""
+Z95 = 1.959963984540054
+
+
+def wilson(successes: int, trials: int) -> tuple[float, float] | None:
+    """Wilson's score interval at 95 %: sound near 0 and 1 and on few trials, where the
+    normal approximation gives bounds outside [0, 1]. None without trials."""
+    if trials <= 0:
+        return None
+    p = successes / trials
+    z2 = Z95 * Z95
+    centre = (p + z2 / (2 * trials)) / (1 + z2 / trials)
+    half = Z95 * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials)) / (1 + z2 / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def difference_interval(
+    a: tuple[int, int], b: tuple[int, int]
+) -> tuple[float, tuple[float, float]] | None:
+    """p_a - p_b with Newcombe's hybrid score interval (from both Wilson intervals), for
+    (successes, trials) pairs; None when either has no trials."""
+    wa, wb = wilson(*a), wilson(*b)
+    if wa is None or wb is None:
+        return None
+    pa, pb = a[0] / a[1], b[0] / b[1]
+    d = pa - pb
+    lo = d - math.sqrt((pa - wa[0]) ** 2 + (wb[1] - pb) ** 2)
+    hi = d + math.sqrt((wa[1] - pa) ** 2 + (pb - wb[0]) ** 2)
+    return d, (lo, hi)
+
+
+@dataclass(frozen=True)
+class OnlineFigures:
+    """What the impressions of a version (or an arm) led to."""
+
+    impressions: int
+    users: int
+    hits: int  # attributed ratings >= HIT
+    hit_impressions: int  # impressions followed by at least one hit
+    mean_shown_rating: float | None  # of the attributed ratings
+
+    @property
+    def hit_rate(self) -> float | None:
+        return self.hit_impressions / self.impressions if self.impressions else None
+
+    @property
+    def ci95(self) -> tuple[float, float] | None:
+        return wilson(self.hit_impressions, self.impressions)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "impressions": self.impressions,
+            "users": self.users,
+            "hits": self.hits,
+            "hit_rate": self.hit_rate,
+            "ci95": list(self.ci95) if self.ci95 else None,
+            "mean_shown_rating": self.mean_shown_rating,
+        }
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A time as stored (UTC); one at the edge of the calendar stays at that edge."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 has no UTC form
+        return (datetime.min if moment.year == 1 else datetime.max).replace(tzinfo=UTC)
+
+
+def figures(
+    session: Session,
+    window_seconds: int,
+    *,
+    version: str | None = None,
+    experiment_id: str | None = None,
+    arm: str | None = None,
+    since: datetime | None = None,
+) -> OnlineFigures:
+    """The figures of the impressions that match every given filter."""
+    where: list[ColumnElement[bool]] = []
+    if version is not None:
+        where.append(Impression.model_version == version)
+    if experiment_id is not None:
+        where.append(Impression.experiment_id == experiment_id)
+    if arm is not None:
+        where.append(Impression.arm == arm)
+    if since is not None:
+        where.append(Impression.shown_at >= as_utc(since))
+    shown, users = session.execute(
+        select(func.count(), func.count(Impression.user_id.distinct())).where(*where)
+    ).one()
+    if not shown:
+        return OnlineFigures(0, 0, 0, 0, None)
+    attributed = _attributed(window_seconds, where)
+    hit = attributed.c.rating >= HIT
+    hits, hit_impressions, mean = session.execute(
+        select(
+            func.coalesce(func.sum(case((hit, 1), else_=0)), 0),
+            func.count(case((hit, attributed.c.impression_id)).distinct()),
+            func.avg(attributed.c.rating),
+        )
+    ).one()
+    mean_rating = round(float(mean), 4) if mean is not None else None
+    return OnlineFigures(int(shown), int(users), int(hits), int(hit_impressions), mean_rating)
+
+
+def _attributed(window_seconds: int, where: list[ColumnElement[bool]]) -> Any:
+    """(impression_id, rating) of every rating attributed to a matching impression."""
+    item, later = aliased(ImpressionItem), aliased(ImpressionItem)
+    # A rating's timestamp is its whole second: it may have come at any moment of it, so it
+    # follows an impression shown before that second ends (items' times are milliseconds).
+    rated_by = (Rating.timestamp + 1) * 1000
+    rated_after = and_(
+        Rating.user_id == item.user_id,
+        Rating.movie_id == item.movie_id,
+        rated_by > item.shown_at,
+        rated_by <= item.shown_at + window_seconds * 1000,
+    )
+    shown_later = (  # a later impression showed it before the rating: that one gets it
+        exists()
+        .where(
+            later.user_id == item.user_id,
+            later.movie_id == item.movie_id,
+            later.shown_at < rated_by,
+            or_(
+                later.shown_at > item.shown_at,
+                and_(later.shown_at == item.shown_at, later.impression_id > item.impression_id),
+            ),
+        )
+        .correlate(item, Rating)
+    )
+    return (
+        select(item.impression_id, Rating.rating)
+        .join(Impression, Impression.id == item.impression_id)
+        .join(Rating, rated_after)
+        .where(*where, ~shown_later)
+        .subquery()
+    )
