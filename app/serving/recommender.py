@@ -306,7 +306,7 @@ class Recommender:
             within = filters if genres else Filters(filters.blocked, tuple(movie_genres))
             items = self.popularity.items(NO_IDS, n, within)
             return self._similar_shown(_similar_answer(movie_id, model, "popular", items))
-        scores = model.similarity.scores(col)[None, :]
+        scores = model.similar_scores(col)[None, :]
         filter_scores(scores, model, [np.array([col])], [filters])
         top, exact = top_many(scores, [n])[0]
         items = model.catalog.items(top, exact)
