@@ -183,10 +183,11 @@ class Recommender:
             return [exc] * len(requests)
         answers: list[dict[str, Any] | Exception] = []
         pending: list[Pending] = []
+        arms = [self._arm(request, read) for request, read in zip(requests, reads, strict=True)]
         for index, (request, read) in enumerate(zip(requests, reads, strict=True)):
             answer: dict[str, Any] | Exception
             try:
-                answer = self._start(request, read, index, pending, self._arm(request, read))
+                answer = self._start(request, read, index, pending, arms[index])
             except Exception as exc:  # e.g. a model that fails to load: this request's
                 answer = exc
             answers.append(answer)
@@ -204,7 +205,7 @@ class Recommender:
         for index, answer in enumerate(answers):
             if isinstance(answer, dict):
                 RECOMMEND_LATENCY.labels(answer["strategy"]).observe(elapsed)
-                answers[index] = self._shown(answer, reads[index].experiment)
+                answers[index] = self._shown(answer, reads[index].experiment, arms[index])
         return answers
 
     @staticmethod
@@ -215,18 +216,19 @@ class Recommender:
         return read.experiment.arm_of(request.user_id)
 
     def _shown(
-        self, answer: dict[str, Any], experiment: RunningExperiment | None
+        self, answer: dict[str, Any], experiment: RunningExperiment | None, drawn: str | None
     ) -> dict[str, Any]:
         """The answer as it goes out: a new recommendation_id, its impression queued.
 
         Outside the answer cache: a cached answer shown again is a new impression. An
         experiment's impressions name their arm by the version that answered: a candidate
-        that could not load answered as the control, and is left out of both arms.
+        that could not load answered as the control, and is left out of both arms. ``drawn``
+        is the arm the user was drawn into (`_arm`).
         """
         arm = None
-        if experiment is not None and answer["user_id"] is not None:
+        if experiment is not None and drawn is not None:
             arm = "candidate" if answer["model_version"] == experiment.candidate else "control"
-            if arm == "control" and experiment.arm_of(answer["user_id"]) == "candidate":
+            if arm == "control" and drawn == "candidate":
                 arm = None
         rid = self.impressions.record(
             answer["user_id"],
