@@ -725,16 +725,35 @@ def impression_counts(base: str) -> dict[str, float]:
 
 
 def recording_cost(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Recommendations req/s with impressions recorded / without, per workers and cache."""
-    pairs: dict[tuple[int, int], dict[str, float]] = {}
+    """Recommendations req/s with impressions recorded / without, per workers and cache.
+
+    With several rounds (``--impressions off,on,off,on``) the ratio is of the means, each
+    round's ratio listed beside it: on a shared host one pair moves by 10 % either way.
+    The server's CPU per answer, off / on, is a second view less moved by the load."""
+    pairs: dict[tuple[int, int], dict[str, list[dict[str, float]]]] = {}
     for run in runs:
         key = (run["workers"], run["answer_cache_size"])
-        pairs.setdefault(key, {})[run["impressions"]] = run["recommendations"]["req_per_s"]
-    return [
-        {"workers": w, "answer_cache_size": c, "ratio_on_to_off": round(r["on"] / r["off"], 3)}
-        for (w, c), r in pairs.items()
-        if {"on", "off"} <= set(r)
-    ]
+        pairs.setdefault(key, {}).setdefault(run["impressions"], []).append(run["recommendations"])
+    found = []
+    for (workers, cache), by in pairs.items():
+        if not {"on", "off"} <= set(by):
+            continue
+        on, off = by["on"], by["off"]
+        rate = [statistics.mean(r["req_per_s"] for r in side) for side in (on, off)]
+        cpu = [statistics.mean(r["server_cpu_ms_per_request"] for r in side) for side in (on, off)]
+        found.append(
+            {
+                "workers": workers,
+                "answer_cache_size": cache,
+                "rounds": min(len(on), len(off)),
+                "ratio_on_to_off": round(rate[0] / rate[1], 3),
+                "round_ratios": [
+                    round(a["req_per_s"] / b["req_per_s"], 3) for a, b in zip(on, off, strict=False)
+                ],
+                "cpu_ratio_off_to_on": round(cpu[1] / cpu[0], 3),
+            }
+        )
+    return found
 
 
 def main() -> None:

@@ -230,24 +230,21 @@ def test_the_verdict_follows_the_interval_of_the_difference(
 
     from sqlalchemy import insert
 
-    from app.models import Experiment, ImpressionItem, Rating
+    from app.models import Experiment, Impression, Rating
     from app.services import experiments
     from tests.factories import add_movies, synthetic_catalog
 
     add_movies(engine, synthetic_catalog(1))
     now = time.time()
-    impressions, items, ratings = [], [], []
+    impressions, ratings = [], []
     for arm, hits in (("control", control_hits), ("candidate", candidate_hits)):
         for i in range(200):
             user = (1 if arm == "control" else 1000) + i
             rid = f"{arm[:3]}{i:029d}"
             impressions.append(
                 {"id": rid, "user_id": user, "model_version": arm, "strategy": "autoencoder",
-                 "experiment_id": "e", "arm": arm, "shown_at": datetime.fromtimestamp(now, UTC)}
-            )  # fmt: skip
-            items.append(
-                {"impression_id": rid, "position": 0, "user_id": user, "movie_id": 1,
-                 "shown_at": int(now * 1000)}
+                 "experiment_id": "e", "arm": arm, "shown_at": datetime.fromtimestamp(now, UTC),
+                 "shown_ms": int(now * 1000), "movie_ids": "1"}
             )  # fmt: skip
             stars = 5.0 if i < hits else 2.0
             ratings.append(
@@ -255,7 +252,6 @@ def test_the_verdict_follows_the_interval_of_the_difference(
             )
     with engine.begin() as conn:
         conn.execute(insert(Impression), impressions)
-        conn.execute(insert(ImpressionItem), items)
         conn.execute(insert(Rating), ratings)
     with Session(engine) as db:
         row = Experiment(id="e", control="control", candidate="candidate", share=0.5)

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
-from sqlalchemy import Engine, func, insert, select, text
+from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.main import create_app
-from app.models import Impression, ImpressionItem
+from app.models import Impression
 from app.serving.impressions import prune
 from tests.factories import seed_synthetic
 
@@ -34,11 +34,7 @@ def flush(client: TestClient) -> None:
 
 def stored(engine: Engine) -> dict[str, tuple[Impression, list[int]]]:
     with Session(engine) as session:
-        rows = {row.id: row for row in session.scalars(select(Impression))}
-        items: dict[str, list[tuple[int, int]]] = {}
-        for item in session.scalars(select(ImpressionItem)):
-            items.setdefault(item.impression_id, []).append((item.position, item.movie_id))
-    return {rid: (row, [m for _, m in sorted(items.get(rid, []))]) for rid, row in rows.items()}
+        return {row.id: (row, row.movies) for row in session.scalars(select(Impression))}
 
 
 def dropped(reason: str) -> float:
@@ -134,15 +130,12 @@ def test_old_impressions_are_pruned(seeded: Settings, engine: Engine) -> None:
     now = datetime.now(UTC)
     with engine.begin() as conn:
         for rid, age in (("a" * 32, 100), ("b" * 32, 1)):
+            shown = now - timedelta(days=age)
             conn.execute(
                 insert(Impression),
-                [{"id": rid, "strategy": "popular", "shown_at": now - timedelta(days=age)}],
-            )
-            conn.execute(
-                insert(ImpressionItem),
-                [{"impression_id": rid, "position": 0, "movie_id": 1, "shown_at": 0}],
-            )
+                [{"id": rid, "strategy": "popular", "shown_at": shown,
+                  "shown_ms": int(shown.timestamp() * 1000), "movie_ids": "1,2"}],
+            )  # fmt: skip
     assert prune(engine, now - timedelta(days=90)) == 1
     with Session(engine) as session:
         assert list(session.scalars(select(Impression.id))) == ["b" * 32]
-        assert session.scalar(select(func.count()).select_from(ImpressionItem)) == 1

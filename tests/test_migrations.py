@@ -100,8 +100,9 @@ def test_0010_adds_impressions_and_experiments_and_takes_them_away(engine: Engin
         config.attributes["connection"] = conn
         command.downgrade(config, "0009")
         assert not new & set(inspect(conn).get_table_names())
-        command.upgrade(config, "head")
+        command.upgrade(config, "0010")
         assert new <= set(inspect(conn).get_table_names())
+        command.upgrade(config, "head")
     row = (
         "INSERT INTO experiments (id, control, candidate, share, status, started_at)"
         " VALUES (:id, 'a', 'b', 0.5, :status, CURRENT_TIMESTAMP)"
@@ -112,3 +113,50 @@ def test_0010_adds_impressions_and_experiments_and_takes_them_away(engine: Engin
         conn.execute(text(row), {"id": "e3", "status": "promoted"})
     with pytest.raises(IntegrityError), engine.begin() as conn:
         conn.execute(text(row), {"id": "e4", "status": "running"})
+
+
+def test_0011_carries_each_impressions_movies_into_its_row_and_back(engine: Engine) -> None:
+    """Recorded impressions survive both ways: their movies in order, their time in ms."""
+    from alembic import command
+    from alembic.config import Config
+
+    from app.db import MIGRATIONS_DIR
+
+    config = Config(str(MIGRATIONS_DIR.parent / "alembic.ini"))
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    shown = "2026-12-07 10:00:00.250000"  # as SQLAlchemy stores it; 1796637600250 ms
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0010")
+        for rid in ("a" * 32, "b" * 32):
+            conn.execute(
+                text(
+                    "INSERT INTO impressions (id, user_id, strategy, shown_at)"
+                    " VALUES (:id, 7, 'autoencoder', :at)"
+                ),
+                {"id": rid, "at": shown if engine.dialect.name == "sqlite" else shown + "+00"},
+            )
+        for position, movie in enumerate((30, 4, 12)):  # "b" showed nothing
+            conn.execute(
+                text("INSERT INTO impression_items VALUES (:id, :p, 7, :m, 1796637600250)"),
+                {"id": "a" * 32, "p": position, "m": movie},
+            )
+        command.upgrade(config, "0011")
+        rows = conn.execute(text("SELECT id, shown_ms, movie_ids FROM impressions ORDER BY id"))
+        assert [tuple(r) for r in rows] == [
+            ("a" * 32, 1796637600250, "30,4,12"),
+            ("b" * 32, 1796637600250, ""),
+        ]
+        assert "impression_items" not in inspect(conn).get_table_names()
+        command.downgrade(config, "0010")
+        items = conn.execute(
+            text("SELECT impression_id, position, movie_id, shown_at FROM impression_items")
+        )
+        assert sorted(tuple(r) for r in items) == [
+            ("a" * 32, 0, 30, 1796637600250),
+            ("a" * 32, 1, 4, 1796637600250),
+            ("a" * 32, 2, 12, 1796637600250),
+        ]
+        conn.execute(text("DELETE FROM impression_items"))
+        conn.execute(text("DELETE FROM impressions"))
+        command.upgrade(config, "head")

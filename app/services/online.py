@@ -7,9 +7,10 @@ before the rating's time, within the attribution window. Reading it keeps the ra
 writes (single and batch upserts) exactly as they were, cannot miss an impression the
 background writer had not flushed yet when the rating came in, and follows a replaced
 rating to its last value. Each step is an index range: the version's (or arm's)
-impressions by time, their items by primary key, the rating by its key, and "no later
-impression showed it" on impression_items (user_id, movie_id, shown_at); so the read
-grows with the impressions asked about, not with the ratings table.
+impressions by time, the user's ratings by their key, and "no later impression showed
+it" on impressions (user_id, shown_ms), each impression's movie list searched for the
+rated movie; so the read grows with the impressions asked about and their users'
+ratings, not with the ratings table.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, exists, func, or_, select
+from sqlalchemy import ColumnElement, String, and_, case, cast, exists, func, literal, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from app.models import Impression, ImpressionItem, Rating
+from app.models import Impression, Rating
 
 HIT = 4.0
 """a rating at least this high is a hit."""
@@ -114,12 +115,14 @@ def figures(
         where.append(Impression.arm == arm)
     if since is not None:
         where.append(Impression.shown_at >= as_utc(since))
-    shown, users = session.execute(
-        select(func.count(), func.count(Impression.user_id.distinct())).where(*where)
+    shown, users, first_ms = session.execute(
+        select(
+            func.count(), func.count(Impression.user_id.distinct()), func.min(Impression.shown_ms)
+        ).where(*where)
     ).one()
     if not shown:
         return OnlineFigures(0, 0, 0, 0, None)
-    attributed = _attributed(window_seconds, where)
+    attributed = _attributed(window_seconds, where, int(first_ms) // 1000)
     hit = attributed.c.rating >= HIT
     hits, hit_impressions, mean = session.execute(
         select(
@@ -132,35 +135,48 @@ def figures(
     return OnlineFigures(int(shown), int(users), int(hits), int(hit_impressions), mean_rating)
 
 
-def _attributed(window_seconds: int, where: list[ColumnElement[bool]]) -> Any:
-    """(impression_id, rating) of every rating attributed to a matching impression."""
-    item, later = aliased(ImpressionItem), aliased(ImpressionItem)
+def _shows(impression: Any, movie_id: Any) -> ColumnElement[bool]:
+    """The impression's movie list holds the movie: ",12,7,301," contains ",7,"."""
+    listed = literal(",") + impression.movie_ids + literal(",")
+    return listed.like(literal("%,") + cast(movie_id, String) + literal(",%"))
+
+
+def _attributed(window_seconds: int, where: list[ColumnElement[bool]], first_second: int) -> Any:
+    """(impression_id, rating) of every rating attributed to a matching impression.
+
+    Only ratings made since the first matching impression can count: the bound lets a
+    planner with statistics (PostgreSQL's) start from the recent end of
+    `ix_ratings_timestamp` and look back for each rating's impressions by
+    `ix_impressions_user_shown`, instead of reading each impression's user's ratings.
+    (SQLite without ANALYZE starts from the impressions: 4.3 s for 318k impressions of
+    943 users on ml-100k.)"""
+    shown, later = Impression, aliased(Impression)
     # A rating's timestamp is its whole second: it may have come at any moment of it, so it
-    # follows an impression shown before that second ends (items' times are milliseconds).
+    # follows an impression shown before that second ends (shown_ms is in milliseconds).
     rated_by = (Rating.timestamp + 1) * 1000
     rated_after = and_(
-        Rating.user_id == item.user_id,
-        Rating.movie_id == item.movie_id,
-        rated_by > item.shown_at,
-        rated_by <= item.shown_at + window_seconds * 1000,
+        Rating.user_id == shown.user_id,
+        rated_by > shown.shown_ms,
+        rated_by <= shown.shown_ms + window_seconds * 1000,
+        _shows(shown, Rating.movie_id),
     )
     shown_later = (  # a later impression showed it before the rating: that one gets it
         exists()
         .where(
-            later.user_id == item.user_id,
-            later.movie_id == item.movie_id,
-            later.shown_at < rated_by,
+            later.user_id == shown.user_id,
+            later.shown_ms < rated_by,
             or_(
-                later.shown_at > item.shown_at,
-                and_(later.shown_at == item.shown_at, later.impression_id > item.impression_id),
+                later.shown_ms > shown.shown_ms,
+                and_(later.shown_ms == shown.shown_ms, later.id > shown.id),
             ),
+            _shows(later, Rating.movie_id),
         )
-        .correlate(item, Rating)
+        .correlate(shown, Rating)
     )
     return (
-        select(item.impression_id, Rating.rating)
-        .join(Impression, Impression.id == item.impression_id)
-        .join(Rating, rated_after)
-        .where(*where, ~shown_later)
+        select(shown.id.label("impression_id"), Rating.rating)
+        .select_from(Rating)
+        .join(shown, rated_after)
+        .where(Rating.timestamp >= first_second, *where, ~shown_later)
         .subquery()
     )
