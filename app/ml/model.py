@@ -216,12 +216,12 @@ class StackedAutoencoder(nn.Module):
             visible = torch.rand_like(values) >= self.config.input_dropout
         vis = visible.to(values.dtype)
         n = values.new_zeros(batch.size).index_add_(0, rows, vis)
-        base = self.global_mean + self.movie_bias[cols]
+        base = self.global_mean + self.movie_bias.index_select(0, cols)
         sums = values.new_zeros(batch.size).index_add_(0, rows, (values - base) * vis)
         user_bias = sums / (n + self.config.user_bias_reg)
         pattern = batch.pattern
         # the encoder sees the baseline as a constant: biases learn through the rating head
-        features = self._features(batch, vis, n, (base + user_bias[rows]).detach())
+        features = self._features(batch, vis, n, (base + user_bias.index_select(0, rows)).detach())
         first = encode(pattern, features, self.first_layer.weight_t)
         h, hidden = self.code(first)
         return Encoded(h, hidden, visible, user_bias, pattern)
@@ -260,10 +260,11 @@ class StackedAutoencoder(nn.Module):
         self, h: torch.Tensor, user_bias: torch.Tensor, cells: RatingPattern
     ) -> torch.Tensor:
         """The rating head (unclamped) at ``cells`` alone, for the users of ``h``."""
-        ratings = cell_dots(cells, h, self.rate_out.weight) + self.rate_out.bias[cells.cols]
+        ratings = cell_dots(cells, h, self.rate_out.weight)
+        ratings = ratings + self.rate_out.bias.index_select(0, cells.cols)
         if self.config.rating_head == "residual":
-            base = self.global_mean + self.movie_bias[cells.cols]
-            ratings = ratings + base + user_bias[cells.rows]
+            base = self.global_mean + self.movie_bias.index_select(0, cells.cols)
+            ratings = ratings + base + user_bias.index_select(0, cells.rows)
         return ratings
 
     def _log_probs(
@@ -298,7 +299,7 @@ class StackedAutoencoder(nn.Module):
         values = batch.values
         if self.config.inputs == "ratings":
             return (values * vis)[:, None]
-        implicit = vis * n.clamp(min=1.0).rsqrt()[batch.rows]
+        implicit = vis * n.clamp(min=1.0).rsqrt().index_select(0, batch.rows)
         if self.config.inputs == "implicit":
             return implicit[:, None]
         return torch.stack([implicit, (values - baseline) * implicit], dim=1)

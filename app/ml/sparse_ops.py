@@ -129,10 +129,13 @@ def encode(pattern: RatingPattern, values: torch.Tensor, layer: torch.Tensor) ->
 def cell_dots(pattern: RatingPattern, hidden: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """``(hidden @ table.T)[users, movies]`` at the rated cells, never the whole product;
     ``table`` holds one row per movie. With a gradient to compute, through the rows of the
-    batch's distinct movies (`rated_dot`); without one, one gather of each cell's rows."""
+    batch's distinct movies (`rated_dot`); without one, one gather of each cell's rows
+    (`index_select` and a product: einsum over advanced-indexed rows took 4x as long for a
+    request's ten cells)."""
     if torch.is_grad_enabled() and (table.requires_grad or hidden.requires_grad):
         return rated_dot(pattern, hidden, F.embedding(pattern.movies, table))
-    return torch.einsum("ij,ij->i", hidden[pattern.rows], table[pattern.cols])
+    picked = hidden.index_select(0, pattern.rows) * table.index_select(0, pattern.cols)
+    return picked.sum(1)
 
 
 def rated_dot(pattern: RatingPattern, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
