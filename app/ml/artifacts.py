@@ -36,6 +36,7 @@ from pydantic import ValidationError
 
 from app.ml.config import ModelConfig
 from app.ml.data import IdMap, RatingMatrix
+from app.ml.factors import ItemFactors
 from app.ml.hybrid import BiasTerms, Blend, HybridModel, ValidatedParts
 from app.ml.item_path import ItemToItem
 from app.ml.model import StackedAutoencoder
@@ -260,6 +261,7 @@ def _model_payload(model: HybridModel) -> dict[str, Any]:
         "validated": None if model.validated is None else _validated_payload(model),
         "blend": asdict(model.blend),
         "log_popularity": torch.from_numpy(model.log_popularity.astype(np.float32)),
+        "factors": _factors_payload(model.factors),
     }
 
 
@@ -283,7 +285,25 @@ def _validated_payload(model: HybridModel) -> dict[str, Any]:
         "item_path": SERVED if v.item_path is model.item_path else _item_payload(v.item_path),
         "bias": _bias(v.bias),
         "log_popularity": torch.from_numpy(v.log_popularity.astype(np.float32)),
+        "factors": SERVED if v.factors is model.factors else _factors_payload(v.factors),
     }
+
+
+def _factors_payload(factors: ItemFactors | None) -> dict[str, Any] | None:
+    if factors is None:
+        return None
+    item_factors = torch.from_numpy(factors.factors.astype(np.float32))
+    return {"item_factors": item_factors, "lam": factors.lam}
+
+
+def _factors_from(payload: dict[str, Any] | None, n_movies: int) -> ItemFactors | None:
+    """The matrix factorisation (None: no share; artifacts written before it had none)."""
+    if payload is None:
+        return None
+    item_factors = payload["item_factors"].numpy()
+    if item_factors.ndim != 2 or item_factors.shape[0] != n_movies:
+        raise ValueError("item factors do not match the movie map")
+    return ItemFactors(item_factors, float(payload["lam"]))
 
 
 def _item_payload(path: ItemToItem | None) -> dict[str, Any] | None:
@@ -359,9 +379,12 @@ def _validated_from(
     popularity = served.log_popularity
     if "log_popularity" in payload:
         popularity = _popularity_from(payload["log_popularity"], n_movies)
-    return ValidatedParts(
-        rank_net, rate_net, item_path, _bias_from(payload["bias"], n_movies), popularity
-    )
+    factors_payload = payload.get("factors")
+    factors = served.factors
+    if not isinstance(factors_payload, str):
+        factors = _factors_from(factors_payload, n_movies)
+    bias = _bias_from(payload["bias"], n_movies)
+    return ValidatedParts(rank_net, rate_net, item_path, bias, popularity, factors)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -435,6 +458,7 @@ def _model_from(payload: dict[str, Any], config: ModelConfig, n_movies: int) -> 
         Blend(**payload["blend"]),
         _popularity_from(payload["log_popularity"], n_movies),
         (low, high),
+        factors=_factors_from(payload.get("factors"), n_movies),
     )
     return replace(model, validated=_validated_from(payload.get("validated"), model, n_movies))
 

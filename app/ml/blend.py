@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +17,7 @@ import scipy.sparse as sp
 
 from app.ml.config import ModelConfig
 from app.ml.data import IdMap
+from app.ml.factors import ItemFactors
 from app.ml.hybrid import Blend, HybridModel
 from app.ml.item_path import (
     LAMBDA_FACTORS,
@@ -36,6 +37,9 @@ POPULARITY_PENALTIES = (0.0, 0.1, 0.2, 0.3, 0.4)
 RATING_WEIGHTS = tuple(round(0.05 * i, 2) for i in range(21))
 """shares tried for each rating network (pairs summing to at most 1: 231 blends, each
 two numbers fitted on thousands of validation ratings)."""
+FACTOR_WEIGHTS = tuple(round(0.05 * i, 2) for i in range(1, 11))
+"""shares tried for each matrix factorisation fit, with every pair of network shares that
+leaves room for it (the studied fits took 0.2-0.25: the networks carry most of it)."""
 COVERAGE_TOLERANCE = 0.015
 """Among ranking blends within this share of the best validation NDCG@10 (and never below
 the EASE the item path was chosen against), the one that covers most of the catalog wins:
@@ -212,13 +216,30 @@ def _has_joint_head(model: HybridModel) -> bool:
     return model.rate_net is not model.rank_net
 
 
+RatingShares = tuple[float, float, float, int]
+"""(rating network, joint network's head, matrix factorisation, which fit: -1 for none)."""
+
+
 def choose_blend(
-    model: HybridModel, validation: Validation, floor: float = 0.0
-) -> tuple[Blend, dict[str, object]]:
+    model: HybridModel,
+    validation: Validation,
+    floor: float = 0.0,
+    factors: Sequence[ItemFactors] = (),
+) -> tuple[Blend, ItemFactors | None, dict[str, object]]:
     """The best ranking blend (NDCG, then coverage, never below ``floor`` where one reaches
-    it) and rating shares (RMSE) on validation."""
+    it), and the rating shares and matrix factorisation fit among ``factors`` (RMSE) on
+    validation; the fit is None where no share of one won. The shares without a fit come
+    first, so that a tie leaves the model as it was without the part."""
     ranking, allowed = candidate_blends(model)
-    rating = sorted({*allowed, (0.0, 0.0), (1.0, 0.0)})  # bias and network always reported
+    pairs = sorted({*allowed, (0.0, 0.0), (1.0, 0.0)})  # bias and network always reported
+    rating: list[RatingShares] = [(a, b, 0.0, -1) for a, b in pairs]
+    rating += [
+        (a, b, c, j)
+        for j in range(len(factors))
+        for c in FACTOR_WEIGHTS
+        for a, b in allowed
+        if a + b + c <= 1.0 + 1e-9
+    ]
     rank_figures = [validation.new_figures() for _ in ranking]
     rate_figures = [validation.new_figures() for _ in rating]
     popularity = validation.new_figures()
@@ -229,21 +250,22 @@ def choose_blend(
             figures.ranking.add(scorer.blend_scores(deep, item, blend), rows, truth)
         coo = truth.tocoo()
         parts = scorer.rating_parts(rows, (coo.row, coo.col))
-        for (a, b), figures in zip(rating, rate_figures, strict=True):
-            blend = Blend(rating_weight=a, joint_rating_weight=b)
-            figures.add_ratings(scorer.blend_ratings(parts, blend), coo.data)
+        fitted = [scorer.factor_part(rows, f, (coo.row, coo.col)) for f in factors]
+        for (a, b, c, j), figures in zip(rating, rate_figures, strict=True):
+            blend = Blend(rating_weight=a, joint_rating_weight=b, factor_weight=c)
+            with_part = parts if j < 0 else parts._replace(factors=fitted[j])
+            figures.add_ratings(scorer.blend_ratings(with_part, blend), coo.data)
         counts = np.broadcast_to(model.log_popularity, (rows.shape[0], validation.n_movies))
         popularity.ranking.add(counts, rows, truth)
     rank_results = [f.result() for f in rank_figures]
     rate_results = [f.result() for f in rate_figures]
     best_rank = _pick_ranking(rank_results, floor)
     best_rate = min(
-        (i for i, shares in enumerate(rating) if shares in allowed),
+        (i for i, (a, b, c, j) in enumerate(rating) if (a, b) in allowed),
         key=lambda i: rate_results[i].get("rmse", math.inf),
     )
-    chosen = Blend(
-        ranking[best_rank].item_weight, ranking[best_rank].popularity_penalty, *rating[best_rate]
-    )
+    a, b, c, j = rating[best_rate]
+    chosen = Blend(ranking[best_rank].item_weight, ranking[best_rank].popularity_penalty, a, b, c)
     report: dict[str, object] = {
         "ranking": [
             {
@@ -256,18 +278,37 @@ def choose_blend(
         ],
         "rating": [
             {"rating_weight": a, "joint_rating_weight": b, "rmse": r.get("rmse")}
-            for (a, b), r in zip(rating, rate_results, strict=True)
+            for (a, b, _, j), r in zip(rating, rate_results, strict=True)
+            if j < 0
         ],
+        "factors": _factor_report(factors, rating, rate_results),
         "figures": {
             **rank_results[best_rank],
             "rmse": rate_results[best_rate].get("rmse", math.nan),
             "mae": rate_results[best_rate].get("mae", math.nan),
         },
         "popularity_ndcg@10": popularity.result().get("ndcg@10", math.nan),
-        "bias_rmse": _figure(rating, rate_results, (0.0, 0.0)),
-        "deep_rmse": _figure(rating, rate_results, (1.0, 0.0)),
+        "bias_rmse": _figure(rating, rate_results, (0.0, 0.0, 0.0, -1)),
+        "deep_rmse": _figure(rating, rate_results, (1.0, 0.0, 0.0, -1)),
     }
-    return chosen, report
+    return chosen, factors[j] if j >= 0 else None, report
+
+
+def _factor_report(
+    factors: Sequence[ItemFactors],
+    rating: list[RatingShares],
+    results: list[dict[str, float]],
+) -> list[dict[str, float]]:
+    """Per matrix factorisation fit and share, the best validation RMSE over network shares."""
+    best: dict[tuple[int, float], float] = {}
+    for (_, _, c, j), r in zip(rating, results, strict=True):
+        if j >= 0:
+            rmse = r.get("rmse", math.inf)
+            best[j, c] = min(best.get((j, c), math.inf), rmse)
+    return [
+        {"lambda": factors[j].lam, "rank": factors[j].rank, "factor_weight": c, "rmse": rmse}
+        for (j, c), rmse in best.items()
+    ]
 
 
 def _pick_ranking(results: list[dict[str, float]], floor: float = 0.0) -> int:
@@ -279,7 +320,7 @@ def _pick_ranking(results: list[dict[str, float]], floor: float = 0.0) -> int:
 
 
 def _figure(
-    weights: list[tuple[float, float]], results: list[dict[str, float]], weight: tuple[float, float]
+    weights: list[RatingShares], results: list[dict[str, float]], weight: RatingShares
 ) -> float:
     for w, r in zip(weights, results, strict=True):
         if w == weight:

@@ -120,6 +120,16 @@ class ModelConfig(BaseModel):
     refit: bool = True
     """once validation has chosen epochs and blend, fit the rating network and the bias
     terms again on all the ratings, validation included (the ranking parts are kept)."""
+    # the fold-in matrix factorisation (app/ml/factors.py), a rating part of the blend
+    factors: bool = True
+    """fit a matrix factorisation of the bias terms' residuals and blend it into the
+    served rating at the share validation chooses (0: not kept)."""
+    factor_rank: int = Field(32, ge=1)
+    """its number of factors."""
+    factor_lambdas: tuple[Annotated[float, Field(gt=0.0)], ...] = Field((0.05, 0.1), min_length=1)
+    """its ridge strengths per rating to fit; validation chooses one with the share."""
+    factor_sweeps: int = Field(12, ge=1)
+    """alternations of the ALS fit."""
     rating_hidden: LayerSizes = Field((200,), min_length=1)
     """hidden layer sizes of the rating network."""
     rating_lr: float = Field(1e-3, gt=0.0)

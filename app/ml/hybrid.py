@@ -6,8 +6,9 @@ and then chooses on validation how to mix them:
 
 * ranking = (1 - w) * z(deep scores) + w * z(item path) - p * log(1 + popularity);
 * rating = a * rating network + b * the ranking network's own rating head
-  + (1 - a - b) * bias terms, so ``a = b = 0`` is the bias model and the served rating is
-  never worse on validation than the bias model it is built on.
+  + c * the fold-in matrix factorisation (`app.ml.factors`) + (1 - a - b - c) * bias
+  terms, so ``a = b = c = 0`` is the bias model and the served rating is never worse on
+  validation than the bias model it is built on.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import scipy.sparse as sp
 from app.ml.baselines import Bias
 from app.ml.config import ModelConfig
 from app.ml.data import RatingMatrix
+from app.ml.factors import ItemFactors
 from app.ml.item_path import ItemToItem
 from app.ml.model import StackedAutoencoder
 
@@ -52,6 +54,14 @@ class BiasTerms:
         counts = np.bincount(users, minlength=n_users)
         return (sums / (counts + self.user_reg)).astype(np.float32)
 
+    def residuals(self, rows: sp.csr_matrix) -> sp.csr_matrix:
+        """Each rating minus its bias terms (the user's bias folded in from the row): what
+        the matrix factorisation fits and folds users in from."""
+        csr = sp.csr_matrix(rows, dtype=np.float32)
+        users = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
+        bias = self.predict(self.user_biases(csr)[users], csr.indices)
+        return sp.csr_matrix((csr.data - bias, csr.indices, csr.indptr), shape=csr.shape)
+
     def predict(self, user_bias: float | np.ndarray, cols: np.ndarray) -> np.ndarray:
         """At movie indices ``cols``: one user's bias, or each cell's user's."""
         return self.mean + self.movie_bias[cols] + np.float32(user_bias)
@@ -70,6 +80,8 @@ class Blend:
     joint_rating_weight: float = 0.0
     """share of the ranking network's own rating head, 0..1 - rating_weight; the rest is
     the bias terms. The two networks err differently: together they beat either."""
+    factor_weight: float = 0.0
+    """share of the fold-in matrix factorisation, 0..1 - the two networks' shares."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,7 @@ class ValidatedParts:
     item_path: ItemToItem | None
     bias: BiasTerms
     log_popularity: np.ndarray
+    factors: ItemFactors | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,8 @@ class HybridModel:
     rating_scale: tuple[float, float]
     validated: ValidatedParts | None = None
     """the parts before `app.ml.train.refit_on_all` (None: never refitted)."""
+    factors: ItemFactors | None = None
+    """the matrix factorisation's item factors (None where the blend gives it no share)."""
 
     @property
     def n_movies(self) -> int:
@@ -112,7 +127,12 @@ class HybridModel:
     def parts(self) -> ValidatedParts:
         """The fitted parts as they are now (what a refit starts from)."""
         return ValidatedParts(
-            self.rank_net, self.rate_net, self.item_path, self.bias, self.log_popularity
+            self.rank_net,
+            self.rate_net,
+            self.item_path,
+            self.bias,
+            self.log_popularity,
+            self.factors,
         )
 
     def as_validated(self) -> HybridModel:
@@ -127,6 +147,7 @@ class HybridModel:
             item_path=v.item_path,
             bias=v.bias,
             log_popularity=v.log_popularity,
+            factors=v.factors,
             validated=None,
         )
 

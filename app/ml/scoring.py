@@ -1,9 +1,11 @@
 """Scoring: a trained model's answers for users' current ratings, served and evaluated alike.
 
-A trained model (`app.ml.hybrid.HybridModel`) has up to four parts: the joint autoencoder
+A trained model (`app.ml.hybrid.HybridModel`) has up to five parts: the joint autoencoder
 at its best ranking epoch, the network serving ratings (a rating-only network, or the
-joint one at its best rating epoch), the linear item-to-item path and the bias terms the
-rating heads are built on. `FoldInScorer` runs each network's own forward
+joint one at its best rating epoch), the linear item-to-item path, the bias terms the
+rating heads are built on and a matrix factorisation of their residuals
+(`app.ml.factors`), whose user factors are folded in here like everything else.
+`FoldInScorer` runs each network's own forward
 (`StackedAutoencoder.encode` and its heads, under `torch.inference_mode`) over a batch of
 users' current ratings (a lone request is a batch of one, evaluation a batch of a
 thousand), z-scores the ranking parts and mixes them with the one pair of blend functions
@@ -20,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from app.ml.factors import ItemFactors
 from app.ml.hybrid import Blend, HybridModel
 from app.ml.model import Encoded, SparseBatch, StackedAutoencoder
 from app.ml.sparse_ops import RatingPattern
@@ -46,12 +49,13 @@ def top_many(scores: Array, ns: list[int]) -> list[tuple[Array, Array]]:
 
 class RatingParts(NamedTuple):
     """Each rating part, unclamped, at the same cells: the rating network's prediction, the
-    joint network's rating head (None when the same network serves both) and the bias
-    terms."""
+    joint network's rating head (None when the same network serves both), the bias terms
+    and the matrix factorisation's predicted residual on them (None: no share)."""
 
     rate: Array
     joint: Array | None
     bias: Array
+    factors: Array | None = None
 
 
 class Components(NamedTuple):
@@ -85,6 +89,8 @@ class UserBatch:
     """each user's rated movie indices"""
     sources: list[Array]
     """each user's rated movies that feed the item path (`ItemToItem.sources`)"""
+    user_factors: Array | None = None
+    """the matrix factorisation's user factors, folded in (None: the part has no share)"""
 
     def __len__(self) -> int:
         return len(self.cols)
@@ -119,6 +125,7 @@ class FoldInScorer:
         self.deep_share = 1.0 - self.item_share
         self.rate_needed = self.blend.rating_weight > 0
         self.rate_apart = self.rate_net is not self.rank_net
+        self.factors = model.factors if self.blend.factor_weight > 0 else None
 
     @cached_property
     def rank_head_t(self) -> torch.Tensor | None:
@@ -154,7 +161,13 @@ class FoldInScorer:
                 rate = self.rate_net.encode(batch) if self.rate_needed else None
         biases = self.bias.user_biases_of(users, idx, vals, len(cols))
         sources = [self.sources(c, v) for c, v in zip(cols, values, strict=True)]
-        return UserBatch(rank, rate, biases, list(cols), sources)
+        user_factors = None
+        if self.factors is not None:
+            indptr = np.zeros(len(cols) + 1, dtype=np.int64)
+            np.cumsum([c.size for c in cols], out=indptr[1:])
+            rows = sp.csr_matrix((vals, idx, indptr), shape=(len(cols), self.n_movies))
+            user_factors = self.factors.fold_in(self.bias.residuals(rows))
+        return UserBatch(rank, rate, biases, list(cols), sources, user_factors)
 
     def sources(self, cols: Array, values: Array) -> Array:
         """The movies among a user's ratings that feed the item path."""
@@ -190,7 +203,10 @@ class FoldInScorer:
                 h, user_bias = batch.rank.h, batch.rank.user_bias
                 joint = self.rank_net.ratings_at(h, user_bias, cells).numpy()
         bias = self.bias.predict(batch.bias_user_bias[rows], idx)
-        mixed = self.blend_ratings(RatingParts(rate, joint, bias), self.blend)
+        factors = None
+        if self.factors is not None and batch.user_factors is not None:
+            factors = self.factors.at(batch.user_factors, rows, idx)
+        mixed = self.blend_ratings(RatingParts(rate, joint, bias, factors), self.blend)
         return np.split(mixed, np.cumsum(sizes[:-1]))
 
     # -- evaluation: rows of a rating matrix, every part over the whole catalog ------------
@@ -235,7 +251,20 @@ class FoldInScorer:
             bias = self.bias.mean + self.bias.movie_bias[None, :] + user_bias[:, None]
         else:
             bias = self.bias.predict(user_bias[cells[0]], cells[1])
-        return RatingParts(outputs[0], outputs[1] if len(outputs) > 1 else None, bias)
+        factors = None if self.factors is None else self.factor_part(csr, self.factors, cells)
+        joint_part = outputs[1] if len(outputs) > 1 else None
+        return RatingParts(outputs[0], joint_part, bias, factors)
+
+    def factor_part(
+        self, rows: sp.csr_matrix, factors: ItemFactors, cells: tuple[Array, Array] | None = None
+    ) -> Array:
+        """The matrix factorisation's predicted residual at ``cells`` (as `rating_parts`),
+        its user factors folded in from ``rows``; validation scores candidate fits with it."""
+        csr = sp.csr_matrix(rows, dtype=np.float32)
+        users = factors.fold_in(self.bias.residuals(csr))
+        if cells is None:
+            return (users @ factors.factors.T).astype(np.float32)
+        return factors.at(users, *cells)
 
     def score_rows(self, rows: sp.csr_matrix) -> tuple[Array, Array]:
         """(scores, clamped ratings) for each row of current ratings: a metrics Scorer."""
@@ -266,10 +295,13 @@ class FoldInScorer:
         return mixed.astype(np.float32, copy=False)
 
     def blend_ratings(self, parts: RatingParts, blend: Blend) -> Array:
-        """The blend's shares of the two networks, the rest bias terms, clamped to the scale."""
+        """The blend's shares of the two networks and the matrix factorisation, the rest
+        bias terms, clamped to the scale."""
         mixed = blend.rating_weight * parts.rate + (1.0 - blend.rating_weight) * parts.bias
         if parts.joint is not None and blend.joint_rating_weight:
             mixed += blend.joint_rating_weight * (parts.joint - parts.bias)
+        if parts.factors is not None and blend.factor_weight:
+            mixed += np.float32(blend.factor_weight) * parts.factors
         low, high = self.scale
         return np.minimum(np.maximum(mixed, low), high).astype(np.float32, copy=False)
 

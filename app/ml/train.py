@@ -20,6 +20,7 @@ from app.ml.blend import Validation, batch_users, best_ease, choose_blend, choos
 from app.ml.config import ModelConfig, rating_network_config
 from app.ml.data import RatingMatrix
 from app.ml.distributed import DistributedContext
+from app.ml.factors import ItemFactors
 from app.ml.hybrid import BiasTerms, Blend, HybridModel, log_popularity
 from app.ml.item_path import ItemToItem, refitted
 from app.ml.metrics import RankingAccumulator, rating_metrics
@@ -487,8 +488,11 @@ def train_model(
         popularity_penalty=model.blend.popularity_penalty,
         rating_weight=model.blend.rating_weight,
         joint_rating_weight=model.blend.joint_rating_weight,
+        factor_weight=model.blend.factor_weight,
         time_limited=float(time_limited),
     )
+    if model.factors is not None:
+        metrics["factor_lambda"] = model.factors.lam
     if model.item_path is not None:
         metrics["item_lambda"] = model.item_path.lam
     if rating is not None:
@@ -587,14 +591,22 @@ def refit_on_all(
             config.item_max_movies, config.item_neighbors,
         )  # fmt: skip
         metrics["refit_item_lambda"] = item_path.lam
+    bias = BiasTerms.fit(full, config.movie_bias_reg, config.user_bias_reg)
+    factors = served.factors
+    if factors is not None:  # only where the blend gave it a share
+        residuals = bias.residuals(full.matrix)
+        factors = ItemFactors.fit(
+            residuals, factors.rank, factors.lam, config.factor_sweeps, config.seed
+        )
     phases.report("refit", steps, steps)
     model = replace(
         served,
         rank_net=rank_net,
         rate_net=rate_net,
         item_path=item_path,
-        bias=BiasTerms.fit(full, config.movie_bias_reg, config.user_bias_reg),
+        bias=bias,
         log_popularity=log_popularity(full.matrix),
+        factors=factors,
         validated=served.parts(),
     )
     seconds = time.perf_counter() - started
@@ -675,8 +687,28 @@ def assemble(
     if validation.rows.shape[0] == 0:
         return model, {"figures": {}, "bias_rmse": math.nan, "deep_rmse": math.nan,
                        "popularity_ndcg@10": math.nan}  # fmt: skip
-    phases.report("blend", 0, 1)
-    blend, choice = choose_blend(model, validation, best_ease(lambdas))
-    phases.report("blend", 1, 1)
+    factors = fit_factors(train, model.bias, config, phases)
+    phases.report("blend", len(factors), len(factors) + 1)
+    blend, chosen, choice = choose_blend(model, validation, best_ease(lambdas), factors)
+    phases.report("blend", len(factors) + 1, len(factors) + 1)
     choice["item_paths"] = lambdas
-    return model.with_blend(blend), choice
+    return replace(model.with_blend(blend), factors=chosen), choice
+
+
+def fit_factors(
+    train: RatingMatrix, bias: BiasTerms, config: ModelConfig, phases: Phases
+) -> list[ItemFactors]:
+    """The matrix factorisation fitted at each of ``config.factor_lambdas`` on the bias
+    terms' residuals, for the blend to choose from (none where the config fixes the rating
+    blend or turns the part off). Reported as the blend's first steps."""
+    if not config.factors or config.rating_blend is not None:
+        return []
+    residuals = bias.residuals(train.matrix)
+    steps = len(config.factor_lambdas) + 1
+    fitted = []
+    for done, lam in enumerate(config.factor_lambdas):
+        phases.report("blend", done, steps)
+        fitted.append(
+            ItemFactors.fit(residuals, config.factor_rank, lam, config.factor_sweeps, config.seed)
+        )
+    return fitted
