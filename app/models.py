@@ -264,11 +264,6 @@ class Impression(Base):
         Index("ix_impressions_user_shown", "user_id", "shown_ms"),
     )
 
-    @property
-    def movies(self) -> list[int]:
-        """The movies shown, in order."""
-        return [int(m) for m in self.movie_ids.split(",")] if self.movie_ids else []
-
 
 _RUNNING = "status = 'running'"
 

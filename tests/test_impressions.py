@@ -34,7 +34,8 @@ def flush(client: TestClient) -> None:
 
 def stored(engine: Engine) -> dict[str, tuple[Impression, list[int]]]:
     with Session(engine) as session:
-        return {row.id: (row, row.movies) for row in session.scalars(select(Impression))}
+        rows = session.scalars(select(Impression))
+        return {row.id: (row, [int(m) for m in row.movie_ids.split(",") if m]) for row in rows}
 
 
 def dropped(reason: str) -> float:

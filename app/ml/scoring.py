@@ -162,11 +162,12 @@ class FoldInScorer:
         biases = self.bias.user_biases_of(users, idx, vals, len(cols))
         sources = [self.sources(c, v) for c, v in zip(cols, values, strict=True)]
         user_factors = None
-        if self.factors is not None:
+        if self.factors is not None:  # from the residuals of the biases just folded in
             indptr = np.zeros(len(cols) + 1, dtype=np.int64)
             np.cumsum([c.size for c in cols], out=indptr[1:])
-            rows = sp.csr_matrix((vals, idx, indptr), shape=(len(cols), self.n_movies))
-            user_factors = self.factors.fold_in(self.bias.residuals(rows))
+            resid = vals - self.bias.predict(biases[users], idx)
+            rows = sp.csr_matrix((resid, idx, indptr), shape=(len(cols), self.n_movies))
+            user_factors = self.factors.fold_in(rows)
         return UserBatch(rank, rate, biases, list(cols), sources, user_factors)
 
     def sources(self, cols: Array, values: Array) -> Array:
