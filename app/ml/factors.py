@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 Array = np.ndarray
 
@@ -55,46 +54,53 @@ class ItemFactors:
         return np.einsum("ij,ij->i", users[rows], self.factors[cols]).astype(np.float32)
 
 
-ROW_BLOCK = 4096
-"""rows solved at once: their k x k systems take 16 MB at k 32, whatever the data's size."""
+BLOCK_CELLS = 2**18
+"""ratings gathered per block of rows: a block's padded factors take 32 MB at k 32."""
 
 
 def ridge_rows(rows: sp.csr_matrix, factors: Array, lam: float) -> Array:
     """Per row r (ratings at columns c): argmin_x |r - F_c x|^2 + lam |c| |x|^2 (zero for a
-    row with no ratings), `ROW_BLOCK` rows at a time."""
+    row with no ratings). Rows are taken shortest first in blocks of like length, each
+    block's rated factors gathered into one padded array: a lone request is one small
+    block, a fit's sweep a few dozen, and each block's Gram matrices are one batched
+    product, with no per-call overheads of sparse kernels to pay per request."""
     csr = sp.csr_matrix(rows, dtype=np.float32)
-    if not csr.has_canonical_format:  # a request's movies come in any order: torch's CSR
-        csr = csr.copy()  # products need each row's columns sorted (unchecked, they crash)
-        csr.sum_duplicates()
-    if csr.shape[0] <= ROW_BLOCK:
-        return _ridge_block(csr, factors, lam)
-    blocks = range(0, csr.shape[0], ROW_BLOCK)
-    return np.vstack([_ridge_block(csr[i : i + ROW_BLOCK], factors, lam) for i in blocks])
+    counts = np.diff(csr.indptr)
+    order = np.argsort(counts, kind="stable")
+    sorted_counts = counts[order]
+    out = np.zeros((csr.shape[0], factors.shape[1]), dtype=np.float32)
+    start = 0
+    while start < order.size:
+        end = _block_end(sorted_counts, start)
+        block = order[start:end]
+        out[block] = _ridge_block(csr, block, factors, lam)
+        start = end
+    return out
 
 
-def _ridge_block(csr: sp.csr_matrix, factors: Array, lam: float) -> Array:
-    """`ridge_rows` of one block. Each row's Gram matrix is one sparse product of its
-    indicator with the packed outer products of the rated movies' factors alone, so a lone
-    request costs its own ratings, and a fit one product per block (gathering an outer
-    product per rating and summing them took 9x as long on u1)."""
-    n_rows, k = csr.shape[0], factors.shape[1]
-    rated, local = np.unique(csr.indices, return_inverse=True)
-    f = torch.from_numpy(np.ascontiguousarray(factors[rated], dtype=np.float32))
-    upper = torch.triu_indices(k, k)
-    outer = f[:, upper[0]] * f[:, upper[1]]
-    indptr = torch.from_numpy(csr.indptr.astype(np.int64))
-    cols = torch.from_numpy(local.astype(np.int64).reshape(-1))
-    shape = (n_rows, rated.size)
-    ones = torch.sparse_csr_tensor(
-        indptr, cols, torch.ones(csr.nnz), size=shape, check_invariants=False
+def _block_end(sorted_counts: Array, start: int) -> int:
+    """The end of the block from ``start``: as many rows as keep rows x the longest row's
+    length within `BLOCK_CELLS` (one row at least)."""
+    window = np.maximum(
+        sorted_counts[start : start + BLOCK_CELLS // max(sorted_counts[start], 1)], 1
     )
-    values = torch.sparse_csr_tensor(
-        indptr, cols, torch.from_numpy(csr.data), size=shape, check_invariants=False
-    )
-    gram = torch.zeros(n_rows, k, k)
-    packed = torch.sparse.mm(ones, outer)
-    gram[:, upper[0], upper[1]] = packed
-    gram[:, upper[1], upper[0]] = packed
-    counts = torch.from_numpy(np.maximum(np.diff(csr.indptr), 1).astype(np.float32))
-    gram += (lam * counts)[:, None, None] * torch.eye(k)
-    return torch.linalg.solve(gram, torch.sparse.mm(values, f)).numpy()
+    cells = np.arange(1, window.size + 1) * window
+    return start + max(int(np.searchsorted(cells, BLOCK_CELLS, side="right")), 1)
+
+
+def _ridge_block(csr: sp.csr_matrix, block: Array, factors: Array, lam: float) -> Array:
+    """`ridge_rows` of the rows ``block``: their rated movies' factors padded with zeros
+    to the longest row, so each Gram matrix F_c^T F_c is one batched product."""
+    lengths = np.diff(csr.indptr)[block]
+    width = max(int(lengths.max()), 1)
+    filled = np.arange(width) < lengths[:, None]
+    at = (csr.indptr[block][:, None] + np.arange(width))[filled]
+    gathered = np.zeros((block.size, width, factors.shape[1]), dtype=np.float32)
+    gathered[filled] = factors[csr.indices[at]]
+    values = np.zeros((block.size, width, 1), dtype=np.float32)
+    values[filled, 0] = csr.data[at]
+    transposed = gathered.transpose(0, 2, 1)
+    gram = transposed @ gathered
+    diagonal = np.arange(factors.shape[1])
+    gram[:, diagonal, diagonal] += (lam * np.maximum(lengths, 1)).astype(np.float32)[:, None]
+    return np.linalg.solve(gram, transposed @ values)[..., 0]

@@ -47,9 +47,32 @@ def test_a_training_users_fold_in_is_the_fit_and_new_users_are_served_alike() ->
     np.testing.assert_allclose(single, fit.fold_in(new), atol=1e-5)  # one or a batch alike
 
 
+def test_the_ridge_solve_of_each_row_whatever_its_block(monkeypatch) -> None:
+    """Rows of every length (none, one, longer than a whole block) solved in blocks of
+    like length give each row's own ridge solution, in the rows' own order."""
+    from app.ml import factors as module
+
+    rng = np.random.default_rng(1)
+    n_rows, n_cols, k, lam = 400, 900, 6, 0.1
+    lengths = np.minimum(rng.zipf(1.6, n_rows), n_cols)
+    lengths[[0, 7]], lengths[3] = 0, n_cols
+    indptr = np.r_[0, np.cumsum(lengths)]
+    cols = np.concatenate([rng.choice(n_cols, n, replace=False) for n in lengths])
+    rows = sp.csr_matrix((rng.normal(size=cols.size), cols, indptr), shape=(n_rows, n_cols))
+    item = rng.normal(size=(n_cols, k)).astype(np.float32)
+    monkeypatch.setattr(module, "BLOCK_CELLS", 256)  # dozens of blocks, one row over a block
+    solved = ridge_rows(rows, item, lam)
+    for i in range(n_rows):
+        picked = rows.indices[indptr[i] : indptr[i + 1]]
+        f = item[picked].astype(np.float64)
+        gram = f.T @ f + lam * max(picked.size, 1) * np.eye(k)
+        expected = np.linalg.solve(gram, f.T @ rows.data[indptr[i] : indptr[i + 1]])
+        np.testing.assert_allclose(solved[i], expected, atol=1e-4, err_msg=f"row {i}")
+    assert not solved[[0, 7]].any()
+
+
 def test_a_request_in_any_order_folds_in_as_sorted(with_factors, synthetic) -> None:
-    """A request lists its movies in any order; the fold-in must not depend on it (torch's
-    sparse products read unsorted rows wrongly, or crash the process)."""
+    """A request lists its movies in any order; the fold-in must not depend on it."""
     scorer = FoldInScorer(with_factors)
     row = synthetic.matrix[3]
     cols, values = row.indices, row.data
