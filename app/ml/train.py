@@ -468,7 +468,7 @@ def train_model(
     rating = train_rating_network(train, valid, config, device, rating_end, phases)
     time_limited |= rating_end is not None and time.monotonic() >= rating_end
     network_seconds = time.perf_counter() - started
-    model, choice = assemble(train, valid, config, nets, rating, phases)
+    model, choice = assemble(train, valid, config, nets, rating, phases, deadline)
     seconds = time.perf_counter() - started
     metrics: dict[str, float] = {
         f"valid_{k}": float(v)
@@ -593,7 +593,7 @@ def refit_on_all(
         metrics["refit_item_lambda"] = item_path.lam
     bias = BiasTerms.fit(full, config.movie_bias_reg, config.user_bias_reg)
     factors = served.factors
-    if factors is not None:  # only where the blend gave it a share
+    if factors is not None and not _late(deadline):  # only where the blend gave it a share
         residuals = bias.residuals(full.matrix)
         factors = ItemFactors.fit(
             residuals, factors.rank, factors.lam, config.factor_sweeps, config.seed
@@ -664,9 +664,11 @@ def assemble(
     nets: NetworkResult,
     rating: NetworkResult | None = None,
     phases: Phases | None = None,
+    deadline: float | None = None,
 ) -> tuple[HybridModel, dict[str, object]]:
     """Fit the item path and bias terms on ``train`` and choose the blend on ``valid``; the
-    served ratings come from the rating network when there is one."""
+    served ratings come from the rating network when there is one. Past ``deadline`` the
+    matrix factorisation is not fitted (the other parts are the model's floor)."""
     phases = phases or Phases()
     validation = make_validation(train, valid, config)
     item_path: ItemToItem | None = None
@@ -687,7 +689,7 @@ def assemble(
     if validation.rows.shape[0] == 0:
         return model, {"figures": {}, "bias_rmse": math.nan, "deep_rmse": math.nan,
                        "popularity_ndcg@10": math.nan}  # fmt: skip
-    factors = fit_factors(train, model.bias, config, phases)
+    factors = [] if _late(deadline) else fit_factors(train, model.bias, config, phases)
     phases.report("blend", len(factors), len(factors) + 1)
     blend, chosen, choice = choose_blend(model, validation, best_ease(lambdas), factors)
     phases.report("blend", len(factors) + 1, len(factors) + 1)

@@ -281,12 +281,19 @@ def test_the_time_limit_is_shared_out_between_the_stages() -> None:
     assert stage_deadlines(None) == (None, None)
 
 
-def test_a_spent_time_limit_keeps_every_part_at_its_best_so_far(synthetic) -> None:
+def test_a_spent_time_limit_keeps_every_part_at_its_best_so_far(synthetic, monkeypatch) -> None:
     """Out of time, each network stops after the epoch it is in, keeping its best epoch so
-    far, the refit is skipped, and the model still has every part and serves."""
+    far, the matrix factorisation is not fitted, the refit is skipped, and the model still
+    has every other part and serves."""
+    from app.ml import train as train_module
+
+    fits: list[int] = []
+    fit_factors = train_module.fit_factors
+    monkeypatch.setattr(train_module, "fit_factors", lambda *a: fits.append(1) or fit_factors(*a))
     train, valid = holdout_split(synthetic, 0.1, seed=0)
     config = config_from("fast", epochs=30, patience=30, seed=2)
     limited = train_model(train, valid, config, threads=1, deadline=time.monotonic())
+    assert not fits and limited.model.factors is None
     assert limited.metrics["epochs_run"] == 1
     assert limited.metrics["rating_network_epochs"] == 1
     assert limited.metrics["time_limited"] == 1.0
@@ -296,3 +303,4 @@ def test_a_spent_time_limit_keeps_every_part_at_its_best_so_far(synthetic) -> No
     assert np.isfinite(scores).all() and np.isfinite(ratings).all()
     free = train_model(train, valid, config.model_copy(update={"epochs": 2}), threads=1)
     assert free.metrics["time_limited"] == 0.0 and "refit_seconds" in free.metrics
+    assert fits == [1]
