@@ -64,7 +64,9 @@ def ridge_rows(rows: sp.csr_matrix, factors: Array, lam: float) -> Array:
     block's rated factors gathered into one padded array: a lone request is one small
     block, a fit's sweep a few dozen, and each block's Gram matrices are one batched
     product, with no per-call overheads of sparse kernels to pay per request."""
-    csr = sp.csr_matrix(rows, dtype=np.float32)
+    csr = rows
+    if not isinstance(rows, sp.csr_matrix) or rows.dtype != np.float32:
+        csr = sp.csr_matrix(rows, dtype=np.float32)  # a request's rows come as they are
     counts = np.diff(csr.indptr)
     order = np.argsort(counts, kind="stable")
     sorted_counts = counts[order]

@@ -165,7 +165,7 @@ class FoldInScorer:
         if self.factors is not None:  # from the residuals of the biases just folded in
             indptr = np.zeros(len(cols) + 1, dtype=np.int64)
             np.cumsum([c.size for c in cols], out=indptr[1:])
-            resid = vals - self.bias.predict(biases[users], idx)
+            resid = (vals - self.bias.predict(biases[users], idx)).astype(np.float32, copy=False)
             rows = sp.csr_matrix((resid, idx, indptr), shape=(len(cols), self.n_movies))
             user_factors = self.factors.fold_in(rows)
         return UserBatch(rank, rate, biases, list(cols), sources, user_factors)

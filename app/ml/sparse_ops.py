@@ -108,8 +108,8 @@ def encode(pattern: RatingPattern, values: torch.Tensor, layer: torch.Tensor) ->
     get no gradient.
 
     With a gradient to compute, the rows of the batch's distinct movies are gathered first
-    and the product and its backward run over that block (`_Encode`); without one the
-    bags read the layer's rows in place.
+    and the product and its backward run over that block (`_Encode`); without one a bag
+    per user reads the layer's rows in place.
     """
     values = values.detach()
     n_movies = layer.shape[0] // values.shape[1]
@@ -117,13 +117,13 @@ def encode(pattern: RatingPattern, values: torch.Tensor, layer: torch.Tensor) ->
         blocks = [pattern.movies + j * n_movies for j in range(values.shape[1])]
         out: torch.Tensor = _Encode.apply(pattern, values, F.embedding(torch.cat(blocks), layer))
         return out
-    offsets = pattern.user_ptr[:-1]
-    out = F.embedding_bag(pattern.cols, layer, offsets, per_sample_weights=values[:, 0], mode="sum")
-    for j in range(1, values.shape[1]):
-        out += F.embedding_bag(
-            pattern.cols + j * n_movies, layer, offsets, per_sample_weights=values[:, j], mode="sum"
-        )
-    return out
+    # one bag per user over every block: each cell's rows of the blocks side by side
+    features = values.shape[1]
+    rows = pattern.cols[:, None] + torch.arange(features, device=layer.device) * n_movies
+    offsets = pattern.user_ptr[:-1] * features
+    return F.embedding_bag(
+        rows.reshape(-1), layer, offsets, per_sample_weights=values.reshape(-1), mode="sum"
+    )
 
 
 def cell_dots(pattern: RatingPattern, hidden: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
