@@ -122,7 +122,7 @@ def trainer_epochs(
     """
     import torch
 
-    from app.ml.train import build_model, make_optimizer, seed_everything, train_epoch
+    from app.ml.network import build_model, make_optimizer, seed_everything, train_epoch
 
     full = build_rating_matrix([read_split_file(base_path)])
     config = config_from(preset, epochs=epochs, patience=epochs + 1)

@@ -146,7 +146,7 @@ def test_sparse_training_gradients_equal_the_dense_ones(synthetic) -> None:
 def test_validation_scores_equal_predict(synthetic) -> None:
     """Validation scores (ratings at the held-out cells alone): the same numbers as
     ``predict`` (every cell) and as the dense statement of the network."""
-    from app.ml.train import validation_scores
+    from app.ml.network import validation_scores
 
     torch.manual_seed(0)
     rows, cells = synthetic.matrix[:40], synthetic.matrix[40:80]

@@ -14,8 +14,9 @@ from app.ml.data import holdout_split
 from app.ml.hybrid import BiasTerms
 from app.ml.metrics import evaluate_scorer
 from app.ml.model import StackedAutoencoder
+from app.ml.network import EpochReport, HeadBest, validate
 from app.ml.scoring import FoldInScorer
-from app.ml.train import EpochReport, HeadBest, stage_deadlines, train_model, validate
+from app.ml.train import stage_deadlines, train_model
 
 
 def test_training_beats_popularity_bias_and_ease(synthetic) -> None:
@@ -222,7 +223,7 @@ def test_rating_never_loses_to_its_bias_terms(synthetic) -> None:
 
 
 def test_validation_user_sample_is_fixed(synthetic) -> None:
-    from app.ml.train import validation_users
+    from app.ml.network import validation_users
 
     _, valid = holdout_split(synthetic, 0.1, seed=0)
     config = config_from("fast", max_valid_users=25)
@@ -236,7 +237,7 @@ def test_validation_user_sample_is_fixed(synthetic) -> None:
 def test_an_epoch_takes_at_most_epoch_steps_steps(synthetic) -> None:
     """Big data gets bigger batches (a step's fixed cost grows with the catalog); data with
     at most batch_size x epoch_steps users keeps batch_size, whatever its size."""
-    from app.ml.train import build_model, make_optimizer, seed_everything, train_epoch
+    from app.ml.network import build_model, make_optimizer, seed_everything, train_epoch
 
     users = np.flatnonzero(np.diff(synthetic.matrix.indptr))
     assert users.size > 30
