@@ -115,14 +115,13 @@ class ModelConfig(BaseModel):
     """share of the rating network against the bias terms; None = chosen on validation."""
     # the rating network (app/ml/train.py: train_rating_network)
     rating_network: bool = True
-    """train a second, rating-only network (no ranking head) for the served ratings. The
-    ranking loss pulls the shared encoder towards which movies a user rates: on ml-100k u1
-    a rating-only network predicts test ratings at RMSE 0.916 against the joint head's
-    0.924, for about a third of the joint network's training time. The joint network's
-    rating head stays a part of the rating blend."""
+    """train a second, rating-only network (no ranking head) for the served ratings: the
+    ranking loss pulls a shared encoder towards which movies a user rates, and a network
+    of its own predicts better for a third of the joint one's training (docs/design.md).
+    The joint network's rating head stays a part of the rating blend."""
     refit: bool = True
-    """once validation has chosen epochs and blend, fit the rating network and the bias
-    terms again on all the ratings, validation included (the ranking parts are kept)."""
+    """once validation has chosen epochs, the item path and the blend, fit every part the
+    blend uses again on all the ratings, validation included."""
     # the fold-in matrix factorisation (app/ml/factors.py), a rating part of the blend
     factors: bool = True
     """fit a matrix factorisation of the bias terms' residuals and blend it into the
@@ -136,9 +135,8 @@ class ModelConfig(BaseModel):
     rating_hidden: LayerSizes = Field((200,), min_length=1)
     """hidden layer sizes of the rating network."""
     rating_lr: float = Field(1e-3, gt=0.0)
-    """learning rate of the rating network (its other settings are the joint network's).
-    Slower than ``lr``: validation RMSE 0.9014 vs 0.9029 on u1, 0.8649 vs 0.8672 on
-    ml-1m-half, 0.9321 vs 0.9342 on sparse-100k, for ~1.6x its training time."""
+    """learning rate of the rating network (its other settings are the joint network's);
+    slower than ``lr``, it predicts better on every set measured, for ~1.6x the epochs."""
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
