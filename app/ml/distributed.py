@@ -1,8 +1,9 @@
 """Data-parallel training on PyTorch's own engine (DistributedDataParallel under torchrun).
 
 Users are sharded across ranks; every rank holds the full model and the gradients are
-averaged by DDP (gloo on CPU, nccl on GPU). Rank 0 alone validates, decides early
-stopping (broadcast to the others) and keeps the best weights. With no process group
+averaged by DDP (gloo on CPU, nccl on GPU). Rank 0 alone validates; its figures and its
+decisions (early stopping, what the refit trains) are broadcast, so every rank keeps the
+same epochs and takes the same collective steps. With no process group
 initialised everything here is a no-op, so the single-process trainer uses the same code.
 """
 
@@ -12,13 +13,15 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+T = TypeVar("T")
 
 
 class _DDP(DistributedDataParallel):
@@ -71,11 +74,17 @@ class DistributedContext:
 
     def agree(self, decision: bool) -> bool:
         """Rank 0's decision, on every rank."""
+        return bool(self.from_main(decision))
+
+    def from_main(self, value: T) -> T:
+        """Rank 0's ``value`` (any picklable object), on every rank: what only rank 0
+        computes (validation figures) or what timing decides (a deadline) must not let
+        the ranks' next collective steps differ."""
         if not self.active:
-            return decision
-        flag = [decision]
-        dist.broadcast_object_list(flag, src=0)
-        return bool(flag[0])
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
 
 def init_from_environment(device: str | None = None) -> DistributedContext:

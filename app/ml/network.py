@@ -318,7 +318,7 @@ def train_network(
     optimizer = make_optimizer(model, config)
     users = ctx.shard(np.flatnonzero(np.diff(train.matrix.indptr)))
     sampler = NegativeSampler.for_training(train.matrix, config, dev)
-    has_valid = valid.nnz > 0 and ctx.is_main
+    has_valid = valid.nnz > 0
     rank_best, rate_best = HeadBest(), HeadBest()
     history: list[EpochReport] = []
     for epoch in range(1, config.epochs + 1):
@@ -327,7 +327,10 @@ def train_network(
             loss, rank, rate = train_epoch(
                 trained, train.matrix, users, optimizer, config, rng, dev, sampler
             )
-        metrics = validate(model, train.matrix, valid.matrix, config) if has_valid else NO_METRICS
+        # rank 0 validates; every rank keeps the epochs its figures choose
+        validated = has_valid and ctx.is_main
+        metrics = validate(model, train.matrix, valid.matrix, config) if validated else NO_METRICS
+        metrics = ctx.from_main(metrics)
         ndcg, rmse = metrics["ndcg@10"], metrics["rmse"]
         if not has_valid:  # no figures: the snapshot epochs score best, else the latest
             rank_at, rate_at = snapshots or (config.epochs, config.epochs)

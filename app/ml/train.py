@@ -17,6 +17,7 @@ import torch
 from app.ml.blend import Validation, best_ease, choose_blend, choose_item_path
 from app.ml.config import ModelConfig, rating_network_config
 from app.ml.data import RatingMatrix
+from app.ml.distributed import DistributedContext
 from app.ml.factors import ItemFactors
 from app.ml.hybrid import BiasTerms, Blend, HybridModel, log_popularity
 from app.ml.item_path import ItemToItem, refitted
@@ -197,7 +198,8 @@ def refit_on_all(
     ``config.refit``, a validation split or time before ``deadline``; a network whose epochs
     would not fit before it (timed by its validated run) keeps its validated weights.
     """
-    if not config.refit or valid.nnz == 0 or _late(deadline):
+    ctx = DistributedContext.current()  # the ranks must train the same networks, or hang
+    if not config.refit or valid.nnz == 0 or ctx.agree(_late(deadline)):
         return result
     phases = phases or Phases()
     started = time.perf_counter()
@@ -214,9 +216,10 @@ def refit_on_all(
         not config.rating_network and blend.rating_weight > 0
     )
     epochs_needed = max(rank_epoch, rate_epoch)
-    joint = (deep_ranks or joint_rates) and _fits(result.history, epochs_needed, growth, deadline)
+    fits = _fits(result.history, epochs_needed, growth, deadline)
+    joint = ctx.agree((deep_ranks or joint_rates) and fits)
     rating_epochs = int(metrics.get("rating_network_epoch", 0))
-    rated = config.rating_network and blend.rating_weight > 0
+    rated = ctx.agree(config.rating_network and blend.rating_weight > 0)
     steps = (epochs_needed if joint else 0) + (rating_epochs if rated else 0) + 1
     done = 0
 
@@ -232,7 +235,7 @@ def refit_on_all(
         rank_net = nets.rank_net
         rate_net = rate_net if config.rating_network else nets.rate_net
         metrics["refit_joint_network"] = 1.0
-    if rated and not _late(deadline):
+    if rated and not ctx.agree(_late(deadline)):
         epochs = max(1, rating_epochs)
         settings = rating_network_config(config)
         rate_net = train_network(
