@@ -33,7 +33,7 @@ from app.observability import (
 )
 from app.services.errors import ServiceError
 from app.services.trending import TrendingLists
-from app.serving import popular
+from app.serving.popular import REFRESH_SECONDS
 from app.serving.recommender import TORCH_THREADS, Recommender
 
 log = get_logger("saerec.app")
@@ -177,10 +177,10 @@ def _try(action: Callable[[], object], what: str) -> None:
         log.warning(f"{what}_failed", error=f"{type(exc).__name__}: {exc}")
 
 
-async def _every(seconds: float, action: Callable[[], object]) -> None:
+async def _every(seconds: float, action: Callable[[], object], what: str) -> None:
     while True:
         await asyncio.sleep(seconds)
-        await asyncio.to_thread(_try, action, action.__name__)
+        await asyncio.to_thread(_try, action, what)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -201,7 +201,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.trending = TrendingLists(settings.trending_cache_seconds)
         # Both before the first request: no request pays for loading or for the popular list.
         _try(recommender.refresh_model, "initial_model_load")
-        _try(recommender.refresh_popular, "initial_popular_build")
+        _try(recommender.popularity.refresh, "initial_popular_build")
         launcher = (
             JobLauncher(settings, engine, child_env=settings.as_env())
             if settings.run_worker_in_api
@@ -210,18 +210,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.launcher = launcher
         if launcher is not None:
             launcher.start()
-        tasks = [
-            # Requests follow the registry themselves (read your writes); this poll only
-            # preloads a newly activated version while the process is idle.
-            asyncio.create_task(_every(settings.model_poll_seconds, recommender.refresh_model)),
-            asyncio.create_task(
-                _every(popular.REFRESH_SECONDS, recommender.refresh_popular_if_due)
+        timers = (
+            # requests follow the registry themselves: this poll preloads in idle processes
+            (settings.model_poll_seconds, recommender.refresh_model, "refresh_model"),
+            (REFRESH_SECONDS, recommender.popularity.refresh_if_due, "refresh_popular_if_due"),
+            (
+                settings.new_movies_refresh_seconds,
+                recommender.refresh_new_movies,
+                "refresh_new_movies",
             ),
-            # movies added since the model was trained, recommended before a retrain
-            asyncio.create_task(
-                _every(settings.new_movies_refresh_seconds, recommender.refresh_new_movies)
-            ),
-        ]
+        )
+        tasks = [asyncio.create_task(_every(*timer)) for timer in timers]
         log.info(
             "started",
             database=engine.url.render_as_string(hide_password=True),

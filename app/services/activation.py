@@ -22,7 +22,7 @@ def activate_and_preload(
     """
     with sessions() as session:
         registry.get_version(session, version)  # 404 before any load
-    recommender.preload_model(version)
+    recommender.models.preload(version)
     with transaction(sessions) as session:
         row = registry.activate(session, version)
     recommender.refresh_model()

@@ -63,7 +63,7 @@ def start(
     experiment: its first answers wait for no load here; other processes load on demand."""
     with sessions() as session:
         registry.get_version(session, candidate)  # 404 before any load
-    recommender.preload_model(candidate)
+    recommender.models.preload(candidate)
     with transaction(sessions) as session:
         return create(session, candidate, share)
 
@@ -112,7 +112,7 @@ def stop(
             raise ConflictError(f"experiment {experiment_id!r} is not running ({row.status})")
         candidate = row.candidate
     if promote:
-        recommender.preload_model(candidate)
+        recommender.models.preload(candidate)
     with transaction(sessions) as session:
         ended = updated(
             session,
