@@ -1,9 +1,6 @@
-"""Structured logging and Prometheus metrics shared by every route.
-
-With several uvicorn workers (`saerec serve --workers N`) the metrics live in
-prometheus-client's multiprocess mode: `serve` sets PROMETHEUS_MULTIPROC_DIR before the
-workers start, each process writes its values there, and a scrape of any worker adds
-them all up. Gauges therefore say how they combine across processes (multiprocess_mode).
+"""Structured logging and Prometheus metrics shared by every route. With several workers
+the metrics live in prometheus-client's multiprocess mode (`saerec serve` sets its folder),
+so gauges say how they combine across processes.
 """
 
 from __future__ import annotations
@@ -65,12 +62,10 @@ METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 def multiprocess_dir() -> str | None:
-    """The shared metrics folder when running as one of several workers, else None."""
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 def render_metrics() -> bytes:
-    """This process's metrics, or every worker's added up in multiprocess mode."""
     if multiprocess_dir() is None:
         return generate_latest(REGISTRY)
     registry = CollectorRegistry()
@@ -113,12 +108,8 @@ def _renderer(json_logs: bool) -> list[Any]:
 def configure_logging(
     level: str = "INFO", json_logs: bool = False, stream: IO[str] | None = None
 ) -> None:
-    """One format for every line: the app's events and uvicorn's or alembic's records alike.
-
-    Everything goes through the standard library's root handler and structlog's formatter:
-    key=value (coloured) on a terminal, JSON when LOG_JSON is set or the log stream is not
-    a terminal (a container, a pipe, a file), since those are read by log shippers.
-    """
+    """One format for every line, the app's and uvicorn's or alembic's alike: key=value on a
+    terminal, JSON with LOG_JSON or any other stream (read by log shippers)."""
     level_no = logging.getLevelName(level.upper())
     stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
     formatter = structlog.stdlib.ProcessorFormatter(
@@ -135,9 +126,8 @@ def configure_logging(
     root.setLevel(level_no)
     for name in UVICORN_LOGGERS:  # uvicorn's own handlers would print its plain format
         logger = logging.getLogger(name)
-        # Through the root handler, unless uvicorn switched its access log off (no handler
-        # and no propagation, as `saerec serve` asks): a line per request at INFO cost the
-        # hot path's event loop ~2 % of its time for lines nobody asked for.
+        # through the root handler, unless uvicorn switched its access log off (as `serve`
+        # asks: a line per request cost the event loop ~2 %)
         enabled = logger.propagate or bool(logger.handlers)
         logger.handlers.clear()
         logger.propagate = enabled
@@ -162,7 +152,6 @@ def get_logger(name: str) -> Any:
 
 
 def observe_request(method: str, template: str, status: int, seconds: float) -> None:
-    """Count and time one answered request (`MetricsMiddleware`)."""
     REQUESTS.labels(method, template, str(status)).inc()
     LATENCY.labels(method, template).observe(seconds)
 

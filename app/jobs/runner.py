@@ -106,8 +106,7 @@ PHASE_PROGRESS = {
     "blend": (0.8, 0.85),
     "refit": (0.85, 1.0),
 }
-"""The share of a job's progress bar each phase of training (`app.ml.train.PHASES`) covers:
-roughly their shares of an untuned ml-100k or ml-1m training."""
+"""Each phase's share of a job's progress: roughly its share of an untuned training."""
 
 
 def overall_progress(phase: str, step: int, steps: int) -> float:
@@ -116,8 +115,7 @@ def overall_progress(phase: str, step: int, steps: int) -> float:
 
 
 def phase_reporter(factory: sessionmaker[Session], job_id: str) -> Callable[[PhaseReport], None]:
-    """Every phase after the joint network's epochs (`epoch_reporter` writes those) onto
-    the job row: its name and the whole training's progress."""
+    """Each phase onto the job row (the joint network's epochs: `epoch_reporter`)."""
 
     def on_phase(report: PhaseReport) -> None:
         if report.phase == "network" and report.step > 0:
@@ -134,9 +132,8 @@ def phase_reporter(factory: sessionmaker[Session], job_id: str) -> Callable[[Pha
 
 
 def epochs_eta(report: EpochReport, seconds: list[float]) -> float:
-    """Seconds the remaining epochs take at the mean pace so far: an upper bound, since early
-    stopping may end sooner; what follows the epochs (item path, blend, the rating network,
-    the refit) is not in it."""
+    """Seconds the remaining epochs take at the mean pace so far (early stopping may end
+    sooner; the phases after them are not in it)."""
     remaining = max(0, report.epochs - report.epoch)
     return round(sum(seconds) / max(1, len(seconds)) * remaining, 1)
 
@@ -160,9 +157,7 @@ def _trial_reporter(
 
 
 def _epoch_metrics(report: EpochReport) -> dict[str, Any]:
-    """The report's figures, rounded for the job row and the dashboard; a figure not
-    measured (NaN: no validation split, no ranking head) is null, which JSON columns take
-    (PostgreSQL refuses NaN)."""
+    """The report's figures rounded, NaN (not measured) as null: PostgreSQL refuses NaN."""
     return {k: _json_number(v) for k, v in report.as_dict().items()}
 
 

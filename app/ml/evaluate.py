@@ -1,11 +1,8 @@
 """The one evaluation protocol (docs/evaluation.md) applied to the model and the baselines.
 
-Training and early stopping only ever see the ``.base`` file (validation is carved out of
-it); the ``.test`` file is used once, for the final figures. The movie axis is the union of
-the ids in both files, i.e. the catalog, as it is when serving. Any other data set gets
-docs/evaluation.md's per-user holdout (``evaluate_holdout``), with the data set's catalog as
-the movie axis. Baselines include EASE with its lambda tuned on the same validation split
-the model early-stops on, so the model is compared with EASE at its best.
+Training sees only the training part (validation carved out of it), the test part is used
+once; the movie axis is the catalog. EASE's lambda is tuned on the model's validation split,
+so the model meets EASE at its best.
 """
 
 from __future__ import annotations
@@ -56,8 +53,6 @@ COLUMNS: list[tuple[str, str]] = [
 
 @dataclass
 class FittedModel:
-    """What evaluation needs from a trained model: a scorer and how training went."""
-
     scorer: Scorer
     rating_scale: tuple[float, float]
     seconds: float
@@ -73,7 +68,6 @@ def fit_model(
     device: str | None = None,
     threads: int | None = None,
 ) -> FittedModel:
-    """The one place evaluation calls the trainer, so a new trainer is swapped in here only."""
     result: TrainResult = train_model(
         train, valid, config, on_epoch=on_epoch, device=device, threads=threads
     )
@@ -221,10 +215,7 @@ def evaluate_holdout(
     device: str | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """docs/evaluation.md's per-user holdout of any data set (a MovieLens path or loaded ratings).
-
-    The movie axis is the data set's catalog, so coverage is over the whole catalog.
-    """
+    """docs/evaluation.md's per-user holdout of any data set (a path or loaded ratings)."""
     ratings = data if isinstance(data, Ratings) else read_movielens(data)
     full, test = holdout(ratings, seed, fraction)
     result = evaluate_train_test(
@@ -291,7 +282,6 @@ def _cell(value: Any, key: str) -> str:
 
 
 def _label(name: str, row: dict[str, Any]) -> str:
-    """Row name; the tuned EASE row also names its lambda (the mean one over splits)."""
     if name == TUNED_EASE_ROW and isinstance(row.get("lambda"), int | float):
         return f"{name}: {row['lambda']:g}"
     return name

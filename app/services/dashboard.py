@@ -1,8 +1,5 @@
-"""Read-only figures for the admin dashboard: recent jobs, table counts, request metrics.
-
-Everything here is cheap enough to ask for every few seconds: counts on large PostgreSQL
-tables come from the planner's statistics (as the /metrics gauges do), and the request
-figures are read from the Prometheus registry this process already keeps.
+"""Read-only figures for the admin dashboard, cheap enough to poll: large PostgreSQL counts
+come from the planner's statistics, request figures from the Prometheus registry.
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ from app.services.ratings import EXACT_COUNT_BELOW, count_ratings
 
 
 def recent_jobs(session: Session, limit: int) -> list[TrainingJob]:
-    """The newest training jobs first (whatever their status)."""
     query = select(TrainingJob).order_by(TrainingJob.created_at.desc(), TrainingJob.id).limit(limit)
     return list(session.scalars(query))
 
@@ -81,7 +77,6 @@ class _Route:
 
 
 def _families() -> Iterable[Metric]:
-    """This process's metrics, or every worker's added up (as /metrics answers)."""
     if multiprocess_dir() is None:
         return REGISTRY.collect()
     merged = CollectorRegistry()
@@ -90,7 +85,6 @@ def _families() -> Iterable[Metric]:
 
 
 def request_stats() -> RequestStatsOut:
-    """Requests and latency per route template, and over all routes."""
     routes: dict[tuple[str, str], _Route] = defaultdict(_Route)
     requests_name, latency_name = (next(iter(m.describe())).name for m in (REQUESTS, LATENCY))
     for family in _families():
@@ -150,11 +144,8 @@ def _mean_ms(route: _Route) -> float | None:
 
 
 def quantile_from_buckets(buckets: dict[float, float], q: float) -> float | None:
-    """Prometheus' histogram_quantile: linear within the bucket the rank falls in.
-
-    ``buckets`` maps each upper bound (``le``, +Inf included) to its cumulative count. A
-    rank in the +Inf bucket answers the largest finite bound: the histogram knows no more.
-    """
+    """Prometheus' histogram_quantile over cumulative counts by upper bound (+Inf: the
+    largest finite bound, all the histogram knows)."""
     bounds = sorted(buckets)
     if not bounds or buckets[bounds[-1]] <= 0:
         return None
