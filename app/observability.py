@@ -82,11 +82,6 @@ def forget_this_process() -> None:
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 
-def _is_tty(stream: IO[str]) -> bool:
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
-
-
 class _StderrHandler(logging.StreamHandler[IO[str]]):
     """Writes to whatever sys.stderr is when a record comes (test runners swap it)."""
 
@@ -99,12 +94,6 @@ class _StderrHandler(logging.StreamHandler[IO[str]]):
         pass
 
 
-def _renderer(json_logs: bool) -> list[Any]:
-    if json_logs:
-        return [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
-    return [structlog.dev.ConsoleRenderer()]
-
-
 def configure_logging(
     level: str = "INFO", json_logs: bool = False, stream: IO[str] | None = None
 ) -> None:
@@ -112,12 +101,13 @@ def configure_logging(
     terminal, JSON with LOG_JSON or any other stream (read by log shippers)."""
     level_no = logging.getLevelName(level.upper())
     stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    isatty = getattr(stream or sys.stderr, "isatty", None)
+    renderer: list[Any] = [structlog.dev.ConsoleRenderer()]
+    if json_logs or not (isatty and isatty()):
+        renderer = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, stamp],
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            *_renderer(json_logs or not _is_tty(stream or sys.stderr)),
-        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
     )
     handler = logging.StreamHandler(stream) if stream else _StderrHandler()
     handler.setFormatter(formatter)
@@ -151,11 +141,6 @@ def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
 
 
-def observe_request(method: str, template: str, status: int, seconds: float) -> None:
-    REQUESTS.labels(method, template, str(status)).inc()
-    LATENCY.labels(method, template).observe(seconds)
-
-
 class MetricsMiddleware:
     """Counts and times requests by route template (not raw path: ids would explode labels)."""
 
@@ -182,7 +167,8 @@ class MetricsMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             elapsed = time.perf_counter() - started
-            observe_request(scope["method"], template, status, elapsed)
+            REQUESTS.labels(scope["method"], template, str(status)).inc()
+            LATENCY.labels(scope["method"], template).observe(elapsed)
             if status >= 500:
                 self.log.warning(
                     "request_failed",

@@ -395,13 +395,13 @@ _API_TYPES: dict[str, Any] = {
 }
 
 
-def _drop_default(schema: dict[str, Any]) -> None:
-    schema.pop("default", None)
-
-
 def _optional(description: str | None) -> Any:
     """May be omitted (the preset's value); null is no default the schema offers."""
-    return Field(default=None, description=description, json_schema_extra=_drop_default)
+    return Field(
+        default=None,
+        description=description,
+        json_schema_extra=lambda schema: schema.pop("default", None),
+    )
 
 
 def _retrain_model() -> type[BaseModel]:

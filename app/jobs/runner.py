@@ -92,7 +92,10 @@ def epoch_reporter(factory: sessionmaker[Session], job_id: str) -> Callable[[Epo
             epochs=report.epochs,
             phase="network",
             progress=overall_progress("network", report.epoch, report.epochs),
-            metrics={**_epoch_metrics(report), "eta_seconds": epochs_eta(report, seconds)},
+            metrics={
+                **{k: _json_number(v) for k, v in report.as_dict().items()},
+                "eta_seconds": epochs_eta(report, seconds),
+            },
             heartbeat_at=utcnow(),
         )
 
@@ -156,12 +159,8 @@ def _trial_reporter(
     return on_trial
 
 
-def _epoch_metrics(report: EpochReport) -> dict[str, Any]:
-    """The report's figures rounded, NaN (not measured) as null: PostgreSQL refuses NaN."""
-    return {k: _json_number(v) for k, v in report.as_dict().items()}
-
-
 def _json_number(value: Any) -> Any:
+    """A figure rounded, NaN (not measured) as null: PostgreSQL refuses NaN."""
     if not isinstance(value, float):
         return value
     return None if math.isnan(value) else round(value, 5)

@@ -114,7 +114,7 @@ class RetrainSchedule:
             since = as_aware(last.created_at)
         else:  # never a job: start the clock at the first check that sees ratings
             if self._first_seen is None:
-                if not _has_ratings(session):
+                if session.scalar(select(Rating.user_id).limit(1)) is None:
                     return False
                 self._first_seen = now
             since = self._first_seen
@@ -142,7 +142,3 @@ def _trained_on(session: Session) -> int:
         select(ModelVersion.data_size).order_by(ModelVersion.created_at.desc()).limit(1)
     )
     return int((size or {}).get("ratings", 0))
-
-
-def _has_ratings(session: Session) -> bool:
-    return session.scalar(select(Rating.user_id).limit(1)) is not None

@@ -65,12 +65,9 @@ def fit_model(
     valid: RatingMatrix,
     config: ModelConfig,
     on_epoch: Callable[[EpochReport], None] | None = None,
-    device: str | None = None,
     threads: int | None = None,
 ) -> FittedModel:
-    result: TrainResult = train_model(
-        train, valid, config, on_epoch=on_epoch, device=device, threads=threads
-    )
+    result: TrainResult = train_model(train, valid, config, on_epoch=on_epoch, threads=threads)
     info = {
         "best_epoch": result.best_epoch,
         "rate_epoch": result.metrics.get("rate_epoch"),
@@ -135,12 +132,11 @@ def evaluate_train_test(
     baselines: bool = True,
     baseline_makers: dict[str, Callable[[], Baseline]] | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
-    device: str | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Train on ``full`` (validation carved out of it), score ``test``: model and baselines."""
     train, valid = holdout_split(full, config.validation_fraction, config.seed)
-    fitted = fit_model(train, valid, config, on_epoch=on_epoch, device=device, threads=threads)
+    fitted = fit_model(train, valid, config, on_epoch=on_epoch, threads=threads)
     rows: dict[str, dict[str, Any]] = {}
     if baselines:
         rows = _baseline_rows(full, test, train, valid, baseline_makers or BASELINES)
@@ -187,14 +183,11 @@ def evaluate_split(
     config: ModelConfig,
     baselines: bool = True,
     on_epoch: Callable[[EpochReport], None] | None = None,
-    device: str | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Train on base, score base+test with the protocol; rows for the model and baselines."""
     full, test = file_split(base_path, test_path)
-    result = evaluate_train_test(
-        full, test, config, baselines, on_epoch=on_epoch, device=device, threads=threads
-    )
+    result = evaluate_train_test(full, test, config, baselines, on_epoch=on_epoch, threads=threads)
     return {"split": Path(base_path).stem, **result}
 
 
@@ -211,8 +204,6 @@ def evaluate_holdout(
     baselines: bool = True,
     seed: int = HOLDOUT_SEED,
     fraction: float = HOLDOUT_FRACTION,
-    on_epoch: Callable[[EpochReport], None] | None = None,
-    device: str | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
     """docs/evaluation.md's per-user holdout of any data set (a path or loaded ratings)."""
@@ -224,8 +215,6 @@ def evaluate_holdout(
         config,
         baselines,
         holdout_baselines(),
-        on_epoch=on_epoch,
-        device=device,
         threads=threads,
     )
     return {"split": holdout_label(ratings, seed, fraction), "skipped": ratings.skipped, **result}
@@ -262,13 +251,10 @@ def mean_rows(all_rows: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, 
     out: dict[str, dict[str, float]] = {}
     for name in all_rows[0]:
         keys = set.intersection(*(set(rows[name]) for rows in all_rows))
-        numeric = (k for k in keys if all(_is_number(rows[name][k]) for rows in all_rows))
+        number = int | float | np.integer | np.floating
+        numeric = (k for k in keys if all(isinstance(rows[name][k], number) for rows in all_rows))
         out[name] = {k: float(np.mean([rows[name][k] for rows in all_rows])) for k in numeric}
     return out
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating)
 
 
 def _cell(value: Any, key: str) -> str:
