@@ -65,12 +65,17 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
-def render_metrics() -> bytes:
+def metrics_registry() -> CollectorRegistry:
+    """This process's registry, or one adding up every worker's in multiprocess mode."""
     if multiprocess_dir() is None:
-        return generate_latest(REGISTRY)
+        return REGISTRY
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
-    return generate_latest(registry)
+    return registry
+
+
+def render_metrics() -> bytes:
+    return generate_latest(metrics_registry())
 
 
 def forget_this_process() -> None:

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
-from prometheus_client.metrics_core import Metric
 from sqlalchemy import distinct, func, select, text
 from sqlalchemy.orm import Session
 
 from app.jobs.queue import count_jobs_by_status
 from app.models import Movie, Rating, TrainingJob
-from app.observability import LATENCY, REQUESTS, multiprocess_dir
+from app.observability import LATENCY, REQUESTS, metrics_registry, multiprocess_dir
 from app.schemas import RequestStatsOut, RouteStatsOut, ServiceStatsOut
 from app.services import registry
 from app.services.ratings import EXACT_COUNT_BELOW, count_ratings
@@ -63,9 +60,6 @@ def _count_users(session: Session, ratings: int) -> tuple[int, bool]:
     return session.scalar(select(func.count(distinct(Rating.user_id)))) or 0, False
 
 
-# -- request figures from the Prometheus registry ------------------------------------------
-
-
 @dataclass
 class _Route:
     requests: int = 0
@@ -76,44 +70,28 @@ class _Route:
     buckets: dict[float, float] = field(default_factory=lambda: defaultdict(float))
 
 
-def _families() -> Iterable[Metric]:
-    if multiprocess_dir() is None:
-        return REGISTRY.collect()
-    merged = CollectorRegistry()
-    multiprocess.MultiProcessCollector(merged)
-    return merged.collect()
-
-
 def request_stats() -> RequestStatsOut:
     routes: dict[tuple[str, str], _Route] = defaultdict(_Route)
+    everything = _Route()
     requests_name, latency_name = (next(iter(m.describe())).name for m in (REQUESTS, LATENCY))
-    for family in _families():
+    for family in metrics_registry().collect():
         if family.name not in (requests_name, latency_name):
             continue
         for sample in family.samples:
-            labels = sample.labels
-            route = routes[(labels.get("method", ""), labels.get("route", ""))]
-            if sample.name == f"{requests_name}_total":
-                answered = int(sample.value)
-                route.requests += answered
-                status = labels.get("status", "")
-                route.errors += answered if status.startswith("5") else 0
-                route.client_errors += answered if status.startswith("4") else 0
-            elif sample.name == f"{latency_name}_bucket":
-                route.buckets[float(labels["le"])] += sample.value
-            elif sample.name == f"{latency_name}_sum":
-                route.seconds += sample.value
-            elif sample.name == f"{latency_name}_count":
-                route.observed += int(sample.value)
-    everything = _Route()
-    for route in routes.values():
-        everything.requests += route.requests
-        everything.errors += route.errors
-        everything.client_errors += route.client_errors
-        everything.seconds += route.seconds
-        everything.observed += route.observed
-        for bound, count in route.buckets.items():
-            everything.buckets[bound] += count
+            labels, value = sample.labels, sample.value
+            key = (labels.get("method", ""), labels.get("route", ""))
+            for route in (routes[key], everything):
+                if sample.name == f"{requests_name}_total":
+                    status = labels.get("status", "")
+                    route.requests += int(value)
+                    route.errors += int(value) if status.startswith("5") else 0
+                    route.client_errors += int(value) if status.startswith("4") else 0
+                elif sample.name == f"{latency_name}_bucket":
+                    route.buckets[float(labels["le"])] += value
+                elif sample.name == f"{latency_name}_sum":
+                    route.seconds += value
+                elif sample.name == f"{latency_name}_count":
+                    route.observed += int(value)
     busiest = sorted(routes.items(), key=lambda item: (-item[1].requests, item[0]))
     return RequestStatsOut(
         scope="process" if multiprocess_dir() is None else "all workers",
