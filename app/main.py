@@ -115,14 +115,20 @@ UNKNOWN_QUERY_NOTE = "Validation Error, also for a query parameter this operatio
 BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
 
-def _note_unknown_query(schema: dict[str, Any]) -> None:
-    """Each 422 of an operation with query parameters says undeclared ones are refused."""
+def _query_parameters(schema: dict[str, Any]) -> None:
+    """Each 422 of an operation with query parameters says undeclared ones are refused. A
+    repeatable one sent once (`?genre=Drama`) is the same text as a list of one, so the
+    schema admits the item alone too (else a fuzzer's "not an array" case is accepted)."""
     for path in schema.get("paths", {}).values():
         for operation in path.values():
-            params = operation.get("parameters", [])
+            query = [p for p in operation.get("parameters", []) if p.get("in") == "query"]
             answer = operation.get("responses", {}).get("422")
-            if answer and any(p.get("in") == "query" for p in params):
+            if answer and query:
                 answer["description"] = UNKNOWN_QUERY_NOTE
+            for param in query:
+                choices = param.get("schema", {}).get("anyOf") or []
+                arrays = [c for c in choices if c.get("type") == "array" and "items" in c]
+                choices.extend(array["items"] for array in arrays)
 
 
 def _integer_bounds(node: Any) -> None:
@@ -140,20 +146,6 @@ def _integer_bounds(node: Any) -> None:
             _integer_bounds(value)
 
 
-def _repeatable_sent_once(schema: dict[str, Any]) -> None:
-    """A repeatable query parameter sent once (`?genre=Drama`) is a list of one: in a query
-    string one item and a one-item array are the same text, so the schema admits the item
-    alone too (else a fuzzer's "not an array" case is that very text, and accepted)."""
-    for path in schema.get("paths", {}).values():
-        for operation in path.values():
-            for param in operation.get("parameters", []):
-                choices = param.get("schema", {}).get("anyOf")
-                if param.get("in") != "query" or not choices:
-                    continue
-                arrays = [c for c in choices if c.get("type") == "array" and "items" in c]
-                choices.extend(array["items"] for array in arrays)
-
-
 def _truthful_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     """app.openapi, finished so that it states exactly what the server accepts."""
     generate = app.openapi
@@ -161,8 +153,7 @@ def _truthful_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = generate()
-            _note_unknown_query(schema)
-            _repeatable_sent_once(schema)
+            _query_parameters(schema)
             _integer_bounds(schema)
         return app.openapi_schema or generate()
 

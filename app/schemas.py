@@ -99,14 +99,11 @@ class RatingIn(StrictBody):
     )
 
 
-class UserRatingItem(BaseModel):
+class RatingOut(BaseModel):
+    user_id: int
     movie_id: int
     rating: float
     timestamp: int
-
-
-class RatingOut(UserRatingItem):
-    user_id: int
 
 
 class RatingBatchIn(StrictBody):
@@ -119,6 +116,12 @@ class RatingBatchIn(StrictBody):
 class RatingBatchOut(BaseModel):
     inserted: int
     updated: int
+
+
+class UserRatingItem(BaseModel):
+    movie_id: int
+    rating: float
+    timestamp: int
 
 
 class UserRatingsPage(BaseModel):
@@ -158,20 +161,19 @@ class MoviesPage(BaseModel):
     items: list[MovieOut]
 
 
-class _ListQuery(BaseModel):
-    """A query string as FastAPI's query model: the OpenAPI parameters are exactly what is
-    checked, unknown names are 422."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    n: int = Field(10, ge=1, le=100, description="how many movies to list")
-    genre: list[QueryGenre] | None = Field(
-        None, max_length=20, description="repeatable: movies in any of these genres"
-    )
+# A query string as FastAPI's query model: the OpenAPI parameters are exactly what is
+# checked, unknown names are 422.
+_QUERY = ConfigDict(extra="forbid", frozen=True)
+N = Field(10, ge=1, le=100, description="how many movies to list")
+GENRES = Field(None, max_length=20, description="repeatable: movies in any of these genres")
 
 
-class TrendingQuery(_ListQuery):
+class TrendingQuery(BaseModel):
+    model_config = _QUERY
+
+    n: int = N
     days: int = Field(7, ge=1, le=365, description="the window: ratings of the last days")
+    genre: list[QueryGenre] | None = GENRES
 
 
 class TrendingItem(BaseModel):
@@ -236,7 +238,11 @@ class RecommendationItem(BaseModel):
     )
 
 
-class RecommendationQuery(_ListQuery):
+class RecommendationQuery(BaseModel):
+    model_config = _QUERY
+
+    n: int = N
+    genre: list[QueryGenre] | None = GENRES
     exclude: list[PositiveId] | None = Field(
         None, max_length=100, description="repeatable: movie ids not to list this time"
     )
@@ -448,6 +454,8 @@ Timestamp = Annotated[
 
 
 class JobOut(BaseModel):
+    """A training_jobs row as the API shows it, read from the ORM object."""
+
     model_config = ConfigDict(from_attributes=True)
 
     job_id: str = Field(validation_alias="id")
@@ -472,14 +480,17 @@ class JobOut(BaseModel):
     finished_at: Timestamp | None
 
 
-class DismissalItem(BaseModel):
+class DismissalOut(BaseModel):
+    user_id: int
     movie_id: int
     title: str
     dismissed_at: Timestamp
 
 
-class DismissalOut(DismissalItem):
-    user_id: int
+class DismissalItem(BaseModel):
+    movie_id: int
+    title: str
+    dismissed_at: Timestamp
 
 
 class UserDismissalsOut(BaseModel):
@@ -488,6 +499,8 @@ class UserDismissalsOut(BaseModel):
 
 
 class ModelVersionOut(BaseModel):
+    """A model_versions row as the API shows it (never the artifact bytes)."""
+
     model_config = ConfigDict(from_attributes=True, protected_namespaces=())
 
     version: str
@@ -519,6 +532,8 @@ class RouteStatsOut(BaseModel):
 
 
 class RequestStatsOut(BaseModel):
+    """HTTP figures since the process started, read from its Prometheus registry."""
+
     scope: Literal["process", "all workers"] = Field(
         description="this process's requests, or every worker's under `serve --workers N`"
     )
@@ -533,6 +548,8 @@ class RequestStatsOut(BaseModel):
 
 
 class ServiceStatsOut(BaseModel):
+    """What the admin dashboard shows about the service as a whole."""
+
     model_config = ConfigDict(protected_namespaces=())
 
     ratings: int
@@ -584,6 +601,8 @@ class ExperimentStopIn(StrictBody):
 
 
 class ExperimentOut(BaseModel):
+    """An experiments row as the API shows it."""
+
     model_config = ConfigDict(from_attributes=True, populate_by_name=True)
 
     experiment_id: str = Field(validation_alias="id")

@@ -60,7 +60,8 @@ async def recommendations(
 async def session_recommendations(
     recommender: RecommenderDep, body: SessionRecommendationsIn
 ) -> Response:
-    """An anonymous session, folded in as a stored user is; nothing is stored."""
+    """An anonymous session: its ratings are folded in as a stored user's are, through the
+    same batcher, model and filters; nothing is stored."""
     request = RecommendRequest(
         None,
         body.n,
