@@ -68,10 +68,7 @@ def migrate() -> None:
 
 
 class _ByteBar:
-    """The bar for the services' byte progress (import, download): one tqdm per label.
-
-    The services only report (label, bytes so far, total); drawing is the CLI's job.
-    """
+    """One tqdm per label for the services' byte progress: drawing is the CLI's job."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -153,10 +150,8 @@ def download(name: str, dest: Path) -> None:
 def serve(host: str, port: int, workers: int) -> None:
     """Run the API with uvicorn.
 
-    Several workers share one metrics folder (prometheus-client's multiprocess mode), so
-    a scrape of any of them counts every worker's requests. The folder is new for each
-    start, so no count survives from an earlier run, and it is removed on exit; it is
-    created under METRICS_DIR (e.g. a tmpfs) or the system's temporary directory.
+    Several workers share a metrics folder, new for each start (under METRICS_DIR, else the
+    system's temporary directory), so a scrape of any counts every worker's requests.
     """
     import os
     import shutil
@@ -215,8 +210,7 @@ def _model_config(preset: str | None, pairs: tuple[str, ...], epochs: int | None
 
 
 class _LazyBar:
-    """A tqdm bar drawn at the first progress, so a run that fails before it (an empty
-    database) prints its error alone, not a 0 % bar first."""
+    """A tqdm bar drawn at the first progress: a run that fails before it prints no bar."""
 
     def __init__(self, **options: Any) -> None:
         self.options = options
@@ -237,9 +231,7 @@ class _LazyBar:
 def _training_bar(
     total: int, enabled: bool
 ) -> tuple[_LazyBar, Callable[[EpochReport], None], Callable[[PhaseReport], None]]:
-    """One bar through every phase of training: the joint network's epochs with their
-    figures, then the rating network's epochs, the item path's closed forms, the blend and
-    the refit, each named as it starts (so the bar never sits silent after the epochs)."""
+    """One bar through every phase of training, each named as it starts."""
     lazy = _LazyBar(total=total, desc="network", unit="step", disable=not enabled)
     shown = {"phase": "network"}
 
@@ -266,7 +258,7 @@ def _training_bar(
 
 
 def _say_how_training_ended(metrics: dict[str, Any], epochs: int) -> None:
-    """The bar stops short when early stopping ends training: say so, and which epochs won."""
+    """When early stopping ended training, say so and which epochs won."""
     run = metrics.get("epochs_run")
     if isinstance(run, int) and run < epochs:
         click.echo(
@@ -278,7 +270,6 @@ def _say_how_training_ended(metrics: dict[str, Any], epochs: int) -> None:
 
 
 def _trial_bar(budget: float, enabled: bool) -> tuple[_LazyBar, Callable[[dict], None]]:
-    """Seconds of the search budget spent, with the last trial's outcome."""
     import time
 
     lazy = _LazyBar(total=round(budget), desc="search", unit="s", disable=not enabled)
@@ -433,12 +424,7 @@ def train(
 )
 @_PRESET
 @_SET
-@click.option(
-    "--epochs",
-    type=click.IntRange(1, 100_000),
-    default=None,
-    help="maximum training epochs (overrides the preset's)",
-)
+@_EPOCHS
 @click.option(
     "--baselines/--no-baselines",
     default=True,

@@ -23,10 +23,9 @@ PLACEHOLDER_TOKENS = {
 
 
 class Settings(BaseSettings):
-    """The one settings class of the server, the CLI and the training worker: each field is
-    read from its name in upper case (``serve`` reads ``MODEL_DIR`` from ``model_dir``), and
-    holds its only default, bounds and meaning. Figures only a benchmark would move are
-    constants next to the code they tune, not settings."""
+    """The one settings class of the server, the CLI and the worker: each field is read from
+    its name in upper case and holds its only default and bounds. Figures only a benchmark
+    would move are constants beside the code they tune."""
 
     # hide_input_in_errors: a rejected setting must not print secrets (token, DB password).
     model_config = SettingsConfigDict(
@@ -62,29 +61,22 @@ class Settings(BaseSettings):
 
     # -- serving -------------------------------------------------------------------------
     model_dir: Path = Path("./var/models")
-    """where training writes artifacts and every process keeps its cache of them, loaded
-    memory-mapped (one copy per host in page cache); the database holds the one stored copy,
-    so the folder may be deleted at any time (a missing file is fetched again)."""
+    """each host's cache of the artifacts (the database holds the stored copy): may be
+    deleted at any time."""
     artifact_chunk_bytes: int = Field(default=64 * 2**20, ge=1024, le=512 * 2**20)
-    """size of the pieces a model artifact is stored in, in the database (a chunk at a time
-    is held in memory while one is registered or fetched)."""
+    """size of the pieces a model artifact is stored in (one is held in memory at a time)."""
     answer_cache_size: int = Field(default=20_000, ge=0)
     """answers kept per model version (0 = no answer cache): memory against repeat hits."""
     trending_cache_seconds: float = Field(default=10.0, ge=0)
-    """how long a process reuses a trending list (0 = every request reads the window);
-    hidden movies are re-checked on every request all the same."""
+    """how long a process reuses a trending list (0 = every request reads the window)."""
     model_poll_seconds: float = Field(default=2.0, gt=0)
-    """how often an idle process looks for a new version to preload (requests follow the
-    registry on their own: read your writes)."""
+    """how often an idle process looks for a new version to preload."""
     new_movies_refresh_seconds: float = Field(default=60.0, gt=0, le=180)
-    """how often a process re-reads the movies added since its model was trained, so they
-    are recommended from their ratings before a retrain (at most 3 minutes behind)."""
+    """how often a process re-reads the movies added since its model was trained."""
     record_impressions: bool = True
-    """record every recommendation answer as an impression (false: answers still carry a
-    recommendation_id, nothing is written; for measuring what recording costs)."""
+    """record every recommendation answer as an impression (false: nothing is written)."""
     impression_queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
-    """impressions a process holds for its writer; past it they are dropped (and counted
-    in /metrics), never the answers: the bound on what a database that lags costs memory."""
+    """impressions a process holds for its writer; past it they are dropped and counted."""
     impression_retention_days: float | None = Field(default=90.0, gt=0)
     """impressions older than this are deleted by each process's writer (None: kept)."""
     attribution_window_seconds: int = Field(default=7 * 86_400, ge=1)
@@ -92,8 +84,7 @@ class Settings(BaseSettings):
     experiment_min_impressions: int = Field(default=500, ge=1)
     """impressions each arm needs before an experiment's report gives a verdict."""
     metrics_dir: Path | None = None
-    """where `serve --workers N` (N > 1) creates each start's folder for prometheus-client's
-    multiprocess mode; None = the system's temporary directory."""
+    """where `serve --workers N` puts each start's metrics folder (None = the temp dir)."""
 
     # -- training ------------------------------------------------------------------------
     train_preset: str = "default"
@@ -101,11 +92,10 @@ class Settings(BaseSettings):
     train_budget_seconds: float = Field(default=0.0, ge=0.0)
     """seconds for a hyper-parameter search before each training (0 = train the preset)."""
     train_max_seconds: float = Field(default=1440.0, gt=0.0)
-    """the most the networks of a training without a search may take: each stops at its
-    best epochs so far when its share is spent (`train.STAGE_SHARES`)."""
+    """the most the networks of a training without a search may take (each stops at its
+    best epochs so far)."""
     torch_threads: int | None = Field(default=None, ge=1)
-    """torch/BLAS threads of a training process (None = the core count); 1 is faster when
-    training shares the cores with an API process."""
+    """torch/BLAS threads of a training process (None = the core count)."""
     device: str | None = None
     """``cuda`` or ``cpu`` for training (None = cuda when available)."""
     quality_gate_margin: float = Field(default=0.02, ge=0.0)
@@ -115,14 +105,12 @@ class Settings(BaseSettings):
     keep_model_versions: int = Field(default=5, ge=1)
     """model versions kept (the active one always) for rollback."""
     run_worker_in_api: bool = True
-    """API processes launch queued training jobs (and check the retrain schedule)
-    themselves; false = only `saerec worker` does."""
+    """API processes launch queued training jobs themselves (false: only `saerec worker`)."""
     retrain_interval_seconds: float | None = Field(default=None, gt=0)
     """a retrain is due this long after the newest job (any trigger) was queued."""
     retrain_min_new_ratings: int | None = Field(default=None, ge=1)
-    """a retrain is due once the rating count exceeds the newest model's training data by
-    this many; with both RETRAIN_* set, only when both hold. Both unset = only admins
-    queue retrains."""
+    """a retrain is due once the ratings exceed the newest model's training data by this
+    many (with both RETRAIN_* set, when both hold)."""
 
     @property
     def is_sqlite(self) -> bool:
@@ -131,7 +119,6 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:
-        """Fail at start-up, not at the first query, on a URL we cannot serve."""
         try:
             url = make_url(value)
         except ArgumentError as exc:
@@ -168,7 +155,6 @@ class Settings(BaseSettings):
         )
 
     def as_env(self) -> dict[str, str]:
-        """These settings as environment variables, for child processes (training jobs)."""
         env: dict[str, str] = {}
         for name, value in self.model_dump(mode="json").items():
             if value is None:

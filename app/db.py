@@ -31,8 +31,6 @@ def _enable_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def create_db_engine(settings: Settings) -> Engine:
-    """The engine for DATABASE_URL: SQLite with its pragmas, or a
-    PostgreSQL pool of DB_POOL_SIZE."""
     if settings.is_sqlite:
         _ensure_sqlite_directory(settings.database_url)
         engine = create_engine(
@@ -45,13 +43,9 @@ def create_db_engine(settings: Settings) -> Engine:
 
 
 def create_read_engine(engine: Engine, pool_size: int) -> Engine:
-    """The request hot path's engine for one read-only statement per checkout.
-
-    On PostgreSQL: autocommit connections, never pinged and never rolled back on return,
-    so a read is one round trip instead of three (the pool's ping, the statement, the
-    reset's ROLLBACK took two thirds of the read's time on the 25M-rating set). Its
-    caller retries once on a connection the server dropped. SQLite: the engine itself.
-    """
+    """The hot path's engine for one read-only statement per checkout: on PostgreSQL
+    autocommit, never pinged or rolled back, one round trip instead of three (its caller
+    retries a dropped connection once). SQLite: the engine itself."""
     if engine.dialect.name != "postgresql":
         return engine
     return _postgres_engine(
@@ -60,8 +54,7 @@ def create_read_engine(engine: Engine, pool_size: int) -> Engine:
 
 
 def _postgres_engine(url: str | URL, pool_size: int, **options: Any) -> Engine:
-    """A PostgreSQL pool of ``pool_size`` (as much overflow) that fails fast when the
-    server is away: 5 s to connect, 10 s to wait for a pooled connection."""
+    """A PostgreSQL pool of ``pool_size`` (as much overflow) that fails fast."""
     return create_engine(
         url,
         pool_size=pool_size,
@@ -78,7 +71,6 @@ def create_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session whose work commits together or not at all."""
     with factory() as session, session.begin():
         yield session
 

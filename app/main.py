@@ -33,7 +33,7 @@ from app.observability import (
 )
 from app.services.errors import ServiceError
 from app.services.trending import TrendingLists
-from app.serving import popular
+from app.serving.popular import REFRESH_SECONDS
 from app.serving.recommender import TORCH_THREADS, Recommender
 
 log = get_logger("saerec.app")
@@ -115,14 +115,20 @@ UNKNOWN_QUERY_NOTE = "Validation Error, also for a query parameter this operatio
 BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
 
-def _note_unknown_query(schema: dict[str, Any]) -> None:
-    """Each 422 of an operation with query parameters says undeclared ones are refused."""
+def _query_parameters(schema: dict[str, Any]) -> None:
+    """Each 422 of an operation with query parameters says undeclared ones are refused. A
+    repeatable one sent once (`?genre=Drama`) is the same text as a list of one, so the
+    schema admits the item alone too (else a fuzzer's "not an array" case is accepted)."""
     for path in schema.get("paths", {}).values():
         for operation in path.values():
-            params = operation.get("parameters", [])
+            query = [p for p in operation.get("parameters", []) if p.get("in") == "query"]
             answer = operation.get("responses", {}).get("422")
-            if answer and any(p.get("in") == "query" for p in params):
+            if answer and query:
                 answer["description"] = UNKNOWN_QUERY_NOTE
+            for param in query:
+                choices = param.get("schema", {}).get("anyOf") or []
+                arrays = [c for c in choices if c.get("type") == "array" and "items" in c]
+                choices.extend(array["items"] for array in arrays)
 
 
 def _integer_bounds(node: Any) -> None:
@@ -140,20 +146,6 @@ def _integer_bounds(node: Any) -> None:
             _integer_bounds(value)
 
 
-def _repeatable_sent_once(schema: dict[str, Any]) -> None:
-    """A repeatable query parameter sent once (`?genre=Drama`) is a list of one: in a query
-    string one item and a one-item array are the same text, so the schema admits the item
-    alone too (else a fuzzer's "not an array" case is that very text, and accepted)."""
-    for path in schema.get("paths", {}).values():
-        for operation in path.values():
-            for param in operation.get("parameters", []):
-                choices = param.get("schema", {}).get("anyOf")
-                if param.get("in") != "query" or not choices:
-                    continue
-                arrays = [c for c in choices if c.get("type") == "array" and "items" in c]
-                choices.extend(array["items"] for array in arrays)
-
-
 def _truthful_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     """app.openapi, finished so that it states exactly what the server accepts."""
     generate = app.openapi
@@ -161,8 +153,7 @@ def _truthful_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = generate()
-            _note_unknown_query(schema)
-            _repeatable_sent_once(schema)
+            _query_parameters(schema)
             _integer_bounds(schema)
         return app.openapi_schema or generate()
 
@@ -177,10 +168,10 @@ def _try(action: Callable[[], object], what: str) -> None:
         log.warning(f"{what}_failed", error=f"{type(exc).__name__}: {exc}")
 
 
-async def _every(seconds: float, action: Callable[[], object]) -> None:
+async def _every(seconds: float, action: Callable[[], object], what: str) -> None:
     while True:
         await asyncio.sleep(seconds)
-        await asyncio.to_thread(_try, action, action.__name__)
+        await asyncio.to_thread(_try, action, what)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -201,7 +192,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.trending = TrendingLists(settings.trending_cache_seconds)
         # Both before the first request: no request pays for loading or for the popular list.
         _try(recommender.refresh_model, "initial_model_load")
-        _try(recommender.refresh_popular, "initial_popular_build")
+        _try(recommender.popularity.refresh, "initial_popular_build")
         launcher = (
             JobLauncher(settings, engine, child_env=settings.as_env())
             if settings.run_worker_in_api
@@ -210,18 +201,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.launcher = launcher
         if launcher is not None:
             launcher.start()
-        tasks = [
-            # Requests follow the registry themselves (read your writes); this poll only
-            # preloads a newly activated version while the process is idle.
-            asyncio.create_task(_every(settings.model_poll_seconds, recommender.refresh_model)),
-            asyncio.create_task(
-                _every(popular.REFRESH_SECONDS, recommender.refresh_popular_if_due)
+        timers = (
+            # requests follow the registry themselves: this poll preloads in idle processes
+            (settings.model_poll_seconds, recommender.refresh_model, "refresh_model"),
+            (REFRESH_SECONDS, recommender.popularity.refresh_if_due, "refresh_popular_if_due"),
+            (
+                settings.new_movies_refresh_seconds,
+                recommender.refresh_new_movies,
+                "refresh_new_movies",
             ),
-            # movies added since the model was trained, recommended before a retrain
-            asyncio.create_task(
-                _every(settings.new_movies_refresh_seconds, recommender.refresh_new_movies)
-            ),
-        ]
+        )
+        tasks = [asyncio.create_task(_every(*timer)) for timer in timers]
         log.info(
             "started",
             database=engine.url.render_as_string(hide_password=True),

@@ -39,6 +39,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored one is UTC (`utcnow`)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -88,8 +93,7 @@ Index(
 
 
 class Dismissal(Base):
-    """A "not interested": a movie one user never wants recommended. Not a rating: it does not
-    feed the model. Keyed like ratings, so the per-request read is the same index prefix."""
+    """A "not interested" (it does not feed the model), keyed like ratings for the read."""
 
     __tablename__ = "dismissals"
 
@@ -125,14 +129,13 @@ class Rating(Base):
 
 
 def unique_where(name: str, column: str, condition: str) -> Index:
-    """A unique index over the rows that meet `condition` only (the same SQL on both
-    databases): "one of these at a time", enforced whichever process or replica writes."""
+    """A unique index over the rows that meet `condition`: "one of these at a time",
+    whichever process or replica writes."""
     where = text(condition)
     return Index(name, column, unique=True, sqlite_where=where, postgresql_where=where)
 
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed")
-JOB_TRIGGERS = ("admin", "schedule")
 OPEN_JOB_STATUSES = ("queued", "running")
 _OPEN_JOB = "status IN ('queued', 'running')"
 
@@ -171,9 +174,8 @@ class ModelVersion(Base):
 
 
 class ModelArtifactChunk(Base):
-    """One piece of a version's artifact, in order: PostgreSQL refuses a value over 1 GB,
-    and a chunk at a time is all a writer or a reader holds in memory. Each carries its
-    own checksum, so a damaged chunk is named and refused before anything is written."""
+    """One checksummed piece of a version's artifact: PostgreSQL refuses a value over 1 GB,
+    and a chunk is all a writer or reader holds in memory."""
 
     __tablename__ = "model_artifact_chunks"
 
@@ -225,23 +227,11 @@ class TrainingJob(Base):
     )
 
 
-EXPERIMENT_STATUSES = ("running", "stopped", "promoted")
-ARMS = ("control", "candidate")
-
-
 class Impression(Base):
-    """One recommendation answer as shown: who asked, which version and arm answered, when,
-    and its movies in order.
-
-    Append-only, one row per answer, written off the request path in batches
-    (`app.serving.impressions`); pruned by age. The movies are one text column
-    (``"12,7,301"``), not a row each: an answer is then one row and five index entries to
-    write instead of eleven rows and thirty-five, ten of them at random places of a (user,
-    movie) index, which took most of a writer's time and 5-25 % of the answers' throughput
-    on a busy SQLite host. Attribution finds a user's impressions in its window by
-    (user_id, shown_ms) and looks for the rated movie in their lists. `shown_ms` is
-    `shown_at` in unix milliseconds: an integer both databases compare with
-    `ratings.timestamp` (whole seconds), keeping two impressions a moment apart in order."""
+    """One recommendation answer as shown (append-only, pruned by age). Its movies are one
+    text column (``"12,7,301"``): a row per movie in a (user, movie) index took most of the
+    writer's time. `shown_ms` is `shown_at` in unix milliseconds, an integer both databases
+    compare with `ratings.timestamp`."""
 
     __tablename__ = "impressions"
 
@@ -269,10 +259,8 @@ _RUNNING = "status = 'running'"
 
 
 class Experiment(Base):
-    """A candidate version served to a share of the users beside the active one (control).
-
-    Not foreign keys to model_versions: a finished experiment keeps naming versions that
-    retention may have pruned since; a running one's versions are kept by the prune."""
+    """A candidate version served to a share of the users beside the active one. No foreign
+    keys: a finished experiment keeps naming versions pruned since."""
 
     __tablename__ = "experiments"
 

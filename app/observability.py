@@ -1,9 +1,6 @@
-"""Structured logging and Prometheus metrics shared by every route.
-
-With several uvicorn workers (`saerec serve --workers N`) the metrics live in
-prometheus-client's multiprocess mode: `serve` sets PROMETHEUS_MULTIPROC_DIR before the
-workers start, each process writes its values there, and a scrape of any worker adds
-them all up. Gauges therefore say how they combine across processes (multiprocess_mode).
+"""Structured logging and Prometheus metrics shared by every route. With several workers
+the metrics live in prometheus-client's multiprocess mode (`saerec serve` sets its folder),
+so gauges say how they combine across processes.
 """
 
 from __future__ import annotations
@@ -65,17 +62,20 @@ METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 def multiprocess_dir() -> str | None:
-    """The shared metrics folder when running as one of several workers, else None."""
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
-def render_metrics() -> bytes:
-    """This process's metrics, or every worker's added up in multiprocess mode."""
+def metrics_registry() -> CollectorRegistry:
+    """This process's registry, or one adding up every worker's in multiprocess mode."""
     if multiprocess_dir() is None:
-        return generate_latest(REGISTRY)
+        return REGISTRY
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
-    return generate_latest(registry)
+    return registry
+
+
+def render_metrics() -> bytes:
+    return generate_latest(metrics_registry())
 
 
 def forget_this_process() -> None:
@@ -85,11 +85,6 @@ def forget_this_process() -> None:
 
 
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
-
-
-def _is_tty(stream: IO[str]) -> bool:
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
 
 
 class _StderrHandler(logging.StreamHandler[IO[str]]):
@@ -104,29 +99,20 @@ class _StderrHandler(logging.StreamHandler[IO[str]]):
         pass
 
 
-def _renderer(json_logs: bool) -> list[Any]:
-    if json_logs:
-        return [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
-    return [structlog.dev.ConsoleRenderer()]
-
-
 def configure_logging(
     level: str = "INFO", json_logs: bool = False, stream: IO[str] | None = None
 ) -> None:
-    """One format for every line: the app's events and uvicorn's or alembic's records alike.
-
-    Everything goes through the standard library's root handler and structlog's formatter:
-    key=value (coloured) on a terminal, JSON when LOG_JSON is set or the log stream is not
-    a terminal (a container, a pipe, a file), since those are read by log shippers.
-    """
+    """One format for every line, the app's and uvicorn's or alembic's alike: key=value on a
+    terminal, JSON with LOG_JSON or any other stream (read by log shippers)."""
     level_no = logging.getLevelName(level.upper())
     stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    isatty = getattr(stream or sys.stderr, "isatty", None)
+    renderer: list[Any] = [structlog.dev.ConsoleRenderer()]
+    if json_logs or not (isatty and isatty()):
+        renderer = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, stamp],
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            *_renderer(json_logs or not _is_tty(stream or sys.stderr)),
-        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
     )
     handler = logging.StreamHandler(stream) if stream else _StderrHandler()
     handler.setFormatter(formatter)
@@ -135,9 +121,8 @@ def configure_logging(
     root.setLevel(level_no)
     for name in UVICORN_LOGGERS:  # uvicorn's own handlers would print its plain format
         logger = logging.getLogger(name)
-        # Through the root handler, unless uvicorn switched its access log off (no handler
-        # and no propagation, as `saerec serve` asks): a line per request at INFO cost the
-        # hot path's event loop ~2 % of its time for lines nobody asked for.
+        # through the root handler, unless uvicorn switched its access log off (as `serve`
+        # asks: a line per request cost the event loop ~2 %)
         enabled = logger.propagate or bool(logger.handlers)
         logger.handlers.clear()
         logger.propagate = enabled
@@ -159,12 +144,6 @@ def configure_logging(
 
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
-
-
-def observe_request(method: str, template: str, status: int, seconds: float) -> None:
-    """Count and time one answered request (`MetricsMiddleware`)."""
-    REQUESTS.labels(method, template, str(status)).inc()
-    LATENCY.labels(method, template).observe(seconds)
 
 
 class MetricsMiddleware:
@@ -193,7 +172,8 @@ class MetricsMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             elapsed = time.perf_counter() - started
-            observe_request(scope["method"], template, status, elapsed)
+            REQUESTS.labels(scope["method"], template, str(status)).inc()
+            LATENCY.labels(scope["method"], template).observe(elapsed)
             if status >= 500:
                 self.log.warning(
                     "request_failed",

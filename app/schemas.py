@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import types
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
@@ -25,15 +25,13 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
-from app.models import RATING_VALUES
+from app.models import RATING_VALUES, as_aware
 
-# The ids are BIGINT columns (up to 2**63 - 1), but FastAPI writes OpenAPI bounds as floats
-# and 2**63 - 1 rounds up to 2**63, which the database cannot hold: the largest float below
-# it is the bound, so the published maximum is exactly the one enforced.
+# BIGINT ids, but FastAPI writes OpenAPI bounds as floats and 2**63 - 1 rounds up to 2**63:
+# the largest float below it is the bound, so the published maximum is the one enforced.
 MAX_ID = 2**63 - 1024
 # PostgreSQL text (and JSONB) cannot hold NUL: refuse it at the edge as a 422, not a 500.
 NO_NUL = r"^[^\x00]*$"
-# ... and a title must hold something besides whitespace (it is stripped).
 NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
 
 
@@ -44,11 +42,9 @@ def _json_integer(value: Any) -> Any:
     return value
 
 
-# An integer in a JSON body (lax pydantic then refuses 3.5 and keeps 3.0 as 3). It goes
-# after the bounds: pydantic publishes bounds placed after a validator under wrong names.
+# After the bounds: pydantic publishes bounds placed after a validator under wrong names.
 INTEGER_ONLY = BeforeValidator(_json_integer)
-# Query strings are text: ids there are parsed from it (lax). In JSON bodies `true` is not
-# the id 1, and "5" is not a number.
+# Query strings are text, parsed (lax); in JSON bodies `true` is not the id 1.
 PositiveId = Annotated[int, Field(gt=0, le=MAX_ID, strict=False)]
 BodyId = Annotated[int, Field(gt=0, le=MAX_ID), INTEGER_ONLY]
 Genre = Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)]
@@ -61,9 +57,8 @@ def _not_a_json_literal(value: str) -> str:
     return value
 
 
-# A genre in a query string: there a boolean and its name are the same text, so the schema
-# excludes the three JSON literals (as the server does), and what it calls a schema
-# violation the server refuses (schemathesis's negative cases send `genre=true`).
+# In a query string a boolean and its name are the same text: the schema excludes the JSON
+# literals, as the server does, so what it calls a violation is refused (`genre=true`).
 QueryGenre = Annotated[
     Genre,
     AfterValidator(_not_a_json_literal),
@@ -72,10 +67,7 @@ QueryGenre = Annotated[
 
 
 class StrictBody(BaseModel):
-    """Unknown fields are rejected: a typo must not silently become a default.
-
-    NaN and Infinity (which Python's JSON parser accepts) are rejected in every float.
-    """
+    """Unknown fields (a typo must not become a default), NaN and Infinity are refused."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -169,17 +161,19 @@ class MoviesPage(BaseModel):
     items: list[MovieOut]
 
 
+# A query string as FastAPI's query model: the OpenAPI parameters are exactly what is
+# checked, unknown names are 422.
+_QUERY = ConfigDict(extra="forbid", frozen=True)
+N = Field(10, ge=1, le=100, description="how many movies to list")
+GENRES = Field(None, max_length=20, description="repeatable: movies in any of these genres")
+
+
 class TrendingQuery(BaseModel):
-    """The query string of GET /movies/trending (as `RecommendationQuery`: exactly what is
-    checked is published, unknown names are 422)."""
+    model_config = _QUERY
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    n: int = Field(10, ge=1, le=100, description="how many movies to list")
+    n: int = N
     days: int = Field(7, ge=1, le=365, description="the window: ratings of the last days")
-    genre: list[QueryGenre] | None = Field(
-        None, max_length=20, description="repeatable: movies in any of these genres"
-    )
+    genre: list[QueryGenre] | None = GENRES
 
 
 class TrendingItem(BaseModel):
@@ -245,15 +239,10 @@ class RecommendationItem(BaseModel):
 
 
 class RecommendationQuery(BaseModel):
-    """The query string of GET /users/{id}/recommendations: FastAPI's query parameter
-    model, so the OpenAPI parameters are exactly what is checked (unknown names: 422)."""
+    model_config = _QUERY
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    n: int = Field(10, ge=1, le=100, description="how many movies to list")
-    genre: list[QueryGenre] | None = Field(
-        None, max_length=20, description="repeatable: movies in any of these genres"
-    )
+    n: int = N
+    genre: list[QueryGenre] | None = GENRES
     exclude: list[PositiveId] | None = Field(
         None, max_length=100, description="repeatable: movie ids not to list this time"
     )
@@ -285,8 +274,7 @@ class RecommendationsOut(_Recommendations):
 MAX_SESSION_RATINGS = 1000
 
 
-# A typed dict, not a model: a session's ratings are validated on every request, and
-# without an object per rating the body validated in ~30 % less time (110 ratings).
+# A typed dict, not a model: without an object per rating a body validates ~30 % faster.
 class SessionRatingIn(TypedDict):
     """One rating of an anonymous session: the rules of a stored rating, no user."""
 
@@ -369,11 +357,8 @@ _STRICT_SCALARS: dict[Any, Any] = {
 
 
 def _strict(annotation: Any) -> Any:
-    """The same type with strict scalars (`false` is no integer, `"yes"` no boolean).
-
-    Containers stay lax, because FastAPI validates parsed JSON, where every array is a list
-    and a strict tuple would refuse it.
-    """
+    """The same type with strict scalars (`false` is no integer); containers stay lax, as
+    FastAPI validates parsed JSON, where every array is a list."""
     origin = get_origin(annotation)
     if origin is tuple:
         items = tuple(_strict(arg) if arg is not Ellipsis else arg for arg in get_args(annotation))
@@ -401,15 +386,13 @@ def _star_range(value: tuple[float, float]) -> tuple[float, float]:
     return value
 
 
-# ModelConfig checks min < max in a validator JSON Schema cannot state; on the star scale
-# the accepted pairs can be listed, so the published schema is exactly what is accepted.
+# min < max, a validator JSON Schema cannot state, as the list of the accepted pairs
 RatingScale = Annotated[
     tuple[StrictFloat, StrictFloat],
     Strict(False),
     AfterValidator(_star_range),
     WithJsonSchema({"type": "array", "enum": RATING_SCALES}),
 ]
-# ModelConfig's own validator refuses hidden sizes below 1; here the schema says so too.
 # A job's epochs go into an INTEGER column: the bound is the CLI's, well inside it.
 MAX_EPOCHS = 100_000
 _API_TYPES: dict[str, Any] = {
@@ -418,22 +401,18 @@ _API_TYPES: dict[str, Any] = {
 }
 
 
-def _drop_default(schema: dict[str, Any]) -> None:
-    schema.pop("default", None)
-
-
 def _optional(description: str | None) -> Any:
     """May be omitted (the preset's value); null is no default the schema offers."""
-    return Field(default=None, description=description, json_schema_extra=_drop_default)
+    return Field(
+        default=None,
+        description=description,
+        json_schema_extra=lambda schema: schema.pop("default", None),
+    )
 
 
 def _retrain_model() -> type[BaseModel]:
-    """Every ModelConfig field, optional, plus `preset`: the body of POST /admin/retrain.
-
-    Derived from ModelConfig, so a new hyper-parameter is accepted without a change here:
-    each field keeps its type and bounds (strict), may be omitted (the preset's value), and
-    is nullable only where ModelConfig itself takes None.
-    """
+    """The body of POST /admin/retrain: `preset` and every ModelConfig field (so a new one
+    needs no change here), each with its type and bounds, strict, omitted for the preset's."""
     from app.ml.config import PRESETS, ModelConfig
 
     preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
@@ -465,16 +444,10 @@ class JobQueuedOut(BaseModel):
     status: str
 
 
-def _as_utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored one is UTC (models.utcnow)."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-# ISO 8601 with the offset as Python writes it (+00:00), the form the API has always
-# answered with; pydantic's own serializer would write Z.
+# ISO 8601 with the offset as Python writes it (+00:00), as the API always answered
 Timestamp = Annotated[
     datetime,
-    AfterValidator(_as_utc),
+    AfterValidator(as_aware),
     PlainSerializer(datetime.isoformat, return_type=str, when_used="json"),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
@@ -596,8 +569,7 @@ Interval = Annotated[list[float], Field(min_length=2, max_length=2)]
 
 
 class OnlineFiguresOut(BaseModel):
-    """What impressions led to (app/services/online.py): ratings of shown movies
-    attributed to the latest impression that showed them, within the window."""
+    """What impressions led to (app/services/online.py)."""
 
     impressions: int
     users: int = Field(description="distinct users among the impressions (sessions: none)")

@@ -1,9 +1,6 @@
-"""The admin dashboard: a static page and its two assets, served by the app itself.
-
-The page needs no token to load: it asks the admin for one and sends it as the Bearer
-header on every API call, so the admin routes stay the only place the token is checked.
-Nothing is fetched from elsewhere, and a strict Content-Security-Policy (no inline script
-or style, connections to this origin only) keeps a stored title from ever running as code.
+"""The admin dashboard: a static page and its assets. The page needs no token to load (it
+sends the one typed in with every API call); a strict Content-Security-Policy keeps a stored
+title from ever running as code.
 """
 
 from __future__ import annotations

@@ -58,9 +58,8 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
 TrendingDep = Annotated[TrendingLists, Depends(get_trending_lists)]
-# scope="function": commit before the response is sent. With FastAPI's default ("request")
-# the commit ran after a 201 had gone out, so a commit that failed (database gone, a
-# constraint) was acknowledged to the client as stored.
+# scope="function": commit before the response is sent, or a failed commit would have been
+# acknowledged to the client as stored.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 _bearer = HTTPBearer(auto_error=False, description="ADMIN_TOKEN")
 
@@ -91,7 +90,6 @@ ModelVersionId = Annotated[str, Path(max_length=64, pattern=NO_NUL)]
 
 
 def _query_names(dependant: Dependant) -> frozenset[str]:
-    """The query parameters a route declares, its dependencies' included."""
     names: set[str] = set()
     for field in dependant.query_params:
         annotation = field.field_info.annotation
@@ -105,14 +103,9 @@ def _query_names(dependant: Dependant) -> frozenset[str]:
 
 
 async def reject_unknown_query(request: Request) -> None:
-    """422 for a query parameter the route does not declare, as for an unknown JSON field.
-
-    `/movies?search=star` would otherwise answer the whole catalog as if it had been
-    filtered. Routes without query parameters (health checks, metrics scrapes) are left
-    alone: probes often add cache busters. A route whose query is a pydantic model
-    (``extra="forbid"``) has FastAPI refuse unknown names itself. Async, so it costs the
-    hot path no thread hop.
-    """
+    """422 for a query parameter the route does not declare (`/movies?search=star` would
+    answer the whole catalog as if filtered). Routes without any (probes, which add cache
+    busters) are left alone. Async: no thread hop."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return

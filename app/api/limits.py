@@ -1,24 +1,8 @@
-"""Request limits enforced before any route runs: body size, query length, content type.
-
-A pure ASGI middleware (no BaseHTTPMiddleware: it must not buffer responses or break
-streaming) that answers with FastAPI's error shape, ``{"detail": ...}``:
-
-- 413 when the body is larger than ``Settings.max_body_bytes``: a declared
-  ``Content-Length`` over the limit is refused without reading a byte, and a body sent
-  without one (chunked) is counted as it arrives and refused as soon as it passes the
-  limit. The route only ever sees a body that is known to fit.
-- 414 when the query string is longer than ``Settings.max_query_bytes`` (no legitimate
-  query comes close: 100 movie ids take under 3 KiB).
-- 400 for a ``Content-Length`` that is not a non-negative integer.
-- 415 for a non-empty body whose ``Content-Type`` is not JSON (``application/json`` or
-  ``application/*+json``), a missing ``Content-Type`` included. FastAPI on its own would
-  not parse such a body as JSON and would answer 422 "Input should be a valid
-  dictionary", which blames the content rather than the media type; 415 says what to
-  fix. Requests without a body (GET, DELETE, POST /admin/retrain with no overrides) need
-  no ``Content-Type``.
-
-Invalid JSON stays FastAPI's 422 (``json_invalid``) and unknown fields stay 422 through
-``extra="forbid"`` on every request body: a typo must not silently become a default.
+"""Request limits enforced before any route runs, as a pure ASGI middleware answering
+``{"detail": ...}``: 413 for a body over MAX_BODY_BYTES (a declared length unread, a
+chunked one as soon as it passes), 414 for a query over MAX_QUERY_BYTES, 400 for a bad
+Content-Length, 415 for a non-empty body that is not JSON (FastAPI alone would blame the
+content with a 422, not the media type).
 """
 
 from __future__ import annotations
@@ -39,7 +23,7 @@ def is_json_media_type(content_type: str) -> bool:
 
 
 async def send_error(send: Send, status: int, detail: Any) -> None:
-    """A complete JSON error response; Connection: close since the body may be unread."""
+    """A JSON error response; Connection: close since the body may be unread."""
     body = json.dumps({"detail": detail}).encode()
     await send(
         {
@@ -56,8 +40,6 @@ async def send_error(send: Send, status: int, detail: Any) -> None:
 
 
 class RequestLimitsMiddleware:
-    """Refuses oversize bodies and query strings and non-JSON bodies with a clear 4xx."""
-
     def __init__(self, app: ASGIApp, max_body_bytes: int, max_query_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -96,8 +78,7 @@ class RequestLimitsMiddleware:
                 f"request bodies must be sent as Content-Type: application/json, not {shown}",
             )
             return
-        # Read the whole body here, counting bytes, so an over-limit stream is refused
-        # before the route starts (FastAPI reads the whole body before calling it anyway).
+        # read (and count) the whole body here, as FastAPI would before the route anyway
         chunks: list[bytes] = []
         received = 0
         while True:
@@ -120,7 +101,7 @@ class RequestLimitsMiddleware:
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
-    """Hand the buffered body to the app once, then pass through (e.g. http.disconnect)."""
+    """The buffered body once, then pass through (e.g. http.disconnect)."""
     sent = False
 
     async def replay() -> Message:

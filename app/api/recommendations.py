@@ -1,7 +1,5 @@
-"""Recommendation and prediction routes: inference runs on the recommender's executor.
-
-Answers are plain JSON types built by the service, encoded once with orjson into the
-response body: no pydantic re-validation, no stdlib encoder (both showed in profiles).
+"""Recommendation and prediction routes: inference runs on the recommender's executor;
+answers are plain JSON types encoded once with orjson (no pydantic re-validation).
 """
 
 from __future__ import annotations
@@ -44,8 +42,6 @@ async def recommendations(
     user_id: UserId,
     query: Annotated[RecommendationQuery, Query()],
 ) -> Response:
-    # Inference runs on the recommender's own small executor, off the event loop; the
-    # batcher lets requests that arrive together share one forward pass.
     request = RecommendRequest(
         user_id,
         query.n,
@@ -107,6 +103,5 @@ async def predictions(
     user_id: UserId,
     movie_id: Annotated[list[PositiveId], Query(min_length=1, max_length=100)],
 ) -> Response:
-    # The same executor as recommendations: a fold-in is a fold-in, whichever route asks.
     answer = await recommender.predictions(user_id, movie_id)
     return _json(answer)

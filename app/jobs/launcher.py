@@ -8,34 +8,22 @@ import subprocess
 import sys
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
 from app.config import Settings
 from app.db import create_session_factory
-from app.observability import get_logger
-
-if TYPE_CHECKING:  # torch stays out of the API process until a model is needed
-    pass
-
 from app.jobs.queue import claim_next, fail_job, host, recover_stale_jobs
 from app.jobs.schedule import RetrainSchedule
+from app.observability import get_logger
 
 log = get_logger("saerec.jobs")
 
 
 class JobLauncher:
-    """Polls for queued jobs and runs each in a child process, watching how it ends.
-
-    Runs inside each API process by default (so the embedded setup needs nothing more)
-    and in `saerec worker`. Training never runs in the API process itself. Each poll also
-    queues a retrain when the RETRAIN_* schedule says one is due, so exactly the processes
-    that launch jobs schedule them.
-
-    `child_env` is the whole configuration as environment variables (`Settings.as_env()`):
-    the job process reads its database, training and logging settings from it.
-    """
+    """Polls for queued jobs (and the retrain schedule) and runs each in a child process,
+    from an API process or `saerec worker`; `child_env` is the configuration
+    (`Settings.as_env()`) the job process reads."""
 
     def __init__(
         self,
@@ -80,8 +68,7 @@ class JobLauncher:
                 self._stop.wait(self._poll * 5)
 
     def run_once(self) -> bool:
-        """Queue a retrain if one is due, then claim and run one job to its end; False when
-        the queue was empty."""
+        """Queue a retrain if due, then claim and run one job; False when the queue was empty."""
         self._check_schedule()
         job_id = claim_next(self._factory, f"{host()}:{os.getpid()}")
         if job_id is None:

@@ -11,7 +11,7 @@ import os
 import socket
 import uuid
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -19,12 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db import transaction, updated
-from app.models import JOB_STATUSES, OPEN_JOB_STATUSES, TrainingJob, utcnow
+from app.models import JOB_STATUSES, OPEN_JOB_STATUSES, TrainingJob, as_aware, utcnow
 from app.observability import get_logger
 from app.services.errors import ConflictError, InvalidInputError, NotFoundError
-
-if TYPE_CHECKING:  # torch stays out of the API process until a model is needed
-    pass
 
 log = get_logger("saerec.jobs")
 HEARTBEAT_SECONDS = 5.0
@@ -32,7 +29,6 @@ STALE_AFTER_SECONDS = 120.0
 
 
 def host() -> str:
-    """This process's host name, as job rows record it."""
     return socket.gethostname()
 
 
@@ -48,12 +44,8 @@ def enqueue(
     overrides: dict[str, Any],
     trigger: Literal["admin", "schedule"] = "admin",
 ) -> TrainingJob:
-    """Resolve the overrides now (422 beats a job that fails later) and queue the result.
-
-    The job stores the resolved config, so it trains what this process's TRAIN_PRESET
-    meant, not whatever the job process's settings say. `trigger` records who asked
-    ("admin" or "schedule"); ConflictError while another job is open.
-    """
+    """Resolve the overrides now (a 422 beats a job that fails later) and queue the config
+    they resolve to; ConflictError while another job is open."""
     from app.jobs.training import resolve_config
 
     try:
@@ -161,8 +153,7 @@ def _is_dead(job: TrainingJob, now: datetime) -> str | None:
         return f"the worker process {pid} on {worker_host} is gone (it died mid-job)"
     beat = job.heartbeat_at or job.started_at
     if beat is not None:
-        if beat.tzinfo is None:  # SQLite returns naive datetimes
-            beat = beat.replace(tzinfo=now.tzinfo)
+        beat = as_aware(beat)
         if now - beat > timedelta(seconds=STALE_AFTER_SECONDS):
             return f"no heartbeat since {beat.isoformat()}: the worker stopped answering"
     return None

@@ -92,7 +92,10 @@ def epoch_reporter(factory: sessionmaker[Session], job_id: str) -> Callable[[Epo
             epochs=report.epochs,
             phase="network",
             progress=overall_progress("network", report.epoch, report.epochs),
-            metrics={**_epoch_metrics(report), "eta_seconds": epochs_eta(report, seconds)},
+            metrics={
+                **{k: _json_number(v) for k, v in report.as_dict().items()},
+                "eta_seconds": epochs_eta(report, seconds),
+            },
             heartbeat_at=utcnow(),
         )
 
@@ -106,8 +109,7 @@ PHASE_PROGRESS = {
     "blend": (0.8, 0.85),
     "refit": (0.85, 1.0),
 }
-"""The share of a job's progress bar each phase of training (`app.ml.train.PHASES`) covers:
-roughly their shares of an untuned ml-100k or ml-1m training."""
+"""Each phase's share of a job's progress: roughly its share of an untuned training."""
 
 
 def overall_progress(phase: str, step: int, steps: int) -> float:
@@ -116,8 +118,7 @@ def overall_progress(phase: str, step: int, steps: int) -> float:
 
 
 def phase_reporter(factory: sessionmaker[Session], job_id: str) -> Callable[[PhaseReport], None]:
-    """Every phase after the joint network's epochs (`epoch_reporter` writes those) onto
-    the job row: its name and the whole training's progress."""
+    """Each phase onto the job row (the joint network's epochs: `epoch_reporter`)."""
 
     def on_phase(report: PhaseReport) -> None:
         if report.phase == "network" and report.step > 0:
@@ -134,9 +135,8 @@ def phase_reporter(factory: sessionmaker[Session], job_id: str) -> Callable[[Pha
 
 
 def epochs_eta(report: EpochReport, seconds: list[float]) -> float:
-    """Seconds the remaining epochs take at the mean pace so far: an upper bound, since early
-    stopping may end sooner; what follows the epochs (item path, blend, the rating network,
-    the refit) is not in it."""
+    """Seconds the remaining epochs take at the mean pace so far (early stopping may end
+    sooner; the phases after them are not in it)."""
     remaining = max(0, report.epochs - report.epoch)
     return round(sum(seconds) / max(1, len(seconds)) * remaining, 1)
 
@@ -159,14 +159,8 @@ def _trial_reporter(
     return on_trial
 
 
-def _epoch_metrics(report: EpochReport) -> dict[str, Any]:
-    """The report's figures, rounded for the job row and the dashboard; a figure not
-    measured (NaN: no validation split, no ranking head) is null, which JSON columns take
-    (PostgreSQL refuses NaN)."""
-    return {k: _json_number(v) for k, v in report.as_dict().items()}
-
-
 def _json_number(value: Any) -> Any:
+    """A figure rounded, NaN (not measured) as null: PostgreSQL refuses NaN."""
     if not isinstance(value, float):
         return value
     return None if math.isnan(value) else round(value, 5)

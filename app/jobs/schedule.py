@@ -1,9 +1,6 @@
-"""Scheduled retraining: the job launchers queue a retrain themselves when one is due.
-
-RETRAIN_INTERVAL_SECONDS and RETRAIN_MIN_NEW_RATINGS say when (app/config.py, README).
-Every launcher (API processes with RUN_WORKER_IN_API, `saerec worker`) checks on its
-poll; the index that allows one open job keeps racing launchers to a single job, and
-the loser's conflict only means "not due any more".
+"""Scheduled retraining: the job launchers queue a retrain themselves when one is due
+(RETRAIN_INTERVAL_SECONDS, RETRAIN_MIN_NEW_RATINGS). The index that allows one open job
+keeps racing launchers to one job; the loser's conflict means "not due any more".
 """
 
 from __future__ import annotations
@@ -11,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from prometheus_client import Counter
 from sqlalchemy import select
@@ -20,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db import transaction
 from app.jobs.queue import enqueue, open_job
-from app.models import ModelVersion, Rating, TrainingJob, utcnow
+from app.models import ModelVersion, Rating, TrainingJob, as_aware, utcnow
 from app.observability import get_logger
 from app.services.errors import ConflictError
 from app.services.ratings import count_ratings
@@ -30,28 +27,20 @@ SCHEDULED_RETRAINS = Counter(
     "saerec_scheduled_retrains_total", "Retraining jobs queued by the RETRAIN_* schedule"
 )
 MAX_CHECK_SECONDS = 60.0
-# after a job that failed or whose model the gate refused, the next scheduled one waits
-# this long from its end: a broken or unhelpful retrain must not run back to back
+# a failed or refused retrain's successor waits this long from its end: no back to back
 BACKOFF_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
 class Due:
-    """Why a retrain is due: the log line and the tests read it."""
-
     reason: str  # "interval", "new_ratings" or "interval+new_ratings"
     new_ratings: int | None  # None when the ratings were not counted (interval only)
 
 
 class RetrainSchedule:
-    """Decides, from the database alone, whether a retrain is due, and queues it.
-
-    The interval is measured from the newest job's created_at (any trigger, any status),
-    so every process agrees; with no job yet, from the first check that saw ratings.
-    New ratings are the rating count minus the count the newest model version was
-    trained on (data_size["ratings"]; a version the gate refused counts too, since
-    retraining on the same data would be refused again).
-    """
+    """Whether a retrain is due, from the database alone so every process agrees: the
+    interval from the newest job's creation (none: the first check that saw ratings), new
+    ratings over the newest version's training data (a refused one's too)."""
 
     def __init__(
         self,
@@ -62,8 +51,7 @@ class RetrainSchedule:
         self.training = training
         self.interval = training.retrain_interval_seconds
         self.min_new = training.retrain_min_new_ratings
-        # counting a 25M-row table each second would be a steady load: check at most
-        # once a minute (more often only for a shorter interval)
+        # at most once a minute (sooner for a shorter interval): counting is not free
         self.check_seconds = (
             check_seconds
             if check_seconds is not None
@@ -78,10 +66,7 @@ class RetrainSchedule:
         return self.interval is not None or self.min_new is not None
 
     def poll(self, factory: sessionmaker[Session]) -> str | None:
-        """The launcher's call on every poll: at most one check per check_seconds.
-
-        Returns the id of the job it queued, if any.
-        """
+        """The launcher's call on every poll, one check per check_seconds; the job queued."""
         if not self.enabled:
             return None
         now = time.monotonic()
@@ -102,7 +87,6 @@ class RetrainSchedule:
         return job_id
 
     def enqueue_if_due(self, session: Session) -> tuple[TrainingJob, Due] | None:
-        """Queue a scheduled job (TRAIN_PRESET, no overrides) in `session` when one is due."""
         due = self.due(session)
         if due is None:
             return None
@@ -127,10 +111,10 @@ class RetrainSchedule:
 
     def _interval_passed(self, session: Session, last: TrainingJob | None, now: datetime) -> bool:
         if last is not None:
-            since = _aware(last.created_at)
+            since = as_aware(last.created_at)
         else:  # never a job: start the clock at the first check that sees ratings
             if self._first_seen is None:
-                if not _has_ratings(session):
+                if session.scalar(select(Rating.user_id).limit(1)) is None:
                     return False
                 self._first_seen = now
             since = self._first_seen
@@ -145,26 +129,16 @@ def _newest_job(session: Session) -> TrainingJob | None:
 
 
 def _backing_off(job: TrainingJob, now: datetime) -> bool:
-    """True within BACKOFF_SECONDS of the end of a job that failed or activated nothing."""
+    """Within BACKOFF_SECONDS of the end of a job that failed or activated nothing."""
     unproductive = job.status == "failed" or (job.metrics or {}).get("activated") is False
     if not unproductive:
         return False
-    ended = _aware(job.finished_at or job.created_at)
+    ended = as_aware(job.finished_at or job.created_at)
     return (now - ended).total_seconds() < BACKOFF_SECONDS
 
 
 def _trained_on(session: Session) -> int:
-    """Ratings the newest model version was trained on; 0 without a model."""
     size = session.scalar(
         select(ModelVersion.data_size).order_by(ModelVersion.created_at.desc()).limit(1)
     )
     return int((size or {}).get("ratings", 0))
-
-
-def _has_ratings(session: Session) -> bool:
-    return session.scalar(select(Rating.user_id).limit(1)) is not None
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite returns naive datetimes; every stored one is UTC (models.utcnow)."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

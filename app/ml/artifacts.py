@@ -1,23 +1,16 @@
 """Model artifacts: one self-describing file per trained model version.
 
-An artifact holds the weights plus everything needed to serve and audit them (config, the
-movie id map, training-data fingerprint and size, metrics, library versions; the rating
-scale travels once, as a buffer of the network). `ArtifactStore` is the one place that
-knows where an artifact lives (``<model_dir>/<version>/<version>.pt``); every file is
-written to a temporary name beside its target and moved into place with ``os.replace``
-(`write_atomically`), so a reader never sees a half-written file. Loading uses
-``torch.load(weights_only=True)``: no pickled code is ever executed.
-
-The file under MODEL_DIR is a cache of the registry's copy (the database holds the bytes,
-in chunks): it is streamed to disk, never held whole in memory, and loaded memory-mapped
-(``mmap=True``, read-only use of a private mapping), so every process of a host serving one
-version reads the same page-cache pages. torch's archive is an uncompressed zip whose
-tensors lie aligned: the network's weights are views into the mapping, used in place.
+An artifact holds the weights and all that serving and audits need (config, movie ids,
+data fingerprint and size, metrics, library versions). Files are written beside their
+target and renamed into place (`write_atomically`); loading is ``weights_only`` (no pickled
+code runs) and memory-mapped, so a host's processes share one page-cache copy: torch's
+archive keeps tensors aligned, and the networks use them in place.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import platform
 import secrets
@@ -52,8 +45,6 @@ class ArtifactError(Exception):
 
 @dataclass
 class LoadedModel:
-    """A ready-to-serve model (eval mode) with the metadata saved alongside it."""
-
     model: HybridModel
     config: ModelConfig
     movies: IdMap
@@ -68,13 +59,13 @@ class LoadedModel:
 
 
 def new_version_id() -> str:
-    """A sortable, unique version id such as ``20261127T013000Z-3f9c``."""
+    """Sortable and unique, such as ``20261127T013000Z-3f9c``."""
     return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(2)}"
 
 
 def data_fingerprint(m: RatingMatrix, block: int = 1 << 20) -> str:
-    """SHA-256 over the id maps and the ratings (in canonical CSR order), fed a block at a
-    time: whole int64 copies of the indices and their bytes took 400 MB at 25M ratings."""
+    """SHA-256 over the id maps and the ratings in CSR order, a block at a time (whole int64
+    copies took 400 MB at 25M ratings)."""
     csr = m.matrix.tocsr()
     if not csr.has_sorted_indices:
         csr = csr.sorted_indices()
@@ -100,28 +91,26 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def _plain(value: Any) -> Any:
-    """Metrics/sizes as plain python types (weights_only loading accepts only those)."""
+def plain(value: Any) -> Any:
+    """Plain Python types (what ``weights_only`` loading and JSON columns take); a figure
+    not measured (NaN, infinite) as None: PostgreSQL's JSON refuses those."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, np.generic):
-        return value.item()
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return str(value)
 
 
 def write_atomically(path: Path, data: bytes | memoryview | Callable[[BinaryIO], None]) -> Path:
-    """Write a hidden temp file beside ``path``, fsync it, rename: all or nothing.
-
-    ``data`` is the bytes, or a function that writes them to the open file (so a large
-    artifact streams to disk). A writer killed mid-way, or one that raises, leaves no file
-    but the hidden ``.<name>.*.tmp`` one, which no reader looks for (and which a raising
-    writer removes). A file already in place is replaced, never modified: a process that
-    maps the old one keeps reading the old bytes.
-    """
+    """A hidden temp file beside ``path``, fsynced, renamed: all or nothing. ``data`` is the
+    bytes or a function writing them (a large artifact streams). A file in place is
+    replaced, never modified: a process mapping it keeps the old bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -141,7 +130,6 @@ def write_atomically(path: Path, data: bytes | memoryview | Callable[[BinaryIO],
 
 
 def sha256_of(path: Path) -> str | None:
-    """The file's SHA-256 (read in blocks), or None when it cannot be read."""
     try:
         with Path(path).open("rb") as handle:
             return hashlib.file_digest(handle, "sha256").hexdigest()
@@ -151,8 +139,6 @@ def sha256_of(path: Path) -> str | None:
 
 @dataclass(frozen=True)
 class ArtifactMeta:
-    """What an artifact records about its model besides the weights."""
-
     version: str
     data_fingerprint: str = ""
     data_size: dict[str, Any] = field(default_factory=dict)
@@ -161,9 +147,6 @@ class ArtifactMeta:
 
 @dataclass(frozen=True)
 class SavedArtifact:
-    """An artifact as written: where it lies, its checksum and size (the registry streams
-    the file into the database; the bytes are never held in memory whole)."""
-
     path: Path
     sha256: str
     size: int
@@ -182,18 +165,16 @@ def artifact_payload(model: HybridModel, movies: IdMap, meta: ArtifactMeta) -> d
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **_model_payload(model),
         "movie_ids": torch.from_numpy(np.array(movies.ids, dtype=np.int64)),
-        "metrics": _plain(meta.metrics),
+        "metrics": plain(meta.metrics),
         "data_fingerprint": str(meta.data_fingerprint),
-        "data_size": _plain(meta.data_size),
+        "data_size": plain(meta.data_size),
         "libraries": library_versions(),
     }
 
 
 class ArtifactStore:
-    """The artifacts under one MODEL_DIR: ``<model_dir>/<version>/<version>.pt``.
-
-    The version's folder also holds its training report; pruning a version removes both.
-    """
+    """The artifacts under MODEL_DIR: ``<model_dir>/<version>/<version>.pt``, beside the
+    version's training report (pruning removes both)."""
 
     def __init__(self, model_dir: Path) -> None:
         self.root = Path(model_dir)
@@ -205,8 +186,8 @@ class ArtifactStore:
         return self.folder(version) / f"{version}{SUFFIX}"
 
     def write(self, version: str, chunks: Iterable[bytes], sha256: str) -> Path:
-        """Stream already-encoded bytes (say, fetched from the registry) into place, one
-        chunk at a time; refused (no file written) unless they hash to ``sha256``."""
+        """Stream fetched bytes into place; refused (nothing written) unless they hash to
+        ``sha256``."""
 
         def copy(handle: BinaryIO) -> None:
             digest = hashlib.sha256()
@@ -222,7 +203,6 @@ class ArtifactStore:
         return write_atomically(self.path(version), copy)
 
     def save(self, model: HybridModel, movies: IdMap, meta: ArtifactMeta) -> SavedArtifact:
-        """Write the artifact straight to its file (no in-memory archive)."""
         payload = artifact_payload(model, movies, meta)
         path = write_atomically(self.path(meta.version), lambda handle: torch.save(payload, handle))
         digest = sha256_of(path)
@@ -238,10 +218,8 @@ RANK_HEAD = "rank_out.weight"
 
 
 def _state(net: StackedAutoencoder) -> dict[str, torch.Tensor]:
-    """The state dict as saved. The ranking head (movies x hidden) is laid out hidden-major
-    (a transposed view of a hidden x movies tensor; ``torch.save`` keeps strides): serving
-    multiplies by its transpose, which is then contiguous in the mapped file as it is, so no
-    process builds its own copy (`FoldInScorer.rank_head_t`)."""
+    """The state dict as saved, the ranking head hidden-major (``torch.save`` keeps strides):
+    the transpose serving multiplies by is then contiguous in the mapped file, no copy."""
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     head = state.get(RANK_HEAD)
     if head is not None and not head.t().is_contiguous():
@@ -250,12 +228,11 @@ def _state(net: StackedAutoencoder) -> dict[str, torch.Tensor]:
 
 
 def _model_payload(model: HybridModel) -> dict[str, Any]:
-    """Every part as tensors and plain types: ``weights_only`` loading accepts nothing else."""
     return {
-        "config": _plain(model.config.model_dump()),
+        "config": plain(model.config.model_dump()),
         "rank_state": _state(model.rank_net),
         "rate_state": None if model.rate_net is model.rank_net else _state(model.rate_net),
-        "rate_config": _plain(model.rate_net.config.model_dump()),
+        "rate_config": plain(model.rate_net.config.model_dump()),
         "item_path": _item_payload(model.item_path),
         "bias": _bias(model.bias),
         "validated": None if model.validated is None else _validated_payload(model),
@@ -281,7 +258,7 @@ def _validated_payload(model: HybridModel) -> dict[str, Any]:
     return {
         "rank_state": SERVED if v.rank_net is model.rank_net else _state(v.rank_net),
         "rate_state": rate,
-        "rate_config": _plain(v.rate_net.config.model_dump()),
+        "rate_config": plain(v.rate_net.config.model_dump()),
         "item_path": SERVED if v.item_path is model.item_path else _item_payload(v.item_path),
         "bias": _bias(v.bias),
         "log_popularity": torch.from_numpy(v.log_popularity.astype(np.float32)),
@@ -297,7 +274,6 @@ def _factors_payload(factors: ItemFactors | None) -> dict[str, Any] | None:
 
 
 def _factors_from(payload: dict[str, Any] | None, n_movies: int) -> ItemFactors | None:
-    """The matrix factorisation (None: no share; artifacts written before it had none)."""
     if payload is None:
         return None
     item_factors = payload["item_factors"].numpy()
@@ -360,20 +336,21 @@ def _bias_from(payload: dict[str, Any], n_movies: int) -> BiasTerms:
 def _validated_from(
     payload: dict[str, Any] | None, served: HybridModel, n_movies: int
 ) -> ValidatedParts | None:
-    """The validated parts; artifacts written before the ranking parts were refitted hold
-    the rating parts alone (``rate_state`` None meant the served network)."""
+    """The validated parts; older artifacts hold the rating parts alone (``rate_state``
+    None: the served network)."""
     if payload is None:
         return None
     rank_state = payload.get("rank_state", SERVED)
     rank_net = served.rank_net
     if not isinstance(rank_state, str):
-        rank_net = _net(rank_state, served.config, n_movies)
+        rank_net = StackedAutoencoder.from_state(n_movies, served.config, rank_state)
     rate_state = payload["rate_state"]
     rate_net = served.rate_net
     if rate_state == "rank":
         rate_net = rank_net
     elif rate_state is not None and not isinstance(rate_state, str):
-        rate_net = _net(rate_state, ModelConfig(**payload["rate_config"]), n_movies)
+        rate_config = ModelConfig(**payload["rate_config"])
+        rate_net = StackedAutoencoder.from_state(n_movies, rate_config, rate_state)
     item = payload.get("item_path", SERVED)
     item_path = served.item_path if isinstance(item, str) else _item_from(item, n_movies)
     popularity = served.log_popularity
@@ -411,7 +388,6 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def load_artifact(path: Path) -> LoadedModel:
-    """Read and validate an artifact; ArtifactError with a clear reason when it cannot."""
     path = Path(path)
     payload = _read(path)
     try:
@@ -438,16 +414,14 @@ def load_artifact(path: Path) -> LoadedModel:
     )
 
 
-def _net(state: dict[str, torch.Tensor], config: ModelConfig, n_movies: int) -> StackedAutoencoder:
-    return StackedAutoencoder.from_state(n_movies, config, state)
-
-
 def _model_from(payload: dict[str, Any], config: ModelConfig, n_movies: int) -> HybridModel:
-    rank_net = _net(payload["rank_state"], config, n_movies)
+    rank_net = StackedAutoencoder.from_state(n_movies, config, payload["rank_state"])
     rate_state = payload["rate_state"]
     rate_config = ModelConfig(**payload.get("rate_config", payload["config"]))
-    rate_net = rank_net if rate_state is None else _net(rate_state, rate_config, n_movies)
-    # the scale is a buffer of the network (set from the data or the config at training)
+    rate_net = rank_net
+    if rate_state is not None:
+        rate_net = StackedAutoencoder.from_state(n_movies, rate_config, rate_state)
+    # the scale travels once, as a buffer of the network
     low, high = (float(v) for v in rank_net.rating_scale)
     model = HybridModel(
         config,
@@ -461,18 +435,3 @@ def _model_from(payload: dict[str, Any], config: ModelConfig, n_movies: int) -> 
         factors=_factors_from(payload.get("factors"), n_movies),
     )
     return replace(model, validated=_validated_from(payload.get("validated"), model, n_movies))
-
-
-__all__ = [
-    "ArtifactError",
-    "ArtifactMeta",
-    "ArtifactStore",
-    "LoadedModel",
-    "SavedArtifact",
-    "artifact_payload",
-    "data_fingerprint",
-    "load_artifact",
-    "new_version_id",
-    "sha256_of",
-    "write_atomically",
-]

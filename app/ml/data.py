@@ -1,8 +1,5 @@
-"""Rating data for the autoencoder: id maps, sparse user x movie matrices, splits.
-
-Everything here stays sparse: ratings arrive as chunks of parallel numpy arrays (the
-database streams them), are indexed through sorted id maps and end up in one CSR matrix.
-A dense users x movies array is never built; the model densifies one minibatch of rows.
+"""Rating data for the autoencoder: id maps, sparse user x movie matrices, splits. Chunks
+of parallel arrays end up in one CSR matrix: no dense users x movies array is ever built.
 """
 
 from __future__ import annotations
@@ -33,7 +30,6 @@ class IdMap:
 
     @classmethod
     def from_ids(cls, ids: np.ndarray | Iterable[int]) -> IdMap:
-        """Build a map from any ids (duplicates and order do not matter)."""
         return cls(
             np.unique(
                 np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64)
@@ -76,17 +72,14 @@ class RatingMatrix:
         return (int(self.matrix.shape[0]), int(self.matrix.shape[1]))
 
     def mean(self) -> float:
-        """Mean of the stored ratings (the global-mean fallback)."""
         return float(self.matrix.data.mean()) if self.matrix.nnz else 0.0
 
     def scale(self) -> tuple[float, float]:
-        """(min, max) rating present, the clamp range when none is configured."""
         if not self.matrix.nnz:
             return (1.0, 5.0)
         return (float(self.matrix.data.min()), float(self.matrix.data.max()))
 
     def to_chunk(self) -> RatingChunk:
-        """The ratings back as one chunk of raw ids (used to re-index onto other maps)."""
         coo = self.matrix.tocoo()
         return (self.users.ids[coo.row], self.movies.ids[coo.col], coo.data.astype(np.float32))
 
@@ -104,11 +97,8 @@ def _check_chunk(chunk: RatingChunk) -> RatingChunk:
 def csr_from_indices(
     rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: tuple[int, int]
 ) -> sp.csr_matrix:
-    """CSR from index triplets; for a repeated (row, col) the last one wins (an upsert).
-
-    One int64 key per cell, stably sorted, holds the order: at 25M ratings the three-key
-    lexsort with its copies of every index array peaked near 4 GB.
-    """
+    """CSR from index triplets, a repeated cell's last value winning (an upsert): one int64
+    key per cell, stably sorted (a three-key lexsort peaked near 4 GB at 25M ratings)."""
     width = max(shape[1], 1)
     key = rows.astype(np.int64) * width + cols  # row-major cell number
     order = np.argsort(key, kind="stable")  # equal cells keep their input order
@@ -133,12 +123,8 @@ def csr_from_indices(
 def build_rating_matrix(
     chunks: Iterable[RatingChunk], movie_ids: np.ndarray | None = None
 ) -> RatingMatrix:
-    """Stream rating chunks into a CSR matrix.
-
-    ``movie_ids`` fixes the movie axis (the catalog) so that models trained on different
-    snapshots share columns; a rating for a movie outside it is an error. Repeated
-    (user, movie) pairs keep the last rating, as the database's upsert does.
-    """
+    """Rating chunks in one CSR matrix; ``movie_ids`` fixes the movie axis (a rating
+    outside it is an error), a repeated pair keeps its last rating."""
     users_parts: list[np.ndarray] = []
     movies_parts: list[np.ndarray] = []
     ratings_parts: list[np.ndarray] = []
@@ -174,11 +160,8 @@ def reindex(chunk: RatingChunk, users: IdMap, movies: IdMap) -> tuple[sp.csr_mat
 
 
 def holdout_split(m: RatingMatrix, fraction: float, seed: int) -> tuple[RatingMatrix, RatingMatrix]:
-    """Seeded per-user holdout: each user keeps ~(1 - fraction) of their ratings in train.
-
-    Every user keeps at least one training rating (fold-in needs an input); the number held
-    out per user is fraction * n rounded at random, so small users contribute on average.
-    """
+    """Seeded per-user holdout of ~``fraction`` (rounded at random) of each user's ratings;
+    every user keeps at least one training rating (fold-in needs an input)."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError("fraction must be in [0, 1)")
     csr = m.matrix.tocsr()
@@ -206,7 +189,7 @@ def holdout_split(m: RatingMatrix, fraction: float, seed: int) -> tuple[RatingMa
 
 
 def read_split_file(path: str | Path) -> RatingChunk:
-    """Read a MovieLens ``u1.base``-style file: tab separated, NO header row."""
+    """A MovieLens ``u1.base``-style file: tab separated, no header row."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"rating file not found: {path}")
@@ -244,13 +227,9 @@ def per_user_holdout(
     seed: int = HOLDOUT_SEED,
     fraction: float = HOLDOUT_FRACTION,
 ) -> tuple[RatingChunk, RatingChunk]:
-    """docs/evaluation.md's per-user holdout, exactly, so figures match across machines and runs.
-
-    Rows are sorted by (user, movie, timestamp) stably, then one ``default_rng(seed)``
-    draw per row (in that order) ranks each user's rows; the first
-    ``max(1, floor(fraction * n + 0.5))`` rows of each user with >= 5 ratings are the test
-    part, everything else (all ratings of smaller users) the train part.
-    """
+    """docs/evaluation.md's per-user holdout, exactly, so figures match across machines:
+    rows stably sorted by (user, movie, timestamp), one ``default_rng(seed)`` draw per row;
+    a user's ``max(1, floor(fraction * n + 0.5))`` smallest draws are test, if n >= 5."""
     if not 0.0 < fraction < 1.0:
         raise ValueError("fraction must be in (0, 1)")
     users = np.asarray(users, dtype=np.int64).reshape(-1)
@@ -266,7 +245,6 @@ def per_user_holdout(
 
 
 def _holdout_mask(users_sorted: np.ndarray, draws: np.ndarray, fraction: float) -> np.ndarray:
-    """True for the rows that go to test; ``users_sorted`` is grouped by user."""
     _, starts, counts = np.unique(users_sorted, return_index=True, return_counts=True)
     n_test = np.maximum(1, np.floor(fraction * counts + 0.5)).astype(np.int64)
     n_test[counts < HOLDOUT_MIN_RATINGS] = 0

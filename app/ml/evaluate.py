@@ -1,11 +1,8 @@
 """The one evaluation protocol (docs/evaluation.md) applied to the model and the baselines.
 
-Training and early stopping only ever see the ``.base`` file (validation is carved out of
-it); the ``.test`` file is used once, for the final figures. The movie axis is the union of
-the ids in both files, i.e. the catalog, as it is when serving. Any other data set gets
-docs/evaluation.md's per-user holdout (``evaluate_holdout``), with the data set's catalog as
-the movie axis. Baselines include EASE with its lambda tuned on the same validation split
-the model early-stops on, so the model is compared with EASE at its best.
+Training sees only the training part (validation carved out of it), the test part is used
+once; the movie axis is the catalog. EASE's lambda is tuned on the model's validation split,
+so the model meets EASE at its best.
 """
 
 from __future__ import annotations
@@ -56,8 +53,6 @@ COLUMNS: list[tuple[str, str]] = [
 
 @dataclass
 class FittedModel:
-    """What evaluation needs from a trained model: a scorer and how training went."""
-
     scorer: Scorer
     rating_scale: tuple[float, float]
     seconds: float
@@ -70,13 +65,9 @@ def fit_model(
     valid: RatingMatrix,
     config: ModelConfig,
     on_epoch: Callable[[EpochReport], None] | None = None,
-    device: str | None = None,
     threads: int | None = None,
 ) -> FittedModel:
-    """The one place evaluation calls the trainer, so a new trainer is swapped in here only."""
-    result: TrainResult = train_model(
-        train, valid, config, on_epoch=on_epoch, device=device, threads=threads
-    )
+    result: TrainResult = train_model(train, valid, config, on_epoch=on_epoch, threads=threads)
     info = {
         "best_epoch": result.best_epoch,
         "rate_epoch": result.metrics.get("rate_epoch"),
@@ -141,12 +132,11 @@ def evaluate_train_test(
     baselines: bool = True,
     baseline_makers: dict[str, Callable[[], Baseline]] | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
-    device: str | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Train on ``full`` (validation carved out of it), score ``test``: model and baselines."""
     train, valid = holdout_split(full, config.validation_fraction, config.seed)
-    fitted = fit_model(train, valid, config, on_epoch=on_epoch, device=device, threads=threads)
+    fitted = fit_model(train, valid, config, on_epoch=on_epoch, threads=threads)
     rows: dict[str, dict[str, Any]] = {}
     if baselines:
         rows = _baseline_rows(full, test, train, valid, baseline_makers or BASELINES)
@@ -193,14 +183,11 @@ def evaluate_split(
     config: ModelConfig,
     baselines: bool = True,
     on_epoch: Callable[[EpochReport], None] | None = None,
-    device: str | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Train on base, score base+test with the protocol; rows for the model and baselines."""
     full, test = file_split(base_path, test_path)
-    result = evaluate_train_test(
-        full, test, config, baselines, on_epoch=on_epoch, device=device, threads=threads
-    )
+    result = evaluate_train_test(full, test, config, baselines, on_epoch=on_epoch, threads=threads)
     return {"split": Path(base_path).stem, **result}
 
 
@@ -217,14 +204,9 @@ def evaluate_holdout(
     baselines: bool = True,
     seed: int = HOLDOUT_SEED,
     fraction: float = HOLDOUT_FRACTION,
-    on_epoch: Callable[[EpochReport], None] | None = None,
-    device: str | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """docs/evaluation.md's per-user holdout of any data set (a MovieLens path or loaded ratings).
-
-    The movie axis is the data set's catalog, so coverage is over the whole catalog.
-    """
+    """docs/evaluation.md's per-user holdout of any data set (a path or loaded ratings)."""
     ratings = data if isinstance(data, Ratings) else read_movielens(data)
     full, test = holdout(ratings, seed, fraction)
     result = evaluate_train_test(
@@ -233,8 +215,6 @@ def evaluate_holdout(
         config,
         baselines,
         holdout_baselines(),
-        on_epoch=on_epoch,
-        device=device,
         threads=threads,
     )
     return {"split": holdout_label(ratings, seed, fraction), "skipped": ratings.skipped, **result}
@@ -271,13 +251,10 @@ def mean_rows(all_rows: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, 
     out: dict[str, dict[str, float]] = {}
     for name in all_rows[0]:
         keys = set.intersection(*(set(rows[name]) for rows in all_rows))
-        numeric = (k for k in keys if all(_is_number(rows[name][k]) for rows in all_rows))
+        number = int | float | np.integer | np.floating
+        numeric = (k for k in keys if all(isinstance(rows[name][k], number) for rows in all_rows))
         out[name] = {k: float(np.mean([rows[name][k] for rows in all_rows])) for k in numeric}
     return out
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating)
 
 
 def _cell(value: Any, key: str) -> str:
@@ -291,7 +268,6 @@ def _cell(value: Any, key: str) -> str:
 
 
 def _label(name: str, row: dict[str, Any]) -> str:
-    """Row name; the tuned EASE row also names its lambda (the mean one over splits)."""
     if name == TUNED_EASE_ROW and isinstance(row.get("lambda"), int | float):
         return f"{name}: {row['lambda']:g}"
     return name

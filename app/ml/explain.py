@@ -1,26 +1,12 @@
 """Why the served model recommends a movie, and which movies it finds alike.
 
-`Explainer` answers "which of my ratings raised this item's score most" exactly: for every
-rated movie it computes the item's served ranking score with that one rating left out
-(leave-one-out), so a "because" movie is one whose removal really lowers the score. Doing
-that by re-running the forward pass once per rated movie would cost a full catalog pass per
-rating; instead the blend is taken apart:
+`Explainer` computes each item's served score with each rating left out, exactly, without a
+catalog pass per rating: the first layer is linear in the features (a leave-one-out input is
+the full one less that movie's rows, scale and user bias recomputed); the z-score's mean and
+mean square over the catalog are forms of the hidden code (a hidden x hidden Gram matrix);
+the item path is a sum of rows; the popularity penalty cancels.
 
-* the first layer is linear in the user's features, so each leave-one-out pre-activation is
-  the full one minus that movie's weight rows, with the 1/sqrt(n) scale and the folded-in
-  user bias recomputed exactly (k x hidden work);
-* the per-user z-score over the whole catalog needs only the mean and the mean square of
-  the logits, which are a linear and a quadratic form of the hidden code: precomputed once
-  per model as a hidden x hidden Gram matrix, so no variant touches the catalog;
-* the item path is a sum of weight rows, so leaving one out subtracts that row; its mean
-  and mean square follow from the row sums, the row sums of squares and one dot product;
-* the popularity penalty is the same with and without the rating, so it cancels.
-
-Only the logits of the recommended movies themselves are computed per variant.
-
-`ItemSimilarity` ranks movies by the cosine of the model's own item representations: the
-movie's row in the encoder's first layer (how rating it moves a user's code) and in the
-ranking head (which codes score it high), each normalised, averaged.
+`ItemSimilarity`: the cosine of the movies' rows in the first layer and the ranking head.
 """
 
 from __future__ import annotations
@@ -42,8 +28,7 @@ def _np(tensor: torch.Tensor) -> Array:
 
 
 class NetArrays:
-    """The network's weights as numpy views, for the leave-one-out algebra; the hidden
-    layers are computed by the network itself (`StackedAutoencoder.code`)."""
+    """The network's weights as numpy views; its hidden layers run on the network itself."""
 
     def __init__(self, net: StackedAutoencoder) -> None:
         self.net = net
@@ -63,7 +48,6 @@ class NetArrays:
         self.rate_w, self.rate_b = _np(net.rate_out.weight), _np(net.rate_out.bias)
 
     def hidden(self, first: Array) -> Array:
-        """The top hidden layer given the first layer's product without its bias."""
         with torch.inference_mode():
             return self.net.code(torch.from_numpy(np.ascontiguousarray(first)))[0].numpy()
 
@@ -73,8 +57,8 @@ class NetArrays:
 
 
 class LogitStats:
-    """Ranking logits ``h @ weight.T + bias`` over the catalog, summarised for any code h:
-    their mean and spread come from moments of the weights, without the logits."""
+    """The mean and spread of the logits ``h @ weight.T + bias`` over the catalog, from
+    moments of the weights."""
 
     def __init__(self, net: NetArrays, block: int = 8192) -> None:
         if net.rank is not None:
@@ -88,9 +72,8 @@ class LogitStats:
         n, hidden = weight.shape
         self.mean_w = weight.mean(axis=0, dtype=np.float64)
         self.mean_b = float(b.mean())
-        # mean square of the logits = [h, 1] @ second @ [h, 1]: the Gram matrix of the
-        # weights, bordered by their products with the bias; float64, a block of movies at
-        # a time (a whole float64 copy of a 59k-movie layer would be 189 MB)
+        # mean square of the logits = [h, 1] @ second @ [h, 1], the weights' Gram matrix
+        # bordered by the bias; float64 a block at a time (a whole copy: 189 MB at 59k)
         second = np.zeros((hidden + 1, hidden + 1))
         for start in range(0, n, block):
             w = weight[start : start + block].astype(np.float64)
@@ -101,7 +84,6 @@ class LogitStats:
         self.second = second / max(n, 1)
 
     def moments(self, h: Array) -> tuple[Array, Array]:
-        """Mean and standard deviation over the catalog of each row's logits (float64)."""
         h64 = np.asarray(h, dtype=np.float64)
         mean = h64 @ self.mean_w + self.mean_b
         bordered = np.empty((h64.shape[0], h64.shape[1] + 1))
@@ -110,15 +92,13 @@ class LogitStats:
         return mean, np.sqrt(np.maximum(square - mean * mean, 0.0))
 
     def zscores(self, hidden: Array, cols: Array) -> Array:
-        """z-scored logits of movies ``cols`` for each row of ``hidden`` (rows x cols)."""
         mean, std = self.moments(hidden)
         logits = (hidden @ self.weight[cols].T + self.bias[cols]).astype(np.float64)
         return (logits - mean[:, None]) / (std[:, None] + 1e-6)
 
 
 def _leave_one_out_inputs(net: NetArrays, cols: Array, values: Array) -> Array:
-    """First-layer pre-activations (bias not added): row 0 with every rating, row 1 + j
-    without rating j; exact, features rescaled and user bias refolded per row."""
+    """First-layer products (no bias): row 0 with every rating, row 1 + j without rating j."""
     n = cols.size
     first = net.first_t
     rows = first.take(cols, axis=0)  # k x hidden
@@ -147,7 +127,6 @@ def _leave_one_out_inputs(net: NetArrays, cols: Array, values: Array) -> Array:
 
 
 def _slope(name: str, x: Array) -> Array:
-    """The activation's derivative at ``x`` (for the first-order pre-selection)."""
     if name == "sigmoid":
         s = 0.5 * (np.tanh(0.5 * x) + 1.0)
         return s * (1.0 - s)
@@ -159,8 +138,6 @@ def _slope(name: str, x: Array) -> Array:
 
 
 class _ItemPathStats:
-    """The item path's scores (summed weight rows) with one row left out, z-scored."""
-
     def __init__(self, table: ItemTable) -> None:
         self.table = table
         rows = table.dense if table.dense is not None else table.weights
@@ -171,7 +148,6 @@ class _ItemPathStats:
             self.row_square = self.row_square[table.row_of]
 
     def weights_to(self, cols: Array, targets: Array) -> Array:
-        """Each rated movie's weight towards each target (k x targets)."""
         table = self.table
         if table.dense is not None:
             return table.dense[np.ix_(cols, targets)]
@@ -186,7 +162,6 @@ class _ItemPathStats:
         return counts.reshape(cols.size, targets.size).astype(np.float32)
 
     def _dots(self, cols: Array, total: Array) -> Array:
-        """Each rated movie's weight row dotted with the summed scores ``total``."""
         table = self.table
         if table.dense is not None:
             return table.dense.take(cols, axis=0) @ total
@@ -194,9 +169,8 @@ class _ItemPathStats:
         return (weights * total[their_targets]).sum(axis=1)
 
     def zscores(self, total: Array, cols: Array, targets: Array, feeds: Array) -> Array:
-        """Row 0 with every rating (summed scores ``total``), row 1 + j without rated movie
-        ``cols[j]``: 1 + len(cols) x targets. A movie that does not ``feeds`` the path (a
-        rating below its input threshold) leaves its scores as they are."""
+        """The item path's z-scores, row 0 with every rating, row 1 + j without ``cols[j]``;
+        a movie not in ``feeds`` (below the path's input threshold) changes nothing."""
         weight = feeds.astype(np.float32)
         at_targets = self.weights_to(cols, targets) * weight[:, None]
         dots = self._dots(cols, total) * weight
@@ -213,13 +187,9 @@ class _ItemPathStats:
 
 
 class Explainer:
-    """Exact leave-one-out score drops of the served ranking score (see the module doc).
-
-    A user with many ratings would cost a leave-one-out code per rating; past
-    ``EXACT_UP_TO`` ratings (and for one-hidden-layer networks, the default), a first-order
-    estimate proposes each target's ``CANDIDATES`` likeliest reasons and only those are
-    computed exactly: every movie named still provably raised the score.
-    """
+    """Exact leave-one-out drops of the served score. Past ``EXACT_UP_TO`` ratings (one
+    hidden layer), a first-order estimate proposes each target's ``CANDIDATES`` likeliest
+    reasons and only those are computed exactly: a movie named did raise the score."""
 
     EXACT_UP_TO = 24
     CANDIDATES = 4
@@ -233,9 +203,8 @@ class Explainer:
         self.item_path = _ItemPathStats(table) if table is not None else None
 
     def score_drops(self, cols: Array, values: Array, targets: Array) -> tuple[Array, Array]:
-        """(positions into ``cols``, drops): for each rated movie (``cols``, ``values``)
-        considered, how much it raises the served score of each target (score with every
-        rating minus score without it; rows follow the positions, columns the targets)."""
+        """(positions into ``cols``, drops): how much each rating considered raises each
+        target's score (rows follow the positions, columns the targets)."""
         cols = np.asarray(cols, dtype=np.int64)
         targets = np.asarray(targets, dtype=np.int64)
         inputs = _leave_one_out_inputs(self.net, cols, np.asarray(values, dtype=np.float32))
@@ -257,8 +226,7 @@ class Explainer:
     def _candidates(
         self, inputs: Array, cols: Array, targets: Array, total: Array | None, feeds: Array
     ) -> Array:
-        """Positions of the ratings a first-order estimate ranks among each target's top
-        ``CANDIDATES`` (the z-score's mean and scale held at the full code's)."""
+        """The ratings a first-order estimate ranks among each target's top ``CANDIDATES``."""
         full = inputs[0] + self.net.first_bias
         slope = _slope(self.net.activation_name, full).astype(np.float32)
         code = self.net.activation(full[None, :])
@@ -273,8 +241,7 @@ class Explainer:
         return np.unique(best)
 
     def because(self, cols: Array, values: Array, targets: Array, limit: int = 3) -> list[Array]:
-        """Per target, the positions (into ``cols``) of up to ``limit`` ratings that raised
-        its score, largest rise first; a rating that lowered it is never named."""
+        """Per target, up to ``limit`` positions of ratings that raised it, largest first."""
         left_out, drops = self.score_drops(cols, values, targets)
         return self.raised(left_out, drops, limit)
 
@@ -287,11 +254,8 @@ class Explainer:
 
 
 class ItemSimilarity:
-    """Cosine similarity of the model's item representations (see the module doc).
-
-    Only inverse norms are kept: the weights stay the scorer's, so a 60k-movie model pays
-    a few hundred kilobytes here, not another copy of its layers.
-    """
+    """Cosine similarity of item representations; only inverse norms are kept here, the
+    weights stay the scorer's."""
 
     def __init__(self, scorer: FoldInScorer) -> None:
         net = NetArrays(scorer.rank_net)
@@ -302,7 +266,6 @@ class ItemSimilarity:
         self.outputs_scale = _inverse_norms(self.outputs)
 
     def scores(self, col: int) -> Array:
-        """Similarity of every movie to movie ``col`` (itself included), in [-1, 1]."""
         by_input = self.inputs @ self.inputs[col]
         by_input *= self.inputs_scale * self.inputs_scale[col]
         by_output = self.outputs @ self.outputs[col]

@@ -1,11 +1,5 @@
-"""Accuracy metrics, exactly as docs/evaluation.md defines them.
-
-Rating accuracy: RMSE and MAE pooled over every test rating, predictions clamped to the
-rating scale, ratings the model cannot score get the training mean (and are counted).
-Ranking accuracy: for each user with a test rating >= 4, candidates are the movies not
-rated in train, ranked by score; P@10, R@10 (hits / min(10, |relevant|)), NDCG@10 with
-binary gains, hit rate, coverage (distinct top-10 movies / number of movies).
-"""
+"""Accuracy metrics, exactly as docs/evaluation.md defines them (pooled RMSE and MAE;
+P@10, R@10, NDCG@10, hit rate and coverage over the movies not rated in training)."""
 
 from __future__ import annotations
 
@@ -32,7 +26,6 @@ RELEVANT_THRESHOLD = 4.0
 def rating_metrics(
     pred: np.ndarray, truth: np.ndarray, scale: tuple[float, float] | None = None
 ) -> dict[str, float]:
-    """Pooled RMSE / MAE of predictions (clamped to ``scale`` when given)."""
     pred = np.asarray(pred, dtype=np.float64).reshape(-1)
     truth = np.asarray(truth, dtype=np.float64).reshape(-1)
     if pred.shape != truth.shape:
@@ -52,13 +45,9 @@ def rating_metrics(
 def top_k(
     scores: np.ndarray, exclude: sp.csr_matrix | None, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k columns per row, best first, skipping excluded (rated) cells.
-
-    Returns (indices B x k, valid B x k): ``valid`` is False where a row had fewer than k
-    candidates left.
-    """
-    # float32 scores stay float32: the order is the same, and at 59,047 movies a float64
-    # copy, its negation and the int64 partition were 400 MB a validation batch
+    """(indices B x k, valid B x k): the top k per row, best first, excluded cells skipped;
+    ``valid`` is False where a row had fewer candidates. float32 stays float32 (a float64
+    copy at 59,047 movies was 400 MB a batch)."""
     s = np.array(scores, dtype=np.result_type(scores, np.float32), copy=True)
     if exclude is not None and exclude.nnz:
         coo = exclude.tocoo()
@@ -74,8 +63,6 @@ def top_k(
 
 @dataclass
 class RankingAccumulator:
-    """Sums the per-user ranking figures over minibatches of users."""
-
     n_items: int
     k: int = 10
     threshold: float = RELEVANT_THRESHOLD
@@ -92,7 +79,7 @@ class RankingAccumulator:
         test_rows: sp.csr_matrix,
         extra_relevant: np.ndarray | None = None,
     ) -> None:
-        """Add a batch; ``extra_relevant`` counts relevant test movies outside the columns."""
+        """``extra_relevant``: relevant test movies outside the columns, per user."""
         relevant = (test_rows >= self.threshold).astype(np.float32).tocsr()
         n_rel = np.asarray(relevant.sum(axis=1)).reshape(-1)
         if extra_relevant is not None:
@@ -116,7 +103,6 @@ class RankingAccumulator:
         self.recommended.update(np.unique(idx[valid]).tolist())
 
     def result(self) -> dict[str, float]:
-        """Means over evaluated users, plus coverage and the user count."""
         k = self.k
         n = max(self.users, 1)
         out = {
@@ -136,11 +122,7 @@ def ranking_metrics(
     threshold: float = RELEVANT_THRESHOLD,
     n_items: int | None = None,
 ) -> dict[str, float]:
-    """P@k, R@k, NDCG@k, HitRate@k, Coverage@k and users evaluated for one score matrix.
-
-    ``scores``, ``train`` and ``test`` are aligned users x movies; train cells are excluded
-    from the candidates; relevant = test rating >= ``threshold``.
-    """
+    """The ranking figures of one score matrix (users x movies, as ``train`` and ``test``)."""
     acc = RankingAccumulator(n_items=n_items or scores.shape[1], k=k, threshold=threshold)
     acc.add(scores, sp.csr_matrix(train), sp.csr_matrix(test))
     return acc.result()
@@ -155,13 +137,9 @@ def evaluate_scorer(
     batch_size: int = 1024,
     threshold: float = RELEVANT_THRESHOLD,
 ) -> dict[str, float]:
-    """Evaluate a scorer on (train matrix, test ratings) with the docs/evaluation.md protocol.
-
-    The scorer sees each test user's training row (fold-in). Test ratings the model cannot
-    score (user without training ratings, movie outside the movie map) get the training
-    mean and are counted in ``fallback_ratings``. Users unknown to training are ranked from
-    an empty row; relevant movies outside the movie map count in the recall denominator.
-    """
+    """A scorer's figures on (train matrix, test ratings), each test user folded in from
+    their training row. Ratings it cannot score get the training mean (``fallback_ratings``);
+    unknown users are ranked from an empty row; unknown relevant movies count in recall."""
     return evaluate_user_scorer(
         lambda _users, rows: scorer(rows), train, test, k, scale, batch_size, threshold
     )
@@ -228,7 +206,6 @@ def _fallback_truth(
     unknown: np.ndarray,
     user_counts: np.ndarray,
 ) -> np.ndarray:
-    """True ratings of the test cells that get the training mean (order does not matter)."""
     coo = test_csr.tocoo()
     no_data = user_counts[coo.row] == 0
     return np.concatenate(
@@ -244,7 +221,6 @@ def _extra_relevant(
     movies: object,
     threshold: float,
 ) -> np.ndarray:
-    """Per batch user: relevant test movies that are not in the movie map."""
     unknown_movie = movies.index_of(movies_t) < 0  # type: ignore[attr-defined]
     sel = unknown_movie & (ratings_t >= threshold)
     if not sel.any():
@@ -265,7 +241,6 @@ def _rank_new_users(
     train: RatingMatrix,
     threshold: float,
 ) -> None:
-    """Users absent from training are ranked from an empty input row (cold start)."""
     sel = np.isin(users_t, new_users)
     rows_idx = np.searchsorted(new_users, users_t[sel])
     cols = train.movies.index_of(movies_t[sel])

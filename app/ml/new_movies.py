@@ -1,16 +1,9 @@
 """New movies before a retrain: columns appended to a trained model's output.
 
-The networks' inputs and outputs are the movies they were trained on, so a movie added
-since has no column until the next retrain. Until then it is tied to the trained movies
-its raters rated: its K nearest trained movies by co-rating (cosine of the two rater sets,
-shrunk while they share few raters). Its ranking score for a user is the similarity-
-weighted mean of that user's scores of those neighbours before the popularity penalty,
-less its own penalty (from its own rating count); its predicted rating is the bias terms
-with a movie bias shrunk from its own ratings, as training fits the trained movies' ones.
-
-Pure arrays, no database: serving (`app.serving.new_movies`) reads the raters and
-evaluation (scripts/bench_new_movies.py) splits them off, and both call `fit` and
-`NewMovieColumns.scores` on the model's own forward output, so they compute it alike.
+A movie added since training is tied to its K nearest trained movies by co-rating; its
+score for a user is the weighted mean of that user's scores of them (popularity penalty
+its own), its rating the bias terms with its own movie bias. Pure arrays: serving and
+scripts/bench_new_movies.py compute it alike (docs/design.md).
 """
 
 from __future__ import annotations
@@ -34,8 +27,6 @@ larger values favoured popular neighbours and ranked worse (docs/benchmarks.md).
 
 @dataclass(frozen=True)
 class NewMovieColumns:
-    """E new movies as columns n..n+E-1 after a model's n trained ones."""
-
     neighbours: Array
     """E x K trained columns (padding: column 0 at weight 0)"""
     weights: Array
@@ -59,7 +50,6 @@ class NewMovieColumns:
         return int(self.movie_bias.size)
 
     def take(self, rows: Array) -> NewMovieColumns:
-        """These new movies only, in this order (a refresh reuses unchanged ones)."""
         return NewMovieColumns(
             self.neighbours[rows],
             self.weights[rows],
@@ -85,10 +75,8 @@ class NewMovieColumns:
         )
 
     def scores(self, trained: Array, popularity: Array, penalty: float) -> Array:
-        """The trained columns' served scores (B x n, popularity penalty included) with
-        the new movies' appended (B x (n + E)): the weighted mean of the neighbours' scores
-        with their penalty added back, less the movie's own. A gather on the forward pass's
-        output: no second forward, no catalog-wide work per new movie."""
+        """The trained scores (B x n) with the new movies' appended, a gather on the forward
+        pass's output: the neighbours' weighted mean, penalty added back, less its own."""
         if not len(self):
             return trained
         n = trained.shape[1]
@@ -105,8 +93,7 @@ class NewMovieColumns:
     def ratings(
         self, bias: BiasTerms, user_bias: Array, cols: Array, scale: tuple[float, float]
     ) -> Array:
-        """Predicted ratings at new-movie positions ``cols`` (0..E-1) for users whose bias
-        is ``user_bias`` (one per cell): the bias terms, clamped to the rating scale."""
+        """Ratings at new-movie positions ``cols`` for users of bias ``user_bias`` (per cell)."""
         mixed = bias.mean + self.movie_bias[cols] + user_bias
         return np.clip(mixed, scale[0], scale[1]).astype(np.float32, copy=False)
 
@@ -121,13 +108,9 @@ def fit(
     k: int = NEIGHBOURS,
     shrink: float = SHRINK,
 ) -> NewMovieColumns:
-    """Neighbours, weights and bias terms of E new movies.
-
-    ``raters``: R x n, the trained-movie ratings of the raters read (one row per rater);
-    ``rated_by``: E x R, each new movie's ratings by those raters (its latest raters
-    only, as read); ``counts``: each new movie's full rating count; ``trained_counts``: n,
-    the trained movies' training rating counts (the model's popularity).
-    """
+    """Neighbours, weights and bias terms of E new movies from ``raters`` (R x n, the raters'
+    trained ratings), ``rated_by`` (E x R), their full rating ``counts`` and the trained
+    movies' training counts."""
     raters = sp.csr_matrix(raters, dtype=np.float32)
     rated_by = sp.csr_matrix(rated_by, dtype=np.float32)
     n_new = rated_by.shape[0]

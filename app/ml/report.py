@@ -5,24 +5,12 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from app.ml.artifacts import write_atomically
+from app.ml.artifacts import plain, write_atomically
 from app.ml.train import EpochReport
-
-
-def _clean(value: Any) -> Any:
-    """JSON has no NaN: write null instead."""
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
 
 
 def write_metrics_json(
@@ -32,7 +20,7 @@ def write_metrics_json(
     artifact = Path(artifact)
     path = artifact.with_name(f"{artifact.stem}.metrics.json")
     body = {"metrics": metrics, "history": [h.as_dict() for h in history]}
-    write_atomically(path, json.dumps(_clean(body), indent=2, sort_keys=True).encode())
+    write_atomically(path, json.dumps(plain(body), indent=2, sort_keys=True).encode())
     return path
 
 

@@ -1,17 +1,9 @@
-"""The two products a training batch needs, at the cost of its ratings, not its catalog.
+"""The two products a training batch needs, at the cost of its ratings, not its catalog:
+the first layer over sparse rating rows, and each head's dot products at the rated cells.
 
-A batch of users rated a few thousand of the catalog's movies. The encoder's first layer
-multiplies the (sparse) rating rows by a movies x hidden weight, and each head needs the
-dot product of a user's hidden vector with the weight row of every movie that user rated.
-Written as per-rating gathers, the second one materialises a ratings x hidden tensor per
-head, forward and backward (~50 ms a head per batch at 16k ratings x 400 hidden).
-
-Here the weight rows of the batch's distinct movies are gathered once (by the caller, with
-``F.embedding``) and both products, forward and backward, run over that compact block as
-sparse products: embedding bags (per user, or per movie for the transposes) and
-``torch.sparse.sampled_addmm`` for the rated cells. (torch.sparse.mm measured 3-10x
-slower than the embedding bags on this 2-core machine; a row-sparse Adam over the
-touched rows was slower than fused dense Adam, so the weights keep dense gradients.)
+The weight rows of the batch's distinct movies are gathered once and both products run
+over that block, forward and backward, as embedding bags and ``sampled_addmm`` (per-rating
+gathers built a ratings x hidden tensor per head; torch.sparse.mm was 3-10x slower).
 """
 
 from __future__ import annotations
@@ -30,9 +22,8 @@ warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWa
 
 @dataclass(frozen=True)
 class RatingPattern:
-    """Where a batch's ratings are (``rows`` sorted), in user-major CSR order; each rated
-    movie's slot among the batch's distinct movies, and the movie-major order, are computed
-    when a gradient first needs them (inference reads the weights in place)."""
+    """Where a batch's ratings are, user-major (``rows`` sorted); the distinct movies' slots
+    and the movie-major order are computed when a gradient first needs them."""
 
     rows: torch.Tensor
     cols: torch.Tensor
@@ -41,7 +32,6 @@ class RatingPattern:
 
     @classmethod
     def of(cls, rows: torch.Tensor, cols: torch.Tensor, n_users: int) -> RatingPattern:
-        """``rows`` must be sorted (CSR order, as SparseBatch.from_csr makes them)."""
         user_ptr = torch.searchsorted(rows, torch.arange(n_users + 1, device=rows.device))
         return cls(rows, cols, n_users, user_ptr)
 
@@ -62,7 +52,6 @@ class RatingPattern:
 
     @cached_property
     def by_movie(self) -> torch.Tensor:
-        """A permutation of the ratings that groups them by movie (stable)."""
         return torch.sort(self.slots, stable=True).indices
 
     @cached_property
@@ -75,8 +64,7 @@ class RatingPattern:
         return int(self.movies.numel())
 
     def user_sums(self, values: torch.Tensor, slot_rows: torch.Tensor) -> torch.Tensor:
-        """users x d: ``X @ slot_rows`` where X (users x slots) holds ``values`` at the
-        rated cells. An embedding bag per user: ~10x faster than torch.sparse.mm here."""
+        """users x d: ``X @ slot_rows``, X (users x slots) holding ``values`` at the cells."""
         return F.embedding_bag(
             self.slots, slot_rows, self.user_ptr[:-1], per_sample_weights=values, mode="sum"
         )
@@ -102,15 +90,9 @@ class RatingPattern:
 
 
 def encode(pattern: RatingPattern, values: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
-    """Users x hidden: ``sum_j X_j @ layer[j*M : (j+1)*M]`` where ``X_j`` holds
-    ``values[:, j]`` at the pattern's cells and M is the catalog size (one block of the
-    layer's rows per input feature, e.g. the indicator and the centred rating). ``values``
-    get no gradient.
-
-    With a gradient to compute, the rows of the batch's distinct movies are gathered first
-    and the product and its backward run over that block (`_Encode`); without one a bag
-    per user reads the layer's rows in place.
-    """
+    """Users x hidden: ``sum_j X_j @ layer[j*M : (j+1)*M]``, ``X_j`` holding ``values[:, j]``
+    at the cells (a block of rows per input feature). With a gradient, over the gathered
+    rows of the batch's movies (`_Encode`); without, a bag per user reads the layer in place."""
     values = values.detach()
     n_movies = layer.shape[0] // values.shape[1]
     if torch.is_grad_enabled() and layer.requires_grad:
@@ -127,11 +109,8 @@ def encode(pattern: RatingPattern, values: torch.Tensor, layer: torch.Tensor) ->
 
 
 def cell_dots(pattern: RatingPattern, hidden: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """``(hidden @ table.T)[users, movies]`` at the rated cells, never the whole product;
-    ``table`` holds one row per movie. With a gradient to compute, through the rows of the
-    batch's distinct movies (`rated_dot`); without one, one gather of each cell's rows
-    (`index_select` and a product: einsum over advanced-indexed rows took 4x as long for a
-    request's ten cells)."""
+    """``(hidden @ table.T)[users, movies]`` at the rated cells only: with a gradient through
+    the batch's movies' rows (`rated_dot`), else one `index_select` of each cell's rows."""
     if torch.is_grad_enabled() and (table.requires_grad or hidden.requires_grad):
         return rated_dot(pattern, hidden, F.embedding(pattern.movies, table))
     picked = hidden.index_select(0, pattern.rows) * table.index_select(0, pattern.cols)
@@ -139,8 +118,7 @@ def cell_dots(pattern: RatingPattern, hidden: torch.Tensor, table: torch.Tensor)
 
 
 def rated_dot(pattern: RatingPattern, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``(hidden @ rows.T)[users, slots]`` at the rated cells, never the whole product;
-    ``rows`` holds one weight row per slot."""
+    """``(hidden @ rows.T)[users, slots]`` at the rated cells, ``rows`` one per slot."""
     out: torch.Tensor = _RatedDot.apply(pattern, hidden, rows)
     return out
 

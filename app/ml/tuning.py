@@ -1,11 +1,7 @@
 """Hyper-parameter search within a time budget (Optuna), judged on the validation split.
 
-The first trial is always the configuration as given (the preset and its overrides), so
-a search that finds nothing better keeps it; if the budget runs out during it, it stops
-at its best epochs so far rather than being lost. Later trials are proposed by a seeded TPE
-sampler; a trial whose validation NDCG@10 after some epochs trails the median of earlier
-trials at the same epoch is pruned, and a trial still running when the budget is spent is
-stopped and discarded. Only the best trial's model is kept in memory.
+The first trial is the configuration as given (cut short at the budget, never lost), so a
+search that finds nothing better keeps it; then a seeded TPE sampler with median pruning.
 """
 
 from __future__ import annotations
@@ -26,8 +22,7 @@ TrialCallback = Callable[[dict[str, Any]], None]
 ASSEMBLY_RESERVE = 0.15
 """Share of the budget kept for what follows the first trial's epochs (item path, blend)."""
 REFIT_RESERVE = 0.1
-"""Share of the budget kept for refitting the winner on all ratings (`refit_on_all`,
-about a fifth of an untuned training on ml-100k); skipped if the trials overran it."""
+"""Share of the budget kept for refitting the winner on all ratings (`refit_on_all`)."""
 
 
 class BudgetSpent(optuna.TrialPruned):
@@ -35,7 +30,6 @@ class BudgetSpent(optuna.TrialPruned):
 
 
 def suggest(trial: optuna.Trial, base: ModelConfig) -> dict[str, Any]:
-    """The searched settings: width, learning, regularisation and the liked-movie weights."""
     return {
         "hidden": (trial.suggest_categorical("width", [200, 400, 600]),) * len(base.hidden),
         "lr": trial.suggest_float("lr", 5e-4, 5e-3, log=True),
@@ -48,7 +42,7 @@ def suggest(trial: optuna.Trial, base: ModelConfig) -> dict[str, Any]:
 
 
 def _as_params(base: ModelConfig) -> dict[str, Any]:
-    """The base configuration in the search's own parameter names (the first trial)."""
+    """The base configuration in the search's parameter names (the first trial)."""
     return {
         "width": base.hidden[0] if base.hidden[0] in (200, 400, 600) else 400,
         "lr": min(max(base.lr, 5e-4), 5e-3),
@@ -62,8 +56,6 @@ def _as_params(base: ModelConfig) -> dict[str, Any]:
 
 @dataclass
 class SearchResult:
-    """The winning trial's trained model plus every trial's figures."""
-
     result: TrainResult
     config: ModelConfig
     trials: list[dict[str, Any]] = field(default_factory=list)
@@ -149,7 +141,7 @@ def search(
 
 
 def _pruning(trial: optuna.Trial, deadline: float, first: bool) -> Callable[[EpochReport], None]:
-    """Per-epoch report to the pruner; the first trial (the defaults) always finishes."""
+    """Per-epoch report to the pruner; the first trial always finishes."""
 
     def on_epoch(report: EpochReport) -> None:
         if first:

@@ -1,10 +1,6 @@
-"""MovieLens files: where they are (a folder, a folder inside one, a .zip with or without
-a top folder), which layout they follow, and the movie catalog each layout writes.
-
-Layouts: ml-100k ``u.data`` + ``u.item``; ml-1m/10m ``ratings.dat`` + ``movies.dat``
-(``::``); ml-latest/20m/25m ``ratings.csv`` + ``movies.csv`` (header). The importer
-(`app.movielens.importer`) and offline evaluation (`app.movielens.ratings`) read both
-through this module, so they see the same movies.
+"""MovieLens files: where they are (a folder, one inside it, a .zip), which layout they
+follow (`LAYOUTS`), and the movie catalog each layout writes. The importer and offline
+evaluation both read through here, so they see the same movies.
 """
 
 from __future__ import annotations
@@ -21,8 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Protocol
 
 ID_LIMIT = 2**53  # ids arrive as float64; above this they would lose precision
-# What a long read reports: (what is being read, bytes so far, bytes in all if known). The
-# caller draws it (the CLI's bar); a service never writes to the terminal itself.
+# (what is being read, bytes so far, bytes in all if known), drawn by the caller
 Progress = Callable[[str, int, int | None], None]
 STANDARD_100K_GENRES = (
     "unknown",
@@ -55,7 +50,6 @@ _YEAR_RE = re.compile(r"\((\d{4})(?:\s*[-\u2013]\s*(?:\d{4})?\s*)?\)$")
 def byte_counter(
     label: str, total: int | None, on_progress: Progress | None
 ) -> Callable[[int], None]:
-    """Adds up the bytes read and hands the running total to ``on_progress``."""
     done = 0
 
     def on_read(amount: int) -> None:
@@ -77,9 +71,6 @@ class MovieRow:
     title: str
     year: int | None
     genres: tuple[str, ...]
-
-
-# --------------------------------------------------------------------------- sources
 
 
 class Source(Protocol):
@@ -123,9 +114,6 @@ class _ZipSource:
 
     def __str__(self) -> str:
         return f"{self.path}!{self.prefix}" if self.prefix else str(self.path)
-
-
-# --------------------------------------------------------------------------- layouts
 
 
 @dataclass(frozen=True)
@@ -177,7 +165,7 @@ def _add_movie(
     genres: tuple[str, ...],
     fallback_year: int | None = None,
 ) -> None:
-    """Validate one catalog entry; the first entry of an id wins, like for ratings."""
+    """Validate one catalog entry; the first entry of an id wins, as for ratings."""
     try:
         movie_id = int(raw_id.strip())
     except ValueError:
@@ -197,7 +185,6 @@ def _add_movie(
 
 
 def _text_lines(source: Source, name: str) -> Iterator[str]:
-    """Decoded lines without their line ending; blank lines are dropped."""
     with source.open(name) as handle:
         for raw in handle:
             line = _decode(raw).rstrip("\r\n")
@@ -285,7 +272,6 @@ LAYOUTS = (
 
 
 def looked_for() -> str:
-    """The files each layout needs, for messages that say what was searched for."""
     return "; ".join(f"{lay.ratings_file} + {lay.movies_file} ({lay.covers})" for lay in LAYOUTS)
 
 
@@ -310,7 +296,6 @@ def _no_layout(path: Path) -> MovieLensFormatError:
 
 
 def zip_prefixes(names: list[str]) -> list[str]:
-    """Folders inside the archive (top first) that hold a ratings file."""
     markers = {layout.ratings_file for layout in LAYOUTS}
     prefixes = set()
     for name in names:

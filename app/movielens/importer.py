@@ -1,30 +1,10 @@
-"""Bulk import of the GroupLens MovieLens data sets (their download: downloads.py).
+"""Import of the GroupLens MovieLens data sets, in one transaction (docs/design.md).
 
-The import streams the ratings file in blocks (never the whole file in memory), validates
-each block with numpy, and hands the good rows to one of two paths (`ratings_writer`):
-
-- bulk, when `ratings` holds no more rows than the file brings (a first import): its
-  secondary indexes (PostgreSQL: also its keys and foreign keys) are dropped, the rows go
-  straight in (binary `COPY` on PostgreSQL, multi-row INSERTs on SQLite), and what was
-  dropped is rebuilt at the end by sorting, then ANALYZEd (PostgreSQL). 25M ratings (the
-  synthetic ml-25m of scripts/generate_ml25m.py): about 80 s either backend, on 2 cores.
-  On PostgreSQL this holds ACCESS EXCLUSIVE locks on `ratings` and `movies` until the
-  commit: readers wait (they never see the table half loaded or without its keys);
-  the path is skipped if those locks are not free within PG_LOCK_WAIT seconds.
-- incremental, otherwise: rows are staged in a temp table, deduplicated and inserted
-  with ON CONFLICT DO NOTHING; nothing is dropped and nobody is blocked.
-
-Everything lands in one transaction, so a crash never leaves half a catalog behind, nor
-a table without its indexes.
-
-Semantics worth knowing:
-- Rows already in the database are left as they are (INSERT ... ON CONFLICT DO NOTHING),
-  so a second run adds nothing.
-- A (user, movie) pair repeated in the file keeps its FIRST occurrence, the same rule as
-  for rows already in the database; later copies are counted as `ratings.duplicate`.
-- Every row that cannot be used is counted per reason in `ImportReport.skipped`.
-- Movie ids are taken as they are: ml-100k and the other data sets number movies
-  differently, so do not import both into one database.
+The ratings file streams in blocks validated with numpy, to the bulk or the incremental
+writer (`ratings_writer`). Stored rows are left as they are (a second run adds nothing), a
+pair repeated in the file keeps its first occurrence, and every row that cannot be used is
+counted per reason in `ImportReport.skipped`. Movie ids are taken as they are: ml-100k and
+the other sets number movies differently, so do not import both into one database.
 """
 
 from __future__ import annotations
@@ -53,11 +33,7 @@ MOVIE_BATCH = 5_000
 
 @dataclass
 class ImportReport:
-    """What one import did; `skipped` maps a reason such as `ratings.bad_rating` to a count.
-
-    `layout` is the file-format family: ml-100k; ml-1m (also ml-10m); ml-latest (also
-    ml-latest-small, ml-20m, ml-25m).
-    """
+    """What one import did; `skipped` maps a reason such as `ratings.bad_rating` to a count."""
 
     layout: str
     source: str = ""
@@ -71,7 +47,6 @@ class ImportReport:
     seconds: float = 0.0
 
     def summary(self) -> str:
-        """The lines the CLI prints: what was loaded, what was left out, how long it took."""
         rate = self.ratings_seen / self.seconds if self.seconds > 0 else 0.0
         lines = [
             f"MovieLens {self.layout} layout from {self.source}",
@@ -88,9 +63,6 @@ class ImportReport:
             lines.append("  skipped: none")
         lines.append(f"  took {self.seconds:.1f} s ({rate:,.0f} rating rows/s)")
         return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- import
 
 
 def _insert_ignore(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
@@ -128,8 +100,6 @@ def _import_ratings(
     skipped: Counter[str],
     on_progress: Progress | None,
 ) -> None:
-    """Stream and validate the ratings file block by block into the writer, which leaves
-    them all in `ratings` when it finishes."""
     valid = 0
     size = source.size(layout.ratings_file)
     on_read = byte_counter(f"ratings {layout.ratings_file}", size, on_progress)
@@ -156,16 +126,10 @@ _SQLITE_IMPORT_PRAGMAS = {"foreign_keys": "0", "ignore_check_constraints": "1"}
 
 @contextlib.contextmanager
 def _import_transaction(engine: Engine) -> Iterator[Connection]:
-    """`engine.begin()`; on SQLite, with the write lock from the start (BEGIN IMMEDIATE) and
-    the per-row checks it makes redundant switched off for this connection only.
-
-    Holding the lock before the catalog is read means no movie can be deleted until the
-    commit, and every rating written has passed `valid_ratings` against that catalog (or
-    the movies added with it) and has a rating of `k * 0.5` for an integer k in 1..10 (see
-    `_sqlite_insert`). So the foreign key and the half-star CHECK hold by construction and
-    SQLite need not look them up per row (`foreign_keys` can only change outside a
-    transaction). The flags are put back afterwards; a connection that cannot have them
-    back is dropped from the pool, never reused without its foreign keys."""
+    """`engine.begin()`; on SQLite with the write lock from the start, so no movie can go
+    before the commit: every rating written passed `valid_ratings` against that catalog as
+    a half star, and the foreign key and CHECK, which hold by construction, are switched off
+    for this connection. A connection that cannot have them back is dropped from the pool."""
     if engine.dialect.name != "sqlite":
         with engine.begin() as conn:
             yield conn
@@ -195,11 +159,8 @@ def _import_transaction(engine: Engine) -> Iterator[Connection]:
 def import_movielens(
     engine: Engine, path: Path, on_progress: Progress | None = None
 ) -> ImportReport:
-    """Load a MovieLens folder or .zip into movies, movie_genres and ratings, idempotently.
-
-    One transaction for the whole run: either the catalog and its ratings land together,
-    or nothing does. ``on_progress`` hears how far the ratings file has been read.
-    """
+    """Load a MovieLens folder or .zip into movies, movie_genres and ratings, idempotently;
+    ``on_progress`` hears how far the ratings file has been read."""
     started = time.perf_counter()
     skipped: Counter[str] = Counter()
     with open_source(Path(path)) as (source, layout):

@@ -1,7 +1,6 @@
 """Rating lines parsed and validated in blocks with numpy, and a whole data set read
-without a database (offline evaluation), with the importer's rules: integer ids, a
-half-star rating in [0.5, 5], a movie of the catalog, the first row of a repeated
-(user, movie) pair; what is dropped is counted in ``skipped``.
+without a database (offline evaluation), by the importer's rules; what is dropped is
+counted in ``skipped``.
 """
 
 from __future__ import annotations
@@ -23,8 +22,6 @@ _ONE_BYTE_SEP = b"\x1f"  # stand-in for the two-byte "::" of the .dat files
 
 @dataclass
 class Ratings:
-    """All ratings of a data set as parallel arrays, plus the catalog (the movie axis)."""
-
     users: np.ndarray
     movies: np.ndarray
     ratings: np.ndarray
@@ -38,7 +35,6 @@ class Ratings:
         return int(self.users.size)
 
     def subset(self, keep: np.ndarray, name: str | None = None) -> Ratings:
-        """The rows selected by ``keep`` (mask or indices), same catalog."""
         return Ratings(
             self.users[keep],
             self.movies[keep],
@@ -53,8 +49,7 @@ class Ratings:
 def line_blocks(
     handle: IO[bytes], block_bytes: int = BLOCK_BYTES, on_read: Callable[[int], None] | None = None
 ) -> Iterator[bytes]:
-    """Blocks of whole lines (bounded memory on ml-25m); the tail after the last newline is
-    yielded at the end. ``on_read`` hears each chunk's size (progress bars)."""
+    """Blocks of whole lines, bounded memory; ``on_read`` hears each chunk's size."""
     rest = b""
     while chunk := handle.read(block_bytes):
         if on_read is not None:
@@ -80,16 +75,14 @@ def drop_header(block: bytes) -> bytes:
 def parse_block(
     block: bytes, sep: bytes, skipped: Counter[str], count_blank_lines: bool
 ) -> np.ndarray:
-    """(n, 4) float64 rows of (user, movie, rating, timestamp). A clean block is parsed
-    whole by numpy; one with a bad line (or, when counted, a blank one) line by line,
-    each bad line counted in ``skipped``."""
+    """(n, 4) float64 rows of (user, movie, rating, timestamp): parsed whole by numpy, line
+    by line (bad lines counted) only when a block has a bad or (counted) blank line."""
     block = block.replace(b"\r", b"")
     fast = _parse_fast(block, sep, blank_lines_ok=not count_blank_lines)
     return fast if fast is not None else _parse_slow(block, sep, skipped, count_blank_lines)
 
 
 def _parse_fast(block: bytes, sep: bytes, blank_lines_ok: bool) -> np.ndarray | None:
-    """Whole-block numpy parse when every line has exactly four numbers; None otherwise."""
     if len(sep) > 1:
         if _ONE_BYTE_SEP in block:
             return None
@@ -141,10 +134,9 @@ def _field_digits(buffer: np.ndarray, begin: np.ndarray, end: np.ndarray) -> np.
 def _parse_digits(
     buffer: np.ndarray, starts: np.ndarray, ends: np.ndarray, seps: np.ndarray
 ) -> np.ndarray | None:
-    """The common case without any float parsing: three unsigned integer fields and a
-    rating of the form `4`, `4.5` or `4.50` (at most 3 decimals). Returns exactly what
-    `np.fromstring` would (an integer is exact; a rating is one correctly rounded
-    division); None for any other text, which the general parser then reads."""
+    """The common case without float parsing: three unsigned integers and a rating such as
+    `4` or `4.50`; exactly what `np.fromstring` gives (one correctly rounded division), None
+    for other text."""
     user = _field_digits(buffer, starts, seps[:, 0])
     movie = _field_digits(buffer, seps[:, 0] + 1, seps[:, 1])
     stamp = _field_digits(buffer, seps[:, 2] + 1, ends)
@@ -198,8 +190,8 @@ def _parse_slow(
 
 
 def valid_ratings(values: np.ndarray, catalog: np.ndarray, skipped: Counter[str]) -> np.ndarray:
-    """Mask of rows to keep: integer ids and timestamp, a half-star rating in [0.5, 5] and a
-    movie of ``catalog`` (sorted ids); what is dropped is counted by reason."""
+    """Rows to keep: integer ids and timestamp, a half star in [0.5, 5], a movie of the
+    sorted ``catalog``; what is dropped is counted by reason."""
     user, movie, rating, stamp = values.T
     with np.errstate(invalid="ignore"):
         ids = np.isfinite(values).all(axis=1)
@@ -218,7 +210,6 @@ def valid_ratings(values: np.ndarray, catalog: np.ndarray, skipped: Counter[str]
 
 
 def _read_rows(source: Source, layout: Layout, skipped: Counter[str]) -> np.ndarray:
-    """Every parseable rating line as (user, movie, rating, timestamp) float64 rows."""
     parts = []
     with source.open(layout.ratings_file) as handle:
         for number, block in enumerate(line_blocks(handle)):

@@ -12,7 +12,6 @@ from app.movielens.ratings import valid_ratings
 
 
 def count_lines(block: bytes) -> int:
-    """Lines in a block, the last one counted even without its newline."""
     return block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
 
 
@@ -27,7 +26,6 @@ class Batch:
         return len(self.user)
 
     def take(self, rows: np.ndarray) -> Batch:
-        """The rows a mask or an index array selects, in its order."""
         return Batch(self.user[rows], self.movie[rows], self.rating[rows], self.timestamp[rows])
 
 

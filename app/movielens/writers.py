@@ -24,9 +24,8 @@ SQLITE_ROWS = 200  # rows per INSERT: 800 parameters, under SQLite's historic 99
 
 
 class RatingWriter(Protocol):
-    """Takes validated ratings block by block; `finish` makes sure they are all in
-    `ratings` and returns (distinct pairs of the file, rows added). Used as a context
-    manager so a failure can abort a half-written COPY."""
+    """Takes validated blocks; `finish` returns (distinct pairs of the file, rows added).
+    A context manager, so a failure can abort a half-written COPY."""
 
     def __enter__(self) -> RatingWriter: ...
     def __exit__(self, *exc_info: Any) -> None: ...
@@ -39,8 +38,8 @@ def _quote(conn: Connection, name: str) -> str:
 
 
 def _sqlite_insert(conn: Connection, head: str, batch: Batch, tail: str = "") -> int:
-    """`head` + multi-row VALUES (+ `tail`): SQLITE_ROWS rows a statement cost about a quarter
-    of one statement a row, whose per-row binding dominates. Returns the rows changed."""
+    """`head` + multi-row VALUES (+ `tail`), SQLITE_ROWS a statement (a quarter of the cost
+    of a statement a row); the rows changed."""
     if not len(batch):
         return 0
     halves = np.rint(batch.rating * 2).astype(np.int64)
@@ -104,10 +103,8 @@ class _SqliteRatingWriter:
 
 
 class _SqliteBulkWriter:
-    """`ratings` empty or small: rows go straight in (ON CONFLICT DO NOTHING: the first row
-    of a pair wins), with its secondary indexes dropped for the load and rebuilt from
-    their own SQL at the end, a sort instead of a B-tree insert per row. Readers (WAL) see
-    the table as it was, indexes included, until the commit."""
+    """Rows straight in (the first of a pair wins), the secondary indexes dropped and rebuilt
+    from their own SQL at the end: a sort, not a B-tree insert per row."""
 
     def __init__(self, conn: Connection, stored: StoredPairs) -> None:
         self.conn, self.stored = conn, stored
@@ -144,7 +141,6 @@ _PG_TRAILER = b"\xff\xff"
 
 
 def _pg_row(kinds: str) -> np.dtype:
-    """COPY's binary tuple of int8 (`i`) and float8 (`f`) fields, as a numpy record."""
     fields: list[tuple[str, str]] = [("fields", ">i2")]
     for at, kind in enumerate(kinds):
         fields += [(f"len{at}", ">i4"), (f"v{at}", ">i8" if kind == "i" else ">f8")]
@@ -187,11 +183,7 @@ class _PostgresRatingWriter:
 
     def __enter__(self) -> _PostgresRatingWriter:
         self.conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
-        self.conn.exec_driver_sql(
-            "CREATE TEMP TABLE _ml_stage (user_id bigint, movie_id bigint, rating float8,"
-            " ts bigint, seq bigint) ON COMMIT DROP"
-        )
-        self.copy = _PgCopy(self.conn, "COPY _ml_stage FROM STDIN (FORMAT BINARY)", "iifii")
+        self.copy = _pg_stage(self.conn)
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -219,10 +211,18 @@ class _PostgresRatingWriter:
         return int(distinct), int(added)
 
 
+def _pg_stage(conn: Connection) -> _PgCopy:
+    """A COPY into a new temp table of staged rows, `seq` their file order."""
+    conn.exec_driver_sql(
+        "CREATE TEMP TABLE _ml_stage (user_id bigint, movie_id bigint, rating float8,"
+        " ts bigint, seq bigint) ON COMMIT DROP"
+    )
+    return _PgCopy(conn, "COPY _ml_stage FROM STDIN (FORMAT BINARY)", "iifii")
+
+
 @dataclass
 class _PgRebuild:
-    """What a bulk load drops from `ratings` and puts back, read from the catalog so the
-    very definitions (names, ON DELETE, index method) come back."""
+    """What a bulk load drops from `ratings` and puts back, as the catalog defines it."""
 
     drop: list[str]
     keys: list[str]  # primary key and unique constraints: first, staged rows need them
@@ -257,12 +257,9 @@ def _pg_rebuild(conn: Connection) -> _PgRebuild | None:
 
 
 class PostgresBulkWriter:
-    """`ratings` empty or small, locked for the load: "Populating a Database" of the
-    PostgreSQL manual. Its keys, indexes and foreign keys are dropped; rows are COPYed
-    straight into it while the file lists each user's ratings together (repeats dropped
-    here, see UserRuns), else staged and inserted at the end; then the keys are built by
-    sorting and the table is ANALYZEd. All in the import's transaction: nobody sees the
-    table without its constraints, or half loaded."""
+    """The manual's "Populating a Database", on a locked `ratings`: keys, indexes and
+    foreign keys dropped, rows COPYed straight in while each user's ratings come together
+    (`UserRuns`), else staged; then keys built by sorting, ANALYZE; one transaction."""
 
     def __init__(self, conn: Connection, stored: StoredPairs, rebuild: _PgRebuild) -> None:
         self.conn, self.stored, self.rebuild = conn, stored, rebuild
@@ -270,8 +267,7 @@ class PostgresBulkWriter:
         self.direct = self.seq = 0
 
     def __enter__(self) -> PostgresBulkWriter:
-        # maintenance_work_mem is left as it is: raised to 512MB or 1GB, the index builds of
-        # a 25M-row load took 20-30% longer here (2 cores) than with the default 64MB
+        # (a larger maintenance_work_mem made the index builds slower here)
         self.conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
         for statement in self.rebuild.drop:
             self.conn.exec_driver_sql(statement)
@@ -306,11 +302,7 @@ class PostgresBulkWriter:
         """A user came back: stage the rest and leave their repeats to SQL at the end."""
         self.runs = None
         self.copy.close()
-        self.conn.exec_driver_sql(
-            "CREATE TEMP TABLE _ml_stage (user_id bigint, movie_id bigint, rating float8,"
-            " ts bigint, seq bigint) ON COMMIT DROP"
-        )
-        self.copy = _PgCopy(self.conn, "COPY _ml_stage FROM STDIN (FORMAT BINARY)", "iifii")
+        self.copy = _pg_stage(self.conn)
 
     def finish(self) -> tuple[int, int]:
         self.copy.close()
@@ -331,7 +323,6 @@ class PostgresBulkWriter:
 
 
 def _bounded_count(conn: Connection, limit: int) -> int:
-    """Rows in `ratings`, counted up to limit + 1 only: cheap on a big table."""
     return int(
         conn.exec_driver_sql(
             f"SELECT count(*) FROM (SELECT 1 FROM ratings LIMIT {int(limit) + 1}) AS head"
@@ -354,11 +345,9 @@ def _stored_pairs(conn: Connection, known: np.ndarray, limit: int) -> StoredPair
 
 
 def _pg_lock_for_bulk(conn: Connection) -> Any:
-    """ACCESS EXCLUSIVE on `movies` and `ratings`, in a savepoint the caller ends, or None
-    when they were not free within PG_LOCK_WAIT seconds. NOWAIT, retried: the import
-    already holds weaker locks on both tables (it read them, it inserted movies), and
-    waiting for the strong ones while a writer holding one waits for the other would be
-    a deadlock; not waiting means whoever holds them first goes on, and never fails."""
+    """ACCESS EXCLUSIVE on `movies` and `ratings` in a savepoint the caller ends, or None
+    when not free within PG_LOCK_WAIT. NOWAIT, retried: the import holds weaker locks on
+    both already, so waiting could deadlock with a writer holding one."""
     deadline = time.monotonic() + PG_LOCK_WAIT
     while True:
         savepoint = conn.begin_nested()
@@ -375,8 +364,7 @@ def _pg_lock_for_bulk(conn: Connection) -> Any:
 
 
 def _postgres_writer(conn: Connection, known: np.ndarray, limit: int) -> RatingWriter:
-    """The bulk path when `ratings` is small and both tables can be locked (a long reader,
-    say a training run, is not queued behind), else the incremental one."""
+    """Bulk when `ratings` is small and both tables can be locked, else incremental."""
     if _bounded_count(conn, limit) > limit:
         return _PostgresRatingWriter(conn)
     savepoint = _pg_lock_for_bulk(conn)
@@ -392,8 +380,8 @@ def _postgres_writer(conn: Connection, known: np.ndarray, limit: int) -> RatingW
 
 
 def _sqlite_writer(conn: Connection, known: np.ndarray, limit: int) -> RatingWriter:
-    """The bulk path when `ratings` is small, else the incremental one. The write lock is
-    taken first (SQLite has one writer), so what is counted is what the import writes to."""
+    """Bulk when `ratings` is small, else incremental; the write lock first, so what is
+    counted is what the import writes to."""
     driver: Any = conn.connection.driver_connection
     if not driver.in_transaction:  # pysqlite begins only before DML, not before DDL
         conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -404,9 +392,8 @@ def _sqlite_writer(conn: Connection, known: np.ndarray, limit: int) -> RatingWri
 
 
 def ratings_writer(conn: Connection, known: np.ndarray, file_bytes: int) -> RatingWriter:
-    """Bulk when the file brings at least as many ratings as the table holds (and those fit
-    in memory as keys): rebuilding its indexes then costs less than updating them row by
-    row. Otherwise incremental, which never drops anything."""
+    """Bulk when the file brings at least as many ratings as the table holds (rebuilding the
+    indexes then costs less than updating them), else incremental."""
     limit = min(BULK_EXISTING_MAX, file_bytes // RATING_LINE_BYTES)
     if conn.dialect.name == "postgresql":
         return _postgres_writer(conn, known, limit)

@@ -13,16 +13,11 @@ from app.serving.recommender import Recommender
 def activate_and_preload(
     sessions: sessionmaker[Session], recommender: Recommender, version: str
 ) -> ModelVersion:
-    """Load `version` here, then make it the active one, committed, and serve it.
-
-    The load comes first, while this process still answers with the old version: once the
-    commit lands its requests (which read the active version with their ratings: read your
-    writes) find the new one loaded, so a large model swaps in without a stall. The other
-    processes load it on demand or at their next poll.
-    """
+    """Load `version` here while the old one still answers, then commit the activation:
+    this process's next requests find it loaded (others load on demand or at their poll)."""
     with sessions() as session:
         registry.get_version(session, version)  # 404 before any load
-    recommender.preload_model(version)
+    recommender.models.preload(version)
     with transaction(sessions) as session:
         row = registry.activate(session, version)
     recommender.refresh_model()

@@ -1,32 +1,25 @@
-"""Read-only figures for the admin dashboard: recent jobs, table counts, request metrics.
-
-Everything here is cheap enough to ask for every few seconds: counts on large PostgreSQL
-tables come from the planner's statistics (as the /metrics gauges do), and the request
-figures are read from the Prometheus registry this process already keeps.
+"""Read-only figures for the admin dashboard, cheap enough to poll: large PostgreSQL counts
+come from the planner's statistics, request figures from the Prometheus registry.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
-from prometheus_client.metrics_core import Metric
 from sqlalchemy import distinct, func, select, text
 from sqlalchemy.orm import Session
 
 from app.jobs.queue import count_jobs_by_status
 from app.models import Movie, Rating, TrainingJob
-from app.observability import LATENCY, REQUESTS, multiprocess_dir
+from app.observability import LATENCY, REQUESTS, metrics_registry, multiprocess_dir
 from app.schemas import RequestStatsOut, RouteStatsOut, ServiceStatsOut
 from app.services import registry
 from app.services.ratings import EXACT_COUNT_BELOW, count_ratings
 
 
 def recent_jobs(session: Session, limit: int) -> list[TrainingJob]:
-    """The newest training jobs first (whatever their status)."""
     query = select(TrainingJob).order_by(TrainingJob.created_at.desc(), TrainingJob.id).limit(limit)
     return list(session.scalars(query))
 
@@ -67,9 +60,6 @@ def _count_users(session: Session, ratings: int) -> tuple[int, bool]:
     return session.scalar(select(func.count(distinct(Rating.user_id)))) or 0, False
 
 
-# -- request figures from the Prometheus registry ------------------------------------------
-
-
 @dataclass
 class _Route:
     requests: int = 0
@@ -80,46 +70,28 @@ class _Route:
     buckets: dict[float, float] = field(default_factory=lambda: defaultdict(float))
 
 
-def _families() -> Iterable[Metric]:
-    """This process's metrics, or every worker's added up (as /metrics answers)."""
-    if multiprocess_dir() is None:
-        return REGISTRY.collect()
-    merged = CollectorRegistry()
-    multiprocess.MultiProcessCollector(merged)
-    return merged.collect()
-
-
 def request_stats() -> RequestStatsOut:
-    """Requests and latency per route template, and over all routes."""
     routes: dict[tuple[str, str], _Route] = defaultdict(_Route)
+    everything = _Route()
     requests_name, latency_name = (next(iter(m.describe())).name for m in (REQUESTS, LATENCY))
-    for family in _families():
+    for family in metrics_registry().collect():
         if family.name not in (requests_name, latency_name):
             continue
         for sample in family.samples:
-            labels = sample.labels
-            route = routes[(labels.get("method", ""), labels.get("route", ""))]
-            if sample.name == f"{requests_name}_total":
-                answered = int(sample.value)
-                route.requests += answered
-                status = labels.get("status", "")
-                route.errors += answered if status.startswith("5") else 0
-                route.client_errors += answered if status.startswith("4") else 0
-            elif sample.name == f"{latency_name}_bucket":
-                route.buckets[float(labels["le"])] += sample.value
-            elif sample.name == f"{latency_name}_sum":
-                route.seconds += sample.value
-            elif sample.name == f"{latency_name}_count":
-                route.observed += int(sample.value)
-    everything = _Route()
-    for route in routes.values():
-        everything.requests += route.requests
-        everything.errors += route.errors
-        everything.client_errors += route.client_errors
-        everything.seconds += route.seconds
-        everything.observed += route.observed
-        for bound, count in route.buckets.items():
-            everything.buckets[bound] += count
+            labels, value = sample.labels, sample.value
+            key = (labels.get("method", ""), labels.get("route", ""))
+            for route in (routes[key], everything):
+                if sample.name == f"{requests_name}_total":
+                    status = labels.get("status", "")
+                    route.requests += int(value)
+                    route.errors += int(value) if status.startswith("5") else 0
+                    route.client_errors += int(value) if status.startswith("4") else 0
+                elif sample.name == f"{latency_name}_bucket":
+                    route.buckets[float(labels["le"])] += value
+                elif sample.name == f"{latency_name}_sum":
+                    route.seconds += value
+                elif sample.name == f"{latency_name}_count":
+                    route.observed += int(value)
     busiest = sorted(routes.items(), key=lambda item: (-item[1].requests, item[0]))
     return RequestStatsOut(
         scope="process" if multiprocess_dir() is None else "all workers",
@@ -150,11 +122,8 @@ def _mean_ms(route: _Route) -> float | None:
 
 
 def quantile_from_buckets(buckets: dict[float, float], q: float) -> float | None:
-    """Prometheus' histogram_quantile: linear within the bucket the rank falls in.
-
-    ``buckets`` maps each upper bound (``le``, +Inf included) to its cumulative count. A
-    rank in the +Inf bucket answers the largest finite bound: the histogram knows no more.
-    """
+    """Prometheus' histogram_quantile over cumulative counts by upper bound (+Inf: the
+    largest finite bound, all the histogram knows)."""
     bounds = sorted(buckets)
     if not bounds or buckets[bounds[-1]] <= 0:
         return None

@@ -1,7 +1,5 @@
-"""Download of the GroupLens MovieLens archives (the import itself: movielens.py).
-
-Kept apart from the import: this is the only part that needs the network, and the import
-must work offline on a zip or folder the user already has.
+"""Download of the GroupLens MovieLens archives: apart from the import, the only part that
+needs the network (the import works offline on a zip or folder already there).
 """
 
 from __future__ import annotations
@@ -62,12 +60,8 @@ def download_movielens(
     timeout: float = 30.0,
     on_progress: Progress | None = None,
 ) -> Path:
-    """Fetch `{base_url}/{name}.zip`, unzip it into dest_dir and return the data folder.
-
-    The archive streams to a temp file that is renamed only when complete, so an
-    interrupted download never passes for a good one. base_url exists for mirrors and
-    for tests, which point it at localhost.
-    """
+    """Fetch `{base_url}/{name}.zip` (streamed to a temp file renamed when complete), unzip
+    it into dest_dir and return the data folder."""
     if name not in DATASETS:
         raise ValueError(
             f"unknown MovieLens data set {name!r}; choose one of {', '.join(DATASETS)}"

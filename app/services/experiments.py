@@ -1,10 +1,6 @@
 """Experiments: a candidate version served to a share of the users beside the active one,
-their online figures side by side, and the way out (stop, or promote the candidate).
-
-One running experiment at a time is the database's rule (a partial unique index), as one
-open training job is. Serving reads the running experiment in the same round trip as the
-active version (`app.serving.reader`), so a start, a stop or a promotion is followed by
-the next request to any process: read your writes, per arm.
+their figures side by side, then stop or promote. One runs at a time (a partial unique
+index); serving reads it with the active version, so each change is read your writes.
 """
 
 from __future__ import annotations
@@ -34,8 +30,7 @@ def running(session: Session) -> Experiment | None:
 
 def create(session: Session, candidate: str, share: float) -> Experiment:
     """A running experiment of `candidate` against the active version, in the caller's
-    transaction. NotFoundError for an unknown candidate; ConflictError while one runs
-    (with its id), with no active version, or when the candidate is the active one."""
+    transaction; ConflictError while one runs, with none active, or for the active one."""
     registry.get_version(session, candidate)
     control = registry.active_version_id(session)
     if control is None:
@@ -59,18 +54,16 @@ def create(session: Session, candidate: str, share: float) -> Experiment:
 def start(
     sessions: sessionmaker[Session], recommender: Recommender, candidate: str, share: float
 ) -> Experiment:
-    """Load the candidate in this process first (as an activation does), then commit the
-    experiment: its first answers wait for no load here; other processes load on demand."""
+    """Load the candidate here first (as an activation does), then commit the experiment."""
     with sessions() as session:
         registry.get_version(session, candidate)  # 404 before any load
-    recommender.preload_model(candidate)
+    recommender.models.preload(candidate)
     with transaction(sessions) as session:
         return create(session, candidate, share)
 
 
 def start_if_none_running(session: Session, candidate: str, share: float) -> str | None:
-    """A retrain's experiment (`POST /admin/retrain` with `experiment_share`): its id, or
-    None when one is running already (or the version is active): then nothing starts."""
+    """A retrain's experiment (`experiment_share`): its id, or None when none can start."""
     try:
         with session.begin_nested():
             return create(session, candidate, share).id
@@ -103,16 +96,15 @@ def get(session: Session, experiment_id: str) -> Experiment:
 def stop(
     sessions: sessionmaker[Session], recommender: Recommender, experiment_id: str, promote: bool
 ) -> Experiment:
-    """End a running experiment (ConflictError if it is not running); with `promote`, its
-    candidate is activated in the same transaction, loaded here first, and this process
-    switches before the answer: the read your writes of `POST /admin/models/{v}/activate`."""
+    """End a running experiment; `promote` activates its candidate in the same transaction,
+    loaded here first, and this process switches before the answer (as an activation)."""
     with sessions() as session:
         row = get(session, experiment_id)
         if row.status != "running":
             raise ConflictError(f"experiment {experiment_id!r} is not running ({row.status})")
         candidate = row.candidate
     if promote:
-        recommender.preload_model(candidate)
+        recommender.models.preload(candidate)
     with transaction(sessions) as session:
         ended = updated(
             session,
@@ -133,17 +125,14 @@ def stop(
 
 @dataclass(frozen=True)
 class Report:
-    """Both arms' figures, their difference and what it says."""
-
     arms: list[dict[str, Any]]
     difference: dict[str, Any]
     verdict: str
 
 
 def report(session: Session, row: Experiment, window: int, min_impressions: int) -> Report:
-    """Each arm's figures, the candidate's hit rate minus the control's with Newcombe's
-    95 % interval, and a verdict: "not enough data" while either arm has fewer than
-    `min_impressions` impressions, else by whether the interval excludes zero."""
+    """Both arms' figures, the candidate's hit rate minus the control's with its interval,
+    and a verdict by whether it excludes zero, once each arm has `min_impressions`."""
     found = {arm: online.figures(session, window, experiment_id=row.id, arm=arm) for arm in ARMS}
     arms = [{"arm": arm, "version": getattr(row, arm), **found[arm].as_dict()} for arm in ARMS]
     control, candidate = found["control"], found["candidate"]

@@ -1,16 +1,7 @@
-"""How the shown recommendations did: ratings attributed to impressions, hit rates and
-their intervals, per model version or per experiment arm.
-
-Attribution is computed when the figures are read, not when a rating is written: a rating
-of a movie counts for the latest impression that showed that movie to that user at or
-before the rating's time, within the attribution window. Reading it keeps the rating
-writes (single and batch upserts) exactly as they were, cannot miss an impression the
-background writer had not flushed yet when the rating came in, and follows a replaced
-rating to its last value. Each step is an index range: the version's (or arm's)
-impressions by time, the user's ratings by their key, and "no later impression showed
-it" on impressions (user_id, shown_ms), each impression's movie list searched for the
-rated movie; so the read grows with the impressions asked about and their users'
-ratings, not with the ratings table.
+"""How the shown recommendations did, per model version or experiment arm: a rating of a
+movie counts for the latest impression that showed it to that user at or before the rating,
+within the window. Computed when read, by index ranges (docs/design.md): rating writes stay
+as they were, an unflushed impression is never missed, a replaced rating counts as last.
 """
 
 from __future__ import annotations
@@ -31,8 +22,7 @@ Z95 = 1.959963984540054
 
 
 def wilson(successes: int, trials: int) -> tuple[float, float] | None:
-    """Wilson's score interval at 95 %: sound near 0 and 1 and on few trials, where the
-    normal approximation gives bounds outside [0, 1]. None without trials."""
+    """Wilson's 95 % interval: sound near 0 and 1 and on few trials; None without trials."""
     if trials <= 0:
         return None
     p = successes / trials
@@ -45,8 +35,8 @@ def wilson(successes: int, trials: int) -> tuple[float, float] | None:
 def difference_interval(
     a: tuple[int, int], b: tuple[int, int]
 ) -> tuple[float, tuple[float, float]] | None:
-    """p_a - p_b with Newcombe's hybrid score interval (from both Wilson intervals), for
-    (successes, trials) pairs; None when either has no trials."""
+    """p_a - p_b of (successes, trials) pairs with Newcombe's hybrid score interval; None
+    when either has no trials."""
     wa, wb = wilson(*a), wilson(*b)
     if wa is None or wb is None:
         return None
@@ -59,8 +49,6 @@ def difference_interval(
 
 @dataclass(frozen=True)
 class OnlineFigures:
-    """What the impressions of a version (or an arm) led to."""
-
     impressions: int
     users: int
     hits: int  # attributed ratings >= HIT
@@ -105,7 +93,6 @@ def figures(
     arm: str | None = None,
     since: datetime | None = None,
 ) -> OnlineFigures:
-    """The figures of the impressions that match every given filter."""
     where: list[ColumnElement[bool]] = []
     if version is not None:
         where.append(Impression.model_version == version)
@@ -142,17 +129,11 @@ def _shows(impression: Any, movie_id: Any) -> ColumnElement[bool]:
 
 
 def _attributed(window_seconds: int, where: list[ColumnElement[bool]], first_second: int) -> Any:
-    """(impression_id, rating) of every rating attributed to a matching impression.
-
-    Only ratings made since the first matching impression can count: the bound lets a
-    planner with statistics (PostgreSQL's) start from the recent end of
-    `ix_ratings_timestamp` and look back for each rating's impressions by
-    `ix_impressions_user_shown`, instead of reading each impression's user's ratings.
-    (SQLite without ANALYZE starts from the impressions: 4.3 s for 318k impressions of
-    943 users on ml-100k.)"""
+    """(impression_id, rating) of every rating attributed to a matching impression; bounded
+    to ratings since the first impression, so a planner with statistics starts from the
+    recent end of `ix_ratings_timestamp`."""
     shown, later = Impression, aliased(Impression)
-    # A rating's timestamp is its whole second: it may have come at any moment of it, so it
-    # follows an impression shown before that second ends (shown_ms is in milliseconds).
+    # a rating's whole second: it follows an impression shown before that second ends
     rated_by = (Rating.timestamp + 1) * 1000
     rated_after = and_(
         Rating.user_id == shown.user_id,

@@ -68,7 +68,7 @@ def upsert_rating(session: Session, rating: RatingIn) -> tuple[RatingOut, bool]:
 
 
 def _validate_batch_items(items: Sequence[Any]) -> list[RatingIn]:
-    """Validate every item, collecting all errors so a client fixes them in one round."""
+    """Every item's errors at once, so a client fixes them in one round."""
     valid: list[RatingIn] = []
     errors: list[dict[str, Any]] = []
     for index, item in enumerate(items):
@@ -134,13 +134,9 @@ EXACT_COUNT_BELOW = 1_000_000
 
 
 def count_ratings(session: Session) -> int:
-    """Exact below a million ratings; above that, PostgreSQL's live-row statistic.
-
-    /metrics is scraped every few seconds and the retraining schedule polls too, while
-    COUNT(*) over 20M rows takes seconds. The statistic follows each committed insert and
-    delete (reltuples waits for the next ANALYZE), so growth shows within seconds; after a
-    VACUUM or ANALYZE it is their estimate, close to but not exactly the true count.
-    """
+    """Exact below a million ratings, else PostgreSQL's live-row statistic (COUNT over 20M
+    rows takes seconds, and /metrics and the schedule poll): it follows each commit, but
+    after a VACUUM or ANALYZE it is their estimate."""
     if session.get_bind().dialect.name == "postgresql":
         live = session.scalar(
             text("SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = 'ratings'::regclass")

@@ -26,8 +26,8 @@ def register_version(
     saved: SavedArtifact,
     chunk_bytes: int,
 ) -> ModelVersion:
-    """An inactive row, and the artifact's file streamed into chunks of ``chunk_bytes``
-    (one chunk in memory at a time); refused if the file no longer hashes as written."""
+    """An inactive row and the artifact's file streamed into chunks of ``chunk_bytes``;
+    refused if the file no longer hashes as written."""
     row = ModelVersion(
         version=meta.version,
         config=config,
@@ -61,9 +61,8 @@ def register_version(
 
 
 def artifact_chunks(session: Session, version: str) -> Iterator[bytes]:
-    """The version's artifact, a verified chunk at a time, each read with its own query (a
-    server-side cursor would hold a transaction open; this holds one chunk in memory).
-    ArtifactError names a chunk that is missing or fails its checksum."""
+    """The version's artifact, a verified chunk per query (a server-side cursor would hold a
+    transaction open); ArtifactError names a missing or damaged chunk."""
     listing = session.execute(
         select(ModelArtifactChunk.chunk_index, ModelArtifactChunk.sha256)
         .where(ModelArtifactChunk.version == version)
@@ -95,8 +94,8 @@ def active_version_id(session: Session) -> str | None:
 
 
 def upcoming_version_id(session: Session) -> str | None:
-    """The newest version registered after the active one (any, with none active): what an
-    activation will most likely switch to next, so serving processes preload it."""
+    """The newest version registered after the active one (any, with none active): the
+    likely next activation, which serving preloads."""
     active_since = (
         select(ModelVersion.created_at).where(ModelVersion.is_active.is_(True)).scalar_subquery()
     )
@@ -110,7 +109,6 @@ def upcoming_version_id(session: Session) -> str | None:
 
 
 def experiment_candidate_id(session: Session) -> str | None:
-    """The running experiment's candidate version, if one runs (serving preloads it)."""
     return session.scalar(select(Experiment.candidate).where(Experiment.status == "running"))
 
 
@@ -139,13 +137,8 @@ def activate(session: Session, version: str) -> ModelVersion:
 
 
 def local_artifact(session: Session, row: ModelVersion, model_dir: Path) -> Path:
-    """This host's cached copy of the version's artifact, verified by its checksum.
-
-    The cache under MODEL_DIR serves when it matches; a missing or damaged file is fetched
-    again from the database, chunk by verified chunk, into a temporary file renamed into
-    place once the whole artifact's checksum holds (a process that maps the old file keeps
-    it). ArtifactError when the database's copy is damaged: nothing is written.
-    """
+    """This host's cached copy of the artifact when its checksum holds, else fetched again
+    from the database (`ArtifactStore.write`: nothing written from a damaged copy)."""
     if row.artifact_sha256 is None:
         return Path(row.artifact_path)  # registered before artifacts were stored: trust it
     store = ArtifactStore(model_dir)
@@ -164,7 +157,7 @@ def list_versions(session: Session) -> list[ModelVersion]:
 
 
 def rollback_target(rows: list[ModelVersion]) -> ModelVersion | None:
-    """The version that served before the active one: the inactive one activated last."""
+    """The inactive version activated last: the one that served before."""
     served = [r for r in rows if not r.is_active and r.activated_at is not None]
     return max(served, key=lambda r: r.activated_at or utcnow(), default=None)
 

@@ -1,23 +1,12 @@
-"""Trending movies: the most liked of the last days, damped so a handful of ratings does not
-top the list, never a hidden movie.
-
-A movie's score over the window is its positive ratings (4 stars or more) times their share
-of its ratings there, that share shrunk toward a prior of `PRIOR_RATINGS` ratings of which
-`PRIOR_SHARE` are positive:
+"""Trending movies: the most liked of the last days, never a hidden movie. A movie's score
+is its positive ratings (4 stars or more) times their share of its ratings in the window,
+the share shrunk toward a prior:
 
     score = positives * (positives + PRIOR_RATINGS * PRIOR_SHARE) / (ratings + PRIOR_RATINGS)
 
-So a movie needs both many positive ratings and few negative ones: three 5-star ratings
-score 3 * 8 / 13 = 1.8, 40 positives among 50 ratings 40 * 45 / 60 = 30, and 40 positives
-among 200 ratings 40 * 45 / 210 = 8.6. (A shrunk share alone would let the three 5-star
-ratings top a movie loved by hundreds; a count alone would reward the divisive.)
-
-The read is a range of `ix_ratings_timestamp` (time, movie, stars: an index-only scan on
-PostgreSQL), so it costs the ratings in the window, not the table; the join to the catalog
-drops hidden movies and applies the genres before the sort and the limit. A busy week is
-still tens of thousands of ratings (~25 ms on PostgreSQL at 58k), so `TrendingLists` keeps
-each window's ranked list for a few seconds and re-checks only the hidden movies per
-request (a partial index the size of the hidden set): a hidden movie never shows.
+So three 5-star ratings score 1.8, 40 positives among 50 ratings 30, among 200 8.6 (a share
+alone would reward the handful, a count the divisive). The read is a range of
+`ix_ratings_timestamp`; `TrendingLists` keeps it a few seconds (docs/design.md).
 """
 
 from __future__ import annotations
@@ -38,7 +27,7 @@ DAY_SECONDS = 86_400
 
 
 def trending_query(n: int, days: int, genres: Sequence[str], now: float) -> Select:
-    """The statement: (movie id, ratings, positives, score) of the top n, best first."""
+    """(movie id, ratings, positives, score) of the top n, best first."""
     since = int(now) - days * DAY_SECONDS
     positive = case((Rating.rating >= POSITIVE_STARS, 1), else_=0)
     window = (
@@ -73,12 +62,8 @@ def trending_query(n: int, days: int, genres: Sequence[str], now: float) -> Sele
 
 
 class TrendingLists:
-    """Each window's ranked list (the top `MAX_N`), kept `seconds` in this process.
-
-    A list is reused until it is `seconds` old; every request still reads the hidden movies
-    and drops them, and one that would then come out short (movies hidden since) is read
-    afresh. So a new rating shows within `seconds`, and a hidden movie never.
-    """
+    """Each window's top `MAX_N`, reused for `seconds`; every request still drops the hidden
+    movies (reading afresh when that leaves it short), so a hidden movie never shows."""
 
     MAX_N = 100  # the most a request asks for
     MAX_LISTS = 1000  # (days, genres) pairs kept; beyond, all are dropped (as AnswerCache)
@@ -109,8 +94,7 @@ class TrendingLists:
 def trending_movies(
     session: Session, n: int, days: int, genres: Sequence[str], now: float | None = None
 ) -> TrendingOut:
-    """The n top-scoring movies rated within the last `days` (any of `genres` when given),
-    read now."""
+    """The n top-scoring movies of the last `days` (any of `genres` when given), read now."""
     query = trending_query(n, days, genres, time.time() if now is None else now)
     rows = session.execute(query).all()
     movies = {

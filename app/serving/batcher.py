@@ -14,22 +14,14 @@ AnswerMany = Callable[[list[Request]], list[dict[str, Any] | Exception]]
 
 MAX_BATCH = 32
 """requests that share one read and forward pass at most"""
-
-
 MAX_DELAY = 0.0
-"""seconds a batch that is not full may wait for more requests (0: it goes when a thread
-is free; closed- and open-loop benchmarks measured no gain from waiting on our hosts)"""
+"""seconds a batch that is not full may wait for more (benchmarks measured no gain)"""
 
 
 class Batcher(Generic[Request]):
-    """Gathers the recommendation requests of one event loop into batches for the executor.
-
-    A batch starts when an executor thread is free and takes every request waiting by then
-    (up to ``max_batch``). When traffic is light each request runs alone, a batch of one;
-    under load the requests that queued behind a running batch share the next one's
-    forward pass. With ``max_delay`` > 0 a batch that is not full waits at most that long
-    after its first request for others.
-    """
+    """One event loop's requests in batches: a batch starts when an executor thread is free
+    and takes every request waiting by then, so under load the requests queued behind a
+    running batch share the next forward pass, and a lone request is a batch of one."""
 
     def __init__(
         self,

@@ -6,12 +6,8 @@ from typing import Any
 
 
 class AnswerCache:
-    """Answers by exact input: (version, the user's ratings as read, n, genre).
-
-    The same ratings give the same answer from the same model, so a repeat skips the
-    forward pass but never a fresh read: a new rating changes the key, and so does a swap
-    to another version.
-    """
+    """Answers by exact input (model, the row as read, the request): a repeat skips the
+    forward pass, never the read, so a new rating or another version is a new key."""
 
     def __init__(self, size: int) -> None:
         self._size = size

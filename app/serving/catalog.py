@@ -17,8 +17,6 @@ NO_IDS = np.zeros(0, dtype=np.int64)
 
 @dataclass(frozen=True)
 class Catalog:
-    """Titles and genres aligned with an index of movie ids (the model's or popularity's)."""
-
     movie_ids: np.ndarray
     titles: list[str]
     genres: list[list[str]]
@@ -35,7 +33,7 @@ class Catalog:
         return found[0] if len(found) == 1 else np.logical_or.reduce(found)
 
     def followed_by(self, other: Catalog) -> Catalog:
-        """This catalog with ``other``'s movies appended (a model's new movies after its own)."""
+        """This catalog with ``other``'s movies appended."""
         if not len(other.movie_ids):
             return self
         n, m = len(self.movie_ids), len(other.movie_ids)
@@ -56,8 +54,8 @@ class Catalog:
     def items(
         self, indices: np.ndarray, scores: np.ndarray, predicted: np.ndarray | None = None
     ) -> list[dict[str, Any]]:
-        """The listed movies at catalog ``indices`` with their ``scores`` (and predicted
-        ratings): one conversion per column, then plain Python (the hot path's last step)."""
+        """The movies at ``indices`` as answer items: one conversion per column, then plain
+        Python (the hot path's last step)."""
         titles, genres = self.titles, self.genres
         at = indices.tolist()
         ids = self.movie_ids[indices].tolist()
@@ -105,9 +103,8 @@ def load_catalog(session: Session, movie_ids: np.ndarray) -> Catalog:
 def _catalog_rows(
     session: Session, query: Select, key: InstrumentedAttribute[int], ids: list[int]
 ) -> Iterator[Row]:
-    """The query's rows for these ids: by key in chunks while they are few, else the whole
-    table in one pass (the popular list wants nearly every movie: at 59,047 movies its
-    twelve IN-lists of 5,000 keys per table took seconds)."""
+    """The query's rows for these ids: in IN-lists while they are few, else the whole table
+    in one pass (IN-lists for a 59,047-movie popular list took seconds)."""
     if len(ids) > CATALOG_CHUNK:
         yield from session.execute(query)
         return

@@ -1,4 +1,5 @@
-"""The one filter pipeline of every list that recommends (model, popular, similar)."""
+"""The one filter pipeline of every list that recommends (model, popular, similar): never
+a rated, excluded, dismissed or hidden movie, only the asked genres."""
 
 from __future__ import annotations
 
@@ -12,9 +13,6 @@ from app.serving.lifecycle import ServingModel
 
 @dataclass(frozen=True)
 class Filters:
-    """The one filter pipeline of every list that recommends (model, popular, similar):
-    never a rated, excluded, dismissed or hidden movie, only the asked genres."""
-
     blocked: np.ndarray  # movie ids: excluded, dismissed, hidden (rated ones come apart)
     genres: tuple[str, ...]
 
@@ -24,9 +22,7 @@ class Filters:
         return cls(np.concatenate(ids) if ids else NO_IDS, genres)
 
     def apply_asked(self, scores: np.ndarray, model: ServingModel) -> None:
-        """Set -inf (never listed) on a model's score row for what the request and the
-        catalog rule out: the blocked movies the model knows, movies outside the genres
-        (`filter_scores` adds the rated movies and non-finite scores)."""
+        """-inf (never listed) on a score row for the blocked movies and other genres."""
         if self.blocked.size:
             cols = model.columns(self.blocked)
             scores[cols[cols >= 0]] = -np.inf
@@ -45,9 +41,8 @@ class Filters:
 def filter_scores(
     scores: np.ndarray, model: ServingModel, rated: list[np.ndarray], filters: list[Filters]
 ) -> None:
-    """Set -inf (never listed) on each row of a model's scores: non-finite scores, that
-    row's ``rated`` columns, then its `Filters.apply_asked`. The common steps run once for
-    the whole batch; one sum checks finiteness, the full scan runs only if it fails."""
+    """-inf on each score row's non-finite scores and ``rated`` columns (once for the batch;
+    one sum checks finiteness), then its `Filters.apply_asked`."""
     if not np.isfinite(scores.sum()):  # a diverged model must not break the JSON
         scores[~np.isfinite(scores)] = -np.inf
     rows = np.repeat(np.arange(len(rated)), [cols.size for cols in rated])

@@ -1,15 +1,9 @@
-"""What was shown: every recommendation answer recorded as an impression, off the request
-path.
+"""Every recommendation answer recorded as an impression, off the request path.
 
-A request only stamps its answer with a new recommendation_id and puts a small tuple on a
-bounded queue (no I/O, no lock held across anything slow); one writer thread per process
-wakes every FLUSH_SECONDS and inserts what has queued, a transaction per BATCH, one row per
-answer. The writer never waits on the queue itself: a waiting reader is woken by every
-answer's put, and the GIL hand-offs and one-row transactions that follow cost a third of
-the answers' throughput. When the database lags or is away the queue fills and further
-impressions are dropped and counted (`saerec_impressions_dropped_total`): the answers are
-never delayed or failed for it. A clean shutdown flushes what is queued. The same writer
-deletes impressions older than the retention setting now and then.
+A request puts a tuple on a bounded queue; one writer thread per process wakes every
+FLUSH_SECONDS and inserts what queued (a writer blocked on the queue was woken by every put,
+which cost a third of the throughput). A full queue drops and counts, never delays an
+answer; a clean shutdown flushes; the writer also prunes past the retention.
 """
 
 from __future__ import annotations
@@ -46,7 +40,6 @@ COLUMNS = (
     "id", "user_id", "model_version", "strategy", "experiment_id", "arm", "shown_at",
     "shown_ms", "movie_ids",
 )  # fmt: skip
-"""the order of each written row's values."""
 
 RECORDED = Counter(
     "saerec_impressions_recorded_total",
@@ -63,8 +56,6 @@ DROPPED = Counter(
 
 @dataclass(frozen=True, slots=True)
 class Shown:
-    """One answer as it went out: the row of `impressions` and its movies in order."""
-
     id: str
     user_id: int | None
     version: str | None
@@ -76,17 +67,12 @@ class Shown:
 
 
 def new_recommendation_id() -> str:
-    """32 hex digits: the time in nanoseconds, then 64 random bits (unique across processes).
-
-    Time-ordered, so the writer appends to the ends of the primary keys' B-trees instead
-    of inserting at random places (a random uuid4 doubled SQLite's cost of a batch), and
-    two impressions of one user within a millisecond still sort by when they were made."""
+    """The time in nanoseconds, then 64 random bits: time-ordered, so inserts append to the
+    key's B-tree (a random uuid4 doubled SQLite's cost of a batch)."""
     return f"{time.time_ns():016x}{random.getrandbits(64):016x}"
 
 
 class ImpressionRecorder:
-    """The per-process queue and its writer thread (started on first use)."""
-
     def __init__(
         self,
         engine: Engine,
@@ -121,7 +107,6 @@ class ImpressionRecorder:
         experiment_id: str | None = None,
         arm: str | None = None,
     ) -> str:
-        """A new recommendation_id for this answer, its impression queued (or dropped)."""
         rid = new_recommendation_id()
         if not self.enabled:
             return rid
@@ -137,7 +122,6 @@ class ImpressionRecorder:
         return rid
 
     def close(self, timeout: float = SHUTDOWN_SECONDS) -> None:
-        """Write what is queued (within `timeout`), then stop the writer."""
         thread = self._thread
         if thread is None:
             return
@@ -179,7 +163,6 @@ class ImpressionRecorder:
             self._prune_if_due()
 
     def _next_batch(self) -> list[Shown]:
-        """Up to BATCH of what has queued, without waiting for more."""
         batch: list[Shown] = []
         while len(batch) < BATCH:
             try:
@@ -189,8 +172,8 @@ class ImpressionRecorder:
         return batch
 
     def _write(self, batch: list[Shown]) -> None:
-        """One transaction for the batch; a failure drops it (counted), never retries: the
-        queue behind it is the only buffer, and it is bounded."""
+        """One transaction; a failure drops the batch (counted), never retries: the bounded
+        queue is the only buffer."""
         stamp = self._stamp
         rows = [
             (
@@ -208,8 +191,7 @@ class ImpressionRecorder:
         ]
         try:
             with self._engine.begin() as conn:
-                # the driver's executemany on plain tuples: SQLAlchemy's per-row parameter
-                # handling took most of the writer's CPU, with the GIL the answers need
+                # the driver's executemany: SQLAlchemy's per-row parameters took most of its CPU
                 conn.exec_driver_sql(self._sql, rows)
         except Exception as exc:  # the database away or locked: drop, count, go on
             DROPPED.labels("write_failed").inc(len(batch))
@@ -245,8 +227,7 @@ def _sqlite_time(at: float) -> str:
 
 
 def prune(engine: Engine, before: datetime) -> int:
-    """Delete the impressions shown before `before`, a chunk per transaction, oldest
-    first; how many went."""
+    """Delete the impressions shown before `before`, a chunk per transaction; how many."""
     total = 0
     while True:
         with engine.begin() as conn:

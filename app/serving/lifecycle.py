@@ -1,10 +1,8 @@
 """Which model version a process serves: load, keep the recent ones, swap.
 
-Read your writes: every request reads the registry's active version in the same database
-round trip as the user's ratings and is answered by exactly that version, loading it first
-when this process has not yet (one load at a time per process; the others wait for it).
-Loaded models are immutable snapshots kept in a small cache, which makes a rollback to a
-recent version instant.
+Read your writes: each request is answered by the version its own read saw active, loaded
+first if need be (one load at a time per process). Loaded models are immutable snapshots;
+the recent ones are kept, so a rollback is instant.
 """
 
 from __future__ import annotations
@@ -43,13 +41,9 @@ def _column_table(ids: np.ndarray) -> np.ndarray | None:
 
 @dataclass(frozen=True, eq=False)
 class ServingModel:
-    """One loaded version, immutable: everything a request needs is built before it serves
-    (the answers it gives are cached by `AnswerCache`, which may mutate).
-
-    Its scores cover the trained movies (columns 0..n-1) then the new movies of ``new``
-    (`app.serving.new_movies`): a refresh of those is a new `ServingModel` of the same
-    version, swapped in by one reference assignment; a request keeps the one it started with.
-    """
+    """One loaded version, immutable, built before it serves. Its scores cover the trained
+    movies (columns 0..n-1) then ``new``'s (`app.serving.new_movies`); a refresh of those is
+    a new `ServingModel` of the same version, swapped in by one assignment."""
 
     version: str
     loaded: LoadedModel
@@ -70,8 +64,7 @@ class ServingModel:
         return model
 
     def with_new_movies(self, new: NewMovies) -> ServingModel:
-        """The same version serving ``new``; what depends on the trained model only (the
-        explainer, the similarity) is shared, not built again."""
+        """The same version serving ``new``, sharing the explainer and similarity built."""
         trained = self.catalog
         if len(self.new):
             n = self.n_trained
@@ -93,17 +86,14 @@ class ServingModel:
 
     @property
     def answer_key(self) -> tuple[str, int]:
-        """What of the model an answer depends on: its version and its new movies."""
         return self.version, self.new.stamp
 
     @functools.cached_property
     def explainer(self) -> Explainer:
-        """Leave-one-out reasons for a recommendation (`app.ml.explain`), built on first use."""
         return Explainer(self.scorer)
 
     @functools.cached_property
     def similarity(self) -> ItemSimilarity:
-        """Movies alike by the model's item representations (`app.ml.explain`)."""
         return ItemSimilarity(self.scorer)
 
     def columns(self, movie_ids: np.ndarray) -> np.ndarray:
@@ -122,8 +112,8 @@ class ServingModel:
     def known(
         self, movie_ids: np.ndarray, ratings: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray] | None:
-        """The trained columns the user rated and those ratings (what the networks fold
-        in); None if the model was trained on none of them."""
+        """The trained columns rated and their ratings (what the networks fold in); None if
+        the model was trained on none of them."""
         cols = self.columns(movie_ids)
         known = (cols >= 0) & (cols < self.n_trained)
         if not known.all():  # movies added after training: rare, so checked, not filtered
@@ -139,12 +129,13 @@ class ServingModel:
 
     def ties(self, col: int) -> bool:
         """Whether column ``col`` is tied to the trained movies (a new movie may share no
-        rater with any: then nothing is known of it but its ratings)."""
+        rater with any)."""
         n = self.n_trained
         return col < n or bool(self.new.columns.weights[col - n].sum() > 0)
 
     def similar_scores(self, col: int) -> np.ndarray:
-        """Similarity of every served movie to column ``col`` (see `Recommender.similar`)."""
+        """Similarity of every served movie to column ``col``: a new movie's neighbours by
+        weight; new movies in a trained one's by their neighbours' weighted mean."""
         n = self.n_trained
         columns = self.new.columns
         if col < n:
@@ -163,8 +154,7 @@ class ServingModel:
         return self.new.columns.scores(trained, scorer.popularity, scorer.blend.popularity_penalty)
 
     def ratings(self, batch: UserBatch, cols: list[np.ndarray]) -> list[np.ndarray]:
-        """Predicted ratings at each user's served columns: the model's at trained ones,
-        the bias terms with the movie's own bias at new ones."""
+        """Predicted ratings at each user's served columns (new movies: the bias terms)."""
         n = self.n_trained
         predicted = self.scorer.ratings(batch, [np.where(c < n, c, 0) for c in cols])
         for row, (user_cols, values) in enumerate(zip(cols, predicted, strict=True)):
@@ -181,7 +171,7 @@ class ServingModel:
 
 @dataclass(frozen=True)
 class LoadFailure:
-    """Why a version did not load, and which file, so it is retried only when it may work."""
+    """Why a version did not load, and which file: it is retried only when it may work."""
 
     path: str | None
     mtime: float | None
@@ -196,23 +186,15 @@ RETRY_SECONDS = 30.0
 
 
 class ModelLifecycle:
-    """Which version this process serves: loads it (one load at a time), keeps the recent
-    ones for an instant rollback, and swaps the current one by one reference assignment."""
+    """Which version this process serves: loads (one at a time), keeps the recent ones, and
+    swaps the current one by one reference assignment."""
 
-    def __init__(
-        self,
-        sessions: sessionmaker[Session],
-        model_dir: Path,
-        cached_versions: int,
-        retry_seconds: float,
-    ) -> None:
+    def __init__(self, sessions: sessionmaker[Session], model_dir: Path) -> None:
         self._sessions = sessions
         self._model_dir = model_dir
         self._model: ServingModel | None = None  # the newest active version seen, loaded
         self._generation = 0  # bumped on every change of _model
         self._recent: OrderedDict[str, ServingModel] = OrderedDict()
-        self._cached_versions = max(1, cached_versions)
-        self._retry_seconds = retry_seconds
         self._load_lock = threading.Lock()  # single flight: one model load at a time
         self._swap_lock = threading.Lock()  # never held across I/O
         self.error: str | None = None
@@ -230,19 +212,12 @@ class ModelLifecycle:
 
     @property
     def loaded_versions(self) -> tuple[str, ...]:
-        """The versions held in memory, the served one among them: oldest first."""
         return tuple(self._recent)
 
     def refresh(self) -> bool:
-        """Load the registry's active version if it differs from ours; True on a swap.
-        Then preload the version registered after it (`registry.upcoming_version_id`) and
-        a running experiment's candidate, which answers some users beside it.
-
-        Requests already follow the registry on their own; this poll only preloads, so a
-        quiet process has a new model ready before its first request asks for it: one
-        registered a moment ago (a retrain about to be activated, by its gate or an
-        admin) is loaded here before it is active. Two id queries when nothing changed.
-        """
+        """Load the active version if it is not ours (True on a swap), then preload the one
+        registered after it and a running experiment's candidate: requests follow the
+        registry on their own, so this poll only has a quiet process ready before them."""
         generation = self._generation
         with self._sessions() as session:
             wanted = registry.active_version_id(session)
@@ -261,27 +236,21 @@ class ModelLifecycle:
         return swapped
 
     def preload(self, version: str) -> None:
-        """Load `version` among the recent ones without serving it: an activation about to
-        commit, so that the swap needs no load (seconds for a 60,000-movie catalog, during
-        which every request that read the new version would wait)."""
+        """Load `version` without serving it: an activation about to commit swaps with no load."""
         self._cached_or_loaded(version)
 
     def arm_model(self, version: str) -> ServingModel | None:
-        """An experiment's candidate, loaded beside the served model and never swapped in
-        (the control stays the process's current one); None when it cannot load."""
+        """An experiment's candidate, loaded beside the served model, never swapped in; None
+        when it cannot load."""
         model = self._cached_or_loaded(version)
         if model is not None and version in self._recent:
             self._recent.move_to_end(version)  # in use: the last one the cache would drop
         return model
 
     def model_for(self, wanted: str | None, generation: int) -> ServingModel | None:
-        """The model that answers a read which saw `wanted` as active.
-
-        Always that version when it loads (the read is the request's snapshot of the
-        registry), else the previously served model. The process-wide current model moves
-        only if no switch happened since the read began: then this read is the newest, and
-        a request that read before an activation cannot move the process back.
-        """
+        """The model answering a read that saw `wanted` active: that version when it loads,
+        else the one served. The current model moves only if no switch happened since the
+        read began, so a read from before an activation cannot move the process back."""
         current = self._model
         if wanted == (current.version if current else None):
             self.error = None  # e.g. rolled back to the model we serve
@@ -307,16 +276,15 @@ class ModelLifecycle:
             return model
 
     def _recently_failed(self, version: str) -> bool:
-        """A failed version is retried when its file changes or after RETRY_SECONDS,
-        not on every request: a broken artifact must not cost each request a reload."""
+        """Retried when its file changes or after RETRY_SECONDS, not on every request."""
         failed = self._failed.get(version)
         if failed is None:
             return False
-        fresh = time.monotonic() - failed.at < self._retry_seconds
+        fresh = time.monotonic() - failed.at < RETRY_SECONDS
         return fresh and (failed.path is None or _mtime(failed.path) == failed.mtime)
 
     def _load(self, version: str) -> ServingModel | None:
-        """Load one version (under the load lock); None, logged and counted, when it cannot."""
+        """Load one version (under the load lock); None, logged and counted, if it cannot."""
         started = time.perf_counter()
         path: str | None = None
         try:
@@ -329,13 +297,12 @@ class ModelLifecycle:
             self._load_failed(version, path, exc)
             return None
         model = self._with_new_movies(ServingModel.build(version, loaded, catalog))
-        # Everything alive now (modules, the model, the catalog) lives as long as the process
-        # serves: out of the collector's sight, a full collection no longer walks it. Those
-        # walks (~0.1 s with the GIL held) were the p99 of every route, /healthz included.
+        # what is alive now lives as long as the process: a full collection's walk of it
+        # (~0.1 s holding the GIL) was every route's p99
         gc.freeze()
         self._failed.pop(version, None)
         self._recent[version] = model
-        while len(self._recent) > self._cached_versions:
+        while len(self._recent) > CACHED_VERSIONS:
             self._recent.popitem(last=False)
         MODEL_LOADS.labels("ok").inc()
         log.info(
@@ -346,8 +313,7 @@ class ModelLifecycle:
         return model
 
     def _with_new_movies(self, model: ServingModel) -> ServingModel:
-        """``model`` with the database's new movies; as it is when they cannot be read
-        (the next `refresh_new_movies` tries again)."""
+        """``model`` with the database's new movies; as it is when they cannot be read."""
         try:
             with self._sessions() as session:
                 new = read_new_movies(session, model.loaded, model.new)
@@ -359,9 +325,8 @@ class ModelLifecycle:
         return model if new is model.new else model.with_new_movies(new)
 
     def refresh_new_movies(self) -> bool:
-        """Rebuild the served model's new movies (`app.serving.new_movies`); True when they
-        changed. The same version with other new movies: swapped by one assignment, no
-        generation change (read your writes is about versions, and the version stays)."""
+        """Rebuild the served model's new movies; True when they changed. No generation
+        change: read your writes is about versions, and the version stays."""
         current = self._model
         if current is None:
             return False

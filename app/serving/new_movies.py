@@ -1,15 +1,9 @@
-"""New movies before a retrain, per process: read from the database for a loaded model.
+"""New movies before a retrain, read from the database for a loaded model, per process.
 
-A movie in the catalog that the served model was not trained on, once rated, becomes
-extra columns after the model's own (`app.ml.new_movies`), so every list, filter and the
-rating path treat it as any other movie. Each process builds them from the database alone
-(nothing is shared but the database): at load, then every NEW_MOVIES_REFRESH_SECONDS in
-the background, swapped into the served model by one reference assignment.
-
-Bounded: at most `MAX_NEW_MOVIES` new movies (the most rated first), each tied to the
-trained movies from at most `RATERS` of its latest raters and those raters' ratings; a
-refresh re-reads only the movies whose rating count changed. Every read is indexed (ratings
-by movie id, by user id; the movie ids themselves): never a scan of all ratings.
+A rated movie the model was not trained on becomes a column after the model's own
+(`app.ml.new_movies`), built at load and every NEW_MOVIES_REFRESH_SECONDS. Bounded: at most
+`MAX_NEW_MOVIES`, each from its `RATERS` latest raters; a refresh re-reads only the movies
+whose rating count changed, and every read is indexed.
 """
 
 from __future__ import annotations
@@ -41,12 +35,9 @@ _stamps = itertools.count(1)
 
 @dataclass(frozen=True, eq=False)
 class NewMovies:
-    """The new movies of one model version, as one immutable snapshot."""
-
     movie_ids: np.ndarray
-    """E ids, sorted; column n + i of the served scores is movie_ids[i]"""
+    """sorted; column n + i of the served scores is movie_ids[i]"""
     counts: np.ndarray
-    """each one's rating count as read (a refresh re-reads only those that changed)"""
     columns: NewMovieColumns
     catalog: Catalog
     stamp: int
@@ -60,7 +51,6 @@ class NewMovies:
         return int(self.movie_ids.size)
 
     def positions(self, movie_ids: np.ndarray) -> np.ndarray:
-        """Each id's position among the new movies, -1 for the others."""
         if not len(self):
             return np.full(np.shape(movie_ids), -1, dtype=np.int64)
         at = np.minimum(np.searchsorted(self.movie_ids, movie_ids), len(self) - 1)
@@ -68,8 +58,7 @@ class NewMovies:
 
 
 def read_new_movies(session: Session, loaded: LoadedModel, previous: NewMovies) -> NewMovies:
-    """The new movies of ``loaded`` as the database holds them now; ``previous`` itself
-    when nothing changed (built for the same model: its unchanged movies are kept)."""
+    """The new movies of ``loaded`` now; ``previous`` (the same model's) when unchanged."""
     ids, counts = _rated_new_movies(session, loaded)
     if np.array_equal(ids, previous.movie_ids) and np.array_equal(counts, previous.counts):
         return previous
@@ -86,8 +75,7 @@ def read_new_movies(session: Session, loaded: LoadedModel, previous: NewMovies) 
 
 
 def _rated_new_movies(session: Session, loaded: LoadedModel) -> tuple[np.ndarray, np.ndarray]:
-    """(ids sorted, rating counts) of the rated movies the model lacks: the most rated
-    `MAX_NEW_MOVIES` (ties: the lower id)."""
+    """(ids, rating counts) of the `MAX_NEW_MOVIES` most rated movies the model lacks."""
     every = np.array(session.scalars(select(Movie.id)).all(), dtype=np.int64)
     candidates = every[loaded.movies.index_of(every) < 0]
     found: dict[int, int] = {}
@@ -109,7 +97,6 @@ def _rated_new_movies(session: Session, loaded: LoadedModel) -> tuple[np.ndarray
 def _fit(
     session: Session, loaded: LoadedModel, ids: np.ndarray, counts: np.ndarray
 ) -> NewMovieColumns:
-    """Neighbours and bias terms of these new movies from their latest raters."""
     if not ids.size:
         return NewMovieColumns.empty()
     movie_pos, rater_ids, stars = _latest_ratings(session, ids)

@@ -19,11 +19,8 @@ from app.serving.filters import Filters
 
 @dataclass(frozen=True)
 class PopularList:
-    """Movies by damped mean rating: (sum + m * global_mean) / (count + m).
-
-    Raw counts favour what is merely common, raw means a single 5-star vote; the damped
-    mean needs both many and good ratings to rise, with m = PRIOR_COUNT.
-    """
+    """Movies by damped mean rating (sum + m * global_mean) / (count + m): raw counts favour
+    the merely common, raw means a single 5-star vote."""
 
     catalog: Catalog
     scores: np.ndarray  # sorted descending, aligned with catalog
@@ -31,8 +28,7 @@ class PopularList:
 
 def build_popular_list(session: Session, prior_count: float) -> PopularList:
     if session.get_bind().dialect.name == "postgresql":
-        # A background rebuild scans every rating: on one core, leaving the others to the
-        # requests (in parallel it took three processes on a 2-core machine for 5 s).
+        # a rebuild scans every rating: on one core, leaving the others to the requests
         session.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
     rows = session.execute(
         select(Rating.movie_id, func.count(), func.sum(Rating.rating)).group_by(Rating.movie_id)
@@ -56,13 +52,9 @@ REFRESH_SECONDS = 30.0
 
 
 class Popularity:
-    """The popular fallback: built at start-up and on a timer, swapped by one assignment.
-
-    A rebuild aggregates every rating: ~50 ms on ml-100k, 5-7 s on 25M ratings in
-    PostgreSQL, during which the requests have a core less (every 30 s, their p99 went
-    from 60 to 117-167 ms). So rebuilds are spaced to take at most `BUSY_SHARE` of the
-    time: ``refresh_seconds`` apart, or further when they are slow (~10 min at 25M).
-    """
+    """The popular fallback, rebuilt on a timer and swapped by one assignment. A rebuild
+    aggregates every rating (5-7 s at 25M, a core less for the requests), so rebuilds take
+    at most `BUSY_SHARE` of the time: ``refresh_seconds`` apart, or further when slow."""
 
     BUSY_SHARE = 0.01
 
@@ -83,7 +75,6 @@ class Popularity:
 
     @property
     def interval(self) -> float:
-        """Seconds from one rebuild to the next."""
         return max(self._refresh_seconds, self._build_seconds / self.BUSY_SHARE)
 
     def refresh(self) -> None:
@@ -95,7 +86,6 @@ class Popularity:
         self._popular = popular
 
     def refresh_if_due(self) -> bool:
-        """Rebuild when the list is older than `interval`; whether it did."""
         if self._popular is not None and self._clock() - self._built_at < self.interval:
             return False
         self.refresh()

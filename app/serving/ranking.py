@@ -19,10 +19,8 @@ from app.serving.lifecycle import ServingModel
 
 @dataclass(frozen=True)
 class SessionRatings:
-    """An anonymous session's ratings: the (movie ids, ratings) row that a stored user's
-    read gives, sent with the request instead. Sorted by movie id, as a user's rows are
-    read (so the same ratings in another order are the same answer key); a movie rated
-    more than once keeps its last rating, as a batch of ratings stores it."""
+    """An anonymous session's ratings, in place of a stored user's row: sorted by movie id
+    (the same ratings in any order are one answer key), a repeated movie's last rating."""
 
     movie_ids: tuple[int, ...]
     ratings: tuple[float, ...]
@@ -34,7 +32,6 @@ class SessionRatings:
 
     @functools.cached_property
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """As the reader parses a user's row: int64 movie ids, float32 stars."""
         return (
             np.array(self.movie_ids, dtype=np.int64),
             np.array(self.ratings, dtype=np.float32),
@@ -57,39 +54,27 @@ class RecommendRequest:
     """an anonymous session's ratings (user_id None), folded in instead of a stored user's"""
 
 
-# Where an uncached answer's time goes (the benchmark prints it): per stage, the seconds
-# spent and the answers they were spent on, both counted once per batch (an observation
-# per answer cost more than some stages).
+# Where an uncached answer's time goes, counted once per batch (per answer cost more than
+# some stages): the seconds per stage and the answers they were spent on.
 RECOMMEND_STAGE_SECONDS = Counter(
     "saerec_recommend_stage_seconds",
     "Seconds spent per stage of recommendations answered by the model (answer cache misses)",
     ["stage"],
 )
-
-
 RECOMMEND_STAGE_ANSWERS = Counter(
     "saerec_recommend_stage_answers", "Answers the stage's seconds were spent on", ["stage"]
 )
-
-
 STAGES = ("db_read", "fold_in", "filtering", "ranking", "items")
-
-
 _STAGE = {
     stage: (RECOMMEND_STAGE_SECONDS.labels(stage), RECOMMEND_STAGE_ANSWERS.labels(stage))
     for stage in STAGES
 }
-
-
-# How many requests share a batch's read and forward pass (see `Batcher`): its mean is
-# what amortises the per-batch cost, and it grows with the load.
 RECOMMEND_BATCH = Summary(
     "saerec_recommend_batch_requests", "Recommendation requests answered per batch"
 )
 
 
 def observe_stage(stage: str, seconds: float, answers: int = 1) -> None:
-    """Count ``seconds`` spent on ``answers`` answers (a batch's, or one)."""
     spent, counted = _STAGE[stage]
     spent.inc(seconds)
     counted.inc(answers)
@@ -119,7 +104,6 @@ def by_model(pending: list[Pending]) -> list[tuple[ServingModel, list[Pending]]]
     return list(groups.values())
 
 
-# -- ranking: pure functions of a model and the users' ratings ----------------------------
 def rank_batch(
     model: ServingModel, jobs: list[Pending], since: float
 ) -> list[list[dict[str, Any]]]:
@@ -154,9 +138,8 @@ def _add_reasons(
     top: np.ndarray,
     items: list[dict[str, Any]],
 ) -> None:
-    """Each item's "because": the user's ratings that raised its score most (exactly, by
-    leaving each out; see `app.ml.explain`). A new movie's score is a weighted mean of
-    its neighbours' (`app.ml.new_movies`), so is each rating's share of it."""
+    """Each item's "because": the ratings whose removal lowers its score most
+    (`app.ml.explain`); a new movie's drops are its neighbours' weighted mean."""
     n, columns = model.n_trained, model.new.columns
     new = top >= n
     rows = top[new] - n
@@ -184,8 +167,7 @@ def _add_reasons(
 def predicted_items(
     model: ServingModel, ids: np.ndarray, values: np.ndarray, wanted: list[int]
 ) -> list[dict[str, Any]]:
-    """The model's rating for each wanted movie (a new movie's from the bias terms and its
-    own ratings); the training mean for a movie it neither trained on nor holds as new."""
+    """The model's rating of each wanted movie; the training mean for one it cannot score."""
     cols = model.columns(np.array(wanted, dtype=np.int64))
     known = model.known(ids, values) if len(ids) else None
     rated, ratings = known if known is not None else (NO_IDS, np.zeros(0, np.float32))

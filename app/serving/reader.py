@@ -16,24 +16,12 @@ from sqlalchemy.exc import DBAPIError
 from app.db import create_read_engine
 from app.serving.catalog import NO_IDS
 
-# The batch's read, one statement (so one snapshot) for all its users: per user one row of
-# their ratings and one of their dismissals, aggregated (the driver then crosses the GIL
-# once per user, not once per rating), and one row with the hidden movies (a partial index:
-# the size of the hidden set) and the registry's active version. Everything that decides
-# the answers, in one round trip: a movie hidden a moment ago is already out, and each
-# answer comes from the version active at its read. One statement text whatever the batch
-# size (a JSON array on SQLite, an array parameter on PostgreSQL), so it is prepared once.
-# Both dialects aggregate to comma lists, which numpy parses in one call each (on
-# PostgreSQL an array came back as a list of Python ints: the read's client CPU was 45 %
-# higher). Ratings travel as integer half stars (1..10, exact: a CHECK allows only half
-# stars): SQLite formats integers far faster than floats (the read took ~40 % less time).
-# Both aggregates of a user walk the same rows in one order. (Not one packed integer per
-# rating: movie ids go up to 2**63 - 1.)
-# The catalog's row also names the running experiment (id, candidate, share; one at most,
-# a partial unique index finds it), so each arm's answer follows the experiment's start,
-# stop or promotion as an activation is followed: read your writes, per arm.
-# Row shape: (kind, user_id, movie ids, half stars, active version, experiment id,
-# candidate, share).
+# One statement (one snapshot, one round trip, one text whatever the batch size) reads, per
+# user, a row of ratings and one of dismissals, aggregated to comma lists numpy parses in
+# one call (per-rating rows cost the GIL per value), and a row with the hidden movies, the
+# active version and the running experiment: everything that decides the answers. Ratings
+# travel as integer half stars: SQLite formats integers far faster than floats. Row shape:
+# (kind, user_id, movie ids, half stars, active version, experiment id, candidate, share).
 RATINGS, DISMISSALS = 0, 1  # the row kinds (2: the catalog's row)
 _NO_EXPERIMENT = ", NULL, NULL, CAST(NULL AS REAL)"  # typed: PostgreSQL unions by type
 _EXPERIMENT = "".join(
@@ -75,9 +63,8 @@ def _parse_user_ratings(row: tuple) -> tuple[np.ndarray, np.ndarray]:
     if row[0] is None:
         return NO_RATINGS
     ids = _parse_ids(row[0])
-    # Parsed as integers: numpy's float parser lets the GIL go for every number, and each
-    # time the event loop took it the inference thread waited its turn back (~600 handoffs
-    # per batch of 8 on ml-100k). The integer parser holds it.
+    # as integers: numpy's float parser releases the GIL per number, the inference thread
+    # then waited for the event loop each time
     halves = np.fromstring(row[1], dtype=np.int64, sep=",").astype(np.float32)
     halves *= np.float32(0.5)
     return ids, halves
@@ -85,17 +72,15 @@ def _parse_user_ratings(row: tuple) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class RunningExperiment:
-    """The experiment a read saw running: which version its candidate arm gets, and what
-    share of the users it gets them (`arm_of`)."""
+    """The experiment a read saw running."""
 
     id: str
     candidate: str
     share: float
 
     def arm_of(self, user_id: int | None) -> str:
-        """The candidate arm when a stable hash of (experiment, user) falls below the share:
-        the same user gets the same arm from every process and every restart (blake2b,
-        not Python's per-process salted hash()). Anonymous sessions are the control's."""
+        """Candidate when a stable hash (blake2b, not the per-process salted hash()) of
+        (experiment, user) falls below the share; sessions are the control's."""
         if user_id is None:
             return "control"
         digest = hashlib.blake2b(f"{self.id}:{user_id}".encode(), digest_size=8).digest()
@@ -104,8 +89,7 @@ class RunningExperiment:
 
 @dataclass(frozen=True)
 class UserRead:
-    """What a read said about one user: the raw columns of their ratings (movie ids, half
-    stars), their dismissals and the hidden movies (None where there were none), and the
+    """One user's raw read: (movie ids, half stars, dismissals, hidden movies) and the
     active version."""
 
     row: tuple
@@ -128,8 +112,7 @@ class UserRead:
 
 
 class UserReader:
-    """The hot-path read: the ratings and dismissals of a batch of users, the hidden movies
-    and the active version, in one statement."""
+    """The hot-path read of a batch of users (`USERS_STATE_SQL`)."""
 
     def __init__(self, engine: Engine, connections: int = 1) -> None:
         self._engine = create_read_engine(engine, connections)
@@ -142,11 +125,8 @@ class UserReader:
             self._engine.dispose()
 
     def read_many(self, user_ids: Sequence[int | None], generation: int) -> list[UserRead]:
-        """One `UserRead` per id, in order; None (an anonymous session) reads no ratings
-        and no dismissals, only what every request reads (hidden movies, active version).
-
-        `generation`: the model switch count taken before this read (see `model_for`).
-        """
+        """One `UserRead` per id, in order (None, a session, reads no ratings). `generation`:
+        the model switch count taken before this read (see `ModelLifecycle.model_for`)."""
         ratings, dismissed, hidden, version, experiment = self._read(
             [u for u in user_ids if u is not None]
         )
@@ -173,8 +153,7 @@ class UserReader:
     def _read(
         self, user_ids: Sequence[int]
     ) -> tuple[dict, dict, Any, str | None, RunningExperiment | None]:
-        """(ratings by user, dismissals by user, hidden movies, active version, running
-        experiment), raw."""
+        """(ratings by user, dismissals by user, hidden, active version, experiment), raw."""
         ratings: dict[int, tuple[Any, Any]] = {}
         dismissed: dict[int, Any] = {}
         hidden, version, experiment = None, None, None
@@ -190,14 +169,9 @@ class UserReader:
         return ratings, dismissed, hidden, version, experiment
 
     def _rows(self, sql: str, params: tuple[object, ...]) -> list[tuple]:
-        """The statement's rows: indexed lookups on the primary keys' user prefix.
-
-        The hot path of every request, so it uses a pooled DBAPI connection directly:
-        SQLAlchemy's result machinery cost more than the query itself. Driver errors are
-        re-raised as SQLAlchemy's, so the API maps them as everywhere else (503). The
-        pool does not ping (`create_read_engine`): a connection the server dropped while
-        idle is discarded and the read, which changes nothing, is tried once more.
-        """
+        """A pooled DBAPI connection directly (SQLAlchemy's results cost more than the
+        query), driver errors raised as SQLAlchemy's (503). The pool does not ping: a read
+        on a connection the server dropped is tried once more."""
         try:
             return self._fetch(sql, params)
         except DBAPIError as exc:

@@ -1,18 +1,8 @@
 """Serving: the active model, fold-in of a user's current ratings, and the popular fallback.
 
-Read your writes: every request reads the registry's active version in the same database
-round trip as the user's ratings and is answered by exactly that version, loading it first
-when this process has not yet (one load at a time per process; the others wait for it).
-So once an activation has committed, no later request to any process sees the old model.
-Loaded models are immutable snapshots kept in a small cache, which makes a rollback to a
-recent version instant. The popular list is swapped by one reference assignment.
-
-Four collaborators, composed by `Recommender` (which also owns the inference executor):
-`ModelLifecycle` (which version is served: load, keep, swap), `UserReader` (the per-user
-read: ratings, dismissals, hidden movies, active version), `Popularity` (the fallback list)
-and the ranking functions (`rank_batch`, `predicted_items`); every list that recommends
-(model, popular, similar movies) passes through one `Filters`; answers are cached in
-`AnswerCache`, outside the immutable models.
+`Recommender` composes `ModelLifecycle` (which version serves), `UserReader` (the per-user
+read, with the active version: read your writes), `Popularity`, the ranking functions and
+`AnswerCache`, and owns the inference executor.
 """
 
 from __future__ import annotations
@@ -32,14 +22,13 @@ from app.ml.scoring import top_many
 from app.models import Movie
 from app.observability import RECOMMEND_LATENCY, get_logger
 from app.services.errors import NotFoundError, UnavailableError
-from app.serving import lifecycle, popular
 from app.serving.batcher import Batcher
 from app.serving.cache import AnswerCache
 from app.serving.catalog import NO_IDS
 from app.serving.filters import Filters, filter_scores
 from app.serving.impressions import ImpressionRecorder
 from app.serving.lifecycle import ModelLifecycle, ServingModel
-from app.serving.popular import Popularity, PopularList
+from app.serving.popular import PRIOR_COUNT, REFRESH_SECONDS, Popularity
 from app.serving.ranking import (
     RECOMMEND_BATCH,
     Pending,
@@ -55,30 +44,21 @@ log = get_logger("saerec.recommender")
 
 
 INFERENCE_THREADS = 1
-"""threads computing answers at once in a process (the executor): batches share a thread's
-forward pass; a second thread only fought the event loop for the GIL."""
+"""threads computing answers at once: a second one only fought the event loop for the GIL."""
 TORCH_THREADS = 1
 """torch/BLAS threads inside one inference: the workers already use the cores."""
 
 
 class Recommender:
-    """One per process: answers requests by composing the served model (`ModelLifecycle`),
-    the user's read (`UserReader`), the popular fallback (`Popularity`), the answer cache
-    and the ranking functions below. Owns the inference executor, behind async methods."""
+    """One per process; inference runs on its executor, behind async methods."""
 
     def __init__(self, engine: Engine, settings: Settings) -> None:
-        threads = self._threads = INFERENCE_THREADS
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="recommend")
+        self._executor = ThreadPoolExecutor(INFERENCE_THREADS, thread_name_prefix="recommend")
         self._batcher: Batcher | None = None
         self._sessions = create_session_factory(engine)
-        self.models = ModelLifecycle(
-            self._sessions,
-            settings.model_dir,
-            lifecycle.CACHED_VERSIONS,
-            lifecycle.RETRY_SECONDS,
-        )
-        self.reader = UserReader(engine, threads)
-        self.popularity = Popularity(self._sessions, popular.PRIOR_COUNT, popular.REFRESH_SECONDS)
+        self.models = ModelLifecycle(self._sessions, settings.model_dir)
+        self.reader = UserReader(engine, INFERENCE_THREADS)
+        self.popularity = Popularity(self._sessions, PRIOR_COUNT, REFRESH_SECONDS)
         self.answers = AnswerCache(settings.answer_cache_size)
         self.impressions = ImpressionRecorder(
             engine,
@@ -87,7 +67,6 @@ class Recommender:
             settings.impression_retention_days,
         )
 
-    # -- the async face: inference runs on the executor, never on the event loop ----------
     async def recommendations(self, request: RecommendRequest) -> dict[str, Any]:
         """Requests that arrive together share one forward pass (see `Batcher`)."""
         return await self._loop_batcher().recommend(request)
@@ -103,8 +82,7 @@ class Recommender:
         return await loop.run_in_executor(self._executor, self.predict, user_id, movie_ids)
 
     def shutdown(self) -> None:
-        """Stop the executor (queued work is dropped, running work is not waited for), then
-        write the impressions still queued."""
+        """Drop queued inference (running work is not waited for), write queued impressions."""
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.impressions.close()
         self.reader.dispose()
@@ -113,10 +91,10 @@ class Recommender:
         """The batcher of the running event loop (one loop per process in production)."""
         batcher = self._batcher
         if batcher is None or batcher.loop is not asyncio.get_running_loop():
-            batcher = self._batcher = Batcher(self._executor, self.recommend_many, self._threads)
+            batcher = Batcher(self._executor, self.recommend_many, INFERENCE_THREADS)
+            self._batcher = batcher
         return batcher
 
-    # -- following the registry and the ratings -------------------------------------------
     @property
     def version(self) -> str | None:
         return self.models.version
@@ -126,28 +104,11 @@ class Recommender:
         return self.models.error
 
     def refresh_model(self) -> bool:
-        """Preload the registry's active version (see `ModelLifecycle.refresh`)."""
         return self.models.refresh()
 
-    def preload_model(self, version: str) -> None:
-        """Load `version` without serving it yet (see `ModelLifecycle.preload`)."""
-        self.models.preload(version)
-
     def refresh_new_movies(self) -> bool:
-        """Re-read the served model's new movies (see `ModelLifecycle.refresh_new_movies`)."""
         return self.models.refresh_new_movies()
 
-    def refresh_popular(self) -> None:
-        self.popularity.refresh()
-
-    def refresh_popular_if_due(self) -> bool:
-        """The timer's rebuild (see `Popularity.interval`)."""
-        return self.popularity.refresh_if_due()
-
-    def popular(self) -> PopularList:
-        return self.popularity.current()
-
-    # -- answering ------------------------------------------------------------------------
     def read_users(self, user_ids: Sequence[int | None]) -> list[UserRead]:
         """The users' current ratings and the active version, in one round trip."""
         return self.reader.read_many(user_ids, self.models.generation)  # generation: first
@@ -156,7 +117,6 @@ class Recommender:
         return self.read_users([user_id])[0]
 
     def user_ratings(self, user_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """The user's current ratings as (movie ids, ratings)."""
         return self.read_user(user_id).ratings()
 
     def recommend(self, request: RecommendRequest) -> dict[str, Any]:
@@ -166,15 +126,9 @@ class Recommender:
         return answer
 
     def recommend_many(self, requests: list[RecommendRequest]) -> list[dict[str, Any] | Exception]:
-        """Answers for the requests, in order; a request that failed gets its exception
-        instead, so one bad read does not fail the others.
-
-        One read for the whole batch, made after every request in it arrived, so read your
-        writes holds per request as for one: each is answered from its user's ratings and
-        the version active at that read. The forward passes of the cache misses then run as
-        one batch per model: one matrix product over the catalog instead of one per user,
-        and the per-call overhead of each numpy step paid once per batch.
-        """
+        """Answers in order, a failed request's exception in its place. One read after every
+        request arrived (read your writes holds per request), then one forward pass per model
+        for the cache misses: one product over the catalog instead of one per user."""
         started = time.perf_counter()
         RECOMMEND_BATCH.observe(len(requests))
         try:
@@ -218,13 +172,9 @@ class Recommender:
     def _shown(
         self, answer: dict[str, Any], experiment: RunningExperiment | None, drawn: str | None
     ) -> dict[str, Any]:
-        """The answer as it goes out: a new recommendation_id, its impression queued.
-
-        Outside the answer cache: a cached answer shown again is a new impression. An
-        experiment's impressions name their arm by the version that answered: a candidate
-        that could not load answered as the control, and is left out of both arms. ``drawn``
-        is the arm the user was drawn into (`_arm`).
-        """
+        """A new recommendation_id and its impression, outside the cache (a cached answer is
+        a new impression). The arm is the answering version's: a candidate that could not
+        load answered as the control, and is left out of both arms."""
         arm = None
         if experiment is not None and drawn is not None:
             arm = "candidate" if answer["model_version"] == experiment.candidate else "control"
@@ -248,14 +198,9 @@ class Recommender:
         pending: list[Pending],
         arm: str | None = None,
     ) -> dict[str, Any]:
-        """Answer one read from the cache or the popular list, or queue a fold-in
-        (the placeholder answer is replaced once the batch has run). A user in an
-        experiment's candidate arm is answered by the candidate version, else the active one.
-
-        The answer key is everything the answer depends on: the version, the row as read
-        (ratings, dismissals, hidden movies) and the request itself (n, genres, exclude,
-        explain), so a new dismissal or a movie hidden a moment ago is a new key.
-        """
+        """Answer from the cache or the popular list, or queue a fold-in (its placeholder is
+        replaced after the batch). The key is all the answer depends on: the model, the row
+        as read (ratings, dismissals, hidden movies) and the request."""
         user_id = request.user_id
         model = self.models.model_for(read.version, read.generation)  # one per request
         if arm == "candidate" and read.experiment is not None:
@@ -280,25 +225,18 @@ class Recommender:
         return _answer(user_id, model.version if model else None, "popular", items)
 
     def _check_session_movies(self, movie_ids: np.ndarray, model: ServingModel | None) -> None:
-        """404 listing a session's movies the catalog lacks, as a batch of ratings does.
-
-        Movies are never deleted (the API has no way to), so one the served model or the
-        popular list knows exists: only the others, movies added since, cost a query.
-        """
+        """404 listing a session's movies the catalog lacks. Movies are never deleted, so only
+        those neither the model nor the popular list knows cost a query."""
         unknown = movie_ids if model is None else movie_ids[model.columns(movie_ids) < 0]
         if unknown.size:
-            unknown = unknown[~np.isin(unknown, self.popular().catalog.movie_ids)]
+            unknown = unknown[~np.isin(unknown, self.popularity.current().catalog.movie_ids)]
         if unknown.size:
             self._check_movies_exist(unknown.tolist())
 
     def similar(self, movie_id: int, n: int, genres: tuple[str, ...]) -> dict[str, Any]:
-        """The movies the served model finds most alike (never the movie itself, never a
-        hidden one, only the asked genres); for a movie the model does not know, the
-        popular movies within its own genres. 404 for an unknown movie.
-
-        A new movie's (`app.serving.new_movies`) are its neighbours by co-rating, most
-        alike first; new movies appear in a trained movie's list by the weighted mean of
-        their neighbours' similarity, as their ranking scores are made."""
+        """The movies the served model finds most alike (`ServingModel.similar_scores`), never
+        the movie itself or a hidden one; for one the model does not know, the popular movies
+        within its genres. 404 for an unknown movie."""
         movie_genres = self._movie_genres(movie_id)
         read = self.reader.read_catalog_state(self.models.generation)
         model = self.models.model_for(read.version, read.generation)
@@ -328,7 +266,6 @@ class Recommender:
             return movie.genre_names
 
     def predict(self, user_id: int, movie_ids: list[int]) -> dict[str, Any]:
-        """Predicted ratings by the version active at the read (same rule as recommend)."""
         read = self.read_user(user_id)
         model = self.models.model_for(read.version, read.generation)
         if model is None:
