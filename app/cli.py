@@ -1,4 +1,7 @@
-"""`saerec` command line: every command reads the same settings as the server."""
+"""`saerec` command line: every command reads the same settings as the server.
+
+One module just past ~500 lines: each command is a thin click wrapper around a service or
+job function, and the commands share their option declarations."""
 
 from __future__ import annotations
 
