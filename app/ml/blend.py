@@ -250,7 +250,10 @@ def choose_blend(
             figures.ranking.add(scorer.blend_scores(deep, item, blend), rows, truth)
         coo = truth.tocoo()
         parts = scorer.rating_parts(rows, (coo.row, coo.col))
-        fitted = [scorer.factor_part(rows, f, (coo.row, coo.col)) for f in factors]
+        fitted: list[np.ndarray] = []
+        if factors:  # one fold-in input for every candidate fit
+            residuals = scorer.bias.residuals(rows)
+            fitted = [scorer.factor_part(residuals, f, (coo.row, coo.col)) for f in factors]
         for (a, b, c, j), figures in zip(rating, rate_figures, strict=True):
             blend = Blend(rating_weight=a, joint_rating_weight=b, factor_weight=c)
             with_part = parts if j < 0 else parts._replace(factors=fitted[j])

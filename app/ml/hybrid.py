@@ -54,12 +54,14 @@ class BiasTerms:
         counts = np.bincount(users, minlength=n_users)
         return (sums / (counts + self.user_reg)).astype(np.float32)
 
-    def residuals(self, rows: sp.csr_matrix) -> sp.csr_matrix:
-        """Each rating minus its bias terms (the user's bias folded in from the row): what
-        the matrix factorisation fits and folds users in from."""
+    def residuals(self, rows: sp.csr_matrix, user_bias: np.ndarray | None = None) -> sp.csr_matrix:
+        """Each rating minus its bias terms (the user's bias folded in from the row, unless
+        ``user_bias`` gives the rows' already): what the matrix factorisation fits and
+        folds users in from."""
         csr = sp.csr_matrix(rows, dtype=np.float32)
         users = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
-        bias = self.predict(self.user_biases(csr)[users], csr.indices)
+        user_bias = self.user_biases(csr) if user_bias is None else user_bias
+        bias = self.predict(user_bias[users], csr.indices)
         return sp.csr_matrix((csr.data - bias, csr.indices, csr.indptr), shape=csr.shape)
 
     def predict(self, user_bias: float | np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -252,17 +252,21 @@ class FoldInScorer:
             bias = self.bias.mean + self.bias.movie_bias[None, :] + user_bias[:, None]
         else:
             bias = self.bias.predict(user_bias[cells[0]], cells[1])
-        factors = None if self.factors is None else self.factor_part(csr, self.factors, cells)
+        factors = None
+        if self.factors is not None:
+            residuals = self.bias.residuals(csr, user_bias)
+            factors = self.factor_part(residuals, self.factors, cells)
         joint_part = outputs[1] if len(outputs) > 1 else None
         return RatingParts(outputs[0], joint_part, bias, factors)
 
+    @staticmethod
     def factor_part(
-        self, rows: sp.csr_matrix, factors: ItemFactors, cells: tuple[Array, Array] | None = None
+        residuals: sp.csr_matrix, factors: ItemFactors, cells: tuple[Array, Array] | None = None
     ) -> Array:
         """The matrix factorisation's predicted residual at ``cells`` (as `rating_parts`),
-        its user factors folded in from ``rows``; validation scores candidate fits with it."""
-        csr = sp.csr_matrix(rows, dtype=np.float32)
-        users = factors.fold_in(self.bias.residuals(csr))
+        its user factors folded in from the rows' ``residuals`` (`BiasTerms.residuals`);
+        validation scores candidate fits with it, the residuals computed once."""
+        users = factors.fold_in(residuals)
         if cells is None:
             return (users @ factors.factors.T).astype(np.float32)
         return factors.at(users, *cells)
